@@ -1,0 +1,894 @@
+/**
+ * The driver executes one claimed run inside a worker: it starts ready steps inline,
+ * checkpoints each result in one atomic commit fenced by the run's lease, schedules
+ * retries, and ends the run — succeeded, failed (with its alert), waiting for a later
+ * retry, or handed back.
+ *
+ * Writes go through one commit queue per run: results that arrive while a commit is in
+ * flight share the next commit, and the start of the steps a result makes ready is in
+ * the same commit as that result, so a sequential step costs one commit.
+ *
+ * @module
+ */
+import type {
+  AnyStep,
+  ArtifactOptions,
+  ArtifactRef,
+  ItemContext,
+  Pipeline,
+  ResolvedRetry,
+  RunInfo,
+  StepContext,
+} from "./definition.ts";
+import { resolveRetry, retryDelay } from "./definition.ts";
+import { toMs } from "./duration.ts";
+import { type ErrorInfo, NonRetryableError, toErrorInfo } from "./errors.ts";
+import * as keys from "./keys.ts";
+import { decodeValue, encodeValue, writeBlob } from "./codec.ts";
+import {
+  type AttemptRecord,
+  crashError,
+  failAttempt,
+  idempotencyKey,
+  isReady,
+  type Lease,
+  type LogLine,
+  pendingTask,
+  type RunRecord,
+  type StepStatus,
+  skipTask,
+  startAttempt,
+  succeedTask,
+  type TaskRecord,
+} from "./run_state.ts";
+import { type Claim, moveDue, moveStatus, type Store } from "./store.ts";
+import { type ArtifactMeta, artifactRef, checkArtifactName } from "./artifacts.ts";
+import type { AlertRecord } from "./alerts.ts";
+import type { Slots } from "./slots.ts";
+
+/** A change the driver made durable, for progress lines and live views. */
+export type RunEvent =
+  | { type: "run"; run: RunRecord }
+  | {
+    type: "task";
+    runId: string;
+    step: string;
+    /** Fan-out item index, or -1 for the step itself. */
+    item: number;
+    status: StepStatus;
+    attempt: number;
+    /** Items of a fan-out step, when known. */
+    items?: number;
+    durationMs?: number;
+    nextAt?: number | null;
+    error?: ErrorInfo | null;
+  };
+
+/** How a driver left its run. */
+export type Outcome =
+  | "succeeded"
+  | "failed"
+  | "cancelled"
+  | "waiting"
+  | "lost"
+  | "interrupted"
+  | "released";
+
+/** What a driver needs from its worker. */
+export interface DriverOptions {
+  /** The store. */
+  store: Store;
+  /** The run's pipeline. */
+  pipeline: Pipeline<unknown>;
+  /** The claim to start from. */
+  claim: Claim;
+  /** Lease length, ms. */
+  leaseMs: number;
+  /** Retries due within this many ms keep the lease and wait in process. */
+  holdMs: number;
+  /** Step slots shared by every run of the worker. */
+  slots: Slots;
+  /** Whether alerts should queue a webhook delivery. */
+  webhook: boolean;
+  /** Called after each change is durable. */
+  onEvent?: (event: RunEvent) => void;
+  /** Called once an alert is stored. */
+  onAlert?: (alert: AlertRecord) => void;
+}
+
+interface StepSlot {
+  def: AnyStep;
+  record: TaskRecord;
+  retry: ResolvedRetry;
+  timeoutMs: number;
+  output?: { value: unknown };
+  fan?: FanState;
+  expanding?: boolean;
+}
+
+interface FanState {
+  values: unknown[];
+  records: Map<number, TaskRecord>;
+  outputs: Map<number, unknown>;
+  /** Indices not started yet, in order. */
+  fresh: number[];
+  running: number;
+  succeeded: number;
+  failed: number;
+}
+
+interface Write {
+  key: Deno.KvKey;
+  value: unknown;
+  size: number;
+}
+
+const MAX_LOG_LINES = 500;
+const MAX_LOG_BYTES = 32_000;
+const COMMIT_BYTES = 600_000;
+const COMMIT_MUTATIONS = 900;
+
+/** Executes one claimed run. */
+export class RunDriver {
+  readonly #o: DriverOptions;
+  readonly #kv: Deno.Kv;
+  readonly #steps = new Map<string, StepSlot>();
+  readonly #running = new Map<string, AbortController>();
+  #run: RunRecord;
+  #lease: Lease;
+  #leaseVersion: string;
+  #writes = new Map<string, Write>();
+  #runOps: ((op: Deno.AtomicOperation) => void)[] = [];
+  #events: RunEvent[] = [];
+  #afterCommit: (() => void)[] = [];
+  #committing: Promise<void> | null = null;
+  #stopped = false;
+  #settling = false;
+  #waitingForSlot = false;
+  #holdTimer: ReturnType<typeof setTimeout> | undefined;
+  #renewTimer: ReturnType<typeof setInterval> | undefined;
+  #resolve!: (outcome: Outcome) => void;
+  /** Resolves once the driver has left the run. */
+  readonly done: Promise<Outcome>;
+
+  /** @param options what the driver needs from its worker */
+  constructor(options: DriverOptions) {
+    this.#o = options;
+    this.#kv = options.store.kv;
+    this.#run = options.claim.run;
+    this.#lease = options.claim.lease;
+    this.#leaseVersion = options.claim.leaseVersion;
+    this.done = new Promise((resolve) => (this.#resolve = resolve));
+  }
+
+  /** The run id. */
+  get runId(): string {
+    return this.#run.id;
+  }
+
+  /** Loads the run's steps and starts driving it. */
+  async start(): Promise<void> {
+    const { pipeline, store } = this.#o;
+    const stored = await store.getSteps(this.#run.id);
+    const now = Date.now();
+    for (const def of pipeline.steps) {
+      const retry = resolveRetry(def.retry, pipeline.defaults.retry, `step '${def.name}'`);
+      const timeoutMs = def.timeout === undefined
+        ? pipeline.defaults.timeoutMs
+        : toMs(def.timeout, `timeout of step '${def.name}'`);
+      let record = stored.get(def.name) ?? pendingTask();
+      if (record.status === "running" && !def.fanOut) {
+        record = this.#recoverCrash(def.name, -1, record, retry, now);
+        this.#write(keys.step(this.#run.id, def.name), record);
+      }
+      this.#steps.set(def.name, { def, record, retry, timeoutMs });
+    }
+    this.#emit({ type: "run", run: this.#run });
+    this.#renewTimer = setInterval(() => this.#tickLease(), Math.min(1000, this.#o.leaseMs / 4));
+    this.#pump();
+  }
+
+  /** Called by the worker when a step slot frees up. */
+  wake(): void {
+    if (this.#waitingForSlot) {
+      this.#waitingForSlot = false;
+      this.#pump();
+    }
+  }
+
+  /**
+   * Interrupts the run (Ctrl-C): running steps are aborted and recorded as interrupted,
+   * the run fails with a resumable error and its lease is released.
+   */
+  async interrupt(reason = "Interrupted"): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    const now = Date.now();
+    for (const [task, controller] of this.#running) {
+      controller.abort(new Error(reason));
+      const [name, index] = splitTask(task);
+      const slot = this.#steps.get(name)!;
+      const record = index < 0 ? slot.record : slot.fan!.records.get(index)!;
+      const failed: TaskRecord = {
+        ...record,
+        status: "failed",
+        endedAt: now,
+        error: { name: "Interrupted", message: reason, retryable: true },
+      };
+      this.#setTask(slot, index, failed);
+      this.#write(keys.attempt(this.#run.id, name, index, record.attempt), {
+        step: name,
+        item: index,
+        n: record.attempt,
+        status: "interrupted",
+        startedAt: record.startedAt ?? now,
+        endedAt: now,
+        error: failed.error,
+        logs: [],
+      } satisfies AttemptRecord);
+    }
+    for (const slot of this.#steps.values()) {
+      if (slot.fan && slot.record.status === "running") {
+        this.#setStep(slot, { ...slot.record, status: "failed", endedAt: now, error: { name: "Interrupted", message: reason, retryable: true } });
+      }
+    }
+    this.#running.clear();
+    this.#endRun("failed", { step: null, message: reason }, false);
+    await this.#flush().catch(() => {});
+    this.#finish("interrupted");
+  }
+
+  /**
+   * Stops taking new steps, lets running ones finish for up to `graceMs`, then hands the
+   * run back as queued so another worker continues it. Steps still running after the
+   * grace period are aborted; their attempt counts as crashed when the run is claimed.
+   */
+  async release(graceMs: number): Promise<void> {
+    if (this.#stopped) return;
+    this.#settling = true;
+    const deadline = Date.now() + graceMs;
+    while (this.#running.size > 0 && Date.now() < deadline && !this.#stopped) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.#stopped) return;
+    this.#stopped = true;
+    for (const controller of this.#running.values()) {
+      controller.abort(new Error("Worker shutting down"));
+    }
+    this.#running.clear();
+    const now = Date.now();
+    const next: RunRecord = { ...this.#run, status: "queued", dueAt: now };
+    this.#changeRun(next);
+    this.#runOps.push((op) => {
+      op.delete(keys.lease(this.#run.id));
+      this.#o.store.hint(op, this.#run.id, 0);
+    });
+    await this.#flush().catch(() => {});
+    this.#finish("released");
+  }
+
+  // ---- scheduling -------------------------------------------------------------------
+
+  #pump(): void {
+    if (this.#stopped || this.#settling) return;
+    const now = Date.now();
+    const { pipeline, slots } = this.#o;
+    let capacity = pipeline.concurrency - this.#running.size;
+    let starved = false;
+    for (const def of pipeline.steps) {
+      const slot = this.#steps.get(def.name)!;
+      const status = slot.record.status;
+      if (status === "succeeded" || status === "failed" || status === "skipped") continue;
+      const blocker = Object.values(def.needs).find((n) => {
+        const s = this.#steps.get(n.name)!.record.status;
+        return s === "failed" || s === "skipped";
+      });
+      if (blocker) {
+        if (status === "pending") this.#setStep(slot, skipTask(slot.record, now, blocker.name));
+        continue;
+      }
+      if (!Object.values(def.needs).every((n) => this.#steps.get(n.name)!.record.status === "succeeded")) {
+        continue;
+      }
+      if (!def.fanOut) {
+        if (!isReady(slot.record, now)) continue;
+        if (capacity <= 0) continue;
+        if (!slots.tryAcquire()) {
+          starved = true;
+          continue;
+        }
+        capacity--;
+        this.#startTask(slot, -1, now);
+        continue;
+      }
+      if (!slot.fan) {
+        if (!slot.expanding) this.#expand(slot);
+        continue;
+      }
+      const fan = slot.fan;
+      const limit = def.fanOut.concurrency;
+      const ready: number[] = [];
+      for (const [index, record] of fan.records) {
+        if (record.status === "retrying" && isReady(record, now)) ready.push(index);
+      }
+      while (fan.running < limit && capacity > 0) {
+        const index = ready.length > 0 ? ready.shift()! : fan.fresh.shift();
+        if (index === undefined) break;
+        if (!slots.tryAcquire()) {
+          if (!ready.includes(index) && fan.records.get(index)?.status !== "retrying") {
+            fan.fresh.unshift(index);
+          }
+          starved = true;
+          break;
+        }
+        capacity--;
+        this.#startTask(slot, index, now);
+      }
+    }
+    if (starved) {
+      this.#waitingForSlot = true;
+      slots.waitFor(this);
+    }
+    if (this.#running.size === 0 && !starved && ![...this.#steps.values()].some((s) => s.expanding)) {
+      this.#settle(now);
+    }
+    this.#flush().catch((error) => this.#fail(error));
+  }
+
+  #settle(now: number): void {
+    const slots = [...this.#steps.values()];
+    if (slots.every((s) => s.record.status === "succeeded")) {
+      this.#endRun("succeeded", null, false);
+      this.#afterCommit.push(() => this.#finish("succeeded"));
+      return;
+    }
+    let nextAt = Infinity;
+    for (const s of slots) {
+      if (s.record.status === "retrying") nextAt = Math.min(nextAt, s.record.nextAt ?? now);
+      for (const r of s.fan?.records.values() ?? []) {
+        if (r.status === "retrying") nextAt = Math.min(nextAt, r.nextAt ?? now);
+      }
+    }
+    if (nextAt !== Infinity) {
+      if (nextAt - now <= this.#o.holdMs) {
+        clearTimeout(this.#holdTimer);
+        this.#holdTimer = setTimeout(() => this.#pump(), Math.max(0, nextAt - Date.now()));
+        return;
+      }
+      const next: RunRecord = { ...this.#run, status: "waiting", dueAt: nextAt };
+      this.#changeRun(next);
+      this.#runOps.push((op) => {
+        op.delete(keys.lease(this.#run.id));
+        this.#o.store.hint(op, this.#run.id, nextAt - Date.now());
+      });
+      this.#stopped = true;
+      this.#afterCommit.push(() => this.#finish("waiting"));
+      return;
+    }
+    const failed = slots.find((s) => s.record.status === "failed");
+    this.#endRun(
+      "failed",
+      { step: failed?.def.name ?? null, message: failed?.record.error?.message ?? "Run failed" },
+      true,
+    );
+    this.#afterCommit.push(() => this.#finish("failed"));
+  }
+
+  #endRun(
+    status: "succeeded" | "failed",
+    error: RunRecord["error"],
+    alert: boolean,
+  ): void {
+    const now = Date.now();
+    const next: RunRecord = {
+      ...this.#run,
+      status,
+      endedAt: now,
+      dueAt: null,
+      error,
+      failures: this.#run.failures + (status === "failed" ? 1 : 0),
+    };
+    this.#changeRun(next);
+    this.#runOps.push((op) => op.delete(keys.lease(this.#run.id)));
+    this.#stopped = true;
+    if (!alert) return;
+    const failedStep = error?.step ? this.#steps.get(error.step) : undefined;
+    const record: AlertRecord = {
+      runId: next.id,
+      pipeline: next.pipeline,
+      seq: next.failures,
+      at: now,
+      step: error?.step ?? null,
+      attempts: failedStep?.record.attempt ?? 0,
+      message: error?.message ?? "Run failed",
+      logicalDate: next.logicalDate,
+      webhook: this.#o.webhook ? "pending" : "none",
+    };
+    this.#write(keys.alert(next.id, record.seq), record);
+    if (this.#o.webhook) this.#write(keys.alertOutbox(next.id, record.seq), now);
+    this.#afterCommit.push(() => this.#o.onAlert?.(record));
+  }
+
+  #changeRun(next: RunRecord): void {
+    const before = this.#run;
+    this.#run = next;
+    this.#write(keys.run(next.id), next);
+    this.#runOps.push((op) => {
+      moveDue(op, before, next);
+      moveStatus(op, before, next);
+    });
+    this.#emit({ type: "run", run: next });
+  }
+
+  #recoverCrash(
+    step: string,
+    item: number,
+    record: TaskRecord,
+    retry: ResolvedRetry,
+    now: number,
+  ): TaskRecord {
+    const error = crashError(record.attempt);
+    this.#write(keys.attempt(this.#run.id, step, item, record.attempt), {
+      step,
+      item,
+      n: record.attempt,
+      status: "crashed",
+      startedAt: record.startedAt ?? now,
+      endedAt: now,
+      error,
+      logs: [],
+    } satisfies AttemptRecord);
+    return failAttempt(record, now, error, retry.attempts, 0);
+  }
+
+  async #expand(slot: StepSlot): Promise<void> {
+    slot.expanding = true;
+    const name = slot.def.name;
+    try {
+      const inputs = await this.#inputs(slot.def);
+      const values = await slot.def.fanOut!.items(inputs);
+      if (!Array.isArray(values)) {
+        throw new NonRetryableError(`items of step '${name}' must return an array`);
+      }
+      const stored = slot.record.items !== undefined
+        ? await this.#o.store.getItems(this.#run.id, name)
+        : new Map<number, TaskRecord>();
+      if (slot.record.items !== undefined && slot.record.items !== values.length) {
+        throw new NonRetryableError(
+          `items of step '${name}' returned ${values.length} items, but this run recorded ${slot.record.items}: items must depend on the step's inputs only`,
+        );
+      }
+      if (this.#stopped) return;
+      const now = Date.now();
+      const fan: FanState = {
+        values,
+        records: new Map(),
+        outputs: new Map(),
+        fresh: [],
+        running: 0,
+        succeeded: 0,
+        failed: 0,
+      };
+      for (let i = 0; i < values.length; i++) {
+        let record = stored.get(i);
+        if (!record || record.status === "pending") {
+          fan.fresh.push(i);
+          continue;
+        }
+        if (record.status === "running") {
+          record = this.#recoverCrash(name, i, record, slot.retry, now);
+          this.#write(keys.item(this.#run.id, name, i), record);
+        }
+        fan.records.set(i, record);
+        if (record.status === "succeeded") {
+          fan.succeeded++;
+          fan.outputs.set(i, await decodeValue(this.#kv, this.#run.id, record.output!));
+        } else if (record.status === "failed") fan.failed++;
+      }
+      slot.fan = fan;
+      this.#setStep(slot, {
+        ...slot.record,
+        status: "running",
+        items: values.length,
+        startedAt: slot.record.startedAt ?? now,
+        attempt: Math.max(slot.record.attempt, 1),
+      });
+      this.#checkFanDone(slot);
+    } catch (error) {
+      const info = toErrorInfo(error);
+      this.#setStep(slot, { ...slot.record, status: "failed", endedAt: Date.now(), error: info });
+    } finally {
+      slot.expanding = false;
+    }
+    this.#pump();
+  }
+
+  #startTask(slot: StepSlot, index: number, now: number): void {
+    const name = slot.def.name;
+    const before = index < 0 ? slot.record : slot.fan!.records.get(index) ?? pendingTask(slot.record.generation);
+    const record = startAttempt(before, now);
+    this.#setTask(slot, index, record);
+    const controller = new AbortController();
+    this.#running.set(taskKey(name, index), controller);
+    if (slot.fan) slot.fan.running++;
+    // The body starts only once the commit that records its start is durable.
+    this.#afterCommit.push(() => void this.#execute(slot, index, record, controller));
+  }
+
+  async #execute(
+    slot: StepSlot,
+    index: number,
+    record: TaskRecord,
+    controller: AbortController,
+  ): Promise<void> {
+    const name = slot.def.name;
+    const logs: LogLine[] = [];
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let result: { ok: true; value: unknown; stored: Awaited<ReturnType<typeof encodeValue>> } | {
+      ok: false;
+      error: ErrorInfo;
+    };
+    try {
+      const inputs = await this.#inputs(slot.def);
+      const ctx = this.#context(slot, index, record, controller.signal, logs, inputs);
+      timer = setTimeout(() => {
+        const error = new Error(`Step '${name}' timed out after ${slot.timeoutMs} ms`);
+        error.name = "TimeoutError";
+        controller.abort(error);
+      }, slot.timeoutMs);
+      const body = index < 0
+        ? slot.def.run(inputs, ctx)
+        : slot.def.run(slot.fan!.values[index], ctx);
+      let value = await untilAborted(body, controller.signal);
+      if (slot.def.output) {
+        const parsed = slot.def.output.safeParse(value);
+        if (!parsed.success) {
+          throw new NonRetryableError(
+            `Output of step '${name}' does not match its schema: ${
+              parsed.error.issues.map((i) => `${i.path.join(".") || "(output)"}: ${i.message}`)
+                .join("; ")
+            }`,
+          );
+        }
+        value = parsed.data;
+      }
+      const stored = await encodeValue(this.#kv, this.#run.id, value);
+      result = { ok: true, value, stored };
+    } catch (error) {
+      result = { ok: false, error: toErrorInfo(error) };
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.#running.get(taskKey(name, index)) !== controller) return;
+    this.#running.delete(taskKey(name, index));
+    this.#o.slots.release();
+    if (this.#stopped) return;
+    const now = Date.now();
+    const attempt: AttemptRecord = {
+      step: name,
+      item: index,
+      n: record.attempt,
+      status: result.ok ? "succeeded" : "failed",
+      startedAt: record.startedAt ?? now,
+      endedAt: now,
+      error: result.ok ? null : result.error,
+      logs,
+    };
+    this.#write(keys.attempt(this.#run.id, name, index, record.attempt), attempt, 2048);
+    const done = result.ok
+      ? succeedTask(record, now, result.stored)
+      : failAttempt(
+        record,
+        now,
+        result.error,
+        slot.retry.attempts,
+        retryDelay(slot.retry, record.attempt),
+      );
+    const size = result.ok && "inline" in result.stored ? 50_000 : 1024;
+    if (index < 0) {
+      if (result.ok) slot.output = { value: result.value };
+      this.#setTask(slot, index, done, size);
+    } else {
+      const fan = slot.fan!;
+      fan.running--;
+      if (result.ok) {
+        fan.outputs.set(index, result.value);
+        fan.succeeded++;
+      } else if (done.status === "failed") fan.failed++;
+      this.#setTask(slot, index, done, size);
+      this.#checkFanDone(slot);
+    }
+    this.#pump();
+  }
+
+  #checkFanDone(slot: StepSlot): void {
+    const fan = slot.fan!;
+    const total = fan.values.length;
+    if (fan.succeeded === total) {
+      slot.output = { value: Array.from({ length: total }, (_, i) => fan.outputs.get(i)) };
+      this.#setStep(slot, succeedTask(slot.record, Date.now()));
+      return;
+    }
+    const open = fan.running > 0 || fan.fresh.length > 0 ||
+      [...fan.records.values()].some((r) => r.status === "retrying");
+    if (!open && fan.failed > 0) {
+      const failed = [...fan.records.entries()].find(([, r]) => r.status === "failed")!;
+      this.#setStep(slot, {
+        ...slot.record,
+        status: "failed",
+        endedAt: Date.now(),
+        error: {
+          ...failed[1].error!,
+          message: `${fan.failed} of ${total} items failed; item ${failed[0]}: ${failed[1].error?.message}`,
+        },
+      });
+    }
+  }
+
+  async #inputs(def: AnyStep): Promise<Record<string, unknown>> {
+    const inputs: Record<string, unknown> = {};
+    for (const [input, need] of Object.entries(def.needs)) {
+      inputs[input] = await this.#output(this.#steps.get(need.name)!);
+    }
+    return inputs;
+  }
+
+  async #output(slot: StepSlot): Promise<unknown> {
+    if (slot.output) return slot.output.value;
+    const value = slot.record.output
+      ? await decodeValue(this.#kv, this.#run.id, slot.record.output)
+      : await this.#o.store.getOutput(this.#run.id, slot.def.name);
+    slot.output = { value };
+    return value;
+  }
+
+  #context(
+    slot: StepSlot,
+    index: number,
+    record: TaskRecord,
+    signal: AbortSignal,
+    logs: LogLine[],
+    inputs: Record<string, unknown>,
+  ): StepContext | ItemContext<Record<string, unknown>> {
+    const run: RunInfo = {
+      id: this.#run.id,
+      pipeline: this.#run.pipeline,
+      params: this.#run.params,
+      logicalDate: this.#run.logicalDate,
+      trigger: this.#run.trigger,
+    };
+    let bytes = 0;
+    const log = (level: LogLine["level"]) => (message: string, fields?: Record<string, unknown>) => {
+      if (logs.length >= MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) return;
+      const text = String(message).slice(0, 2000);
+      bytes += text.length + (fields ? JSON.stringify(fields)?.length ?? 0 : 0);
+      logs.push(fields ? { at: Date.now(), level, message: text, fields } : { at: Date.now(), level, message: text });
+      if (logs.length === MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) {
+        logs.push({ at: Date.now(), level: "warn", message: "(log limit reached: later lines dropped)" });
+      }
+    };
+    const ctx: StepContext = {
+      run,
+      step: slot.def.name,
+      attempt: record.attempt,
+      idempotencyKey: idempotencyKey(this.#run.id, slot.def.name, index, record.generation),
+      signal,
+      log: { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") },
+      artifact: (name, data, options) => this.#storeArtifact(slot.def.name, index, name, data, options),
+      readArtifact: async (ref) => {
+        const name = typeof ref === "string" ? ref : ref.name;
+        return (await this.#o.store.readArtifact(this.#run.id, name)).bytes;
+      },
+    };
+    if (index < 0) return ctx;
+    return { ...ctx, item: { index, total: slot.fan!.values.length }, inputs };
+  }
+
+  async #storeArtifact(
+    step: string,
+    item: number,
+    name: string,
+    data: Uint8Array | string,
+    options?: ArtifactOptions,
+  ): Promise<ArtifactRef> {
+    checkArtifactName(name);
+    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    if (!(bytes instanceof Uint8Array)) {
+      throw new TypeError(`Artifact '${name}' must be a Uint8Array or a string`);
+    }
+    const contentType = options?.contentType ??
+      (typeof data === "string" ? "text/plain; charset=utf-8" : "application/octet-stream");
+    const blob = await writeBlob(this.#kv, this.#run.id, bytes);
+    const meta: ArtifactMeta = {
+      runId: this.#run.id,
+      name,
+      contentType,
+      size: bytes.byteLength,
+      blob,
+      step,
+      item,
+      createdAt: Date.now(),
+    };
+    this.#write(keys.artifact(this.#run.id, name), meta);
+    await this.#flush();
+    if (this.#stopped && this.#run.status !== "running") {
+      throw new Error(`Run ${this.#run.id} stopped while storing artifact '${name}'`);
+    }
+    return artifactRef(meta);
+  }
+
+  // ---- durable state ----------------------------------------------------------------
+
+  #setTask(slot: StepSlot, index: number, record: TaskRecord, size = 1024): void {
+    if (index < 0) {
+      this.#setStep(slot, record, size);
+      return;
+    }
+    slot.fan!.records.set(index, record);
+    this.#write(keys.item(this.#run.id, slot.def.name, index), record, size);
+    this.#emit({
+      type: "task",
+      runId: this.#run.id,
+      step: slot.def.name,
+      item: index,
+      status: record.status,
+      attempt: record.attempt,
+      nextAt: record.nextAt,
+      error: record.error,
+      durationMs: record.endedAt && record.startedAt ? record.endedAt - record.startedAt : undefined,
+    });
+  }
+
+  #setStep(slot: StepSlot, record: TaskRecord, size = 1024): void {
+    slot.record = record;
+    this.#write(keys.step(this.#run.id, slot.def.name), record, size);
+    this.#emit({
+      type: "task",
+      runId: this.#run.id,
+      step: slot.def.name,
+      item: -1,
+      status: record.status,
+      attempt: record.attempt,
+      items: record.items,
+      nextAt: record.nextAt,
+      error: record.error,
+      durationMs: record.endedAt && record.startedAt ? record.endedAt - record.startedAt : undefined,
+    });
+  }
+
+  #write(key: Deno.KvKey, value: unknown, size = 1024): void {
+    this.#writes.set(JSON.stringify(key), { key, value, size });
+  }
+
+  #emit(event: RunEvent): void {
+    this.#events.push(event);
+  }
+
+  /** Commits every pending write; resolves when they (and any queued before) are durable. */
+  #flush(): Promise<void> {
+    if (this.#committing) {
+      return this.#committing.then(() => this.#flush());
+    }
+    if (this.#writes.size === 0 && this.#runOps.length === 0) {
+      this.#runAfterCommit();
+      return Promise.resolve();
+    }
+    this.#committing = this.#commitPending().finally(() => (this.#committing = null));
+    return this.#committing;
+  }
+
+  async #commitPending(): Promise<void> {
+    const writes = [...this.#writes.values()];
+    const runOps = this.#runOps;
+    const events = this.#events;
+    const after = this.#afterCommit;
+    this.#writes = new Map();
+    this.#runOps = [];
+    this.#events = [];
+    this.#afterCommit = [];
+    const batches: Write[][] = [[]];
+    let bytes = 0;
+    for (const w of writes) {
+      const batch = batches[batches.length - 1];
+      if (batch.length >= COMMIT_MUTATIONS || (batch.length > 0 && bytes + w.size > COMMIT_BYTES)) {
+        batches.push([w]);
+        bytes = w.size;
+      } else {
+        batch.push(w);
+        bytes += w.size;
+      }
+    }
+    for (const [i, batch] of batches.entries()) {
+      const op = this.#kv.atomic().check({ key: keys.lease(this.#run.id), versionstamp: this.#leaseVersion });
+      let leaseWritten = false;
+      for (const w of batch) {
+        if (w.value === null) op.delete(w.key);
+        else op.set(w.key, w.value);
+        if (w.key[1] === "lease") leaseWritten = true;
+      }
+      if (i === batches.length - 1) {
+        for (const apply of runOps) apply(op);
+        leaseWritten ||= runOps.length > 0;
+      }
+      const result = await op.commit();
+      if (!result.ok) {
+        this.#lost();
+        return;
+      }
+      if (leaseWritten) this.#leaseVersion = result.versionstamp;
+    }
+    for (const e of events) this.#o.onEvent?.(e);
+    for (const fn of after) fn();
+  }
+
+  #runAfterCommit(): void {
+    const events = this.#events;
+    const after = this.#afterCommit;
+    this.#events = [];
+    this.#afterCommit = [];
+    for (const e of events) this.#o.onEvent?.(e);
+    for (const fn of after) fn();
+  }
+
+  #tickLease(): void {
+    if (this.#stopped) return;
+    const now = Date.now();
+    if (this.#lease.deadline - now < (this.#o.leaseMs * 2) / 3) {
+      const lease: Lease = { ...this.#lease, deadline: now + this.#o.leaseMs };
+      this.#lease = lease;
+      this.#write(keys.lease(this.#run.id), lease, 256);
+      this.#changeRun({ ...this.#run, dueAt: lease.deadline });
+      this.#flush().catch((error) => this.#fail(error));
+      return;
+    }
+    this.#kv.get<Lease>(keys.lease(this.#run.id)).then((entry) => {
+      if (!this.#stopped && entry.value?.owner !== this.#lease.owner) this.#lost();
+    }).catch(() => {});
+  }
+
+  #lost(): void {
+    this.#stopped = true;
+    for (const controller of this.#running.values()) {
+      controller.abort(new Error("Run cancelled or taken over by another worker"));
+    }
+    this.#running.clear();
+    this.#writes.clear();
+    this.#runOps = [];
+    this.#afterCommit = [];
+    this.#events = [];
+    this.#finish("lost");
+  }
+
+  #fail(error: unknown): void {
+    console.error(`kvflow: run ${this.#run.id}: could not write to KV: ${toErrorInfo(error).message}`);
+    this.#lost();
+  }
+
+  #finish(outcome: Outcome): void {
+    this.#stopped = true;
+    clearInterval(this.#renewTimer);
+    clearTimeout(this.#holdTimer);
+    this.#o.slots.forget(this);
+    this.#resolve(outcome);
+  }
+}
+
+function taskKey(step: string, item: number): string {
+  return `${step}\u0000${item}`;
+}
+
+function splitTask(key: string): [string, number] {
+  const at = key.lastIndexOf("\u0000");
+  return [key.slice(0, at), Number(key.slice(at + 1))];
+}
+
+/** Resolves as `promise` does, or rejects with the signal's reason once it aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  promise.catch(() => {});
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}

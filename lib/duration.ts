@@ -1,0 +1,48 @@
+/**
+ * Durations as users write them in step options: `500` (ms), `"500ms"`, `"2s"`, `"5m"`,
+ * `"1h"`, `"1d"`.
+ *
+ * @module
+ */
+
+/** A duration in milliseconds, or a string such as `"2s"`, `"5m"`, `"1h"`. */
+export type Duration = number | `${number}${"ms" | "s" | "m" | "h" | "d"}`;
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * Converts a {@linkcode Duration} to milliseconds.
+ *
+ * @param value the duration
+ * @param what names the option in the error message
+ * @returns milliseconds, a finite non-negative number
+ * @throws {TypeError} when the value is not a valid duration
+ */
+export function toMs(value: Duration, what = "duration"): number {
+  if (typeof value === "number") {
+    if (Number.isFinite(value) && value >= 0) return value;
+  } else if (typeof value === "string") {
+    const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value.trim());
+    if (match) return Number(match[1]) * UNITS[match[2]];
+  }
+  throw new TypeError(
+    `Cannot use ${what}: ${
+      JSON.stringify(value)
+    } is not a duration (use milliseconds or a string like "2s", "5m", "1h")`,
+  );
+}
+
+/**
+ * Formats milliseconds for people: `850ms`, `2.5s`, `3m 20s`.
+ *
+ * @param ms milliseconds
+ * @returns a short human-readable string
+ */
+export function formatMs(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)}s`;
+  const minutes = Math.floor(ms / 60_000);
+  const seconds = Math.round((ms % 60_000) / 1000);
+  if (minutes < 60) return `${minutes}m ${seconds}s`;
+  return `${Math.floor(minutes / 60)}h ${minutes % 60}m`;
+}

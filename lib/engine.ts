@@ -1,0 +1,167 @@
+/**
+ * The engine: one KV database, its store, a worker, and the pipelines it knows. This is
+ * what the CLI, the HTTP service and tests open.
+ *
+ * @module
+ */
+import type { Pipeline } from "./definition.ts";
+import { UsageError } from "./errors.ts";
+import { openKv } from "./config.ts";
+import { type CreateRunInput, Store } from "./store.ts";
+import { type RunRecord, TERMINAL } from "./run_state.ts";
+import { Worker, type WorkerOptions } from "./worker.ts";
+
+/** Options of {@linkcode openEngine}. */
+export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
+  /** The pipelines this engine can run. */
+  // deno-lint-ignore no-explicit-any
+  pipelines: Iterable<Pipeline<any>>;
+  /** KV location: a file path, `:memory:` or a URL. Default: `KVFLOW_KV_PATH` or `./data/kvflow.kv`. */
+  path?: string;
+  /** An already open KV to use instead of `path`; the engine does not close it. */
+  kv?: Deno.Kv;
+  /** Whether the KV has queues. Default: detected from the location. */
+  queues?: boolean;
+}
+
+/** An open engine. Close it when done. */
+export class Engine {
+  /** The KV database. */
+  readonly kv: Deno.Kv;
+  /** Reads and changes runs. */
+  readonly store: Store;
+  /** Claims and drives runs. */
+  readonly worker: Worker;
+  /** The pipelines, by name. */
+  readonly pipelines: Map<string, Pipeline<unknown>>;
+  readonly #ownsKv: boolean;
+  #closed = false;
+
+  /**
+   * @param kv the database
+   * @param queues whether it has queues
+   * @param options pipelines and worker options
+   * @param ownsKv whether closing the engine closes the database
+   */
+  constructor(kv: Deno.Kv, queues: boolean, options: EngineOptions, ownsKv: boolean) {
+    this.kv = kv;
+    this.#ownsKv = ownsKv;
+    this.store = new Store(kv, { queues });
+    this.pipelines = new Map();
+    for (const p of options.pipelines) {
+      if (this.pipelines.has(p.name)) {
+        throw new TypeError(`Two pipelines are named '${p.name}'`);
+      }
+      this.pipelines.set(p.name, p as Pipeline<unknown>);
+    }
+    this.worker = new Worker(this.store, { ...options, pipelines: this.pipelines });
+  }
+
+  /**
+   * A pipeline by name.
+   *
+   * @throws {UsageError} naming the known pipelines when there is none by that name
+   */
+  pipeline(name: string): Pipeline<unknown> {
+    const found = this.pipelines.get(name);
+    if (!found) {
+      throw new UsageError(
+        `Unknown pipeline '${name}': known pipelines are ${
+          [...this.pipelines.keys()].join(", ") || "(none)"
+        }`,
+        "not_found",
+      );
+    }
+    return found;
+  }
+
+  /** Creates a run and hands it to this engine's worker at once. */
+  async trigger(pipeline: string, input: CreateRunInput = {}): Promise<RunRecord> {
+    const run = await this.store.createRun(this.pipeline(pipeline), input);
+    this.worker.poke(run.id);
+    return run;
+  }
+
+  /**
+   * Drives a run in this process until it ends: claims it, waits for retries that are due
+   * later, and follows it while another worker holds it.
+   *
+   * @returns the run as it ended (or as it was when `signal` aborted)
+   */
+  async runToEnd(
+    runId: string,
+    options: { signal?: AbortSignal; followMs?: number } = {},
+  ): Promise<RunRecord> {
+    while (true) {
+      const result = await this.worker.execute(runId);
+      const run = await this.store.requireRun(runId);
+      if (result === "unknown-pipeline") {
+        throw new UsageError(
+          `Run ${runId} belongs to pipeline '${run.pipeline}', which this process does not know`,
+          "not_found",
+        );
+      }
+      if (TERMINAL.has(run.status) || options.signal?.aborted) return run;
+      const wait = run.status === "waiting" && run.dueAt !== null
+        ? run.dueAt - Date.now()
+        : options.followMs ?? 200;
+      await sleep(Math.max(0, Math.min(wait, 60_000)), options.signal);
+    }
+  }
+
+  /** Stops the worker (handing its runs back) and closes the database if the engine opened it. */
+  async close(graceMs = 10_000): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.worker.stop(graceMs);
+    if (this.#ownsKv) {
+      this.kv.close();
+      await this.worker.closed();
+    }
+  }
+
+  /** Closes the engine. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * Opens an engine.
+ *
+ * @example An in-memory engine for a test
+ * ```ts
+ * import { openEngine, pipeline, step } from "./mod.ts";
+ * const hello = step("hello", () => "world");
+ * await using engine = await openEngine({ path: ":memory:", pipelines: [pipeline("demo", { steps: [hello] })] });
+ * const run = await engine.store.createRun(engine.pipeline("demo"));
+ * console.log((await engine.runToEnd(run.id)).status); // "succeeded"
+ * ```
+ *
+ * @param options pipelines, KV location, worker options
+ * @returns the open engine
+ * @throws {UsageError} when the KV cannot be opened
+ */
+export async function openEngine(options: EngineOptions): Promise<Engine> {
+  if (options.kv) return new Engine(options.kv, options.queues ?? true, options, false);
+  const opened = await openKv(options.path);
+  try {
+    return new Engine(opened.kv, options.queues ?? opened.queues, options, true);
+  } catch (error) {
+    opened.kv.close();
+    throw error;
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}

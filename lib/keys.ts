@@ -1,0 +1,136 @@
+/**
+ * The KV key layout. Nothing else in kvflow builds a key.
+ *
+ * Every key starts with `"kvflow"`, so an application may share its KV database.
+ * Run ids sort by creation time; the indexes below let a reader list runs newest first,
+ * by pipeline or by status, and let a worker find due work without scanning every run.
+ *
+ * @module
+ */
+
+const ROOT = "kvflow";
+
+/** The run record. */
+export function run(runId: string): Deno.KvKey {
+  return [ROOT, "run", runId];
+}
+
+/** Index of all runs by creation time. */
+export function runsByTime(createdAt: number, runId: string): Deno.KvKey {
+  return [ROOT, "runs_by_time", createdAt, runId];
+}
+
+/** Prefix of {@linkcode runsByTime}. */
+export function runsByTimePrefix(): Deno.KvKey {
+  return [ROOT, "runs_by_time"];
+}
+
+/** Index of a pipeline's runs by creation time. */
+export function runsByPipeline(pipeline: string, createdAt: number, runId: string): Deno.KvKey {
+  return [ROOT, "runs_by_pipeline", pipeline, createdAt, runId];
+}
+
+/** Prefix of {@linkcode runsByPipeline} for one pipeline. */
+export function runsByPipelinePrefix(pipeline: string): Deno.KvKey {
+  return [ROOT, "runs_by_pipeline", pipeline];
+}
+
+/** Index of runs by status, then creation time. */
+export function runsByStatus(status: string, createdAt: number, runId: string): Deno.KvKey {
+  return [ROOT, "runs_by_status", status, createdAt, runId];
+}
+
+/** Prefix of {@linkcode runsByStatus} for one status. */
+export function runsByStatusPrefix(status: string): Deno.KvKey {
+  return [ROOT, "runs_by_status", status];
+}
+
+/** The lease of a run: who may write its checkpoints, and until when. */
+export function lease(runId: string): Deno.KvKey {
+  return [ROOT, "lease", runId];
+}
+
+/** An entry of the due-index: this run needs a look at time `at` (ms since epoch). */
+export function due(at: number, runId: string): Deno.KvKey {
+  return [ROOT, "due", at, runId];
+}
+
+/** Prefix of the due-index. */
+export function duePrefix(): Deno.KvKey {
+  return [ROOT, "due"];
+}
+
+/** The state of one step of a run. */
+export function step(runId: string, stepName: string): Deno.KvKey {
+  return [ROOT, "step", runId, stepName];
+}
+
+/** Prefix of every step state of a run. */
+export function stepPrefix(runId: string): Deno.KvKey {
+  return [ROOT, "step", runId];
+}
+
+/** The state of one item of a fan-out step. */
+export function item(runId: string, stepName: string, index: number): Deno.KvKey {
+  return [ROOT, "item", runId, stepName, index];
+}
+
+/** Prefix of the items of one fan-out step. */
+export function itemPrefix(runId: string, stepName: string): Deno.KvKey {
+  return [ROOT, "item", runId, stepName];
+}
+
+/** Prefix of every item of a run. */
+export function itemRunPrefix(runId: string): Deno.KvKey {
+  return [ROOT, "item", runId];
+}
+
+/** One attempt of a step (item -1) or of a fan-out item. */
+export function attempt(runId: string, stepName: string, item: number, n: number): Deno.KvKey {
+  return [ROOT, "attempt", runId, stepName, item, n];
+}
+
+/** Prefix of every attempt of a run. */
+export function attemptPrefix(runId: string): Deno.KvKey {
+  return [ROOT, "attempt", runId];
+}
+
+/** One chunk of a large value or artifact. */
+export function blobChunk(runId: string, blobId: string, index: number): Deno.KvKey {
+  return [ROOT, "blob", runId, blobId, index];
+}
+
+/** Prefix of one blob's chunks. */
+export function blobPrefix(runId: string, blobId: string): Deno.KvKey {
+  return [ROOT, "blob", runId, blobId];
+}
+
+/** An artifact's metadata, by name. */
+export function artifact(runId: string, name: string): Deno.KvKey {
+  return [ROOT, "artifact", runId, name];
+}
+
+/** Prefix of a run's artifacts. */
+export function artifactPrefix(runId: string): Deno.KvKey {
+  return [ROOT, "artifact", runId];
+}
+
+/** The alert of a run's `seq`-th failure. */
+export function alert(runId: string, seq: number): Deno.KvKey {
+  return [ROOT, "alert", runId, seq];
+}
+
+/** Prefix of a run's alerts. */
+export function alertPrefix(runId: string): Deno.KvKey {
+  return [ROOT, "alert", runId];
+}
+
+/** An alert whose webhook has not been delivered yet. */
+export function alertOutbox(runId: string, seq: number): Deno.KvKey {
+  return [ROOT, "alert_outbox", runId, seq];
+}
+
+/** Prefix of the alert outbox. */
+export function alertOutboxPrefix(): Deno.KvKey {
+  return [ROOT, "alert_outbox"];
+}

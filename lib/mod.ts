@@ -1,0 +1,66 @@
+/**
+ * kvflow: durable typed pipelines on Deno KV.
+ *
+ * Define steps and pipelines, then run them with the CLI (`deno task run <pipeline>`)
+ * or from code with {@linkcode openEngine}.
+ *
+ * @example
+ * ```ts
+ * import { z } from "zod";
+ * import { pipeline, step } from "./mod.ts";
+ *
+ * const load = step("load", () => [3, 4]);
+ * const sum = step("sum", { needs: { load } }, ({ load }) => load[0] + load[1]);
+ * export default pipeline("add", { params: z.object({}), steps: [load, sum] });
+ * ```
+ *
+ * @module
+ */
+export {
+  type AnyStep,
+  type ArtifactOptions,
+  type ArtifactRef,
+  type FanOut,
+  type FanOutOptions,
+  type Inputs,
+  type ItemContext,
+  type Logger,
+  type Needs,
+  type OutputOf,
+  pipeline,
+  type Pipeline,
+  type PipelineDefaults,
+  type PipelineOptions,
+  type ResolvedRetry,
+  type RetryPolicy,
+  type RunInfo,
+  step,
+  type Step,
+  type StepContext,
+  type StepOptions,
+  type Trigger,
+} from "./definition.ts";
+export { type Duration } from "./duration.ts";
+export { type ErrorInfo, NonRetryableError, UsageError } from "./errors.ts";
+export { Engine, type EngineOptions, openEngine } from "./engine.ts";
+export {
+  type AttemptRecord,
+  type BlobRef,
+  type LogLine,
+  type RunRecord,
+  type RunStatus,
+  type Stored,
+  type StepStatus,
+  type TaskRecord,
+} from "./run_state.ts";
+export {
+  type CreateRunInput,
+  type ListRunsOptions,
+  type RunPage,
+  Store,
+  type StoreOptions,
+} from "./store.ts";
+export { type ExecuteResult, Worker, type WorkerOptions } from "./worker.ts";
+export { type Outcome, type RunEvent } from "./driver.ts";
+export { type AlertRecord } from "./alerts.ts";
+export { type ArtifactMeta } from "./artifacts.ts";

@@ -1,0 +1,337 @@
+/**
+ * What kvflow stores about runs, steps, items and attempts, and how each of them may
+ * change. Every status change of a run or a step is a function of this module; the
+ * store and the driver only persist and schedule what these functions decide.
+ *
+ * @module
+ */
+import { diffGraphs, type Pipeline, type Trigger } from "./definition.ts";
+import type { ErrorInfo } from "./errors.ts";
+import { UsageError } from "./errors.ts";
+
+/** A run's status. */
+export type RunStatus = "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
+
+/** A step's (or fan-out item's) status. */
+export type StepStatus = "pending" | "running" | "retrying" | "succeeded" | "failed" | "skipped";
+
+/** Run statuses after which nothing happens until a person resumes or reruns. */
+export const TERMINAL: ReadonlySet<RunStatus> = new Set(["succeeded", "failed", "cancelled"]);
+
+/** Every run status, in the order a run usually passes them. */
+export const RUN_STATUSES: readonly RunStatus[] = [
+  "queued",
+  "running",
+  "waiting",
+  "succeeded",
+  "failed",
+  "cancelled",
+];
+
+/** The stored record of a run. */
+export interface RunRecord {
+  /** Sortable by creation time. */
+  id: string;
+  /** Pipeline name. */
+  pipeline: string;
+  /** Hash of the pipeline's step graph when the run was created (or last forced). */
+  version: string;
+  /** The step graph the version hashes, to explain a change. */
+  graph: Record<string, string[]>;
+  /** Validated params. */
+  params: Record<string, unknown>;
+  /** `YYYY-MM-DD`. */
+  logicalDate: string;
+  /** How it was started. */
+  trigger: Trigger;
+  /** The module the pipeline was loaded from, when it is not in the registry. */
+  module?: string;
+  /** Status. */
+  status: RunStatus;
+  /** Creation time, ms since epoch. */
+  createdAt: number;
+  /** First time a worker started it. */
+  startedAt: number | null;
+  /** When it last reached a terminal status. */
+  endedAt: number | null;
+  /** The time of this run's entry in the due-index, or null when it has none. */
+  dueAt: number | null;
+  /** Why it failed or was cancelled. */
+  error: { step: string | null; message: string } | null;
+  /** How many times it has failed; numbers its alerts. */
+  failures: number;
+  /** How many times a worker took it over from an expired lease. */
+  takeovers: number;
+}
+
+/** Who may write a run's checkpoints, and until when. */
+export interface Lease {
+  /** The worker's id. */
+  owner: string;
+  /** Host of the worker, to detect a dead local holder early. */
+  host: string;
+  /** Process id of the worker. */
+  pid: number;
+  /** Ms since epoch after which any worker may take the run over. */
+  deadline: number;
+}
+
+/** A reference to bytes stored in chunks. */
+export interface BlobRef {
+  /** Unique within the run. */
+  id: string;
+  /** Total bytes. */
+  size: number;
+  /** Number of chunks. */
+  chunks: number;
+}
+
+/** A value as stored: inline when small, else serialized into a blob. */
+export type Stored = { inline: unknown } | { blob: BlobRef };
+
+/** The stored state of one step (or of one fan-out item). */
+export interface TaskRecord {
+  /** Status. */
+  status: StepStatus;
+  /** Attempts started so far. */
+  attempt: number;
+  /** Bumped by each rerun; part of the idempotency key. */
+  generation: number;
+  /** When the current or last attempt started. */
+  startedAt: number | null;
+  /** When it reached its last status. */
+  endedAt: number | null;
+  /** When a retry is due. */
+  nextAt: number | null;
+  /** The last error. */
+  error: ErrorInfo | null;
+  /** The output, once succeeded (absent for fan-out steps: their items hold it). */
+  output?: Stored;
+  /** For a fan-out step: how many items its list had. */
+  items?: number;
+}
+
+/** One line logged by a step. */
+export interface LogLine {
+  /** Ms since epoch. */
+  at: number;
+  /** Level. */
+  level: "debug" | "info" | "warn" | "error";
+  /** Message. */
+  message: string;
+  /** Structured fields. */
+  fields?: Record<string, unknown>;
+}
+
+/** The stored record of one attempt. */
+export interface AttemptRecord {
+  /** Step name. */
+  step: string;
+  /** Fan-out item index, or -1. */
+  item: number;
+  /** Attempt number, from 1. */
+  n: number;
+  /** How it ended. */
+  status: "succeeded" | "failed" | "crashed" | "interrupted";
+  /** Start, ms since epoch. */
+  startedAt: number;
+  /** End, ms since epoch (for a crash: when the crash was found). */
+  endedAt: number;
+  /** Error, unless it succeeded. */
+  error: ErrorInfo | null;
+  /** Log lines. */
+  logs: LogLine[];
+}
+
+/** A fresh task record. */
+export function pendingTask(generation = 0): TaskRecord {
+  return {
+    status: "pending",
+    attempt: 0,
+    generation,
+    startedAt: null,
+    endedAt: null,
+    nextAt: null,
+    error: null,
+  };
+}
+
+/** The record of a task whose attempt starts now. */
+export function startAttempt(task: TaskRecord, now: number): TaskRecord {
+  return {
+    ...task,
+    status: "running",
+    attempt: task.attempt + 1,
+    startedAt: now,
+    endedAt: null,
+    nextAt: null,
+  };
+}
+
+/** The record of a task whose attempt succeeded. */
+export function succeedTask(task: TaskRecord, now: number, output?: Stored): TaskRecord {
+  const done: TaskRecord = { ...task, status: "succeeded", endedAt: now, nextAt: null, error: null };
+  if (output !== undefined) done.output = output;
+  return done;
+}
+
+/**
+ * The record of a task whose attempt failed: `retrying` with its next time when the
+ * policy allows another attempt and the error is retryable, else `failed`.
+ */
+export function failAttempt(
+  task: TaskRecord,
+  now: number,
+  error: ErrorInfo,
+  attemptsAllowed: number,
+  delayMs: number,
+): TaskRecord {
+  if (error.retryable && task.attempt < attemptsAllowed) {
+    return { ...task, status: "retrying", endedAt: now, nextAt: now + delayMs, error };
+  }
+  return { ...task, status: "failed", endedAt: now, nextAt: null, error };
+}
+
+/** Whether a task may start now. */
+export function isReady(task: TaskRecord, now: number): boolean {
+  return task.status === "pending" || (task.status === "retrying" && (task.nextAt ?? 0) <= now);
+}
+
+/** The record of a step that cannot run because a step it needs failed or was skipped. */
+export function skipTask(task: TaskRecord, now: number, because: string): TaskRecord {
+  return {
+    ...task,
+    status: "skipped",
+    endedAt: now,
+    nextAt: null,
+    error: { name: "Skipped", message: `Skipped: '${because}' did not succeed`, retryable: true },
+  };
+}
+
+/** The error stored for an attempt that was running when its worker died. */
+export function crashError(attempt: number): ErrorInfo {
+  return {
+    name: "WorkerLost",
+    message: `The worker running attempt ${attempt} stopped before it finished (crash, kill or lost lease)`,
+    retryable: true,
+  };
+}
+
+/** The change resume or rerun makes to one step's record. */
+export interface StepReset {
+  /** Step name. */
+  step: string;
+  /** Its new record. */
+  record: TaskRecord;
+  /** Whether its fan-out items must be cleared too (failed ones only, or all). */
+  items: "none" | "failed" | "all";
+}
+
+/**
+ * What resuming changes: failed and skipped steps go back to pending with their attempts
+ * reset; checkpointed steps are untouched. A graph that changed since the run was
+ * created needs `force`.
+ *
+ * @throws {UsageError} when the run cannot be resumed as asked
+ */
+export function planResume(
+  run: RunRecord,
+  pipeline: Pipeline<unknown>,
+  steps: ReadonlyMap<string, TaskRecord>,
+  force: boolean,
+): StepReset[] {
+  if (run.status === "succeeded") {
+    throw new UsageError(
+      `Run ${run.id} already succeeded: nothing to resume (use rerun --from <step> to run steps again)`,
+      "conflict",
+    );
+  }
+  checkVersion(run, pipeline, force);
+  const resets: StepReset[] = [];
+  for (const s of pipeline.steps) {
+    const record = steps.get(s.name);
+    if (!record) {
+      resets.push({ step: s.name, record: pendingTask(), items: "none" });
+    } else if (record.status !== "succeeded") {
+      resets.push({
+        step: s.name,
+        record: { ...pendingTask(record.generation), items: record.items },
+        items: "failed",
+      });
+    }
+  }
+  return resets;
+}
+
+/**
+ * What a rerun from step `from` changes: that step and every step that depends on it go
+ * back to pending with a new generation (so new idempotency keys); failed and skipped
+ * steps elsewhere are resumed as well.
+ *
+ * @throws {UsageError} on an unknown step or a run that is still active
+ */
+export function planRerun(
+  run: RunRecord,
+  pipeline: Pipeline<unknown>,
+  steps: ReadonlyMap<string, TaskRecord>,
+  from: string,
+  force: boolean,
+): StepReset[] {
+  if (!TERMINAL.has(run.status)) {
+    throw new UsageError(
+      `Run ${run.id} is ${run.status}: cancel it or let it finish before a rerun`,
+      "conflict",
+    );
+  }
+  if (!pipeline.byName.has(from)) {
+    throw new UsageError(
+      `Unknown step '${from}' in pipeline '${pipeline.name}': steps are ${
+        pipeline.steps.map((s) => s.name).join(", ")
+      }`,
+      "not_found",
+    );
+  }
+  checkVersion(run, pipeline, force);
+  const rerun = new Set([from]);
+  for (const s of pipeline.steps) {
+    if (Object.values(s.needs).some((n) => rerun.has(n.name))) rerun.add(s.name);
+  }
+  const resets: StepReset[] = [];
+  for (const s of pipeline.steps) {
+    const record = steps.get(s.name);
+    if (rerun.has(s.name)) {
+      resets.push({ step: s.name, record: pendingTask((record?.generation ?? 0) + 1), items: "all" });
+    } else if (!record) {
+      resets.push({ step: s.name, record: pendingTask(), items: "none" });
+    } else if (record.status !== "succeeded") {
+      resets.push({
+        step: s.name,
+        record: { ...pendingTask(record.generation), items: record.items },
+        items: "failed",
+      });
+    }
+  }
+  return resets;
+}
+
+function checkVersion(run: RunRecord, pipeline: Pipeline<unknown>, force: boolean): void {
+  if (run.version === pipeline.version || force) return;
+  const changes = diffGraphs(run.graph, pipeline.graph);
+  if (changes.length === 0) changes.push("a step changed between a single step and a fan-out");
+  throw new UsageError(
+    `Pipeline '${pipeline.name}' changed since run ${run.id} started: ${
+      changes.join("; ")
+    }. Pass --force to continue on the new graph`,
+    "version_changed",
+  );
+}
+
+/** The idempotency key of a step or item: stable across attempts, new on each rerun. */
+export function idempotencyKey(
+  runId: string,
+  step: string,
+  item: number,
+  generation: number,
+): string {
+  return `${runId}:${step}${item >= 0 ? `:${item}` : ""}${generation > 0 ? `:g${generation}` : ""}`;
+}

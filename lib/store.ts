@@ -1,0 +1,573 @@
+/**
+ * The store: reading runs, and the changes that people and workers make to them from
+ * outside a running driver — create, claim, resume, rerun, cancel. Each change is one
+ * atomic commit that also moves the run's indexes and its due-index entry.
+ *
+ * @module
+ */
+import type { Pipeline, Trigger } from "./definition.ts";
+import { UsageError } from "./errors.ts";
+import * as keys from "./keys.ts";
+import {
+  type AttemptRecord,
+  type Lease,
+  planRerun,
+  planResume,
+  type RunRecord,
+  type RunStatus,
+  type StepReset,
+  type TaskRecord,
+  TERMINAL,
+} from "./run_state.ts";
+import { decodeValue, readBlob } from "./codec.ts";
+import type { ArtifactMeta } from "./artifacts.ts";
+
+/** A queue message: a hint to look at a run. */
+export interface RunHint {
+  /** Marks the message as kvflow's. */
+  kvflow: "run";
+  /** The run to look at. */
+  runId: string;
+}
+
+/** What {@linkcode Store.createRun} needs. */
+export interface CreateRunInput {
+  /** Params, validated against the pipeline's schema. */
+  params?: unknown;
+  /** `YYYY-MM-DD`; default today (UTC). */
+  logicalDate?: string;
+  /** How it was started. Default `cli`. */
+  trigger?: Trigger;
+  /** A fixed id, e.g. derived from a schedule tick; creation fails if it exists. */
+  id?: string;
+  /** The module the pipeline came from, when it is not in the registry. */
+  module?: string;
+}
+
+/** Filters of {@linkcode Store.listRuns}. */
+export interface ListRunsOptions {
+  /** Only this pipeline's runs. */
+  pipeline?: string;
+  /** Only runs with this status. */
+  status?: RunStatus;
+  /** Page size, 1 to 1000. Default 20. */
+  limit?: number;
+  /** Where the previous page ended. */
+  cursor?: string;
+}
+
+/** A page of runs, newest first. */
+export interface RunPage {
+  /** The runs. */
+  runs: RunRecord[];
+  /** Pass back to get the next page; absent on the last page. */
+  cursor?: string;
+}
+
+/** A claimed run: the records a driver starts from. */
+export interface Claim {
+  /** The run, as the claim wrote it. */
+  run: RunRecord;
+  /** The lease the claim wrote. */
+  lease: Lease;
+  /** Versionstamp of the lease entry: every checkpoint checks it. */
+  leaseVersion: string;
+}
+
+/** Options of a {@linkcode Store}. */
+export interface StoreOptions {
+  /** Whether this KV has queues (local file and memory do; Deploy and remote KV do not). */
+  queues?: boolean;
+}
+
+/** Reads and changes runs in one KV database. */
+export class Store {
+  /** The KV database. */
+  readonly kv: Deno.Kv;
+  /** Whether `kv.enqueue` hints are sent. */
+  readonly queues: boolean;
+
+  /**
+   * @param kv an open KV database
+   * @param options whether the KV has queues
+   */
+  constructor(kv: Deno.Kv, options: StoreOptions = {}) {
+    this.kv = kv;
+    this.queues = options.queues ?? true;
+  }
+
+  /**
+   * Creates a queued run with validated params and a due-index entry for now.
+   *
+   * @throws {UsageError} on params that fail the schema or a malformed date
+   */
+  async createRun(pipeline: Pipeline<unknown>, input: CreateRunInput = {}): Promise<RunRecord> {
+    const params = validateParams(pipeline, input.params ?? {});
+    const now = Date.now();
+    const logicalDate = input.logicalDate ?? new Date(now).toISOString().slice(0, 10);
+    checkDate(logicalDate);
+    const run: RunRecord = {
+      id: input.id ?? newRunId(now),
+      pipeline: pipeline.name,
+      version: pipeline.version,
+      graph: pipeline.graph as Record<string, string[]>,
+      params,
+      logicalDate,
+      trigger: input.trigger ?? "cli",
+      ...(input.module ? { module: input.module } : {}),
+      status: "queued",
+      createdAt: now,
+      startedAt: null,
+      endedAt: null,
+      dueAt: now,
+      error: null,
+      failures: 0,
+      takeovers: 0,
+    };
+    const op = this.kv.atomic()
+      .check({ key: keys.run(run.id), versionstamp: null })
+      .set(keys.run(run.id), run)
+      .set(keys.runsByTime(now, run.id), run.pipeline)
+      .set(keys.runsByPipeline(run.pipeline, now, run.id), run.status)
+      .set(keys.runsByStatus(run.status, now, run.id), run.pipeline)
+      .set(keys.due(now, run.id), run.id);
+    this.hint(op, run.id, 0);
+    const result = await op.commit();
+    if (!result.ok) throw new UsageError(`Run ${run.id} already exists`, "conflict");
+    return run;
+  }
+
+  /** A run, or null when there is none with that id. */
+  async getRun(runId: string): Promise<RunRecord | null> {
+    if (!isRunId(runId)) return null;
+    return (await this.kv.get<RunRecord>(keys.run(runId))).value;
+  }
+
+  /**
+   * A run that must exist.
+   *
+   * @throws {UsageError} when there is no such run
+   */
+  async requireRun(runId: string): Promise<RunRecord> {
+    const run = await this.getRun(runId);
+    if (!run) throw new UsageError(`Unknown run: '${runId}'`, "not_found");
+    return run;
+  }
+
+  /** The stored step records of a run, by step name. */
+  async getSteps(runId: string): Promise<Map<string, TaskRecord>> {
+    const steps = new Map<string, TaskRecord>();
+    for await (const e of this.kv.list<TaskRecord>({ prefix: keys.stepPrefix(runId) })) {
+      steps.set(e.key[e.key.length - 1] as string, e.value);
+    }
+    return steps;
+  }
+
+  /** The stored item records of a fan-out step, by index. */
+  async getItems(runId: string, step: string): Promise<Map<number, TaskRecord>> {
+    const items = new Map<number, TaskRecord>();
+    for await (const e of this.kv.list<TaskRecord>({ prefix: keys.itemPrefix(runId, step) })) {
+      items.set(e.key[e.key.length - 1] as number, e.value);
+    }
+    return items;
+  }
+
+  /** The stored attempts of a run, in step, item, attempt order. */
+  async getAttempts(runId: string): Promise<AttemptRecord[]> {
+    const attempts: AttemptRecord[] = [];
+    for await (const e of this.kv.list<AttemptRecord>({ prefix: keys.attemptPrefix(runId) })) {
+      attempts.push(e.value);
+    }
+    return attempts;
+  }
+
+  /** The output of a succeeded step (for fan-out steps, the list of item outputs). */
+  async getOutput(runId: string, step: string): Promise<unknown> {
+    const record = (await this.kv.get<TaskRecord>(keys.step(runId, step))).value;
+    if (!record || record.status !== "succeeded") {
+      throw new UsageError(`Step '${step}' of run ${runId} has no output yet`, "not_found");
+    }
+    if (record.output) return await decodeValue(this.kv, runId, record.output);
+    const items = await this.getItems(runId, step);
+    const out: unknown[] = [];
+    for (let i = 0; i < (record.items ?? 0); i++) {
+      const item = items.get(i);
+      out.push(item?.output ? await decodeValue(this.kv, runId, item.output) : undefined);
+    }
+    return out;
+  }
+
+  /** The artifacts a run has stored. */
+  async getArtifacts(runId: string): Promise<ArtifactMeta[]> {
+    const out: ArtifactMeta[] = [];
+    for await (const e of this.kv.list<ArtifactMeta>({ prefix: keys.artifactPrefix(runId) })) {
+      out.push(e.value);
+    }
+    return out;
+  }
+
+  /**
+   * An artifact's metadata and bytes.
+   *
+   * @throws {UsageError} when the run has no artifact of that name
+   */
+  async readArtifact(
+    runId: string,
+    name: string,
+  ): Promise<{ meta: ArtifactMeta; bytes: Uint8Array }> {
+    const meta = (await this.kv.get<ArtifactMeta>(keys.artifact(runId, name))).value;
+    if (!meta) throw new UsageError(`Run ${runId} has no artifact '${name}'`, "not_found");
+    return { meta, bytes: await readBlob(this.kv, runId, meta.blob) };
+  }
+
+  /**
+   * Runs newest first, optionally of one pipeline and one status, a page at a time.
+   *
+   * @throws {UsageError} on a limit out of range or a bad cursor
+   */
+  async listRuns(options: ListRunsOptions = {}): Promise<RunPage> {
+    const limit = options.limit ?? 20;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+      throw new UsageError(`Invalid limit ${limit}: use an integer from 1 to 1000`);
+    }
+    const prefix = options.status
+      ? keys.runsByStatusPrefix(options.status)
+      : options.pipeline
+      ? keys.runsByPipelinePrefix(options.pipeline)
+      : keys.runsByTimePrefix();
+    const filterPipeline = options.status && options.pipeline ? options.pipeline : undefined;
+    const runs: RunRecord[] = [];
+    let iter: Deno.KvListIterator<string>;
+    try {
+      iter = this.kv.list<string>({ prefix }, {
+        reverse: true,
+        cursor: options.cursor,
+        limit: filterPipeline ? undefined : limit,
+        batchSize: Math.min(limit * (filterPipeline ? 4 : 1), 500),
+      });
+      const ids: string[] = [];
+      for await (const e of iter) {
+        if (filterPipeline && e.value !== filterPipeline) continue;
+        ids.push(e.key[e.key.length - 1] as string);
+        if (ids.length === limit) break;
+      }
+      for (let i = 0; i < ids.length; i += 10) {
+        const entries = await this.kv.getMany<RunRecord[]>(
+          ids.slice(i, i + 10).map((id) => keys.run(id)),
+        );
+        for (const e of entries) if (e.value) runs.push(e.value);
+      }
+      const cursor = ids.length === limit ? iter.cursor : "";
+      return cursor ? { runs, cursor } : { runs };
+    } catch (error) {
+      if (options.cursor && error instanceof Error && /cursor/i.test(error.message)) {
+        throw new UsageError(`Invalid cursor: ${JSON.stringify(options.cursor)}`);
+      }
+      throw error;
+    }
+  }
+
+  /** The lease of a run, with its versionstamp. */
+  async getLease(runId: string): Promise<Deno.KvEntryMaybe<Lease>> {
+    return await this.kv.get<Lease>(keys.lease(runId));
+  }
+
+  /**
+   * Claims a run for a worker: succeeds when the run is active and unleased (or its lease
+   * expired, or its holder is a dead process on this host) and, for a waiting run, its
+   * retry is due. The commit writes the lease, a due-index entry at the lease deadline
+   * (so a crash of this worker still leaves a wake-up), and the run as `running`.
+   *
+   * @returns the claim, or null when another worker has it or there is nothing to do
+   */
+  async claim(runId: string, holder: Omit<Lease, "deadline">, leaseMs: number): Promise<Claim | null> {
+    const [runEntry, leaseEntry] = await this.kv.getMany<[RunRecord, Lease]>([
+      keys.run(runId),
+      keys.lease(runId),
+    ]);
+    const run = runEntry.value;
+    if (!run) return null;
+    const now = Date.now();
+    if (TERMINAL.has(run.status)) {
+      if (run.dueAt !== null) await this.#dropStaleDue(runEntry as Deno.KvEntry<RunRecord>);
+      return null;
+    }
+    const held = leaseEntry.value;
+    const takeover = held !== null;
+    if (held && held.deadline > now && !isDeadLocalHolder(held, holder)) return null;
+    if (run.status === "waiting" && run.dueAt !== null && run.dueAt > now) return null;
+    const lease: Lease = { ...holder, deadline: now + leaseMs };
+    const claimed: RunRecord = {
+      ...run,
+      status: "running",
+      startedAt: run.startedAt ?? now,
+      dueAt: lease.deadline,
+      takeovers: run.takeovers + (takeover ? 1 : 0),
+    };
+    const op = this.kv.atomic()
+      .check(runEntry, leaseEntry)
+      .set(keys.lease(runId), lease)
+      .set(keys.run(runId), claimed);
+    moveDue(op, run, claimed);
+    moveStatus(op, run, claimed);
+    const result = await op.commit();
+    if (!result.ok) return null;
+    return { run: claimed, lease, leaseVersion: result.versionstamp };
+  }
+
+  /**
+   * Puts a failed or cancelled run back in the queue: failed and skipped steps return to
+   * pending with their attempts reset, checkpointed outputs stay. An active run is left
+   * as it is (a worker, or the caller, continues it).
+   *
+   * @throws {UsageError} on a succeeded run, or a changed graph without `force`
+   */
+  async resume(run: RunRecord, pipeline: Pipeline<unknown>, force = false): Promise<RunRecord> {
+    if (!TERMINAL.has(run.status)) return run;
+    const steps = await this.getSteps(run.id);
+    return await this.#requeue(run, pipeline, planResume(run, pipeline, steps, force));
+  }
+
+  /**
+   * Reruns a finished run from one step: that step and its dependents run again with new
+   * idempotency keys; other checkpoints are reused.
+   *
+   * @throws {UsageError} on an active run, an unknown step or a changed graph without `force`
+   */
+  async rerun(
+    run: RunRecord,
+    pipeline: Pipeline<unknown>,
+    from: string,
+    force = false,
+  ): Promise<RunRecord> {
+    const steps = await this.getSteps(run.id);
+    return await this.#requeue(run, pipeline, planRerun(run, pipeline, steps, from, force));
+  }
+
+  async #requeue(
+    run: RunRecord,
+    pipeline: Pipeline<unknown>,
+    resets: StepReset[],
+  ): Promise<RunRecord> {
+    const now = Date.now();
+    const next: RunRecord = {
+      ...run,
+      version: pipeline.version,
+      graph: pipeline.graph as Record<string, string[]>,
+      status: "queued",
+      endedAt: null,
+      error: null,
+      dueAt: now,
+    };
+    const clears: Deno.KvKey[] = [];
+    for (const reset of resets) {
+      if (reset.items === "none") continue;
+      for (const [index, item] of await this.getItems(run.id, reset.step)) {
+        if (reset.items === "all" || item.status !== "succeeded") {
+          clears.push(keys.item(run.id, reset.step, index));
+        }
+      }
+    }
+    const writes: [Deno.KvKey, unknown][] = [
+      ...resets.map((r): [Deno.KvKey, unknown] => [keys.step(run.id, r.step), r.record]),
+      ...clears.map((k): [Deno.KvKey, unknown] => [k, null]),
+    ];
+    // The run record, its indexes and due entry go in the last commit, so the run is
+    // queued only once every step reset is stored.
+    const runEntry = await this.kv.get<RunRecord>(keys.run(run.id));
+    if (!runEntry.value || runEntry.value.status !== run.status) {
+      throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
+    }
+    for (let i = 0; i < writes.length; i += 900) {
+      const op = this.kv.atomic().check(runEntry);
+      for (const [key, value] of writes.slice(i, i + 900)) {
+        if (value === null) op.delete(key);
+        else op.set(key, value);
+      }
+      const last = i + 900 >= writes.length;
+      if (last) this.#finishRequeue(op, run, next);
+      if (!(await op.commit()).ok) {
+        throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
+      }
+    }
+    if (writes.length === 0) {
+      const op = this.kv.atomic().check(runEntry);
+      this.#finishRequeue(op, run, next);
+      if (!(await op.commit()).ok) {
+        throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
+      }
+    }
+    return next;
+  }
+
+  #finishRequeue(op: Deno.AtomicOperation, run: RunRecord, next: RunRecord): void {
+    op.set(keys.run(run.id), next);
+    moveDue(op, run, next);
+    moveStatus(op, run, next);
+    this.hint(op, run.id, 0);
+  }
+
+  /**
+   * Cancels an active run: takes its lease away (so its worker can write nothing more and
+   * aborts its running steps), marks unfinished steps, and ends the run `cancelled`.
+   *
+   * @throws {UsageError} when the run already ended
+   */
+  async cancel(runId: string, reason = "Cancelled by request"): Promise<RunRecord> {
+    for (let tries = 0; tries < 5; tries++) {
+      const [runEntry, leaseEntry] = await this.kv.getMany<[RunRecord, Lease]>([
+        keys.run(runId),
+        keys.lease(runId),
+      ]);
+      const run = runEntry.value;
+      if (!run) throw new UsageError(`Unknown run: '${runId}'`, "not_found");
+      if (TERMINAL.has(run.status)) {
+        throw new UsageError(`Run ${runId} already ${run.status}: nothing to cancel`, "conflict");
+      }
+      const now = Date.now();
+      const next: RunRecord = {
+        ...run,
+        status: "cancelled",
+        endedAt: now,
+        dueAt: null,
+        error: { step: null, message: reason },
+      };
+      const op = this.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId));
+      op.set(keys.run(runId), next);
+      moveDue(op, run, next);
+      moveStatus(op, run, next);
+      for (const [name, record] of await this.getSteps(runId)) {
+        if (record.status === "running" || record.status === "retrying") {
+          op.set(keys.step(runId, name), {
+            ...record,
+            status: "failed",
+            endedAt: now,
+            nextAt: null,
+            error: { name: "Cancelled", message: reason, retryable: true },
+          } satisfies TaskRecord);
+        }
+      }
+      if ((await op.commit()).ok) return next;
+    }
+    throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
+  }
+
+  /** Ids of runs whose due-index entry is at or before `now`, oldest first. */
+  async dueRuns(now: number, limit: number): Promise<string[]> {
+    const ids: string[] = [];
+    const iter = this.kv.list<string>({ prefix: keys.duePrefix(), end: keys.due(now + 1, "") }, {
+      limit,
+    });
+    for await (const e of iter) ids.push(e.value);
+    return ids;
+  }
+
+  /** The earliest due-index entry's time, or null when nothing is due. */
+  async nextDue(): Promise<number | null> {
+    for await (const e of this.kv.list({ prefix: keys.duePrefix() }, { limit: 1 })) {
+      return e.key[2] as number;
+    }
+    return null;
+  }
+
+  /** Adds a queue hint for a run to an atomic operation, where the KV has queues. */
+  hint(op: Deno.AtomicOperation, runId: string, delayMs: number): void {
+    if (!this.queues) return;
+    op.enqueue({ kvflow: "run", runId } satisfies RunHint, {
+      delay: Math.max(0, Math.min(delayMs, 30 * 86_400_000 - 1)),
+    });
+  }
+
+  async #dropStaleDue(entry: Deno.KvEntry<RunRecord>): Promise<void> {
+    const run = entry.value;
+    const fixed = { ...run, dueAt: null };
+    const op = this.kv.atomic().check(entry).set(keys.run(run.id), fixed);
+    moveDue(op, run, fixed);
+    await op.commit();
+  }
+}
+
+/** Adds to `op` the due-index move from `before.dueAt` to `after.dueAt`. */
+export function moveDue(op: Deno.AtomicOperation, before: RunRecord, after: RunRecord): void {
+  if (before.dueAt === after.dueAt) return;
+  if (before.dueAt !== null) op.delete(keys.due(before.dueAt, before.id));
+  if (after.dueAt !== null) op.set(keys.due(after.dueAt, after.id), after.id);
+}
+
+/** Adds to `op` the status-index move from `before.status` to `after.status`. */
+export function moveStatus(op: Deno.AtomicOperation, before: RunRecord, after: RunRecord): void {
+  if (before.status === after.status) return;
+  op.delete(keys.runsByStatus(before.status, before.createdAt, before.id));
+  op.set(keys.runsByStatus(after.status, after.createdAt, after.id), after.pipeline);
+  op.set(keys.runsByPipeline(after.pipeline, after.createdAt, after.id), after.status);
+}
+
+const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$/;
+
+/** Whether a string can be a run id (so unknown ids fail fast, before KV sees them). */
+export function isRunId(value: string): boolean {
+  return RUN_ID.test(value);
+}
+
+/** A new run id: UTC time of creation, then random letters, sortable by time. */
+export function newRunId(now: number): string {
+  const stamp = new Date(now).toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+  const random = crypto.getRandomValues(new Uint8Array(6));
+  const alphabet = "0123456789abcdefghjkmnpqrstvwxyz";
+  return `${stamp}-${Array.from(random, (b) => alphabet[b & 31]).join("")}`;
+}
+
+/**
+ * Validates params against a pipeline's schema.
+ *
+ * @throws {UsageError} naming each field that fails, with code `invalid_params`
+ */
+export function validateParams(
+  pipeline: Pipeline<unknown>,
+  params: unknown,
+): Record<string, unknown> {
+  if (params === null || typeof params !== "object" || Array.isArray(params)) {
+    throw new UsageError(`Invalid params for '${pipeline.name}': expected an object`, "invalid_params");
+  }
+  if (!pipeline.params) {
+    const names = Object.keys(params);
+    if (names.length > 0) {
+      throw new UsageError(
+        `Invalid params for '${pipeline.name}': it takes no params, got ${names.join(", ")}`,
+        "invalid_params",
+      );
+    }
+    return {};
+  }
+  const result = pipeline.params.safeParse(params);
+  if (!result.success) {
+    const issues = result.error.issues.map((i) =>
+      `${i.path.length ? i.path.join(".") : "(params)"}: ${i.message}`
+    );
+    throw new UsageError(
+      `Invalid params for '${pipeline.name}': ${issues.join("; ")}`,
+      "invalid_params",
+    );
+  }
+  const value = result.data;
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new UsageError(`Invalid params schema of '${pipeline.name}': it must produce an object`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function checkDate(date: string): void {
+  const ok = /^\d{4}-\d{2}-\d{2}$/.test(date) &&
+    new Date(`${date}T00:00:00Z`).toISOString().slice(0, 10) === date;
+  if (!ok) throw new UsageError(`Invalid date ${JSON.stringify(date)}: use YYYY-MM-DD`);
+}
+
+function isDeadLocalHolder(held: Lease, me: Omit<Lease, "deadline">): boolean {
+  if (held.host !== me.host || held.pid === me.pid) return false;
+  try {
+    Deno.statSync(`/proc/${held.pid}`);
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound;
+  }
+}

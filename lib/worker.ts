@@ -1,0 +1,242 @@
+/**
+ * A worker claims runs and drives them. Wake-ups, fastest first: a run created or
+ * resumed in this process starts at once; a retry due soon waits on an in-process timer;
+ * a `kv.enqueue` hint (where KV has queues) arrives after its delay; and a sweep of the
+ * due-index — which also holds every lease's deadline — catches everything else.
+ * Queue messages are only hints: each one means "look at this run", and looking twice
+ * is harmless.
+ *
+ * @module
+ */
+import type { Pipeline } from "./definition.ts";
+import { type AlertRecord, alertText, deliverAlert, pendingAlerts } from "./alerts.ts";
+import { type Outcome, RunDriver, type RunEvent } from "./driver.ts";
+import type { Lease } from "./run_state.ts";
+import { TERMINAL } from "./run_state.ts";
+import { type RunHint, type Store } from "./store.ts";
+import { Slots } from "./slots.ts";
+
+/** Options of a {@linkcode Worker}. */
+export interface WorkerOptions {
+  /** The pipelines this worker can run, by name. */
+  pipelines: ReadonlyMap<string, Pipeline<unknown>>;
+  /** Runs driven at once. Default 16. */
+  maxRuns?: number;
+  /** Steps (and fan-out items) running at once across all runs. Default 64. */
+  maxSteps?: number;
+  /** Lease length: how long a dead worker's runs wait before takeover. Default 15 s. */
+  leaseMs?: number;
+  /** Interval of the due-index sweep while started. Default 1 s. */
+  pollMs?: number;
+  /** Retries due within this long keep the run's lease and wait in process. Default 5 s. */
+  holdMs?: number;
+  /** Slack-compatible webhook for alerts. */
+  alertWebhook?: string;
+  /** Delays between webhook attempts, ms. */
+  alertBackoff?: readonly number[];
+  /** Called for each durable change of a run or step. */
+  onEvent?: (event: RunEvent) => void;
+  /** Called when a run fails and its alert is stored. Default: a line on stderr. */
+  onAlert?: (alert: AlertRecord) => void;
+}
+
+/** Result of {@linkcode Worker.execute}: how the driver left the run, or why none ran. */
+export type ExecuteResult = Outcome | "busy" | "full" | "skipped" | "unknown-pipeline";
+
+/** Claims and drives runs. */
+export class Worker {
+  /** This worker's id, stored in the leases it holds. */
+  readonly id: string;
+  readonly #store: Store;
+  readonly #o: Required<Pick<WorkerOptions, "maxRuns" | "leaseMs" | "pollMs" | "holdMs">> &
+    WorkerOptions;
+  readonly #slots: Slots;
+  readonly #holder: Omit<Lease, "deadline">;
+  readonly #active = new Map<string, RunDriver | null>();
+  readonly #timers = new Map<string, ReturnType<typeof setTimeout>>();
+  readonly #deliveries = new Set<Promise<unknown>>();
+  readonly #stop = new AbortController();
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #listening: Promise<void> | undefined;
+  #sweeps = 0;
+
+  /**
+   * @param store the store to claim runs from
+   * @param options pipelines, bounds and hooks
+   */
+  constructor(store: Store, options: WorkerOptions) {
+    this.#store = store;
+    this.#o = { maxRuns: 16, leaseMs: 15_000, pollMs: 1000, holdMs: 5000, ...options };
+    this.#slots = new Slots(options.maxSteps ?? 64);
+    const host = hostname();
+    this.id = `${host}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
+    this.#holder = { owner: this.id, host, pid: Deno.pid };
+  }
+
+  /** Runs being driven by this worker now. */
+  get activeRuns(): number {
+    return this.#active.size;
+  }
+
+  /**
+   * Starts serving: listens for queue hints (where KV has queues) and sweeps the
+   * due-index every `pollMs`.
+   */
+  start(): void {
+    if (this.#store.queues) {
+      this.#listening = this.#store.kv.listenQueue((message: unknown) => {
+        const hint = message as RunHint;
+        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.poke(hint.runId);
+      });
+    }
+    const tick = () => {
+      if (this.#stop.signal.aborted) return;
+      this.sweep().catch((error) => console.error(`kvflow: sweep failed: ${error?.message}`))
+        .finally(() => {
+          if (!this.#stop.signal.aborted) this.#sweepTimer = setTimeout(tick, this.#o.pollMs);
+        });
+    };
+    this.#sweepTimer = setTimeout(tick, 0);
+  }
+
+  /** Looks once at every due run (and, every few sweeps, at undelivered alerts). */
+  async sweep(): Promise<void> {
+    const free = this.#o.maxRuns - this.#active.size;
+    if (free > 0) {
+      for (const runId of await this.#store.dueRuns(Date.now(), free + this.#active.size)) {
+        if (!this.#active.has(runId)) this.poke(runId);
+      }
+    }
+    if (this.#o.alertWebhook && this.#sweeps++ % 5 === 0) {
+      for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) this.#deliver(runId, seq);
+    }
+  }
+
+  /** Looks at a run soon: claims it if it has work and this worker has room. */
+  poke(runId: string): void {
+    if (this.#stop.signal.aborted || this.#active.has(runId)) return;
+    this.execute(runId).catch((error) =>
+      console.error(`kvflow: run ${runId}: ${error instanceof Error ? error.message : error}`)
+    );
+  }
+
+  /**
+   * Claims a run and drives it until it leaves this worker's hands.
+   *
+   * @returns how the run was left, or why it was not taken
+   */
+  async execute(runId: string, options: { onStart?: (driver: RunDriver) => void } = {}): Promise<
+    ExecuteResult
+  > {
+    if (this.#stop.signal.aborted) return "skipped";
+    if (this.#active.has(runId)) return "busy";
+    if (this.#active.size >= this.#o.maxRuns) return "full";
+    this.#active.set(runId, null);
+    try {
+      const run = await this.#store.getRun(runId);
+      if (!run) return "skipped";
+      const pipeline = this.#o.pipelines.get(run.pipeline);
+      if (!pipeline) return "unknown-pipeline";
+      const claim = await this.#store.claim(runId, this.#holder, this.#o.leaseMs);
+      if (!claim) return "skipped";
+      const driver = new RunDriver({
+        store: this.#store,
+        pipeline,
+        claim,
+        leaseMs: this.#o.leaseMs,
+        holdMs: this.#o.holdMs,
+        slots: this.#slots,
+        webhook: Boolean(this.#o.alertWebhook),
+        onEvent: this.#o.onEvent,
+        onAlert: (alert) => this.#alert(alert),
+      });
+      this.#active.set(runId, driver);
+      options.onStart?.(driver);
+      await driver.start();
+      const outcome = await driver.done;
+      if (outcome === "waiting") await this.#timeWakeUp(runId);
+      return outcome;
+    } finally {
+      this.#active.delete(runId);
+    }
+  }
+
+  /** The driver of a run this worker is driving now. */
+  driverOf(runId: string): RunDriver | undefined {
+    return this.#active.get(runId) ?? undefined;
+  }
+
+  /**
+   * Stops taking work; running steps get `graceMs` to finish, then runs are handed back
+   * (queued, due now) so another worker continues them. Waits for alert deliveries.
+   */
+  async stop(graceMs = 10_000): Promise<void> {
+    this.#stop.abort();
+    clearTimeout(this.#sweepTimer);
+    for (const timer of this.#timers.values()) clearTimeout(timer);
+    this.#timers.clear();
+    const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
+    await Promise.all(drivers.map((d) => d.release(graceMs)));
+    while (this.#active.size > 0) await new Promise((r) => setTimeout(r, 5));
+    await Promise.allSettled([...this.#deliveries]);
+  }
+
+  /** Interrupts every run now (Ctrl-C): they fail resumably and their leases are released. */
+  async interrupt(reason = "Interrupted"): Promise<void> {
+    this.#stop.abort();
+    clearTimeout(this.#sweepTimer);
+    const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
+    await Promise.all(drivers.map((d) => d.interrupt(reason)));
+  }
+
+  /** Resolves once the queue listener has ended (after the KV is closed). */
+  async closed(): Promise<void> {
+    await this.#listening;
+  }
+
+  /** Waits for alert webhooks in flight. */
+  async settleAlerts(): Promise<void> {
+    while (this.#deliveries.size > 0) await Promise.allSettled([...this.#deliveries]);
+  }
+
+  async #timeWakeUp(runId: string): Promise<void> {
+    if (this.#stop.signal.aborted) return;
+    const run = await this.#store.getRun(runId);
+    if (!run || TERMINAL.has(run.status) || run.dueAt === null) return;
+    const delay = run.dueAt - Date.now();
+    // Far-off retries are left to the queue hint and the sweep: a timer would hold the
+    // process for nothing.
+    if (delay > 60_000 || !this.#listening && this.#sweepTimer === undefined) return;
+    clearTimeout(this.#timers.get(runId));
+    this.#timers.set(
+      runId,
+      setTimeout(() => {
+        this.#timers.delete(runId);
+        this.poke(runId);
+      }, Math.max(0, delay)),
+    );
+  }
+
+  #alert(alert: AlertRecord): void {
+    (this.#o.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
+    if (this.#o.alertWebhook) this.#deliver(alert.runId, alert.seq);
+  }
+
+  #deliver(runId: string, seq: number): void {
+    const delivery = deliverAlert(this.#store.kv, runId, seq, {
+      url: this.#o.alertWebhook!,
+      owner: this.id,
+      backoff: this.#o.alertBackoff,
+    }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
+      .finally(() => this.#deliveries.delete(delivery));
+    this.#deliveries.add(delivery);
+  }
+}
+
+function hostname(): string {
+  try {
+    return Deno.hostname();
+  } catch {
+    return "unknown-host";
+  }
+}

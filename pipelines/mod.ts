@@ -1,0 +1,11 @@
+/**
+ * The static registry of pipelines. Deno Deploy and cron registration need every
+ * pipeline imported here, not discovered at run time.
+ *
+ * @module
+ */
+import type { Pipeline } from "../lib/mod.ts";
+import example from "./example/mod.ts";
+
+/** Every registered pipeline. */
+export const pipelines: readonly Pipeline<unknown>[] = [example as Pipeline<unknown>];
