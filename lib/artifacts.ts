@@ -28,6 +28,7 @@ export interface ArtifactMeta {
   createdAt: number;
 }
 
+// deno-lint-ignore no-control-regex
 const ARTIFACT_NAME = /^[^/\\\u0000-\u001f]{1,200}$/;
 
 /**

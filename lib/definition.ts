@@ -4,8 +4,21 @@
  *
  * @module
  */
-import type { z } from "zod";
 import { type Duration, toMs } from "./duration.ts";
+
+/**
+ * A schema that validates and types a value: a zod schema fits, as does anything with a
+ * compatible `safeParse`.
+ */
+export interface Schema<T> {
+  /** Checks a value; on success returns it (possibly transformed) as `data`. */
+  safeParse(value: unknown):
+    | { success: true; data: T }
+    | {
+      success: false;
+      error: { issues: readonly { path: readonly PropertyKey[]; message: string }[] };
+    };
+}
 
 /** How a run was started. */
 export type Trigger = "cli" | "http" | "schedule" | "backfill";
@@ -108,7 +121,11 @@ export interface StepContext {
    * Stores bytes as an artifact of the run and returns a reference to return or pass on.
    * Storing the same name again replaces it.
    */
-  artifact(name: string, data: Uint8Array | string, options?: ArtifactOptions): Promise<ArtifactRef>;
+  artifact(
+    name: string,
+    data: Uint8Array | string,
+    options?: ArtifactOptions,
+  ): Promise<ArtifactRef>;
   /** Reads an artifact of this run back, by reference or by name. */
   readArtifact(ref: ArtifactRef | string): Promise<Uint8Array>;
 }
@@ -130,7 +147,7 @@ export interface Step<O> {
   /** The steps it needs, by the input name its function receives them under. */
   readonly needs: Readonly<Record<string, AnyStep>>;
   /** Zod schema its output is checked against at the checkpoint. */
-  readonly output?: z.ZodType<O>;
+  readonly output?: Schema<O>;
   /** Its own retry policy, merged over the pipeline's defaults. */
   readonly retry?: RetryPolicy;
   /** Its own timeout per attempt. */
@@ -169,7 +186,7 @@ export interface StepOptions<N extends Needs, O> {
   /** Steps whose outputs this step receives. */
   needs?: N;
   /** Zod schema the output must satisfy; checked before the checkpoint. */
-  output?: z.ZodType<O>;
+  output?: Schema<O>;
   /** Retry policy; fields not given come from the pipeline's defaults. */
   retry?: RetryPolicy;
   /** Time limit of one attempt; on expiry `ctx.signal` aborts and the attempt fails. */
@@ -184,7 +201,8 @@ export interface FanOutOptions<N extends Needs, I, O> extends StepOptions<N, O> 
   concurrency?: number;
 }
 
-type NoNeeds = Record<never, never>;
+/** The inputs of a step that needs nothing. */
+export type NoNeeds = Record<never, never>;
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
 
@@ -239,11 +257,28 @@ export function step<O>(
   name: string,
   fn: (inputs: NoNeeds, ctx: StepContext) => O | Promise<O>,
 ): Step<Awaited<O>>;
+/**
+ * Defines a fan-out step: its function runs once per item of the list `items` returns,
+ * each item checkpointed on its own.
+ *
+ * @param name unique within the pipeline
+ * @param options needs, items, concurrency, output schema, retry, timeout
+ * @param fn the body, called with one item and its context
+ * @returns the step, whose output is the list of item outputs
+ */
 export function step<N extends Needs, I, O>(
   name: string,
   options: FanOutOptions<N, I, O>,
   fn: (item: I, ctx: ItemContext<Inputs<N>>) => O | Promise<O>,
 ): Step<Awaited<O>[]>;
+/**
+ * Defines a step with options: the steps it needs, an output schema, retry and timeout.
+ *
+ * @param name unique within the pipeline
+ * @param options needs, output schema, retry, timeout
+ * @param fn the body, called with the outputs of the steps it needs
+ * @returns the step
+ */
 export function step<O, N extends Needs = NoNeeds>(
   name: string,
   options: StepOptions<N, O> & { items?: undefined },
@@ -318,7 +353,7 @@ export interface PipelineOptions<P> {
   /** What the pipeline does, for people. */
   description?: string;
   /** Zod schema of the params; validated when a run is created. Default: no params. */
-  params?: z.ZodType<P>;
+  params?: Schema<P>;
   /** Every step of the pipeline. Order does not matter; `needs` decides it. */
   steps: readonly AnyStep[];
   /** Defaults for the steps' retry policy and timeout. */
@@ -336,7 +371,7 @@ export interface Pipeline<P = unknown> {
   /** What it does. */
   readonly description?: string;
   /** The params schema, if any. */
-  readonly params?: z.ZodType<P>;
+  readonly params?: Schema<P>;
   /** Steps in an order where every step comes after the steps it needs. */
   readonly steps: readonly AnyStep[];
   /** Steps by name. */

@@ -35,9 +35,9 @@ import {
   type LogLine,
   pendingTask,
   type RunRecord,
-  type StepStatus,
   skipTask,
   startAttempt,
+  type StepStatus,
   succeedTask,
   type TaskRecord,
 } from "./run_state.ts";
@@ -151,7 +151,11 @@ export class RunDriver {
   /** Resolves once the driver has left the run. */
   readonly done: Promise<Outcome>;
 
-  /** @param options what the driver needs from its worker */
+  /**
+   * Creates a driver for a claimed run.
+   *
+   * @param options what the driver needs from its worker
+   */
   constructor(options: DriverOptions) {
     this.#o = options;
     this.#kv = options.store.kv;
@@ -216,20 +220,28 @@ export class RunDriver {
         error: { name: "Interrupted", message: reason, retryable: true },
       };
       this.#setTask(slot, index, failed);
-      this.#write(keys.attempt(this.#run.id, name, index, record.attempt), {
-        step: name,
-        item: index,
-        n: record.attempt,
-        status: "interrupted",
-        startedAt: record.startedAt ?? now,
-        endedAt: now,
-        error: failed.error,
-        logs: [],
-      } satisfies AttemptRecord);
+      this.#write(
+        keys.attempt(this.#run.id, name, index, record.attempt),
+        {
+          step: name,
+          item: index,
+          n: record.attempt,
+          status: "interrupted",
+          startedAt: record.startedAt ?? now,
+          endedAt: now,
+          error: failed.error,
+          logs: [],
+        } satisfies AttemptRecord,
+      );
     }
     for (const slot of this.#steps.values()) {
       if (slot.fan && slot.record.status === "running") {
-        this.#setStep(slot, { ...slot.record, status: "failed", endedAt: now, error: { name: "Interrupted", message: reason, retryable: true } });
+        this.#setStep(slot, {
+          ...slot.record,
+          status: "failed",
+          endedAt: now,
+          error: { name: "Interrupted", message: reason, retryable: true },
+        });
       }
     }
     this.#running.clear();
@@ -287,7 +299,11 @@ export class RunDriver {
         if (status === "pending") this.#setStep(slot, skipTask(slot.record, now, blocker.name));
         continue;
       }
-      if (!Object.values(def.needs).every((n) => this.#steps.get(n.name)!.record.status === "succeeded")) {
+      if (
+        !Object.values(def.needs).every((n) =>
+          this.#steps.get(n.name)!.record.status === "succeeded"
+        )
+      ) {
         continue;
       }
       if (!def.fanOut) {
@@ -329,7 +345,9 @@ export class RunDriver {
       this.#waitingForSlot = true;
       slots.waitFor(this);
     }
-    if (this.#running.size === 0 && !starved && ![...this.#steps.values()].some((s) => s.expanding)) {
+    if (
+      this.#running.size === 0 && !starved && ![...this.#steps.values()].some((s) => s.expanding)
+    ) {
       this.#settle(now);
     }
     this.#flush().catch((error) => this.#fail(error));
@@ -428,16 +446,19 @@ export class RunDriver {
     now: number,
   ): TaskRecord {
     const error = crashError(record.attempt);
-    this.#write(keys.attempt(this.#run.id, step, item, record.attempt), {
-      step,
-      item,
-      n: record.attempt,
-      status: "crashed",
-      startedAt: record.startedAt ?? now,
-      endedAt: now,
-      error,
-      logs: [],
-    } satisfies AttemptRecord);
+    this.#write(
+      keys.attempt(this.#run.id, step, item, record.attempt),
+      {
+        step,
+        item,
+        n: record.attempt,
+        status: "crashed",
+        startedAt: record.startedAt ?? now,
+        endedAt: now,
+        error,
+        logs: [],
+      } satisfies AttemptRecord,
+    );
     return failAttempt(record, now, error, retry.attempts, 0);
   }
 
@@ -505,7 +526,9 @@ export class RunDriver {
 
   #startTask(slot: StepSlot, index: number, now: number): void {
     const name = slot.def.name;
-    const before = index < 0 ? slot.record : slot.fan!.records.get(index) ?? pendingTask(slot.record.generation);
+    const before = index < 0
+      ? slot.record
+      : slot.fan!.records.get(index) ?? pendingTask(slot.record.generation);
     const record = startAttempt(before, now);
     this.#setTask(slot, index, record);
     const controller = new AbortController();
@@ -575,15 +598,13 @@ export class RunDriver {
       logs,
     };
     this.#write(keys.attempt(this.#run.id, name, index, record.attempt), attempt, 2048);
-    const done = result.ok
-      ? succeedTask(record, now, result.stored)
-      : failAttempt(
-        record,
-        now,
-        result.error,
-        slot.retry.attempts,
-        retryDelay(slot.retry, record.attempt),
-      );
+    const done = result.ok ? succeedTask(record, now, result.stored) : failAttempt(
+      record,
+      now,
+      result.error,
+      slot.retry.attempts,
+      retryDelay(slot.retry, record.attempt),
+    );
     const size = result.ok && "inline" in result.stored ? 50_000 : 1024;
     if (index < 0) {
       if (result.ok) slot.output = { value: result.value };
@@ -619,7 +640,9 @@ export class RunDriver {
         endedAt: Date.now(),
         error: {
           ...failed[1].error!,
-          message: `${fan.failed} of ${total} items failed; item ${failed[0]}: ${failed[1].error?.message}`,
+          message: `${fan.failed} of ${total} items failed; item ${failed[0]}: ${
+            failed[1].error?.message
+          }`,
         },
       });
     }
@@ -658,15 +681,24 @@ export class RunDriver {
       trigger: this.#run.trigger,
     };
     let bytes = 0;
-    const log = (level: LogLine["level"]) => (message: string, fields?: Record<string, unknown>) => {
-      if (logs.length >= MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) return;
-      const text = String(message).slice(0, 2000);
-      bytes += text.length + (fields ? JSON.stringify(fields)?.length ?? 0 : 0);
-      logs.push(fields ? { at: Date.now(), level, message: text, fields } : { at: Date.now(), level, message: text });
-      if (logs.length === MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) {
-        logs.push({ at: Date.now(), level: "warn", message: "(log limit reached: later lines dropped)" });
-      }
-    };
+    const log =
+      (level: LogLine["level"]) => (message: string, fields?: Record<string, unknown>) => {
+        if (logs.length >= MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) return;
+        const text = String(message).slice(0, 2000);
+        bytes += text.length + (fields ? JSON.stringify(fields)?.length ?? 0 : 0);
+        logs.push(
+          fields
+            ? { at: Date.now(), level, message: text, fields }
+            : { at: Date.now(), level, message: text },
+        );
+        if (logs.length === MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) {
+          logs.push({
+            at: Date.now(),
+            level: "warn",
+            message: "(log limit reached: later lines dropped)",
+          });
+        }
+      };
     const ctx: StepContext = {
       run,
       step: slot.def.name,
@@ -674,7 +706,8 @@ export class RunDriver {
       idempotencyKey: idempotencyKey(this.#run.id, slot.def.name, index, record.generation),
       signal,
       log: { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") },
-      artifact: (name, data, options) => this.#storeArtifact(slot.def.name, index, name, data, options),
+      artifact: (name, data, options) =>
+        this.#storeArtifact(slot.def.name, index, name, data, options),
       readArtifact: async (ref) => {
         const name = typeof ref === "string" ? ref : ref.name;
         return (await this.#o.store.readArtifact(this.#run.id, name)).bytes;
@@ -735,7 +768,9 @@ export class RunDriver {
       attempt: record.attempt,
       nextAt: record.nextAt,
       error: record.error,
-      durationMs: record.endedAt && record.startedAt ? record.endedAt - record.startedAt : undefined,
+      durationMs: record.endedAt && record.startedAt
+        ? record.endedAt - record.startedAt
+        : undefined,
     });
   }
 
@@ -752,7 +787,9 @@ export class RunDriver {
       items: record.items,
       nextAt: record.nextAt,
       error: record.error,
-      durationMs: record.endedAt && record.startedAt ? record.endedAt - record.startedAt : undefined,
+      durationMs: record.endedAt && record.startedAt
+        ? record.endedAt - record.startedAt
+        : undefined,
     });
   }
 
@@ -799,7 +836,10 @@ export class RunDriver {
       }
     }
     for (const [i, batch] of batches.entries()) {
-      const op = this.#kv.atomic().check({ key: keys.lease(this.#run.id), versionstamp: this.#leaseVersion });
+      const op = this.#kv.atomic().check({
+        key: keys.lease(this.#run.id),
+        versionstamp: this.#leaseVersion,
+      });
       let leaseWritten = false;
       for (const w of batch) {
         if (w.value === null) op.delete(w.key);
@@ -860,7 +900,9 @@ export class RunDriver {
   }
 
   #fail(error: unknown): void {
-    console.error(`kvflow: run ${this.#run.id}: could not write to KV: ${toErrorInfo(error).message}`);
+    console.error(
+      `kvflow: run ${this.#run.id}: could not write to KV: ${toErrorInfo(error).message}`,
+    );
     this.#lost();
   }
 

@@ -38,6 +38,8 @@ export class Engine {
   #closed = false;
 
   /**
+   * Creates it.
+   *
    * @param kv the database
    * @param queues whether it has queues
    * @param options pipelines and worker options

@@ -21,6 +21,8 @@
  */
 export class NonRetryableError extends Error {
   /**
+   * Creates the error.
+   *
    * @param message what failed and why
    * @param options the underlying cause, if any
    */
@@ -45,6 +47,8 @@ export class UsageError extends Error {
   /** A short machine-readable code, such as `not_found` or `conflict`. */
   readonly code: string;
   /**
+   * Creates the error.
+   *
    * @param message the one-line reason, naming what to fix
    * @param code a short machine-readable code
    */

@@ -26,16 +26,18 @@ export {
   type ItemContext,
   type Logger,
   type Needs,
+  type NoNeeds,
   type OutputOf,
-  pipeline,
   type Pipeline,
+  pipeline,
   type PipelineDefaults,
   type PipelineOptions,
   type ResolvedRetry,
   type RetryPolicy,
   type RunInfo,
-  step,
+  type Schema,
   type Step,
+  step,
   type StepContext,
   type StepOptions,
   type Trigger,
@@ -46,14 +48,16 @@ export { Engine, type EngineOptions, openEngine } from "./engine.ts";
 export {
   type AttemptRecord,
   type BlobRef,
+  type Lease,
   type LogLine,
   type RunRecord,
   type RunStatus,
-  type Stored,
   type StepStatus,
+  type Stored,
   type TaskRecord,
 } from "./run_state.ts";
 export {
+  type Claim,
   type CreateRunInput,
   type ListRunsOptions,
   type RunPage,
@@ -61,6 +65,7 @@ export {
   type StoreOptions,
 } from "./store.ts";
 export { type ExecuteResult, Worker, type WorkerOptions } from "./worker.ts";
-export { type Outcome, type RunEvent } from "./driver.ts";
+export { type DriverOptions, type Outcome, RunDriver, type RunEvent } from "./driver.ts";
+export { Slots, type SlotWaiter } from "./slots.ts";
 export { type AlertRecord } from "./alerts.ts";
 export { type ArtifactMeta } from "./artifacts.ts";

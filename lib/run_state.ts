@@ -170,7 +170,13 @@ export function startAttempt(task: TaskRecord, now: number): TaskRecord {
 
 /** The record of a task whose attempt succeeded. */
 export function succeedTask(task: TaskRecord, now: number, output?: Stored): TaskRecord {
-  const done: TaskRecord = { ...task, status: "succeeded", endedAt: now, nextAt: null, error: null };
+  const done: TaskRecord = {
+    ...task,
+    status: "succeeded",
+    endedAt: now,
+    nextAt: null,
+    error: null,
+  };
   if (output !== undefined) done.output = output;
   return done;
 }
@@ -212,7 +218,8 @@ export function skipTask(task: TaskRecord, now: number, because: string): TaskRe
 export function crashError(attempt: number): ErrorInfo {
   return {
     name: "WorkerLost",
-    message: `The worker running attempt ${attempt} stopped before it finished (crash, kill or lost lease)`,
+    message:
+      `The worker running attempt ${attempt} stopped before it finished (crash, kill or lost lease)`,
     retryable: true,
   };
 }
@@ -300,7 +307,11 @@ export function planRerun(
   for (const s of pipeline.steps) {
     const record = steps.get(s.name);
     if (rerun.has(s.name)) {
-      resets.push({ step: s.name, record: pendingTask((record?.generation ?? 0) + 1), items: "all" });
+      resets.push({
+        step: s.name,
+        record: pendingTask((record?.generation ?? 0) + 1),
+        items: "all",
+      });
     } else if (!record) {
       resets.push({ step: s.name, record: pendingTask(), items: "none" });
     } else if (record.status !== "succeeded") {

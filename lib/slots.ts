@@ -17,7 +17,11 @@ export class Slots {
   #used = 0;
   readonly #waiters = new Set<SlotWaiter>();
 
-  /** @param max slots in all */
+  /**
+   * Creates the bound.
+   *
+   * @param max slots in all
+   */
   constructor(max: number) {
     if (!Number.isInteger(max) || max < 1) {
       throw new RangeError(`Invalid step concurrency: must be a positive integer, got ${max}`);

@@ -88,6 +88,8 @@ export class Store {
   readonly queues: boolean;
 
   /**
+   * Creates it.
+   *
    * @param kv an open KV database
    * @param options whether the KV has queues
    */
@@ -280,7 +282,11 @@ export class Store {
    *
    * @returns the claim, or null when another worker has it or there is nothing to do
    */
-  async claim(runId: string, holder: Omit<Lease, "deadline">, leaseMs: number): Promise<Claim | null> {
+  async claim(
+    runId: string,
+    holder: Omit<Lease, "deadline">,
+    leaseMs: number,
+  ): Promise<Claim | null> {
     const [runEntry, leaseEntry] = await this.kv.getMany<[RunRecord, Lease]>([
       keys.run(runId),
       keys.lease(runId),
@@ -438,13 +444,16 @@ export class Store {
       moveStatus(op, run, next);
       for (const [name, record] of await this.getSteps(runId)) {
         if (record.status === "running" || record.status === "retrying") {
-          op.set(keys.step(runId, name), {
-            ...record,
-            status: "failed",
-            endedAt: now,
-            nextAt: null,
-            error: { name: "Cancelled", message: reason, retryable: true },
-          } satisfies TaskRecord);
+          op.set(
+            keys.step(runId, name),
+            {
+              ...record,
+              status: "failed",
+              endedAt: now,
+              nextAt: null,
+              error: { name: "Cancelled", message: reason, retryable: true },
+            } satisfies TaskRecord,
+          );
         }
       }
       if ((await op.commit()).ok) return next;
@@ -527,7 +536,10 @@ export function validateParams(
   params: unknown,
 ): Record<string, unknown> {
   if (params === null || typeof params !== "object" || Array.isArray(params)) {
-    throw new UsageError(`Invalid params for '${pipeline.name}': expected an object`, "invalid_params");
+    throw new UsageError(
+      `Invalid params for '${pipeline.name}': expected an object`,
+      "invalid_params",
+    );
   }
   if (!pipeline.params) {
     const names = Object.keys(params);
@@ -550,6 +562,19 @@ export function validateParams(
     );
   }
   const value = result.data;
+  const unknown = Object.keys(params).filter((k) =>
+    value !== null && typeof value === "object" && !(k in value)
+  );
+  const shape = (pipeline.params as { shape?: Record<string, unknown> }).shape;
+  const unknownParams = shape ? Object.keys(params).filter((k) => !(k in shape)) : unknown;
+  if (unknownParams.length > 0) {
+    throw new UsageError(
+      `Invalid params for '${pipeline.name}': unknown param${
+        unknownParams.length === 1 ? "" : "s"
+      } ${unknownParams.join(", ")}${shape ? ` (known: ${Object.keys(shape).join(", ")})` : ""}`,
+      "invalid_params",
+    );
+  }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new UsageError(`Invalid params schema of '${pipeline.name}': it must produce an object`);
   }

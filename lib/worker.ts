@@ -13,7 +13,7 @@ import { type AlertRecord, alertText, deliverAlert, pendingAlerts } from "./aler
 import { type Outcome, RunDriver, type RunEvent } from "./driver.ts";
 import type { Lease } from "./run_state.ts";
 import { TERMINAL } from "./run_state.ts";
-import { type RunHint, type Store } from "./store.ts";
+import type { RunHint, Store } from "./store.ts";
 import { Slots } from "./slots.ts";
 
 /** Options of a {@linkcode Worker}. */
@@ -48,8 +48,9 @@ export class Worker {
   /** This worker's id, stored in the leases it holds. */
   readonly id: string;
   readonly #store: Store;
-  readonly #o: Required<Pick<WorkerOptions, "maxRuns" | "leaseMs" | "pollMs" | "holdMs">> &
-    WorkerOptions;
+  readonly #o:
+    & Required<Pick<WorkerOptions, "maxRuns" | "leaseMs" | "pollMs" | "holdMs">>
+    & WorkerOptions;
   readonly #slots: Slots;
   readonly #holder: Omit<Lease, "deadline">;
   readonly #active = new Map<string, RunDriver | null>();
@@ -61,6 +62,8 @@ export class Worker {
   #sweeps = 0;
 
   /**
+   * Creates it.
+   *
    * @param store the store to claim runs from
    * @param options pipelines, bounds and hooks
    */
@@ -108,7 +111,9 @@ export class Worker {
       }
     }
     if (this.#o.alertWebhook && this.#sweeps++ % 5 === 0) {
-      for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) this.#deliver(runId, seq);
+      for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) {
+        this.#deliver(runId, seq);
+      }
     }
   }
 
@@ -125,9 +130,7 @@ export class Worker {
    *
    * @returns how the run was left, or why it was not taken
    */
-  async execute(runId: string, options: { onStart?: (driver: RunDriver) => void } = {}): Promise<
-    ExecuteResult
-  > {
+  async execute(runId: string): Promise<ExecuteResult> {
     if (this.#stop.signal.aborted) return "skipped";
     if (this.#active.has(runId)) return "busy";
     if (this.#active.size >= this.#o.maxRuns) return "full";
@@ -151,7 +154,6 @@ export class Worker {
         onAlert: (alert) => this.#alert(alert),
       });
       this.#active.set(runId, driver);
-      options.onStart?.(driver);
       await driver.start();
       const outcome = await driver.done;
       if (outcome === "waiting") await this.#timeWakeUp(runId);

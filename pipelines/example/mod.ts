@@ -23,7 +23,10 @@ export const fetchOrders = step("fetch-orders", {
   const seed = Number(ctx.run.logicalDate.replaceAll("-", ""));
   const orders: Order[] = [];
   for (let i = 0; i < customers * 4; i++) {
-    orders.push({ customer: `customer-${(i % customers) + 1}`, cents: ((seed + i * 7919) % 9000) + 100 });
+    orders.push({
+      customer: `customer-${(i % customers) + 1}`,
+      cents: ((seed + i * 7919) % 9000) + 100,
+    });
   }
   ctx.log.info("loaded orders", { count: orders.length, date: ctx.run.logicalDate });
   return orders;
