@@ -42,7 +42,8 @@ usage: deno task <command> [arguments]
   serve [--port N]
   worker
 
-environment: KVFLOW_KV_PATH (default ./data/kvflow.kv), KVFLOW_ALERT_WEBHOOK, KVFLOW_TOKEN`;
+environment: KVFLOW_KV_PATH (default ./data/kvflow.kv), KVFLOW_ALERT_WEBHOOK, KVFLOW_TOKEN,
+  KVFLOW_LEASE_MS, KVFLOW_POLL_MS, KVFLOW_MAX_RUNS, KVFLOW_MAX_STEPS, KVFLOW_GRACE_MS`;
 
 const OPTIONS = {
   param: { type: "string", multiple: true },
@@ -409,6 +410,10 @@ class Cli {
   async #open(pipelines: readonly Pipeline<unknown>[], progress = false): Promise<Engine> {
     return await openEngine({
       pipelines,
+      leaseMs: envInt("KVFLOW_LEASE_MS", 15_000),
+      pollMs: envInt("KVFLOW_POLL_MS", 1000),
+      maxRuns: envInt("KVFLOW_MAX_RUNS", 16),
+      maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
       alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
       onEvent: progress ? progressPrinter(undefined, this.#out, this.#paint) : undefined,
     });
@@ -527,6 +532,16 @@ export function parseParams(
       throw error;
     }
   }
+}
+
+function envInt(name: string, fallback: number): number {
+  const text = Deno.env.get(name);
+  if (text === undefined || text === "") return fallback;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) {
+    throw new UsageError(`Invalid ${name}=${JSON.stringify(text)}: use a positive integer`);
+  }
+  return value;
 }
 
 function jsonOrString(text: string): unknown {
