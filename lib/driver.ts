@@ -143,6 +143,7 @@ export class RunDriver {
   #afterCommit: (() => void)[] = [];
   #committing: Promise<void> | null = null;
   #stopped = false;
+  #isLost = false;
   #settling = false;
   #waitingForSlot = false;
   #holdTimer: ReturnType<typeof setTimeout> | undefined;
@@ -244,7 +245,7 @@ export class RunDriver {
         });
       }
     }
-    this.#running.clear();
+    this.#abortRunning(reason);
     this.#endRun("failed", { step: null, message: reason }, false);
     await this.#flush().catch(() => {});
     this.#finish("interrupted");
@@ -264,10 +265,7 @@ export class RunDriver {
     }
     if (this.#stopped) return;
     this.#stopped = true;
-    for (const controller of this.#running.values()) {
-      controller.abort(new Error("Worker shutting down"));
-    }
-    this.#running.clear();
+    this.#abortRunning("Worker shutting down");
     const now = Date.now();
     const next: RunRecord = { ...this.#run, status: "queued", dueAt: now };
     this.#changeRun(next);
@@ -282,7 +280,12 @@ export class RunDriver {
   // ---- scheduling -------------------------------------------------------------------
 
   #pump(): void {
-    if (this.#stopped || this.#settling) return;
+    if (this.#stopped) return;
+    if (this.#settling) {
+      // shutting down: start nothing new, but make finished results durable
+      this.#flush().catch((error) => this.#fail(error));
+      return;
+    }
     const now = Date.now();
     const { pipeline, slots } = this.#o;
     let capacity = pipeline.concurrency - this.#running.size;
@@ -417,7 +420,9 @@ export class RunDriver {
       seq: next.failures,
       at: now,
       step: error?.step ?? null,
-      attempts: failedStep?.record.attempt ?? 0,
+      attempts: failedStep?.fan
+        ? Math.max(0, ...[...failedStep.fan.records.values()].map((r) => r.attempt))
+        : failedStep?.record.attempt ?? 0,
       message: error?.message ?? "Run failed",
       logicalDate: next.logicalDate,
       webhook: this.#o.webhook ? "pending" : "none",
@@ -744,7 +749,7 @@ export class RunDriver {
     };
     this.#write(keys.artifact(this.#run.id, name), meta);
     await this.#flush();
-    if (this.#stopped && this.#run.status !== "running") {
+    if (this.#isLost) {
       throw new Error(`Run ${this.#run.id} stopped while storing artifact '${name}'`);
     }
     return artifactRef(meta);
@@ -886,12 +891,19 @@ export class RunDriver {
     }).catch(() => {});
   }
 
-  #lost(): void {
-    this.#stopped = true;
+  /** Aborts every running body; their late results are ignored and their slots freed. */
+  #abortRunning(reason: string): void {
     for (const controller of this.#running.values()) {
-      controller.abort(new Error("Run cancelled or taken over by another worker"));
+      controller.abort(new Error(reason));
+      this.#o.slots.release();
     }
     this.#running.clear();
+  }
+
+  #lost(): void {
+    this.#stopped = true;
+    this.#isLost = true;
+    this.#abortRunning("Run cancelled or taken over by another worker");
     this.#writes.clear();
     this.#runOps = [];
     this.#afterCommit = [];

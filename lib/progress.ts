@@ -83,6 +83,10 @@ export function progressPrinter(
         return;
       }
       case "failed":
+        if (event.item < 0 && event.items !== undefined) {
+          write(`  ${paint.bad(MARK.failed)} ${label} failed: ${firstLine(event.error?.message)}`);
+          return;
+        }
         write(
           `  ${paint.bad(MARK.failed)} ${label} failed after ${event.attempt} attempt${
             event.attempt === 1 ? "" : "s"
@@ -116,7 +120,7 @@ export function statusLines(
       run.endedAt && run.startedAt ? `, took ${formatMs(run.endedAt - run.startedAt)}` : ""
     }`,
     "",
-    "  step                     status      attempts  duration",
+    `    ${"step".padEnd(24)} ${"status".padEnd(11)} attempts  duration`,
   ];
   const names = pipeline ? pipeline.steps.map((s) => s.name) : Object.keys(run.graph);
   for (const name of names) {

@@ -60,6 +60,7 @@ export class Worker {
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
   #listening: Promise<void> | undefined;
   #sweeps = 0;
+  #backlog = false;
 
   /**
    * Creates it.
@@ -106,9 +107,17 @@ export class Worker {
   async sweep(): Promise<void> {
     const free = this.#o.maxRuns - this.#active.size;
     if (free > 0) {
-      for (const runId of await this.#store.dueRuns(Date.now(), free + this.#active.size)) {
-        if (!this.#active.has(runId)) this.poke(runId);
+      const due = await this.#store.dueRuns(Date.now(), free + this.#active.size);
+      let poked = 0;
+      for (const runId of due) {
+        if (!this.#active.has(runId) && poked < free) {
+          this.poke(runId);
+          poked++;
+        }
       }
+      if (due.length === free + this.#active.size) this.#backlog = true;
+    } else {
+      this.#backlog = true;
     }
     if (this.#o.alertWebhook && this.#sweeps++ % 5 === 0) {
       for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) {
@@ -133,7 +142,10 @@ export class Worker {
   async execute(runId: string): Promise<ExecuteResult> {
     if (this.#stop.signal.aborted) return "skipped";
     if (this.#active.has(runId)) return "busy";
-    if (this.#active.size >= this.#o.maxRuns) return "full";
+    if (this.#active.size >= this.#o.maxRuns) {
+      this.#backlog = true;
+      return "full";
+    }
     this.#active.set(runId, null);
     try {
       const run = await this.#store.getRun(runId);
@@ -160,7 +172,15 @@ export class Worker {
       return outcome;
     } finally {
       this.#active.delete(runId);
+      this.#pullBacklog();
     }
+  }
+
+  /** Runs were turned away for lack of room: look for due work again as soon as room frees. */
+  #pullBacklog(): void {
+    if (!this.#backlog || this.#stop.signal.aborted || this.#sweepTimer === undefined) return;
+    this.#backlog = false;
+    this.sweep().catch((error) => console.error(`kvflow: sweep failed: ${error?.message}`));
   }
 
   /** The driver of a run this worker is driving now. */
