@@ -415,6 +415,8 @@ class Cli {
       maxRuns: envInt("KVFLOW_MAX_RUNS", 16),
       maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
       alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
+      resolvePipeline: async (run) =>
+        run.module ? (await loadPipeline(run.module, [])).pipeline : undefined,
       onEvent: progress ? progressPrinter(undefined, this.#out, this.#paint) : undefined,
     });
   }

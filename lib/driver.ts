@@ -41,7 +41,7 @@ import {
   succeedTask,
   type TaskRecord,
 } from "./run_state.ts";
-import { type Claim, moveDue, moveStatus, type Store } from "./store.ts";
+import { type Claim, commitAtomic, moveDue, moveStatus, type Store } from "./store.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "./artifacts.ts";
 import type { AlertRecord } from "./alerts.ts";
 import type { Slots } from "./slots.ts";
@@ -98,6 +98,8 @@ export interface DriverOptions {
 
 interface StepSlot {
   def: AnyStep;
+  /** The slots of the steps it needs, in `def.needs` order. */
+  needs: StepSlot[];
   record: TaskRecord;
   retry: ResolvedRetry;
   timeoutMs: number;
@@ -186,7 +188,9 @@ export class RunDriver {
         record = this.#recoverCrash(def.name, -1, record, retry, now);
         this.#write(keys.step(this.#run.id, def.name), record);
       }
-      this.#steps.set(def.name, { def, record, retry, timeoutMs });
+      // Steps come in topological order, so the slots of its needs exist already.
+      const needs = Object.values(def.needs).map((n) => this.#steps.get(n.name)!);
+      this.#steps.set(def.name, { def, needs, record, retry, timeoutMs });
     }
     this.#emit({ type: "run", run: this.#run });
     this.#renewTimer = setInterval(() => this.#tickLease(), Math.min(1000, this.#o.leaseMs / 4));
@@ -290,25 +294,26 @@ export class RunDriver {
     const { pipeline, slots } = this.#o;
     let capacity = pipeline.concurrency - this.#running.size;
     let starved = false;
-    for (const def of pipeline.steps) {
-      const slot = this.#steps.get(def.name)!;
+    // Runs once per finished step: plain loops over precomputed slots, no allocation.
+    for (const slot of this.#steps.values()) {
+      const def = slot.def;
       const status = slot.record.status;
       if (status === "succeeded" || status === "failed" || status === "skipped") continue;
-      const blocker = Object.values(def.needs).find((n) => {
-        const s = this.#steps.get(n.name)!.record.status;
-        return s === "failed" || s === "skipped";
-      });
+      let blocker: StepSlot | undefined;
+      let needsDone = true;
+      for (const need of slot.needs) {
+        const s = need.record.status;
+        if (s === "failed" || s === "skipped") {
+          blocker = need;
+          break;
+        }
+        if (s !== "succeeded") needsDone = false;
+      }
       if (blocker) {
-        if (status === "pending") this.#setStep(slot, skipTask(slot.record, now, blocker.name));
+        if (status === "pending") this.#setStep(slot, skipTask(slot.record, now, blocker.def.name));
         continue;
       }
-      if (
-        !Object.values(def.needs).every((n) =>
-          this.#steps.get(n.name)!.record.status === "succeeded"
-        )
-      ) {
-        continue;
-      }
+      if (!needsDone) continue;
       if (!def.fanOut) {
         if (!isReady(slot.record, now)) continue;
         if (capacity <= 0) continue;
@@ -855,7 +860,7 @@ export class RunDriver {
         for (const apply of runOps) apply(op);
         leaseWritten ||= runOps.length > 0;
       }
-      const result = await op.commit();
+      const result = await commitAtomic(op);
       if (!result.ok) {
         this.#lost();
         return;

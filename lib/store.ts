@@ -134,7 +134,7 @@ export class Store {
       .set(keys.runsByStatus(run.status, now, run.id), run.pipeline)
       .set(keys.due(now, run.id), run.id);
     this.hint(op, run.id, 0);
-    const result = await op.commit();
+    const result = await commitAtomic(op);
     if (!result.ok) throw new UsageError(`Run ${run.id} already exists`, "conflict");
     return run;
   }
@@ -316,7 +316,7 @@ export class Store {
       .set(keys.run(runId), claimed);
     moveDue(op, run, claimed);
     moveStatus(op, run, claimed);
-    const result = await op.commit();
+    const result = await commitAtomic(op);
     if (!result.ok) return null;
     return { run: claimed, lease, leaseVersion: result.versionstamp };
   }
@@ -392,14 +392,14 @@ export class Store {
       }
       const last = i + 900 >= writes.length;
       if (last) this.#finishRequeue(op, run, next);
-      if (!(await op.commit()).ok) {
+      if (!(await commitAtomic(op)).ok) {
         throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
       }
     }
     if (writes.length === 0) {
       const op = this.kv.atomic().check(runEntry);
       this.#finishRequeue(op, run, next);
-      if (!(await op.commit()).ok) {
+      if (!(await commitAtomic(op)).ok) {
         throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
       }
     }
@@ -456,7 +456,7 @@ export class Store {
           );
         }
       }
-      if ((await op.commit()).ok) return next;
+      if ((await commitAtomic(op)).ok) return next;
     }
     throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
   }
@@ -501,6 +501,28 @@ export function moveDue(op: Deno.AtomicOperation, before: RunRecord, after: RunR
   if (before.dueAt === after.dueAt) return;
   if (before.dueAt !== null) op.delete(keys.due(before.dueAt, before.id));
   if (after.dueAt !== null) op.set(keys.due(after.dueAt, after.id), after.id);
+}
+
+/**
+ * Commits an atomic operation, retrying while SQLite answers "database is locked". With
+ * several KV handles on one file (several workers, or engines in one process), a commit
+ * whose checks read a snapshot that another handle wrote to meanwhile throws that error
+ * instead of committing or failing its checks. The write was rolled back, and each retry
+ * is a new transaction that evaluates the checks afresh.
+ *
+ * @throws whatever the commit throws, once retrying does not help
+ */
+export async function commitAtomic(
+  op: Deno.AtomicOperation,
+): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  for (let tries = 1;; tries++) {
+    try {
+      return await op.commit();
+    } catch (error) {
+      if (tries >= 25 || !/database is locked/.test(String(error))) throw error;
+      await new Promise((r) => setTimeout(r, 2 + Math.random() * 4 * Math.min(tries, 5)));
+    }
+  }
 }
 
 /** Adds to `op` the status-index move from `before.status` to `after.status`. */
@@ -582,8 +604,10 @@ export function validateParams(
 }
 
 function checkDate(date: string): void {
-  const ok = /^\d{4}-\d{2}-\d{2}$/.test(date) &&
-    new Date(`${date}T00:00:00Z`).toISOString().slice(0, 10) === date;
+  // An out-of-range month or day ("2026-13-01") is an Invalid Date, whose toISOString throws.
+  const parsed = new Date(`${date}T00:00:00Z`);
+  const ok = /^\d{4}-\d{2}-\d{2}$/.test(date) && !Number.isNaN(parsed.getTime()) &&
+    parsed.toISOString().slice(0, 10) === date;
   if (!ok) throw new UsageError(`Invalid date ${JSON.stringify(date)}: use YYYY-MM-DD`);
 }
 

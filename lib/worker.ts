@@ -11,7 +11,7 @@
 import type { Pipeline } from "./definition.ts";
 import { type AlertRecord, alertText, deliverAlert, pendingAlerts } from "./alerts.ts";
 import { type Outcome, RunDriver, type RunEvent } from "./driver.ts";
-import type { Lease } from "./run_state.ts";
+import type { Lease, RunRecord } from "./run_state.ts";
 import { TERMINAL } from "./run_state.ts";
 import type { RunHint, Store } from "./store.ts";
 import { Slots } from "./slots.ts";
@@ -34,11 +34,18 @@ export interface WorkerOptions {
   alertWebhook?: string;
   /** Delays between webhook attempts, ms. */
   alertBackoff?: readonly number[];
+  /**
+   * Finds the pipeline of a run that is not in `pipelines`, e.g. by importing the module
+   * the run was created from.
+   */
+  resolvePipeline?: (run: RunRecord) => Promise<Pipeline<unknown> | undefined>;
   /** Called for each durable change of a run or step. */
   onEvent?: (event: RunEvent) => void;
   /** Called when a run fails and its alert is stored. Default: a line on stderr. */
   onAlert?: (alert: AlertRecord) => void;
 }
+
+const FOREIGN_MS = 60_000;
 
 /** Result of {@linkcode Worker.execute}: how the driver left the run, or why none ran. */
 export type ExecuteResult = Outcome | "busy" | "full" | "skipped" | "unknown-pipeline";
@@ -61,6 +68,8 @@ export class Worker {
   #listening: Promise<void> | undefined;
   #sweeps = 0;
   #backlog = false;
+  /** Runs whose pipeline this worker does not know, and until when to skip them. */
+  readonly #foreign = new Map<string, number>();
 
   /**
    * Creates it.
@@ -107,15 +116,18 @@ export class Worker {
   async sweep(): Promise<void> {
     const free = this.#o.maxRuns - this.#active.size;
     if (free > 0) {
-      const due = await this.#store.dueRuns(Date.now(), free + this.#active.size);
+      const now = Date.now();
+      for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
+      const limit = free + this.#active.size + this.#foreign.size;
+      const due = await this.#store.dueRuns(now, limit);
       let poked = 0;
       for (const runId of due) {
-        if (!this.#active.has(runId) && poked < free) {
+        if (!this.#active.has(runId) && !this.#foreign.has(runId) && poked < free) {
           this.poke(runId);
           poked++;
         }
       }
-      if (due.length === free + this.#active.size) this.#backlog = true;
+      if (due.length === limit) this.#backlog = true;
     } else {
       this.#backlog = true;
     }
@@ -150,8 +162,21 @@ export class Worker {
     try {
       const run = await this.#store.getRun(runId);
       if (!run) return "skipped";
-      const pipeline = this.#o.pipelines.get(run.pipeline);
-      if (!pipeline) return "unknown-pipeline";
+      const pipeline = this.#o.pipelines.get(run.pipeline) ??
+        await this.#o.resolvePipeline?.(run).catch((error) => {
+          console.error(
+            `kvflow: run ${runId}: cannot load pipeline '${run.pipeline}' from ${run.module}: ${
+              error instanceof Error ? error.message : error
+            }`,
+          );
+          return undefined;
+        });
+      if (!pipeline || pipeline.name !== run.pipeline) {
+        // Another worker may know this pipeline: leave the run to it, and keep it from
+        // filling this worker's sweeps for a while.
+        this.#foreign.set(runId, Date.now() + FOREIGN_MS);
+        return "unknown-pipeline";
+      }
       const claim = await this.#store.claim(runId, this.#holder, this.#o.leaseMs);
       if (!claim) return "skipped";
       const driver = new RunDriver({
