@@ -20,6 +20,7 @@ import type {
   RunInfo,
   StepContext,
 } from "./definition.ts";
+import v8 from "node:v8";
 import { resolveRetry, retryDelay } from "./definition.ts";
 import { toMs } from "./duration.ts";
 import { type ErrorInfo, NonRetryableError, toErrorInfo } from "./errors.ts";
@@ -127,6 +128,7 @@ interface Write {
 
 const MAX_LOG_LINES = 500;
 const MAX_LOG_BYTES = 32_000;
+const MAX_FIELDS_BYTES = 4_000;
 const COMMIT_BYTES = 600_000;
 const COMMIT_MUTATIONS = 900;
 
@@ -695,10 +697,12 @@ export class RunDriver {
       (level: LogLine["level"]) => (message: string, fields?: Record<string, unknown>) => {
         if (logs.length >= MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) return;
         const text = String(message).slice(0, 2000);
-        bytes += text.length + (fields ? JSON.stringify(fields)?.length ?? 0 : 0);
+        const kept = fields === undefined ? undefined : storableFields(fields);
+        // KV keeps strings beyond Latin-1 at two bytes a character
+        bytes += 40 + 2 * text.length + (kept?.size ?? 0);
         logs.push(
-          fields
-            ? { at: Date.now(), level, message: text, fields }
+          kept
+            ? { at: Date.now(), level, message: text, fields: kept.fields }
             : { at: Date.now(), level, message: text },
         );
         if (logs.length === MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) {
@@ -930,6 +934,27 @@ export class RunDriver {
     this.#o.slots.forget(this);
     this.#resolve(outcome);
   }
+}
+
+/**
+ * A copy of a log line's fields, taken when it is logged, that the attempt record can
+ * hold: fields KV cannot serialize (a function) or too large for one line are replaced by
+ * a note, because a log line must never make a checkpoint commit fail.
+ */
+function storableFields(
+  fields: Record<string, unknown>,
+): { fields: Record<string, unknown>; size: number } {
+  let note: string;
+  try {
+    const bytes = v8.serialize(fields);
+    if (bytes.byteLength <= MAX_FIELDS_BYTES) {
+      return { fields: v8.deserialize(bytes), size: bytes.byteLength };
+    }
+    note = `(fields not stored: ${bytes.byteLength} bytes, more than ${MAX_FIELDS_BYTES})`;
+  } catch (error) {
+    note = `(fields not stored: ${toErrorInfo(error).message.slice(0, 200)})`;
+  }
+  return { fields: { note }, size: 2 * note.length };
 }
 
 function taskKey(step: string, item: number): string {

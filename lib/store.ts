@@ -134,7 +134,16 @@ export class Store {
       .set(keys.runsByStatus(run.status, now, run.id), run.pipeline)
       .set(keys.due(now, run.id), run.id);
     this.hint(op, run.id, 0);
-    const result = await commitAtomic(op);
+    const result = await commitAtomic(op).catch((error) => {
+      // KV refuses a value over 64 KiB; of the run record, params are what a user sent.
+      if (!/too large/i.test(String(error))) throw error;
+      throw new UsageError(
+        `Invalid params for '${pipeline.name}': too large to store with the run (${
+          error instanceof Error ? error.message : String(error)
+        })`,
+        "invalid_params",
+      );
+    });
     if (!result.ok) throw new UsageError(`Run ${run.id} already exists`, "conflict");
     return run;
   }
@@ -492,7 +501,7 @@ export class Store {
     const fixed = { ...run, dueAt: null };
     const op = this.kv.atomic().check(entry).set(keys.run(run.id), fixed);
     moveDue(op, run, fixed);
-    await op.commit();
+    await commitAtomic(op);
   }
 }
 

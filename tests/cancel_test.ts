@@ -1,0 +1,133 @@
+import assert from "node:assert/strict";
+import { openEngine, pipeline, step, UsageError } from "../lib/mod.ts";
+import { aborted, deferred, dueTimes } from "./helpers.ts";
+
+Deno.test("cancel() aborts a running step's signal and ends the run cancelled", async () => {
+  const inside = deferred();
+  let reason: unknown;
+  let laterRan = false;
+  let siblingRan = false;
+  const slow = step("slow", async (_inputs, ctx) => {
+    inside.resolve();
+    await aborted(ctx.signal);
+    reason = ctx.signal.reason;
+    return "never stored";
+  });
+  const later = step("later", { needs: { slow } }, () => {
+    laterRan = true;
+    return 1;
+  });
+  const gate = step("gate", async () => {
+    await inside.promise;
+    await new Promise((r) => setTimeout(r, 100));
+    return "open";
+  });
+  const sibling = step("sibling", { needs: { gate } }, () => {
+    siblingRan = true;
+    return 2;
+  });
+  const p = pipeline("cancellable", { steps: [slow, later, gate, sibling] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], leaseMs: 200 });
+  const run = await engine.store.createRun(p);
+  const ending = engine.runToEnd(run.id);
+  await inside.promise;
+
+  const cancelled = await engine.store.cancel(run.id, "Stopped by the on-call engineer");
+  assert.equal(cancelled.status, "cancelled");
+  const ended = await ending;
+  assert.equal(ended.status, "cancelled");
+  assert.deepEqual(ended.error, { step: null, message: "Stopped by the on-call engineer" });
+  assert.ok(reason instanceof Error, "the running step saw its signal abort");
+  assert.match((reason as Error).message, /cancelled/);
+
+  // nothing is scheduled after the cancel, not even a step whose input finishes later
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(laterRan, false);
+  assert.equal(siblingRan, false);
+  const steps = await engine.store.getSteps(run.id);
+  assert.equal(steps.get("slow")!.status, "failed");
+  assert.equal(steps.get("slow")!.error?.name, "Cancelled");
+  assert.ok(!steps.has("later") || steps.get("later")!.status === "pending");
+  assert.ok(!steps.has("sibling") || steps.get("sibling")!.status === "pending");
+  await assert.rejects(engine.store.getOutput(run.id, "slow"), { name: "UsageError" });
+  assert.equal((await engine.store.requireRun(run.id)).status, "cancelled");
+  assert.equal((await engine.store.getLease(run.id)).value, null);
+});
+
+Deno.test("cancel() of a queued run ends it before any step starts", async () => {
+  let ran = false;
+  const only = step("only", () => {
+    ran = true;
+    return 1;
+  });
+  const p = pipeline("queued-cancel", { steps: [only] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  await engine.store.cancel(run.id);
+  assert.equal(await engine.worker.execute(run.id), "skipped");
+  assert.equal((await engine.runToEnd(run.id)).status, "cancelled");
+  assert.equal(ran, false);
+});
+
+Deno.test("cancel() of a finished run is a conflict", async () => {
+  const only = step("only", () => 1);
+  const p = pipeline("done-cancel", { steps: [only] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  await assert.rejects(
+    engine.store.cancel(run.id),
+    (e: unknown) =>
+      e instanceof UsageError && e.code === "conflict" &&
+      /already succeeded: nothing to cancel/.test(e.message),
+  );
+  assert.equal((await engine.store.requireRun(run.id)).status, "succeeded");
+});
+
+Deno.test("a cancelled run can be resumed and keeps its checkpoints", async () => {
+  const inside = deferred();
+  let firstCalls = 0;
+  let blockCalls = 0;
+  const first = step("first", () => ++firstCalls);
+  const block = step("block", { needs: { first } }, async (_inputs, ctx) => {
+    blockCalls++;
+    if (blockCalls === 1) {
+      inside.resolve();
+      await aborted(ctx.signal);
+      throw ctx.signal.reason;
+    }
+    return "done";
+  });
+  const p = pipeline("resume-cancelled", { steps: [first, block] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], leaseMs: 200 });
+  const run = await engine.store.createRun(p);
+  const ending = engine.runToEnd(run.id);
+  await inside.promise;
+  await engine.store.cancel(run.id);
+  assert.equal((await ending).status, "cancelled");
+  await engine.store.resume(await engine.store.requireRun(run.id), p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.equal(firstCalls, 1);
+  assert.equal(blockCalls, 2);
+});
+
+Deno.test("cancel() of a run waiting for a retry removes its wake-up", async () => {
+  let calls = 0;
+  const flaky = step("flaky", { retry: { attempts: 3, delay: "10s" } }, () => {
+    calls++;
+    throw new Error("down");
+  });
+  const p = pipeline("waiting-cancel", { steps: [flaky] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], holdMs: 10 });
+  const run = await engine.store.createRun(p);
+  assert.equal(await engine.worker.execute(run.id), "waiting");
+  assert.equal((await dueTimes(engine.kv, run.id)).length, 1);
+  const cancelled = await engine.store.cancel(run.id);
+  assert.equal(cancelled.status, "cancelled");
+  assert.equal(cancelled.dueAt, null);
+  assert.deepEqual(await dueTimes(engine.kv, run.id), []);
+  const record = (await engine.store.getSteps(run.id)).get("flaky")!;
+  assert.equal(record.status, "failed");
+  assert.equal(record.nextAt, null);
+  assert.equal(calls, 1);
+});

@@ -1,0 +1,86 @@
+/**
+ * Small helpers shared by the in-process tests: temporary KV files, polling, and reads
+ * of the raw KV layout a test checks against.
+ *
+ * @module
+ */
+import * as keys from "../lib/keys.ts";
+
+/** A temporary directory holding a KV file; removed when disposed. */
+export interface TempKv extends AsyncDisposable {
+  /** Path of the KV file inside the directory. */
+  path: string;
+}
+
+/** Creates a temporary directory for a KV file shared by several engines. */
+export async function tempKv(): Promise<TempKv> {
+  const dir = await Deno.makeTempDir({ prefix: "kvflow-test-" });
+  return {
+    path: `${dir}/kvflow.kv`,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+/** Waits until `check` returns true, polling every 10 ms, or fails after `timeoutMs`. */
+export async function waitFor(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 2000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await delay(10);
+  }
+}
+
+/** Resolves after `ms`. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The times of every due-index entry of a run. */
+export async function dueTimes(kv: Deno.Kv, runId: string): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of kv.list<string>({ prefix: keys.duePrefix() })) {
+    if (e.key[3] === runId) out.push(e.key[2] as number);
+  }
+  return out;
+}
+
+/** Every due-index entry, of any run. */
+export async function allDue(kv: Deno.Kv): Promise<Deno.KvKey[]> {
+  const out: Deno.KvKey[] = [];
+  for await (const e of kv.list({ prefix: keys.duePrefix() })) out.push(e.key);
+  return out;
+}
+
+/** A promise with its resolve function outside. */
+export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/** Resolves once `signal` aborts. */
+export function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) =>
+    signal.addEventListener("abort", () => resolve(), { once: true })
+  );
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts (clearing its timer). */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}

@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import { openEngine, pipeline, step } from "../lib/mod.ts";
+import { deferred, dueTimes, sleep, tempKv } from "./helpers.ts";
+
+function twoSteps(state: { firstCalls: number; secondCalls: number; firstMs: number }) {
+  const inside = deferred();
+  const first = step("first", async (_inputs, ctx) => {
+    state.firstCalls++;
+    inside.resolve();
+    await sleep(state.firstMs, ctx.signal);
+    ctx.signal.throwIfAborted();
+    return `first #${ctx.attempt}`;
+  });
+  const second = step("second", { needs: { first } }, ({ first }) => {
+    state.secondCalls++;
+    return `after ${first}`;
+  });
+  return { p: pipeline("shutdown", { steps: [first, second] }), inside: inside.promise };
+}
+
+Deno.test("stop() lets a running step finish within the grace period and hands the run back", async () => {
+  await using file = await tempKv();
+  const state = { firstCalls: 0, secondCalls: 0, firstMs: 40 };
+  const { p, inside } = twoSteps(state);
+  let runId: string;
+  {
+    await using engine = await openEngine({ path: file.path, pipelines: [p], queues: false });
+    runId = (await engine.store.createRun(p)).id;
+    const executing = engine.worker.execute(runId);
+    await inside;
+    await engine.worker.stop(1000);
+    assert.equal(await executing, "released");
+    const run = await engine.store.requireRun(runId);
+    assert.equal(run.status, "queued");
+    assert.equal((await engine.store.getLease(runId)).value, null);
+    assert.deepEqual(await dueTimes(engine.kv, runId), [run.dueAt]);
+    const steps = await engine.store.getSteps(runId);
+    assert.equal(steps.get("first")!.status, "succeeded", "the finished step was checkpointed");
+    assert.ok(!steps.has("second") || steps.get("second")!.status === "pending");
+  }
+  await using next = await openEngine({ path: file.path, pipelines: [p], queues: false });
+  const ended = await next.runToEnd(runId);
+  assert.equal(ended.status, "succeeded");
+  assert.equal(ended.takeovers, 0, "a released run is claimed, not taken over");
+  assert.deepEqual(state, { firstCalls: 1, secondCalls: 1, firstMs: 40 });
+  assert.equal(await next.store.getOutput(runId, "second"), "after first #1");
+});
+
+Deno.test("stop() aborts a step that outlasts the grace period; it runs again elsewhere", async () => {
+  await using file = await tempKv();
+  const state = { firstCalls: 0, secondCalls: 0, firstMs: 10_000 };
+  const { p, inside } = twoSteps(state);
+  let runId: string;
+  {
+    await using engine = await openEngine({ path: file.path, pipelines: [p], queues: false });
+    runId = (await engine.store.createRun(p)).id;
+    const executing = engine.worker.execute(runId);
+    await inside;
+    await engine.worker.stop(30);
+    assert.equal(await executing, "released");
+    assert.equal((await engine.store.requireRun(runId)).status, "queued");
+  }
+  state.firstMs = 5;
+  await using next = await openEngine({ path: file.path, pipelines: [p], queues: false });
+  assert.equal((await next.runToEnd(runId)).status, "succeeded");
+  assert.equal(state.firstCalls, 2);
+  const attempts = (await next.store.getAttempts(runId)).filter((a) => a.step === "first");
+  assert.deepEqual(attempts.map((a) => [a.n, a.status]), [[1, "crashed"], [2, "succeeded"]]);
+  assert.equal(await next.store.getOutput(runId, "first"), "first #2");
+});
+
+Deno.test("interrupt() fails the run resumably and records the attempt as interrupted", async () => {
+  await using file = await tempKv();
+  const state = { firstCalls: 0, secondCalls: 0, firstMs: 10_000 };
+  const { p, inside } = twoSteps(state);
+  const alerts: unknown[] = [];
+  let runId: string;
+  {
+    await using engine = await openEngine({
+      path: file.path,
+      pipelines: [p],
+      onAlert: (a) => alerts.push(a),
+    });
+    runId = (await engine.store.createRun(p)).id;
+    const executing = engine.worker.execute(runId);
+    await inside;
+    await engine.worker.interrupt("Ctrl-C");
+    assert.equal(await executing, "interrupted");
+    const failed = await engine.store.requireRun(runId);
+    assert.equal(failed.status, "failed");
+    assert.deepEqual(failed.error, { step: null, message: "Ctrl-C" });
+    assert.equal((await engine.store.getLease(runId)).value, null);
+    assert.deepEqual(await dueTimes(engine.kv, runId), []);
+    const [attempt] = await engine.store.getAttempts(runId);
+    assert.equal(attempt.status, "interrupted");
+    assert.equal(attempt.error?.message, "Ctrl-C");
+    assert.equal((await engine.store.getSteps(runId)).get("first")!.status, "failed");
+    assert.deepEqual(alerts, [], "an interrupt by a person is not an alert");
+  }
+  state.firstMs = 5;
+  await using next = await openEngine({ path: file.path, pipelines: [p] });
+  await next.store.resume(await next.store.requireRun(runId), p);
+  assert.equal((await next.runToEnd(runId)).status, "succeeded");
+  assert.equal(state.firstCalls, 2);
+  assert.equal(state.secondCalls, 1);
+});
