@@ -6,6 +6,7 @@
  * @module
  */
 import * as keys from "./keys.ts";
+import { commitAtomic } from "./atomic.ts";
 
 /** The stored alert of one failure of a run. */
 export interface AlertRecord {
@@ -89,7 +90,7 @@ export async function deliverAlert(
     ...alert,
     sending: { owner: options.owner, until: Date.now() + CLAIM_MS },
   };
-  const claim = await kv.atomic().check(entry).set(keys.alert(runId, seq), claimed).commit();
+  const claim = await commitAtomic(kv.atomic().check(entry).set(keys.alert(runId, seq), claimed));
   if (!claim.ok) return alert.webhook;
   const backoff = options.backoff ?? [1000, 2000, 4000, 8000];
   let lastError = "";
@@ -130,10 +131,11 @@ async function finishDelivery(
 ): Promise<void> {
   const done: AlertRecord = { ...alert, ...change };
   delete done.sending;
-  await kv.atomic()
-    .set(keys.alert(alert.runId, alert.seq), done)
-    .delete(keys.alertOutbox(alert.runId, alert.seq))
-    .commit();
+  await commitAtomic(
+    kv.atomic()
+      .set(keys.alert(alert.runId, alert.seq), done)
+      .delete(keys.alertOutbox(alert.runId, alert.seq)),
+  );
 }
 
 /** Alerts waiting in the outbox for at least `minAgeMs`. */

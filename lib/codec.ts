@@ -9,6 +9,7 @@
 import v8 from "node:v8";
 import { NonRetryableError } from "./errors.ts";
 import * as keys from "./keys.ts";
+import { commitAtomic } from "./atomic.ts";
 import type { BlobRef, Stored } from "./run_state.ts";
 
 /** Bytes per chunk: under the 64 KiB value limit with room for the encoding. */
@@ -68,7 +69,7 @@ export async function writeBlob(kv: Deno.Kv, runId: string, bytes: Uint8Array): 
     for (let i = first; i < Math.min(chunks, first + CHUNKS_PER_COMMIT); i++) {
       op.set(keys.blobChunk(runId, id, i), bytes.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES));
     }
-    const result = await op.commit();
+    const result = await commitAtomic(op);
     if (!result.ok) throw new Error(`Could not store chunks of blob ${id}`);
   }
   return { id, size: bytes.byteLength, chunks };

@@ -28,6 +28,7 @@ import * as keys from "./keys.ts";
 import { decodeValue, encodeValue, writeBlob } from "./codec.ts";
 import {
   type AttemptRecord,
+  attemptRecord,
   crashError,
   failAttempt,
   idempotencyKey,
@@ -42,7 +43,8 @@ import {
   succeedTask,
   type TaskRecord,
 } from "./run_state.ts";
-import { type Claim, commitAtomic, moveDue, moveStatus, type Store } from "./store.ts";
+import { type Claim, moveDue, moveStatus, type Store } from "./store.ts";
+import { commitAtomic } from "./atomic.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "./artifacts.ts";
 import type { AlertRecord } from "./alerts.ts";
 import type { Slots } from "./slots.ts";
@@ -227,18 +229,8 @@ export class RunDriver {
         error: { name: "Interrupted", message: reason, retryable: true },
       };
       this.#setTask(slot, index, failed);
-      this.#write(
-        keys.attempt(this.#run.id, name, index, record.attempt),
-        {
-          step: name,
-          item: index,
-          n: record.attempt,
-          status: "interrupted",
-          startedAt: record.startedAt ?? now,
-          endedAt: now,
-          error: failed.error,
-          logs: [],
-        } satisfies AttemptRecord,
+      this.#writeAttempt(
+        attemptRecord(name, index, record, "interrupted", failed.error, [], now),
       );
     }
     for (const slot of this.#steps.values()) {
@@ -458,19 +450,7 @@ export class RunDriver {
     now: number,
   ): TaskRecord {
     const error = crashError(record.attempt);
-    this.#write(
-      keys.attempt(this.#run.id, step, item, record.attempt),
-      {
-        step,
-        item,
-        n: record.attempt,
-        status: "crashed",
-        startedAt: record.startedAt ?? now,
-        endedAt: now,
-        error,
-        logs: [],
-      } satisfies AttemptRecord,
-    );
+    this.#writeAttempt(attemptRecord(step, item, record, "crashed", error, [], now));
     return failAttempt(record, now, error, retry.attempts, 0);
   }
 
@@ -505,6 +485,7 @@ export class RunDriver {
       for (let i = 0; i < values.length; i++) {
         let record = stored.get(i);
         if (!record || record.status === "pending") {
+          if (record) fan.records.set(i, record);
           fan.fresh.push(i);
           continue;
         }
@@ -599,17 +580,15 @@ export class RunDriver {
     this.#o.slots.release();
     if (this.#stopped) return;
     const now = Date.now();
-    const attempt: AttemptRecord = {
-      step: name,
-      item: index,
-      n: record.attempt,
-      status: result.ok ? "succeeded" : "failed",
-      startedAt: record.startedAt ?? now,
-      endedAt: now,
-      error: result.ok ? null : result.error,
+    this.#writeAttempt(attemptRecord(
+      name,
+      index,
+      record,
+      result.ok ? "succeeded" : "failed",
+      result.ok ? null : result.error,
       logs,
-    };
-    this.#write(keys.attempt(this.#run.id, name, index, record.attempt), attempt, 2048);
+      now,
+    ));
     const done = result.ok ? succeedTask(record, now, result.stored) : failAttempt(
       record,
       now,
@@ -805,6 +784,16 @@ export class RunDriver {
         ? record.endedAt - record.startedAt
         : undefined,
     });
+  }
+
+  #writeAttempt(attempt: AttemptRecord): void {
+    // Logs and stacks dominate an attempt's size; count them so a commit stays in limits.
+    let size = 512 + 2 * (attempt.error?.stack?.length ?? 0) +
+      2 * (attempt.error?.message.length ?? 0);
+    for (const line of attempt.logs) {
+      size += 64 + 2 * line.message.length + (line.fields ? 8192 : 0);
+    }
+    this.#write(keys.attempt(this.#run.id, attempt.step, attempt.item, attempt.n), attempt, size);
   }
 
   #write(key: Deno.KvKey, value: unknown, size = 1024): void {

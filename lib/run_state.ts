@@ -97,6 +97,11 @@ export interface TaskRecord {
   attempt: number;
   /** Bumped by each rerun; part of the idempotency key. */
   generation: number;
+  /**
+   * Attempts made before the last resume or rerun reset `attempt`; attempt records are
+   * numbered from here, so a resume adds to the history instead of overwriting it.
+   */
+  base?: number;
   /** When the current or last attempt started. */
   startedAt: number | null;
   /** When it reached its last status. */
@@ -129,8 +134,10 @@ export interface AttemptRecord {
   step: string;
   /** Fan-out item index, or -1. */
   item: number;
-  /** Attempt number, from 1. */
+  /** Position in the task's whole history, from 1: resumes and reruns continue it. */
   n: number;
+  /** The attempt number `ctx.attempt` had: from 1 after each resume or rerun. */
+  attempt: number;
   /** How it ended. */
   status: "succeeded" | "failed" | "crashed" | "interrupted";
   /** Start, ms since epoch. */
@@ -153,6 +160,38 @@ export function pendingTask(generation = 0): TaskRecord {
     endedAt: null,
     nextAt: null,
     error: null,
+  };
+}
+
+/** A task back at pending after a resume or rerun, keeping its attempt history's count. */
+export function resetTask(task: TaskRecord, generation = task.generation): TaskRecord {
+  return {
+    ...pendingTask(generation),
+    base: (task.base ?? 0) + task.attempt,
+    ...(task.items === undefined ? {} : { items: task.items }),
+  };
+}
+
+/** The record of how an attempt of `task` (its current one) ended. */
+export function attemptRecord(
+  step: string,
+  item: number,
+  task: TaskRecord,
+  status: AttemptRecord["status"],
+  error: ErrorInfo | null,
+  logs: LogLine[],
+  now: number,
+): AttemptRecord {
+  return {
+    step,
+    item,
+    n: (task.base ?? 0) + task.attempt,
+    attempt: task.attempt,
+    status,
+    startedAt: task.startedAt ?? now,
+    endedAt: now,
+    error,
+    logs,
   };
 }
 
@@ -262,7 +301,7 @@ export function planResume(
     } else if (record.status !== "succeeded") {
       resets.push({
         step: s.name,
-        record: { ...pendingTask(record.generation), items: record.items },
+        record: resetTask(record),
         items: "failed",
       });
     }
@@ -317,7 +356,7 @@ export function planRerun(
     } else if (record.status !== "succeeded") {
       resets.push({
         step: s.name,
-        record: { ...pendingTask(record.generation), items: record.items },
+        record: resetTask(record),
         items: "failed",
       });
     }

@@ -13,6 +13,7 @@ import {
   type Lease,
   planRerun,
   planResume,
+  resetTask,
   type RunRecord,
   type RunStatus,
   type StepReset,
@@ -20,6 +21,7 @@ import {
   TERMINAL,
 } from "./run_state.ts";
 import { decodeValue, readBlob } from "./codec.ts";
+import { commitAtomic } from "./atomic.ts";
 import type { ArtifactMeta } from "./artifacts.ts";
 
 /** A queue message: a hint to look at a run. */
@@ -374,19 +376,20 @@ export class Store {
       error: null,
       dueAt: now,
     };
-    const clears: Deno.KvKey[] = [];
+    const writes: [Deno.KvKey, unknown][] = [];
     for (const reset of resets) {
+      writes.push([keys.step(run.id, reset.step), reset.record]);
       if (reset.items === "none") continue;
       for (const [index, item] of await this.getItems(run.id, reset.step)) {
+        // Items go back to pending but keep their attempt count, so their history grows.
         if (reset.items === "all" || item.status !== "succeeded") {
-          clears.push(keys.item(run.id, reset.step, index));
+          writes.push([
+            keys.item(run.id, reset.step, index),
+            resetTask(item, reset.items === "all" ? reset.record.generation : item.generation),
+          ]);
         }
       }
     }
-    const writes: [Deno.KvKey, unknown][] = [
-      ...resets.map((r): [Deno.KvKey, unknown] => [keys.step(run.id, r.step), r.record]),
-      ...clears.map((k): [Deno.KvKey, unknown] => [k, null]),
-    ];
     // The run record, its indexes and due entry go in the last commit, so the run is
     // queued only once every step reset is stored.
     const runEntry = await this.kv.get<RunRecord>(keys.run(run.id));
@@ -510,28 +513,6 @@ export function moveDue(op: Deno.AtomicOperation, before: RunRecord, after: RunR
   if (before.dueAt === after.dueAt) return;
   if (before.dueAt !== null) op.delete(keys.due(before.dueAt, before.id));
   if (after.dueAt !== null) op.set(keys.due(after.dueAt, after.id), after.id);
-}
-
-/**
- * Commits an atomic operation, retrying while SQLite answers "database is locked". With
- * several KV handles on one file (several workers, or engines in one process), a commit
- * whose checks read a snapshot that another handle wrote to meanwhile throws that error
- * instead of committing or failing its checks. The write was rolled back, and each retry
- * is a new transaction that evaluates the checks afresh.
- *
- * @throws whatever the commit throws, once retrying does not help
- */
-export async function commitAtomic(
-  op: Deno.AtomicOperation,
-): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
-  for (let tries = 1;; tries++) {
-    try {
-      return await op.commit();
-    } catch (error) {
-      if (tries >= 25 || !/database is locked/.test(String(error))) throw error;
-      await new Promise((r) => setTimeout(r, 2 + Math.random() * 4 * Math.min(tries, 5)));
-    }
-  }
 }
 
 /** Adds to `op` the status-index move from `before.status` to `after.status`. */

@@ -181,3 +181,30 @@ Deno.test("resume on a changed graph explains the change and needs force", async
   assert.equal(await engine.store.getOutput(runId, "notify"), "loaded 3");
   assert.deepEqual(w.calls, { extract: 1, transform: 3, audit: 1, load: 1, notify: 1 });
 });
+
+Deno.test("resume() keeps the attempt history: new attempts are added, none overwritten", async () => {
+  const w = world();
+  const p = etl(w);
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "failed");
+  const failedRound = (await engine.store.getAttempts(run.id)).filter((a) =>
+    a.step === "transform"
+  );
+  assert.deepEqual(failedRound.map((a) => [a.n, a.attempt, a.status]), [
+    [1, 1, "failed"],
+    [2, 2, "failed"],
+  ]);
+
+  w.broken = false;
+  await engine.store.resume(await engine.store.requireRun(run.id), p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  const transform = (await engine.store.getAttempts(run.id)).filter((a) => a.step === "transform");
+  // attempt numbers restart at 1 for the retry policy; the history continues at n = 3
+  assert.deepEqual(transform.map((a) => [a.n, a.attempt, a.status]), [
+    [1, 1, "failed"],
+    [2, 2, "failed"],
+    [3, 1, "succeeded"],
+  ]);
+  assert.equal(transform[0].error?.message, "Bad column 'amount'");
+});
