@@ -10,6 +10,11 @@ import { openKv } from "./config.ts";
 import { type CreateRunInput, Store } from "./store.ts";
 import { type RunRecord, TERMINAL } from "./run_state.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
+import type { RunEvent } from "./driver.ts";
+import { type AlertRecord, alertText } from "./alerts.ts";
+
+/** What {@linkcode Engine.subscribe} listeners receive. */
+export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
 
 /** Options of {@linkcode openEngine}. */
 export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
@@ -35,6 +40,7 @@ export class Engine {
   /** The pipelines, by name. */
   readonly pipelines: Map<string, Pipeline<unknown>>;
   readonly #ownsKv: boolean;
+  readonly #listeners = new Set<(event: EngineEvent) => void>();
   #closed = false;
 
   /**
@@ -56,7 +62,29 @@ export class Engine {
       }
       this.pipelines.set(p.name, p as Pipeline<unknown>);
     }
-    this.worker = new Worker(this.store, { ...options, pipelines: this.pipelines });
+    this.worker = new Worker(this.store, {
+      ...options,
+      pipelines: this.pipelines,
+      onEvent: (event) => {
+        options.onEvent?.(event);
+        for (const listener of this.#listeners) listener(event);
+      },
+      onAlert: (alert) => {
+        (options.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
+        for (const listener of this.#listeners) listener({ type: "alert", alert });
+      },
+    });
+  }
+
+  /**
+   * Listens to the changes this process makes durable: run and step status changes, and
+   * alerts. Other processes' changes are not seen here; read the store for those.
+   *
+   * @returns a function that stops listening
+   */
+  subscribe(listener: (event: EngineEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   /**

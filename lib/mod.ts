@@ -44,7 +44,7 @@ export {
 } from "./definition.ts";
 export { type Duration } from "./duration.ts";
 export { type ErrorInfo, NonRetryableError, UsageError } from "./errors.ts";
-export { Engine, type EngineOptions, openEngine } from "./engine.ts";
+export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine.ts";
 export {
   type AttemptRecord,
   type BlobRef,
