@@ -25,3 +25,132 @@ export async function commitAtomic(
     }
   }
 }
+
+/** One caller's part of a group commit: its checks and mutations, and their size. */
+export interface CommitBatch {
+  /** Adds the batch's checks and mutations to `op`. */
+  apply(op: Deno.AtomicOperation): void;
+  /** Number of checks it adds. */
+  checks: number;
+  /** Number of mutations (and enqueues) it adds. */
+  mutations: number;
+  /** Estimated bytes of its keys and values. */
+  bytes: number;
+}
+
+/** Limits of one grouped commit. */
+export interface GroupLimits {
+  /** Checks per commit (local KV: 100; remote KV: 10). */
+  checks: number;
+  /** Mutations per commit (KV: 1,000). */
+  mutations: number;
+  /** Bytes per commit (KV: 800 KiB). */
+  bytes: number;
+}
+
+interface Queued {
+  batch: CommitBatch;
+  resolve(result: Deno.KvCommitResult | Deno.KvCommitError): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Group commit: batches submitted while a commit is in flight share the next commit.
+ * KV pays one fsync per commit and does not batch concurrent commits itself, so runs
+ * that checkpoint at the same moment would otherwise queue for one fsync each.
+ *
+ * Each batch keeps its own checks, so it stays all-or-nothing and fenced. Callers must
+ * only submit, at the same time, batches that touch disjoint keys (kvflow's checkpoints:
+ * every key of a run's batch contains the run id, and one run's batches are serialized),
+ * so one grouped commit equals the batches committed one after another. When a grouped
+ * commit fails a check or throws, every batch is committed on its own and gets its own
+ * result. With nothing in flight a batch is committed at once: a lone caller waits for
+ * nobody.
+ */
+export class GroupCommitter {
+  readonly #kv: Deno.Kv;
+  readonly #limits: GroupLimits;
+  #queue: Queued[] = [];
+  #inFlight = false;
+  /** What it did: batches in, KV commits made, grouped commits, and fallbacks. */
+  readonly stats = { batches: 0, commits: 0, grouped: 0, fallbacks: 0 };
+
+  /**
+   * Creates a committer.
+   *
+   * @param kv the database
+   * @param limits per-commit limits; defaults fit local KV
+   */
+  constructor(kv: Deno.Kv, limits: Partial<GroupLimits> = {}) {
+    this.#kv = kv;
+    this.#limits = { checks: 100, mutations: 900, bytes: 600_000, ...limits };
+  }
+
+  /** Commits a batch, alone or with others; resolves with its own result. */
+  commit(batch: CommitBatch): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+    this.stats.batches++;
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ batch, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    if (this.#inFlight || this.#queue.length === 0) return;
+    this.#inFlight = true;
+    this.#commitGroup(this.#take()).finally(() => {
+      this.#inFlight = false;
+      this.#pump();
+    });
+  }
+
+  #take(): Queued[] {
+    const group = [this.#queue[0]];
+    let { checks, mutations, bytes } = this.#queue[0].batch;
+    let i = 1;
+    for (; i < this.#queue.length; i++) {
+      const b = this.#queue[i].batch;
+      if (
+        checks + b.checks > this.#limits.checks ||
+        mutations + b.mutations > this.#limits.mutations ||
+        bytes + b.bytes > this.#limits.bytes
+      ) break;
+      group.push(this.#queue[i]);
+      checks += b.checks;
+      mutations += b.mutations;
+      bytes += b.bytes;
+    }
+    this.#queue = this.#queue.slice(i);
+    return group;
+  }
+
+  async #commitGroup(group: Queued[]): Promise<void> {
+    if (group.length > 1) {
+      this.stats.commits++;
+      this.stats.grouped++;
+      let result: Deno.KvCommitResult | Deno.KvCommitError | undefined;
+      try {
+        const op = this.#kv.atomic();
+        for (const q of group) q.batch.apply(op);
+        result = await commitAtomic(op);
+      } catch {
+        result = undefined;
+      }
+      if (result?.ok) {
+        for (const q of group) q.resolve(result);
+        return;
+      }
+      this.stats.fallbacks++;
+    }
+    await Promise.all(group.map(async (q) => {
+      this.stats.commits++;
+      try {
+        const op = this.#kv.atomic();
+        q.batch.apply(op);
+        q.resolve(await commitAtomic(op));
+      } catch (error) {
+        q.reject(error);
+      }
+    }));
+  }
+}

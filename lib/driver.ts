@@ -44,7 +44,6 @@ import {
   type TaskRecord,
 } from "./run_state.ts";
 import { type Claim, moveDue, moveStatus, type Store } from "./store.ts";
-import { commitAtomic } from "./atomic.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "./artifacts.ts";
 import type { AlertRecord } from "./alerts.ts";
 import type { Slots } from "./slots.ts";
@@ -839,21 +838,28 @@ export class RunDriver {
       }
     }
     for (const [i, batch] of batches.entries()) {
-      const op = this.#kv.atomic().check({
-        key: keys.lease(this.#run.id),
-        versionstamp: this.#leaseVersion,
-      });
-      let leaseWritten = false;
+      const last = i === batches.length - 1;
+      const lease = { key: keys.lease(this.#run.id), versionstamp: this.#leaseVersion };
+      let leaseWritten = last && runOps.length > 0;
+      let size = 0;
       for (const w of batch) {
-        if (w.value === null) op.delete(w.key);
-        else op.set(w.key, w.value);
+        size += w.size;
         if (w.key[1] === "lease") leaseWritten = true;
       }
-      if (i === batches.length - 1) {
-        for (const apply of runOps) apply(op);
-        leaseWritten ||= runOps.length > 0;
-      }
-      const result = await commitAtomic(op);
+      const result = await this.#o.store.committer.commit({
+        checks: 1,
+        // run ops move indexes and may delete the lease and enqueue: at most 8 mutations
+        mutations: batch.length + (last ? runOps.length * 8 : 0),
+        bytes: size + (last ? runOps.length * 1024 : 0),
+        apply: (op) => {
+          op.check(lease);
+          for (const w of batch) {
+            if (w.value === null) op.delete(w.key);
+            else op.set(w.key, w.value);
+          }
+          if (last) for (const apply of runOps) apply(op);
+        },
+      });
       if (!result.ok) {
         this.#lost();
         return;

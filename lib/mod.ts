@@ -67,5 +67,6 @@ export {
 export { type ExecuteResult, Worker, type WorkerOptions } from "./worker.ts";
 export { type DriverOptions, type Outcome, RunDriver, type RunEvent } from "./driver.ts";
 export { Slots, type SlotWaiter } from "./slots.ts";
+export { type CommitBatch, commitAtomic, GroupCommitter, type GroupLimits } from "./atomic.ts";
 export { type AlertRecord } from "./alerts.ts";
 export { type ArtifactMeta } from "./artifacts.ts";

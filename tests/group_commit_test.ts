@@ -1,0 +1,64 @@
+import assert from "node:assert/strict";
+import { type CommitBatch, GroupCommitter } from "../lib/mod.ts";
+
+function batch(key: string, value: number, leaseStamp: string | null): CommitBatch {
+  return {
+    checks: 1,
+    mutations: 1,
+    bytes: 64,
+    apply: (op) =>
+      op.check({ key: ["lease", key], versionstamp: leaseStamp }).set(["v", key], value),
+  };
+}
+
+Deno.test("checkpoints submitted together share one KV commit", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const committer = new GroupCommitter(kv);
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => committer.commit(batch(`r${i}`, i, null))),
+    );
+    assert.ok(results.every((r) => r.ok));
+    for (let i = 0; i < 20; i++) assert.equal((await kv.get(["v", `r${i}`])).value, i);
+    // the first goes alone (nothing in flight), the 19 that queued behind it share one
+    assert.equal(committer.stats.commits, 2);
+    assert.equal(committer.stats.grouped, 1);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a fenced batch in a group fails alone; the others still commit", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    await kv.set(["lease", "taken"], "another worker");
+    const committer = new GroupCommitter(kv);
+    const results = await Promise.all([
+      committer.commit(batch("a", 1, null)),
+      committer.commit(batch("b", 2, null)),
+      committer.commit(batch("taken", 3, null)), // its lease changed: the check fails
+      committer.commit(batch("c", 4, null)),
+    ]);
+    assert.deepEqual(results.map((r) => r.ok), [true, true, false, true]);
+    assert.equal((await kv.get(["v", "taken"])).value, null);
+    assert.equal((await kv.get(["v", "c"])).value, 4);
+    assert.equal(committer.stats.fallbacks, 1);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a group never exceeds the commit limits it was given", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const committer = new GroupCommitter(kv, { checks: 3 });
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => committer.commit(batch(`k${i}`, i, null))),
+    );
+    assert.ok(results.every((r) => r.ok));
+    // 1 alone, then 9 queued in groups of at most 3 checks
+    assert.equal(committer.stats.commits, 4);
+  } finally {
+    kv.close();
+  }
+});
