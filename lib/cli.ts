@@ -245,7 +245,7 @@ class Cli {
       const attempts = await engine.store.getAttempts(runId);
       const pipeline = engine.pipelines.get(run.pipeline);
       if (this.#flags.json) {
-        const names = pipeline ? pipeline.steps.map((s) => s.name) : Object.keys(run.graph);
+        const names = pipeline ? pipeline.steps.map((s) => s.name) : Object.keys(run.graph ?? {});
         this.#out(JSON.stringify(
           {
             ...run,

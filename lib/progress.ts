@@ -122,7 +122,7 @@ export function statusLines(
     "",
     `    ${"step".padEnd(24)} ${"status".padEnd(11)} attempts  duration`,
   ];
-  const names = pipeline ? pipeline.steps.map((s) => s.name) : Object.keys(run.graph);
+  const names = pipeline ? pipeline.steps.map((s) => s.name) : Object.keys(run.graph ?? {});
   for (const name of names) {
     const record = steps.get(name);
     const status = record?.status ?? "pending";

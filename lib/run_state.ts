@@ -36,8 +36,11 @@ export interface RunRecord {
   pipeline: string;
   /** Hash of the pipeline's step graph when the run was created (or last forced). */
   version: string;
-  /** The step graph the version hashes, to explain a change. */
-  graph: Record<string, string[]>;
+  /**
+   * The step graph the version hashes, to explain a change; null when it is too large
+   * to keep in the run record (thousands of steps).
+   */
+  graph: Record<string, string[]> | null;
   /** Validated params. */
   params: Record<string, unknown>;
   /** `YYYY-MM-DD`. */
@@ -148,6 +151,14 @@ export interface AttemptRecord {
   error: ErrorInfo | null;
   /** Log lines. */
   logs: LogLine[];
+}
+
+const MAX_RECORDED_GRAPH = 24_000;
+
+/** The graph a run records: the pipeline's, unless it is too large for a KV value. */
+export function recordedGraph(pipeline: Pipeline<unknown>): Record<string, string[]> | null {
+  const graph = pipeline.graph as Record<string, string[]>;
+  return JSON.stringify(graph).length <= MAX_RECORDED_GRAPH ? graph : null;
 }
 
 /** A fresh task record. */
@@ -366,7 +377,9 @@ export function planRerun(
 
 function checkVersion(run: RunRecord, pipeline: Pipeline<unknown>, force: boolean): void {
   if (run.version === pipeline.version || force) return;
-  const changes = diffGraphs(run.graph, pipeline.graph);
+  const changes = run.graph
+    ? diffGraphs(run.graph, pipeline.graph)
+    : ["its step graph changed (too large to record what changed)"];
   if (changes.length === 0) changes.push("a step changed between a single step and a fan-out");
   throw new UsageError(
     `Pipeline '${pipeline.name}' changed since run ${run.id} started: ${

@@ -13,6 +13,7 @@ import {
   type Lease,
   planRerun,
   planResume,
+  recordedGraph,
   resetTask,
   type RunRecord,
   type RunStatus,
@@ -118,7 +119,7 @@ export class Store {
       id: input.id ?? newRunId(now),
       pipeline: pipeline.name,
       version: pipeline.version,
-      graph: pipeline.graph as Record<string, string[]>,
+      graph: recordedGraph(pipeline),
       params,
       logicalDate,
       trigger: input.trigger ?? "cli",
@@ -329,7 +330,7 @@ export class Store {
     const result = await this.committer.commit({
       checks: 2,
       mutations: 7,
-      bytes: 2048 + 2 * JSON.stringify(claimed.graph).length,
+      bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
       apply: (op) => {
         op.check(runEntry, leaseEntry)
           .set(keys.lease(runId), lease)
@@ -380,7 +381,7 @@ export class Store {
     const next: RunRecord = {
       ...run,
       version: pipeline.version,
-      graph: pipeline.graph as Record<string, string[]>,
+      graph: recordedGraph(pipeline),
       status: "queued",
       endedAt: null,
       error: null,

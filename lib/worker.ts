@@ -70,6 +70,7 @@ export class Worker {
   #backlog = false;
   /** Runs whose pipeline this worker does not know, and until when to skip them. */
   readonly #foreign = new Map<string, number>();
+  readonly #sweeping = new Set<Promise<void>>();
 
   /**
    * Creates it.
@@ -104,10 +105,9 @@ export class Worker {
     }
     const tick = () => {
       if (this.#stop.signal.aborted) return;
-      this.sweep().catch((error) => console.error(`kvflow: sweep failed: ${error?.message}`))
-        .finally(() => {
-          if (!this.#stop.signal.aborted) this.#sweepTimer = setTimeout(tick, this.#o.pollMs);
-        });
+      this.#runSweep().finally(() => {
+        if (!this.#stop.signal.aborted) this.#sweepTimer = setTimeout(tick, this.#o.pollMs);
+      });
     };
     this.#sweepTimer = setTimeout(tick, 0);
   }
@@ -205,7 +205,16 @@ export class Worker {
   #pullBacklog(): void {
     if (!this.#backlog || this.#stop.signal.aborted || this.#sweepTimer === undefined) return;
     this.#backlog = false;
-    this.sweep().catch((error) => console.error(`kvflow: sweep failed: ${error?.message}`));
+    this.#runSweep();
+  }
+
+  /** Runs a sweep that `stop()` waits for, logging (not throwing) its failure. */
+  #runSweep(): Promise<void> {
+    const sweep = this.sweep().catch((error) => {
+      if (!this.#stop.signal.aborted) console.error(`kvflow: sweep failed: ${error?.message}`);
+    }).finally(() => this.#sweeping.delete(sweep));
+    this.#sweeping.add(sweep);
+    return sweep;
   }
 
   /** The driver of a run this worker is driving now. */
@@ -224,6 +233,7 @@ export class Worker {
     this.#timers.clear();
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
     await Promise.all(drivers.map((d) => d.release(graceMs)));
+    await Promise.allSettled([...this.#sweeping]);
     while (this.#active.size > 0) await new Promise((r) => setTimeout(r, 5));
     await Promise.allSettled([...this.#deliveries]);
   }

@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { type AnyStep, openEngine, pipeline, type RunEvent, step } from "../lib/mod.ts";
+import {
+  type AnyStep,
+  openEngine,
+  type Pipeline,
+  pipeline,
+  type RunEvent,
+  step,
+  UsageError,
+} from "../lib/mod.ts";
 import { aborted, allDue } from "./helpers.ts";
 
 Deno.test("a 50-step chain runs inline, in order, one attempt per step", async () => {
@@ -219,4 +227,19 @@ Deno.test("a worker drives at most maxRuns runs at once and turns the rest away"
   release();
   assert.equal(await executing, "succeeded");
   assert.equal((await engine.runToEnd(second.id)).status, "succeeded");
+});
+
+Deno.test("a pipeline with thousands of steps runs; its graph is too large to record, so a change is reported plainly", async () => {
+  const steps = Array.from({ length: 4500 }, (_, i) => step(`step-${i}`, () => i));
+  const big = pipeline("big", { steps, concurrency: 64 }) as Pipeline<unknown>;
+  await using engine = await openEngine({ path: ":memory:", pipelines: [big], onAlert: () => {} });
+  const run = await engine.store.createRun(big);
+  assert.equal(run.graph, null);
+  const ended = await engine.runToEnd(run.id);
+  assert.equal(ended.status, "succeeded");
+  const changed = pipeline("big", { steps: steps.slice(1) }) as Pipeline<unknown>;
+  await assert.rejects(
+    () => engine.store.rerun(ended, changed, "step-1"),
+    (error: Error) => error instanceof UsageError && /too large to record/.test(error.message),
+  );
 });
