@@ -47,6 +47,7 @@ import { type Claim, moveDue, moveStatus, type Store } from "./store.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "./artifacts.ts";
 import type { AlertRecord } from "./alerts.ts";
 import type { Slots } from "./slots.ts";
+import type { Clock } from "./clock.ts";
 
 /** A change the driver made durable, for progress lines and live views. */
 export type RunEvent =
@@ -64,7 +65,27 @@ export type RunEvent =
     durationMs?: number;
     nextAt?: number | null;
     error?: ErrorInfo | null;
+    /** When the current or last attempt started (the stored record's value). */
+    startedAt?: number | null;
+    /** When the task reached this status (the stored record's value). */
+    endedAt?: number | null;
   };
+
+/** Which attempt is about to run, for {@linkcode DriverOptions.beforeAttempt}. */
+export interface AttemptInfo {
+  /** The run. */
+  runId: string;
+  /** Its pipeline. */
+  pipeline: string;
+  /** The step. */
+  step: string;
+  /** The fan-out item, or -1. */
+  item: number;
+  /** The attempt number, from 1. */
+  attempt: number;
+  /** The attempt's idempotency key. */
+  idempotencyKey: string;
+}
 
 /** How a driver left its run. */
 export type Outcome =
@@ -94,6 +115,8 @@ export interface DriverOptions {
   webhook: boolean;
   /** Called after each change is durable. */
   onEvent?: (event: RunEvent) => void;
+  /** Called before each attempt's body; a throw fails the attempt (fault injection). */
+  beforeAttempt?: (attempt: AttemptInfo) => void | Promise<void>;
   /** Called once an alert is stored. */
   onAlert?: (alert: AlertRecord) => void;
 }
@@ -151,7 +174,8 @@ export class RunDriver {
   #isLost = false;
   #settling = false;
   #waitingForSlot = false;
-  #holdTimer: ReturnType<typeof setTimeout> | undefined;
+  #cancelHold: (() => void) | undefined;
+  readonly #clock: Clock;
   #renewTimer: ReturnType<typeof setInterval> | undefined;
   #resolve!: (outcome: Outcome) => void;
   /** Resolves once the driver has left the run. */
@@ -165,6 +189,7 @@ export class RunDriver {
   constructor(options: DriverOptions) {
     this.#o = options;
     this.#kv = options.store.kv;
+    this.#clock = options.store.clock;
     this.#run = options.claim.run;
     this.#lease = options.claim.lease;
     this.#leaseVersion = options.claim.leaseVersion;
@@ -180,7 +205,7 @@ export class RunDriver {
   async start(): Promise<void> {
     const { pipeline, store } = this.#o;
     const stored = await store.getSteps(this.#run.id);
-    const now = Date.now();
+    const now = this.#clock.now();
     for (const def of pipeline.steps) {
       const retry = resolveRetry(def.retry, pipeline.defaults.retry, `step '${def.name}'`);
       const timeoutMs = def.timeout === undefined
@@ -215,7 +240,7 @@ export class RunDriver {
   async interrupt(reason = "Interrupted"): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
-    const now = Date.now();
+    const now = this.#clock.now();
     for (const [task, controller] of this.#running) {
       controller.abort(new Error(reason));
       const [name, index] = splitTask(task);
@@ -263,7 +288,7 @@ export class RunDriver {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#abortRunning("Worker shutting down");
-    const now = Date.now();
+    const now = this.#clock.now();
     const next: RunRecord = { ...this.#run, status: "queued", dueAt: now };
     this.#changeRun(next);
     this.#runOps.push((op) => {
@@ -283,7 +308,7 @@ export class RunDriver {
       this.#flush().catch((error) => this.#fail(error));
       return;
     }
-    const now = Date.now();
+    const now = this.#clock.now();
     const { pipeline, slots } = this.#o;
     let capacity = pipeline.concurrency - this.#running.size;
     let starved = false;
@@ -370,15 +395,15 @@ export class RunDriver {
     }
     if (nextAt !== Infinity) {
       if (nextAt - now <= this.#o.holdMs) {
-        clearTimeout(this.#holdTimer);
-        this.#holdTimer = setTimeout(() => this.#pump(), Math.max(0, nextAt - Date.now()));
+        this.#cancelHold?.();
+        this.#cancelHold = this.#clock.after(nextAt - this.#clock.now(), () => this.#pump());
         return;
       }
       const next: RunRecord = { ...this.#run, status: "waiting", dueAt: nextAt };
       this.#changeRun(next);
       this.#runOps.push((op) => {
         op.delete(keys.lease(this.#run.id));
-        this.#o.store.hint(op, this.#run.id, nextAt - Date.now());
+        this.#o.store.hint(op, this.#run.id, nextAt - this.#clock.now());
       });
       this.#stopped = true;
       this.#afterCommit.push(() => this.#finish("waiting"));
@@ -398,7 +423,7 @@ export class RunDriver {
     error: RunRecord["error"],
     alert: boolean,
   ): void {
-    const now = Date.now();
+    const now = this.#clock.now();
     const next: RunRecord = {
       ...this.#run,
       status,
@@ -471,7 +496,7 @@ export class RunDriver {
         );
       }
       if (this.#stopped) return;
-      const now = Date.now();
+      const now = this.#clock.now();
       const fan: FanState = {
         values,
         records: new Map(),
@@ -509,7 +534,7 @@ export class RunDriver {
       this.#checkFanDone(slot);
     } catch (error) {
       const info = toErrorInfo(error);
-      this.#setStep(slot, { ...slot.record, status: "failed", endedAt: Date.now(), error: info });
+      this.#setStep(slot, { ...slot.record, status: "failed", endedAt: this.#clock.now(), error: info });
     } finally {
       slot.expanding = false;
     }
@@ -551,6 +576,16 @@ export class RunDriver {
         error.name = "TimeoutError";
         controller.abort(error);
       }, slot.timeoutMs);
+      if (this.#o.beforeAttempt) {
+        await this.#o.beforeAttempt({
+          runId: this.#run.id,
+          pipeline: this.#run.pipeline,
+          step: name,
+          item: index,
+          attempt: record.attempt,
+          idempotencyKey: ctx.idempotencyKey,
+        });
+      }
       const body = index < 0
         ? slot.def.run(inputs, ctx)
         : slot.def.run(slot.fan!.values[index], ctx);
@@ -578,7 +613,7 @@ export class RunDriver {
     this.#running.delete(taskKey(name, index));
     this.#o.slots.release();
     if (this.#stopped) return;
-    const now = Date.now();
+    const now = this.#clock.now();
     this.#writeAttempt(attemptRecord(
       name,
       index,
@@ -617,7 +652,7 @@ export class RunDriver {
     const total = fan.values.length;
     if (fan.succeeded === total) {
       slot.output = { value: Array.from({ length: total }, (_, i) => fan.outputs.get(i)) };
-      this.#setStep(slot, succeedTask(slot.record, Date.now()));
+      this.#setStep(slot, succeedTask(slot.record, this.#clock.now()));
       return;
     }
     const open = fan.running > 0 || fan.fresh.length > 0 ||
@@ -627,7 +662,7 @@ export class RunDriver {
       this.#setStep(slot, {
         ...slot.record,
         status: "failed",
-        endedAt: Date.now(),
+        endedAt: this.#clock.now(),
         error: {
           ...failed[1].error!,
           message: `${fan.failed} of ${total} items failed; item ${failed[0]}: ${
@@ -680,12 +715,12 @@ export class RunDriver {
         bytes += 40 + 2 * text.length + (kept?.size ?? 0);
         logs.push(
           kept
-            ? { at: Date.now(), level, message: text, fields: kept.fields }
-            : { at: Date.now(), level, message: text },
+            ? { at: this.#clock.now(), level, message: text, fields: kept.fields }
+            : { at: this.#clock.now(), level, message: text },
         );
         if (logs.length === MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) {
           logs.push({
-            at: Date.now(),
+            at: this.#clock.now(),
             level: "warn",
             message: "(log limit reached: later lines dropped)",
           });
@@ -732,7 +767,7 @@ export class RunDriver {
       blob,
       step,
       item,
-      createdAt: Date.now(),
+      createdAt: this.#clock.now(),
     };
     this.#write(keys.artifact(this.#run.id, name), meta);
     await this.#flush();
@@ -763,6 +798,8 @@ export class RunDriver {
       durationMs: record.endedAt && record.startedAt
         ? record.endedAt - record.startedAt
         : undefined,
+      startedAt: record.startedAt,
+      endedAt: record.endedAt,
     });
   }
 
@@ -782,6 +819,8 @@ export class RunDriver {
       durationMs: record.endedAt && record.startedAt
         ? record.endedAt - record.startedAt
         : undefined,
+      startedAt: record.startedAt,
+      endedAt: record.endedAt,
     });
   }
 
@@ -881,7 +920,7 @@ export class RunDriver {
 
   #tickLease(): void {
     if (this.#stopped) return;
-    const now = Date.now();
+    const now = this.#clock.now();
     if (this.#lease.deadline - now < (this.#o.leaseMs * 2) / 3) {
       const lease: Lease = { ...this.#lease, deadline: now + this.#o.leaseMs };
       this.#lease = lease;
@@ -925,7 +964,7 @@ export class RunDriver {
   #finish(outcome: Outcome): void {
     this.#stopped = true;
     clearInterval(this.#renewTimer);
-    clearTimeout(this.#holdTimer);
+    this.#cancelHold?.();
     this.#o.slots.forget(this);
     this.#resolve(outcome);
   }

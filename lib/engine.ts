@@ -11,6 +11,7 @@ import { type CreateRunInput, Store } from "./store.ts";
 import { type RunRecord, TERMINAL } from "./run_state.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver.ts";
+import { type Clock, systemClock } from "./clock.ts";
 import { type AlertRecord, alertText } from "./alerts.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
@@ -27,6 +28,8 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
   kv?: Deno.Kv;
   /** Whether the KV has queues. Default: detected from the location. */
   queues?: boolean;
+  /** The clock that decides when work is due. Default: wall time. */
+  clock?: Clock;
 }
 
 /** An open engine. Close it when done. */
@@ -54,7 +57,7 @@ export class Engine {
   constructor(kv: Deno.Kv, queues: boolean, options: EngineOptions, ownsKv: boolean) {
     this.kv = kv;
     this.#ownsKv = ownsKv;
-    this.store = new Store(kv, { queues });
+    this.store = new Store(kv, { queues, clock: options.clock });
     this.pipelines = new Map();
     for (const p of options.pipelines) {
       if (this.pipelines.has(p.name)) {
@@ -132,10 +135,14 @@ export class Engine {
         );
       }
       if (TERMINAL.has(run.status) || options.signal?.aborted) return run;
-      const wait = run.status === "waiting" && run.dueAt !== null
-        ? run.dueAt - Date.now()
-        : options.followMs ?? 200;
-      await sleep(Math.max(0, Math.min(wait, 60_000)), options.signal);
+      if (run.status === "waiting" && run.dueAt !== null) {
+        // a retry due later: wait on the engine's clock (a test clock skips ahead)
+        const wait = Math.min(run.dueAt - this.store.clock.now(), 60_000);
+        await sleep(wait, options.signal, this.store.clock);
+      } else {
+        // another worker holds the run: look again shortly
+        await sleep(options.followMs ?? 200, options.signal);
+      }
     }
   }
 
@@ -183,15 +190,16 @@ export async function openEngine(options: EngineOptions): Promise<Engine> {
   }
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<void> {
   return new Promise((resolve) => {
     if (signal?.aborted) return resolve();
     const done = () => {
-      clearTimeout(timer);
+      cancel();
       signal?.removeEventListener("abort", done);
       resolve();
     };
-    const timer = setTimeout(done, ms);
+    let cancel = () => {};
+    cancel = clock.after(Math.max(0, ms), done);
     signal?.addEventListener("abort", done, { once: true });
   });
 }

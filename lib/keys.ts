@@ -134,3 +134,13 @@ export function alertOutbox(runId: string, seq: number): Deno.KvKey {
 export function alertOutboxPrefix(): Deno.KvKey {
   return [ROOT, "alert_outbox"];
 }
+
+/** The run that an `Idempotency-Key` created for a pipeline; written with the run. */
+export function idempotency(pipeline: string, key: string): Deno.KvKey {
+  return [ROOT, "idempotency", pipeline, key];
+}
+
+/** A cross-process counter (a `Deno.KvU64` summed atomically), such as lease takeovers. */
+export function counter(name: string): Deno.KvKey {
+  return [ROOT, "counter", name];
+}

@@ -65,8 +65,15 @@ export {
   type StoreOptions,
 } from "./store.ts";
 export { type ExecuteResult, Worker, type WorkerOptions } from "./worker.ts";
-export { type DriverOptions, type Outcome, RunDriver, type RunEvent } from "./driver.ts";
+export {
+  type AttemptInfo,
+  type DriverOptions,
+  type Outcome,
+  RunDriver,
+  type RunEvent,
+} from "./driver.ts";
 export { Slots, type SlotWaiter } from "./slots.ts";
+export { type Clock, systemClock } from "./clock.ts";
 export { type CommitBatch, commitAtomic, GroupCommitter, type GroupLimits } from "./atomic.ts";
 export { type AlertRecord } from "./alerts.ts";
 export { type ArtifactMeta } from "./artifacts.ts";

@@ -23,6 +23,7 @@ import {
 } from "./run_state.ts";
 import { decodeValue, readBlob } from "./codec.ts";
 import { commitAtomic, GroupCommitter } from "./atomic.ts";
+import { type Clock, systemClock } from "./clock.ts";
 import type { ArtifactMeta } from "./artifacts.ts";
 
 /** A queue message: a hint to look at a run. */
@@ -45,6 +46,12 @@ export interface CreateRunInput {
   id?: string;
   /** The module the pipeline came from, when it is not in the registry. */
   module?: string;
+  /**
+   * A client's `Idempotency-Key`: stored with the run in the same commit, so a second
+   * create with the same key (per pipeline) fails with `conflict`; find the first run
+   * with {@linkcode Store.runForIdempotencyKey}.
+   */
+  idempotencyKey?: string;
 }
 
 /** Filters of {@linkcode Store.listRuns}. */
@@ -81,6 +88,8 @@ export interface Claim {
 export interface StoreOptions {
   /** Whether this KV has queues (local file and memory do; Deploy and remote KV do not). */
   queues?: boolean;
+  /** The clock that decides when work is due. Default: wall time. */
+  clock?: Clock;
 }
 
 /** Reads and changes runs in one KV database. */
@@ -91,6 +100,8 @@ export class Store {
   readonly queues: boolean;
   /** Shares one KV commit among checkpoints of different runs made at the same moment. */
   readonly committer: GroupCommitter;
+  /** The clock that decides when work is due. */
+  readonly clock: Clock;
 
   /**
    * Creates it.
@@ -101,6 +112,7 @@ export class Store {
   constructor(kv: Deno.Kv, options: StoreOptions = {}) {
     this.kv = kv;
     this.queues = options.queues ?? true;
+    this.clock = options.clock ?? systemClock;
     // remote KV allows 10 checks per commit; local files and memory allow 100
     this.committer = new GroupCommitter(kv, { checks: this.queues ? 100 : 10 });
   }
@@ -112,7 +124,7 @@ export class Store {
    */
   async createRun(pipeline: Pipeline<unknown>, input: CreateRunInput = {}): Promise<RunRecord> {
     const params = validateParams(pipeline, input.params ?? {});
-    const now = Date.now();
+    const now = this.clock.now();
     const logicalDate = input.logicalDate ?? new Date(now).toISOString().slice(0, 10);
     checkDate(logicalDate);
     const run: RunRecord = {
@@ -140,6 +152,10 @@ export class Store {
       .set(keys.runsByPipeline(run.pipeline, now, run.id), run.status)
       .set(keys.runsByStatus(run.status, now, run.id), run.pipeline)
       .set(keys.due(now, run.id), run.id);
+    if (input.idempotencyKey !== undefined) {
+      const key = keys.idempotency(run.pipeline, input.idempotencyKey);
+      op.check({ key, versionstamp: null }).set(key, run.id);
+    }
     this.hint(op, run.id, 0);
     const result = await commitAtomic(op).catch((error) => {
       // KV refuses a value over 64 KiB; of the run record, params are what a user sent.
@@ -151,8 +167,21 @@ export class Store {
         "invalid_params",
       );
     });
-    if (!result.ok) throw new UsageError(`Run ${run.id} already exists`, "conflict");
+    if (!result.ok) {
+      throw new UsageError(
+        input.idempotencyKey === undefined
+          ? `Run ${run.id} already exists`
+          : `Run ${run.id} or idempotency key already exists`,
+        "conflict",
+      );
+    }
     return run;
+  }
+
+  /** The run an idempotency key created for a pipeline, or null when it created none. */
+  async runForIdempotencyKey(pipeline: string, key: string): Promise<RunRecord | null> {
+    const runId = (await this.kv.get<string>(keys.idempotency(pipeline, key))).value;
+    return runId === null ? null : await this.getRun(runId);
   }
 
   /** A run, or null when there is none with that id. */
@@ -309,7 +338,7 @@ export class Store {
     ]);
     const run = runEntry.value;
     if (!run) return null;
-    const now = Date.now();
+    const now = this.clock.now();
     if (TERMINAL.has(run.status)) {
       if (run.dueAt !== null) await this.#dropStaleDue(runEntry as Deno.KvEntry<RunRecord>);
       return null;
@@ -329,12 +358,14 @@ export class Store {
     // Claims of different runs touch disjoint keys: they may share a commit.
     const result = await this.committer.commit({
       checks: 2,
-      mutations: 7,
+      mutations: 8,
       bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
       apply: (op) => {
         op.check(runEntry, leaseEntry)
           .set(keys.lease(runId), lease)
           .set(keys.run(runId), claimed);
+        // A cross-process total for the metrics endpoint.
+        if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
         moveDue(op, run, claimed);
         moveStatus(op, run, claimed);
       },
@@ -377,7 +408,7 @@ export class Store {
     pipeline: Pipeline<unknown>,
     resets: StepReset[],
   ): Promise<RunRecord> {
-    const now = Date.now();
+    const now = this.clock.now();
     const next: RunRecord = {
       ...run,
       version: pipeline.version,
@@ -453,7 +484,7 @@ export class Store {
       if (TERMINAL.has(run.status)) {
         throw new UsageError(`Run ${runId} already ${run.status}: nothing to cancel`, "conflict");
       }
-      const now = Date.now();
+      const now = this.clock.now();
       const next: RunRecord = {
         ...run,
         status: "cancelled",

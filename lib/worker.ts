@@ -10,7 +10,7 @@
  */
 import type { Pipeline } from "./definition.ts";
 import { type AlertRecord, alertText, deliverAlert, pendingAlerts } from "./alerts.ts";
-import { type Outcome, RunDriver, type RunEvent } from "./driver.ts";
+import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver.ts";
 import type { Lease, RunRecord } from "./run_state.ts";
 import { TERMINAL } from "./run_state.ts";
 import type { RunHint, Store } from "./store.ts";
@@ -39,6 +39,8 @@ export interface WorkerOptions {
    * the run was created from.
    */
   resolvePipeline?: (run: RunRecord) => Promise<Pipeline<unknown> | undefined>;
+  /** Called before each attempt's body; a throw fails the attempt (fault injection). */
+  beforeAttempt?: (attempt: AttemptInfo) => void | Promise<void>;
   /** Called for each durable change of a run or step. */
   onEvent?: (event: RunEvent) => void;
   /** Called when a run fails and its alert is stored. Default: a line on stderr. */
@@ -61,12 +63,13 @@ export class Worker {
   readonly #slots: Slots;
   readonly #holder: Omit<Lease, "deadline">;
   readonly #active = new Map<string, RunDriver | null>();
-  readonly #timers = new Map<string, ReturnType<typeof setTimeout>>();
+  readonly #timers = new Map<string, () => void>();
   readonly #deliveries = new Set<Promise<unknown>>();
   readonly #stop = new AbortController();
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
   #listening: Promise<void> | undefined;
   #sweeps = 0;
+  #lastSweepAt: number | null = null;
   #backlog = false;
   /** Runs whose pipeline this worker does not know, and until when to skip them. */
   readonly #foreign = new Map<string, number>();
@@ -90,6 +93,16 @@ export class Worker {
   /** Runs being driven by this worker now. */
   get activeRuns(): number {
     return this.#active.size;
+  }
+
+  /** Whether {@linkcode Worker.start} was called and {@linkcode Worker.stop} was not. */
+  get serving(): boolean {
+    return this.#sweepTimer !== undefined && !this.#stop.signal.aborted;
+  }
+
+  /** When the last due-index sweep finished (wall time, ms), or null before the first. */
+  get lastSweepAt(): number | null {
+    return this.#lastSweepAt;
   }
 
   /**
@@ -116,7 +129,7 @@ export class Worker {
   async sweep(): Promise<void> {
     const free = this.#o.maxRuns - this.#active.size;
     if (free > 0) {
-      const now = Date.now();
+      const now = this.#store.clock.now();
       for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
       const limit = free + this.#active.size + this.#foreign.size;
       const due = await this.#store.dueRuns(now, limit);
@@ -136,6 +149,7 @@ export class Worker {
         this.#deliver(runId, seq);
       }
     }
+    this.#lastSweepAt = Date.now();
   }
 
   /** Looks at a run soon: claims it if it has work and this worker has room. */
@@ -174,7 +188,7 @@ export class Worker {
       if (!pipeline || pipeline.name !== run.pipeline) {
         // Another worker may know this pipeline: leave the run to it, and keep it from
         // filling this worker's sweeps for a while.
-        this.#foreign.set(runId, Date.now() + FOREIGN_MS);
+        this.#foreign.set(runId, this.#store.clock.now() + FOREIGN_MS);
         return "unknown-pipeline";
       }
       const claim = await this.#store.claim(runId, this.#holder, this.#o.leaseMs);
@@ -188,6 +202,7 @@ export class Worker {
         slots: this.#slots,
         webhook: Boolean(this.#o.alertWebhook),
         onEvent: this.#o.onEvent,
+        beforeAttempt: this.#o.beforeAttempt,
         onAlert: (alert) => this.#alert(alert),
       });
       this.#active.set(runId, driver);
@@ -229,7 +244,7 @@ export class Worker {
   async stop(graceMs = 10_000): Promise<void> {
     this.#stop.abort();
     clearTimeout(this.#sweepTimer);
-    for (const timer of this.#timers.values()) clearTimeout(timer);
+    for (const cancel of this.#timers.values()) cancel();
     this.#timers.clear();
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
     await Promise.all(drivers.map((d) => d.release(graceMs)));
@@ -260,17 +275,17 @@ export class Worker {
     if (this.#stop.signal.aborted) return;
     const run = await this.#store.getRun(runId);
     if (!run || TERMINAL.has(run.status) || run.dueAt === null) return;
-    const delay = run.dueAt - Date.now();
+    const delay = run.dueAt - this.#store.clock.now();
     // Far-off retries are left to the queue hint and the sweep: a timer would hold the
     // process for nothing.
     if (delay > 60_000 || !this.#listening && this.#sweepTimer === undefined) return;
-    clearTimeout(this.#timers.get(runId));
+    this.#timers.get(runId)?.();
     this.#timers.set(
       runId,
-      setTimeout(() => {
+      this.#store.clock.after(delay, () => {
         this.#timers.delete(runId);
         this.poke(runId);
-      }, Math.max(0, delay)),
+      }),
     );
   }
 
