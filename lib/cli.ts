@@ -14,7 +14,7 @@ import { type Engine, openEngine } from "./engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "./run_state.ts";
 import { validateParams } from "./store.ts";
-import { runAlerts } from "./alerts.ts";
+import { type AlertEmail, runAlerts } from "./alerts.ts";
 import { formatMs } from "./duration.ts";
 import { serve } from "./server.ts";
 
@@ -42,7 +42,8 @@ usage: deno task <command> [arguments]
   serve [--port N]
   worker
 
-environment: KVFLOW_KV_PATH (default ./data/kvflow.kv), KVFLOW_ALERT_WEBHOOK, KVFLOW_TOKEN,
+environment: KVFLOW_KV_PATH (default ./data/kvflow.kv), KVFLOW_ALERT_WEBHOOK,
+  KVFLOW_ALERT_EMAIL with KVFLOW_SMTP_URL (and KVFLOW_ALERT_FROM), KVFLOW_TOKEN,
   KVFLOW_LEASE_MS, KVFLOW_POLL_MS, KVFLOW_MAX_RUNS, KVFLOW_MAX_STEPS, KVFLOW_GRACE_MS`;
 
 const OPTIONS = {
@@ -415,6 +416,7 @@ class Cli {
       maxRuns: envInt("KVFLOW_MAX_RUNS", 16),
       maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
       alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
+      alertEmail: alertEmail(),
       resolvePipeline: async (run) =>
         run.module ? (await loadPipeline(run.module, [])).pipeline : undefined,
       onEvent: progress ? progressPrinter(undefined, this.#out, this.#paint) : undefined,
@@ -534,6 +536,18 @@ export function parseParams(
       throw error;
     }
   }
+}
+
+function alertEmail(): AlertEmail | undefined {
+  const to = Deno.env.get("KVFLOW_ALERT_EMAIL");
+  if (!to) return undefined;
+  const smtpUrl = Deno.env.get("KVFLOW_SMTP_URL");
+  if (!smtpUrl) {
+    throw new UsageError(
+      "KVFLOW_ALERT_EMAIL is set but KVFLOW_SMTP_URL is not: set the SMTP server alerts go through",
+    );
+  }
+  return { smtpUrl, to, from: Deno.env.get("KVFLOW_ALERT_FROM") || undefined };
 }
 
 function envInt(name: string, fallback: number): number {

@@ -111,8 +111,8 @@ export interface DriverOptions {
   holdMs: number;
   /** Step slots shared by every run of the worker. */
   slots: Slots;
-  /** Whether alerts should queue a webhook delivery. */
-  webhook: boolean;
+  /** Which alert channels are configured, so a failure queues their delivery. */
+  channels: { webhook: boolean; email: boolean };
   /** Called after each change is durable. */
   onEvent?: (event: RunEvent) => void;
   /** Called before each attempt's body; a throw fails the attempt (fault injection). */
@@ -448,10 +448,13 @@ export class RunDriver {
         : failedStep?.record.attempt ?? 0,
       message: error?.message ?? "Run failed",
       logicalDate: next.logicalDate,
-      webhook: this.#o.webhook ? "pending" : "none",
+      webhook: this.#o.channels.webhook ? "pending" : "none",
+      email: this.#o.channels.email ? "pending" : "none",
     };
     this.#write(keys.alert(next.id, record.seq), record);
-    if (this.#o.webhook) this.#write(keys.alertOutbox(next.id, record.seq), now);
+    if (this.#o.channels.webhook || this.#o.channels.email) {
+      this.#write(keys.alertOutbox(next.id, record.seq), now);
+    }
     this.#afterCommit.push(() => this.#o.onAlert?.(record));
   }
 
@@ -534,7 +537,12 @@ export class RunDriver {
       this.#checkFanDone(slot);
     } catch (error) {
       const info = toErrorInfo(error);
-      this.#setStep(slot, { ...slot.record, status: "failed", endedAt: this.#clock.now(), error: info });
+      this.#setStep(slot, {
+        ...slot.record,
+        status: "failed",
+        endedAt: this.#clock.now(),
+        error: info,
+      });
     } finally {
       slot.expanding = false;
     }
@@ -896,7 +904,7 @@ export class RunDriver {
             if (w.value === null) op.delete(w.key);
             else op.set(w.key, w.value);
           }
-          if (last) for (const apply of runOps) apply(op);
+          if (last) { for (const apply of runOps) apply(op); }
         },
       });
       if (!result.ok) {

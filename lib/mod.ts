@@ -74,6 +74,12 @@ export {
 } from "./driver.ts";
 export { Slots, type SlotWaiter } from "./slots.ts";
 export { type Clock, systemClock } from "./clock.ts";
-export { type CommitBatch, commitAtomic, GroupCommitter, type GroupLimits } from "./atomic.ts";
-export { type AlertRecord } from "./alerts.ts";
+export { commitAtomic, type CommitBatch, GroupCommitter, type GroupLimits } from "./atomic.ts";
+export {
+  type AlertChannels,
+  type AlertEmail,
+  type AlertRecord,
+  type ChannelState,
+  type DeliverOptions,
+} from "./alerts.ts";
 export { type ArtifactMeta } from "./artifacts.ts";

@@ -9,7 +9,13 @@
  * @module
  */
 import type { Pipeline } from "./definition.ts";
-import { type AlertRecord, alertText, deliverAlert, pendingAlerts } from "./alerts.ts";
+import {
+  type AlertEmail,
+  type AlertRecord,
+  alertText,
+  deliverAlert,
+  pendingAlerts,
+} from "./alerts.ts";
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver.ts";
 import type { Lease, RunRecord } from "./run_state.ts";
 import { TERMINAL } from "./run_state.ts";
@@ -32,6 +38,8 @@ export interface WorkerOptions {
   holdMs?: number;
   /** Slack-compatible webhook for alerts. */
   alertWebhook?: string;
+  /** E-mail for alerts, over SMTP. */
+  alertEmail?: AlertEmail;
   /** Delays between webhook attempts, ms. */
   alertBackoff?: readonly number[];
   /**
@@ -144,7 +152,7 @@ export class Worker {
     } else {
       this.#backlog = true;
     }
-    if (this.#o.alertWebhook && this.#sweeps++ % 5 === 0) {
+    if ((this.#o.alertWebhook || this.#o.alertEmail) && this.#sweeps++ % 5 === 0) {
       for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) {
         this.#deliver(runId, seq);
       }
@@ -200,7 +208,7 @@ export class Worker {
         leaseMs: this.#o.leaseMs,
         holdMs: this.#o.holdMs,
         slots: this.#slots,
-        webhook: Boolean(this.#o.alertWebhook),
+        channels: { webhook: Boolean(this.#o.alertWebhook), email: Boolean(this.#o.alertEmail) },
         onEvent: this.#o.onEvent,
         beforeAttempt: this.#o.beforeAttempt,
         onAlert: (alert) => this.#alert(alert),
@@ -291,12 +299,13 @@ export class Worker {
 
   #alert(alert: AlertRecord): void {
     (this.#o.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
-    if (this.#o.alertWebhook) this.#deliver(alert.runId, alert.seq);
+    if (this.#o.alertWebhook || this.#o.alertEmail) this.#deliver(alert.runId, alert.seq);
   }
 
   #deliver(runId: string, seq: number): void {
     const delivery = deliverAlert(this.#store.kv, runId, seq, {
-      url: this.#o.alertWebhook!,
+      webhook: this.#o.alertWebhook,
+      email: this.#o.alertEmail,
       owner: this.id,
       backoff: this.#o.alertBackoff,
     }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
