@@ -1,12 +1,22 @@
 /**
- * kvflow's command line: `deno task run <pipeline>`, `resume`, `status`, `runs`, … —
- * see `deno task run --help`.
+ * kvflow's entrypoint: the command line (`deno task run <pipeline>`, `resume`, `status`,
+ * `runs`, `backfill`, `serve`, `worker` — see `deno task run --help`), and on Deno Deploy
+ * the HTTP service driven by a heartbeat cron.
  *
  * @module
  */
-import { main } from "./lib/cli.ts";
+import { heartbeat, main } from "./lib/cli.ts";
+import { startDeploy } from "./lib/deploy.ts";
 import { pipelines } from "./pipelines/mod.ts";
 
-if (import.meta.main) {
+if (Deno.env.get("DENO_DEPLOY") === "true") {
+  // Deploy registers crons only while the module is first evaluated, before Deno.serve.
+  const deployment = await startDeploy(pipelines);
+  Deno.cron("kvflow heartbeat", "* * * * *", () => deployment.heartbeat());
+  deployment.serve();
+} else if (import.meta.main) {
+  if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {
+    Deno.cron("kvflow heartbeat", "* * * * *", heartbeat);
+  }
   Deno.exit(await main(Deno.args, { pipelines }));
 }

@@ -17,6 +17,7 @@ import { validateParams } from "./store.ts";
 import { type AlertEmail, runAlerts } from "./alerts.ts";
 import { formatMs } from "./duration.ts";
 import { serve } from "./server.ts";
+import { scheduleView } from "./scheduler.ts";
 
 /** Where the CLI writes, and the pipelines it knows. */
 export interface CliContext {
@@ -39,6 +40,7 @@ usage: deno task <command> [arguments]
   status <run-id> [--json]
   runs [--pipeline P] [--status S] [--limit N] [--json]
   pipelines [--json]
+  backfill <pipeline> --from YYYY-MM-DD --to YYYY-MM-DD [--max-active N]
   serve [--port N]
   worker
 
@@ -58,6 +60,8 @@ const OPTIONS = {
   status: { type: "string" },
   limit: { type: "string" },
   port: { type: "string" },
+  to: { type: "string" },
+  "max-active": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -73,8 +77,22 @@ type Flags = {
   status?: string;
   limit?: string;
   port?: string;
+  to?: string;
+  "max-active"?: string;
   help?: boolean;
 };
+
+/** The engine of a running `serve` or `worker`, for the cron heartbeat. */
+let serving: Engine | undefined;
+
+/**
+ * The `Deno.cron` heartbeat of `serve` and `worker`: checks schedules and due runs once.
+ * (They also check on their own short timer; the heartbeat is the clock that survives
+ * on platforms that stop idle processes.)
+ */
+export async function heartbeat(): Promise<void> {
+  await serving?.worker.sweep();
+}
 
 /** Exit codes. */
 export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
@@ -111,14 +129,16 @@ export async function main(args: string[], context: CliContext): Promise<number>
       case "runs":
         return await cli.runs();
       case "pipelines":
-        return cli.pipelines();
+        return await cli.pipelines();
       case "serve":
         return await cli.serve();
       case "worker":
         return await cli.worker();
+      case "backfill":
+        return await cli.backfill();
       default:
         throw new UsageError(
-          `Unknown command '${command}': use one of run, resume, rerun, cancel, status, runs, pipelines, serve, worker`,
+          `Unknown command '${command}': use one of run, resume, rerun, cancel, status, runs, pipelines, backfill, serve, worker`,
         );
     }
   } catch (error) {
@@ -302,34 +322,83 @@ class Cli {
     }
   }
 
-  pipelines(): number {
+  async pipelines(): Promise<number> {
     this.#none("pipelines");
-    const list = this.#context.pipelines.map((p) => ({
-      name: p.name,
-      description: p.description ?? null,
-      version: p.version,
-      steps: p.steps.map((s) => ({
-        name: s.name,
-        needs: p.graph[s.name],
-        fanOut: Boolean(s.fanOut),
-      })),
-      schedule: null,
-    }));
-    if (this.#flags.json) {
-      this.#out(JSON.stringify(list, null, 2));
-      return EXIT.ok;
-    }
-    for (const p of list) {
-      this.#out(`${p.name}${p.description ? ` — ${p.description}` : ""}`);
-      for (const s of p.steps) {
-        this.#out(
-          `  ${s.name}${s.fanOut ? " (fan-out)" : ""}${
-            s.needs.length ? ` ← ${s.needs.join(", ")}` : ""
-          }`,
-        );
+    const engine = await this.#open(this.#context.pipelines);
+    try {
+      const now = engine.store.clock.now();
+      const list = [];
+      for (const p of this.#context.pipelines) {
+        list.push({
+          name: p.name,
+          description: p.description ?? null,
+          version: p.version,
+          steps: p.steps.map((s) => ({
+            name: s.name,
+            needs: p.graph[s.name],
+            fanOut: Boolean(s.fanOut),
+          })),
+          schedule: await scheduleView(engine.scheduler, p, now),
+        });
       }
+      if (this.#flags.json) {
+        this.#out(JSON.stringify(list, null, 2));
+        return EXIT.ok;
+      }
+      for (const p of list) {
+        this.#out(`${p.name}${p.description ? ` — ${p.description}` : ""}`);
+        const s = p.schedule;
+        this.#out(
+          s
+            ? `  schedule  ${s.cron} (${s.timezone}), catch-up ${s.catchup}, overlap ${s.overlap}` +
+              `\n  last tick ${s.lastTick ?? "none yet"}\n  next      ${s.next.join(", ")}`
+            : "  schedule  none (runs when triggered)",
+        );
+        for (const step of p.steps) {
+          this.#out(
+            `  · ${step.name}${step.fanOut ? " (fan-out)" : ""}${
+              step.needs.length ? ` ← ${step.needs.join(", ")}` : ""
+            }`,
+          );
+        }
+      }
+      return EXIT.ok;
+    } finally {
+      await engine.close();
     }
-    return EXIT.ok;
+  }
+
+  async backfill(): Promise<number> {
+    const name = this.#one("backfill", "<pipeline> --from YYYY-MM-DD --to YYYY-MM-DD");
+    if (!this.#flags.from || !this.#flags.to) {
+      throw new UsageError("backfill needs --from YYYY-MM-DD and --to YYYY-MM-DD");
+    }
+    const maxActive = this.#flags["max-active"] === undefined
+      ? undefined
+      : Number(this.#flags["max-active"]);
+    const engine = await this.#open(this.#context.pipelines);
+    const started = Date.now();
+    try {
+      const runs = await engine.backfill(name, this.#flags.from, this.#flags.to, {
+        maxActive,
+        onProgress: (done, total, run, created) =>
+          this.#out(
+            `  ${done}/${total} ${run.logicalDate} ${run.id} ${run.status}${
+              created ? "" : " (existed)"
+            }`,
+          ),
+      });
+      const failed = runs.filter((r) => r.status !== "succeeded");
+      this.#out(
+        `backfill of ${name} ${this.#flags.from}..${this.#flags.to}: ${runs.length} runs, ${
+          runs.length - failed.length
+        } succeeded, ${failed.length} not, in ${formatMs(Date.now() - started)}`,
+      );
+      for (const r of failed) this.#out(`  resume with: deno task resume ${r.id}`);
+      return failed.length === 0 ? EXIT.ok : EXIT.failed;
+    } finally {
+      await engine.close();
+    }
   }
 
   async serve(): Promise<number> {
@@ -340,8 +409,10 @@ class Cli {
     }
     const engine = await this.#open(this.#context.pipelines);
     engine.worker.start();
+    serving = engine;
     const server = serve(engine, { port, token: Deno.env.get("KVFLOW_TOKEN"), log: this.#err });
     await this.#untilSignal(engine);
+    serving = undefined;
     await server.shutdown();
     return EXIT.ok;
   }
@@ -350,8 +421,10 @@ class Cli {
     this.#none("worker");
     const engine = await this.#open(this.#context.pipelines);
     engine.worker.start();
+    serving = engine;
     this.#err(`kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`);
     await this.#untilSignal(engine);
+    serving = undefined;
     return EXIT.ok;
   }
 

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { Cron } from "croner";
 import { type Duration, toMs } from "./duration.ts";
 
 /**
@@ -64,6 +65,8 @@ export interface RunInfo {
    * the `--date` given, or the day the run was created. "Yesterday" means the day before this.
    */
   readonly logicalDate: string;
+  /** For a scheduled or backfilled run, its schedule tick as an ISO date-time; else null. */
+  readonly tick: string | null;
   /** How the run was started. */
   readonly trigger: Trigger;
 }
@@ -348,8 +351,48 @@ export interface PipelineDefaults {
   timeout?: Duration;
 }
 
+/** When a pipeline runs on its own. */
+export interface ScheduleOptions {
+  /** Cron expression: five fields, or six with seconds first (`"0 3 * * *"`). */
+  cron: string;
+  /** IANA time zone the expression is read in, DST included. Default `"UTC"`. */
+  timezone?: string;
+  /**
+   * Ticks missed while nothing ran: `"none"` skips them, `"latest"` runs the most recent
+   * one, `"all"` runs each (at most `catchupLimit`, the most recent). Default `"latest"`.
+   */
+  catchup?: "none" | "latest" | "all";
+  /** Most missed ticks `catchup: "all"` runs. Default 10. */
+  catchupLimit?: number;
+  /**
+   * A tick while `maxActive` runs of the pipeline are still active: `"skip"` drops it,
+   * `"queue"` starts it once one ends, `"allow"` starts it anyway. Default `"skip"`.
+   */
+  overlap?: "skip" | "queue" | "allow";
+  /** Active runs allowed before `overlap` applies. Default 1. */
+  maxActive?: number;
+}
+
+/** A schedule with every field resolved. */
+export interface Schedule {
+  /** Cron expression. */
+  readonly cron: string;
+  /** IANA time zone. */
+  readonly timezone: string;
+  /** Catch-up policy. */
+  readonly catchup: "none" | "latest" | "all";
+  /** Most missed ticks run by `all`. */
+  readonly catchupLimit: number;
+  /** Overlap policy. */
+  readonly overlap: "skip" | "queue" | "allow";
+  /** Active runs allowed. */
+  readonly maxActive: number;
+}
+
 /** Options of {@linkcode pipeline}. */
 export interface PipelineOptions<P> {
+  /** Runs it on a cron schedule; the engine keeps the schedule's state in KV. */
+  schedule?: ScheduleOptions;
   /** What the pipeline does, for people. */
   description?: string;
   /** Zod schema of the params; validated when a run is created. Default: no params. */
@@ -382,6 +425,8 @@ export interface Pipeline<P = unknown> {
   readonly version: string;
   /** Steps running at once per run. */
   readonly concurrency: number;
+  /** The schedule, if the pipeline has one. */
+  readonly schedule: Schedule | null;
   /** Resolved defaults. */
   readonly defaults: { readonly retry: ResolvedRetry; readonly timeoutMs: number };
 }
@@ -528,8 +573,54 @@ export function pipeline<P = Record<string, never>>(
     graph,
     version: graphVersion(graph, steps),
     concurrency,
+    schedule: options.schedule ? resolveSchedule(name, options.schedule) : null,
     defaults: { retry, timeoutMs },
   });
+}
+
+function resolveSchedule(pipelineName: string, options: ScheduleOptions): Schedule {
+  const where = `Invalid schedule of pipeline '${pipelineName}'`;
+  const timezone = options.timezone ?? "UTC";
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: timezone });
+  } catch {
+    throw new RangeError(
+      `${where}: unknown time zone ${
+        JSON.stringify(timezone)
+      } (use an IANA name like "Europe/Berlin")`,
+    );
+  }
+  try {
+    new Cron(options.cron, { timezone, paused: true });
+  } catch (error) {
+    throw new TypeError(
+      `${where}: cron ${JSON.stringify(options.cron)} is not valid: ${
+        error instanceof Error ? error.message : error
+      }`,
+    );
+  }
+  const catchup = options.catchup ?? "latest";
+  if (!["none", "latest", "all"].includes(catchup)) {
+    throw new RangeError(
+      `${where}: catchup must be "none", "latest" or "all", got ${JSON.stringify(catchup)}`,
+    );
+  }
+  const overlap = options.overlap ?? "skip";
+  if (!["skip", "queue", "allow"].includes(overlap)) {
+    throw new RangeError(
+      `${where}: overlap must be "skip", "queue" or "allow", got ${JSON.stringify(overlap)}`,
+    );
+  }
+  const catchupLimit = options.catchupLimit ?? 10;
+  const maxActive = options.maxActive ?? 1;
+  for (
+    const [field, value] of [["catchupLimit", catchupLimit], ["maxActive", maxActive]] as const
+  ) {
+    if (!Number.isInteger(value) || value < 1 || value > 1000) {
+      throw new RangeError(`${where}: ${field} must be an integer from 1 to 1000, got ${value}`);
+    }
+  }
+  return { cron: options.cron, timezone, catchup, catchupLimit, overlap, maxActive };
 }
 
 function topologicalOrder(pipelineName: string, byName: Map<string, AnyStep>): AnyStep[] {

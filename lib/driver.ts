@@ -711,6 +711,7 @@ export class RunDriver {
       pipeline: this.#run.pipeline,
       params: this.#run.params,
       logicalDate: this.#run.logicalDate,
+      tick: this.#run.tick ? new Date(this.#run.tick).toISOString() : null,
       trigger: this.#run.trigger,
     };
     let bytes = 0;

@@ -12,6 +12,7 @@ import { type RunRecord, TERMINAL } from "./run_state.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver.ts";
 import { type Clock, systemClock } from "./clock.ts";
+import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { type AlertRecord, alertText } from "./alerts.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
@@ -40,6 +41,8 @@ export class Engine {
   readonly store: Store;
   /** Claims and drives runs. */
   readonly worker: Worker;
+  /** Creates the runs of due schedule ticks. */
+  readonly scheduler: Scheduler;
   /** The pipelines, by name. */
   readonly pipelines: Map<string, Pipeline<unknown>>;
   readonly #ownsKv: boolean;
@@ -65,9 +68,15 @@ export class Engine {
       }
       this.pipelines.set(p.name, p as Pipeline<unknown>);
     }
+    this.scheduler = new Scheduler(this.store, this.pipelines);
     this.worker = new Worker(this.store, {
       ...options,
       pipelines: this.pipelines,
+      beforeSweep: async () => {
+        for (const d of await this.scheduler.tick()) {
+          if (d.outcome === "created") this.worker.poke(d.runId!);
+        }
+      },
       onEvent: (event) => {
         options.onEvent?.(event);
         for (const listener of this.#listeners) listener(event);
@@ -144,6 +153,75 @@ export class Engine {
         await sleep(options.followMs ?? 200, options.signal);
       }
     }
+  }
+
+  /**
+   * One heartbeat, for a platform that runs code only while a request or a cron tick is
+   * being handled (Deno Deploy): creates the runs of due schedule ticks, claims due runs,
+   * and drives them until they leave this process's hands or `budgetMs` runs out.
+   */
+  async heartbeat(budgetMs = 50_000): Promise<void> {
+    await this.worker.sweep();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.worker.idle(),
+      new Promise((resolve) => (timer = setTimeout(resolve, budgetMs))),
+    ]);
+    clearTimeout(timer);
+  }
+
+  /**
+   * Backfills a scheduled pipeline: one run per tick from day `from` to day `to`, with
+   * ids derived from the ticks, so a second backfill of the range creates nothing. At
+   * most `maxActive` runs of the pipeline are active at once.
+   *
+   * @returns the runs of the range, as they ended
+   * @throws {UsageError} on an unscheduled pipeline or a bad range
+   */
+  async backfill(
+    name: string,
+    from: string,
+    to: string,
+    options: {
+      maxActive?: number;
+      onProgress?: (done: number, total: number, run: RunRecord, created: boolean) => void;
+    } = {},
+  ): Promise<RunRecord[]> {
+    const pipeline = this.pipeline(name);
+    const ticks = backfillTicks(pipeline, from, to);
+    const maxActive = options.maxActive ?? pipeline.schedule?.maxActive ?? 1;
+    if (!Number.isInteger(maxActive) || maxActive < 1) {
+      throw new UsageError(`Invalid --max-active ${maxActive}: use a positive integer`);
+    }
+    const ended: RunRecord[] = new Array(ticks.length);
+    let next = 0;
+    let done = 0;
+    const lane = async () => {
+      while (next < ticks.length) {
+        const index = next++;
+        const tick = ticks[index];
+        const id = tickRunId(pipeline.name, tick);
+        let created = false;
+        if (!(await this.store.getRun(id))) {
+          try {
+            await this.store.createRun(pipeline, {
+              id,
+              tick,
+              logicalDate: tickDate(pipeline.schedule!, tick),
+              trigger: "backfill",
+            });
+            created = true;
+          } catch (error) {
+            // created meanwhile by the schedule or another backfill: follow that run
+            if (!(error instanceof UsageError && error.code === "conflict")) throw error;
+          }
+        }
+        ended[index] = await this.runToEnd(id);
+        options.onProgress?.(++done, ticks.length, ended[index], created);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(maxActive, ticks.length) }, lane));
+    return ended;
   }
 
   /** Stops the worker (handing its runs back) and closes the database if the engine opened it. */

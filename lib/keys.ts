@@ -144,3 +144,23 @@ export function idempotency(pipeline: string, key: string): Deno.KvKey {
 export function counter(name: string): Deno.KvKey {
   return [ROOT, "counter", name];
 }
+
+/** Prefix of every run's alerts. */
+export function allAlertsPrefix(): Deno.KvKey {
+  return [ROOT, "alert"];
+}
+
+/** A run of a pipeline that is queued, running or waiting: counted by overlap policies. */
+export function activeRun(pipeline: string, runId: string): Deno.KvKey {
+  return [ROOT, "active", pipeline, runId];
+}
+
+/** Prefix of {@linkcode activeRun} for one pipeline. */
+export function activeRunPrefix(pipeline: string): Deno.KvKey {
+  return [ROOT, "active", pipeline];
+}
+
+/** A pipeline's schedule state: the last tick it handled. */
+export function schedule(pipeline: string): Deno.KvKey {
+  return [ROOT, "schedule", pipeline];
+}

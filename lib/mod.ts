@@ -35,6 +35,8 @@ export {
   type ResolvedRetry,
   type RetryPolicy,
   type RunInfo,
+  type Schedule,
+  type ScheduleOptions,
   type Schema,
   type Step,
   step,
@@ -74,6 +76,19 @@ export {
 } from "./driver.ts";
 export { Slots, type SlotWaiter } from "./slots.ts";
 export { type Clock, systemClock } from "./clock.ts";
+export {
+  backfillTicks,
+  nextTicks,
+  previousTicks,
+  Scheduler,
+  type ScheduleState,
+  type ScheduleView,
+  scheduleView,
+  tickDate,
+  type TickDecision,
+  tickRunId,
+  ticksBetween,
+} from "./scheduler.ts";
 export { commitAtomic, type CommitBatch, GroupCommitter, type GroupLimits } from "./atomic.ts";
 export {
   type AlertChannels,

@@ -45,6 +45,8 @@ export interface RunRecord {
   params: Record<string, unknown>;
   /** `YYYY-MM-DD`. */
   logicalDate: string;
+  /** For a scheduled or backfilled run: its schedule tick, ms since the epoch. */
+  tick?: number | null;
   /** How it was started. */
   trigger: Trigger;
   /** The module the pipeline was loaded from, when it is not in the registry. */

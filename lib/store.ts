@@ -52,6 +52,8 @@ export interface CreateRunInput {
    * with {@linkcode Store.runForIdempotencyKey}.
    */
   idempotencyKey?: string;
+  /** The schedule tick the run belongs to, ms since the epoch. */
+  tick?: number;
 }
 
 /** Filters of {@linkcode Store.listRuns}. */
@@ -123,40 +125,13 @@ export class Store {
    * @throws {UsageError} on params that fail the schema or a malformed date
    */
   async createRun(pipeline: Pipeline<unknown>, input: CreateRunInput = {}): Promise<RunRecord> {
-    const params = validateParams(pipeline, input.params ?? {});
-    const now = this.clock.now();
-    const logicalDate = input.logicalDate ?? new Date(now).toISOString().slice(0, 10);
-    checkDate(logicalDate);
-    const run: RunRecord = {
-      id: input.id ?? newRunId(now),
-      pipeline: pipeline.name,
-      version: pipeline.version,
-      graph: recordedGraph(pipeline),
-      params,
-      logicalDate,
-      trigger: input.trigger ?? "cli",
-      ...(input.module ? { module: input.module } : {}),
-      status: "queued",
-      createdAt: now,
-      startedAt: null,
-      endedAt: null,
-      dueAt: now,
-      error: null,
-      failures: 0,
-      takeovers: 0,
-    };
-    const op = this.kv.atomic()
-      .check({ key: keys.run(run.id), versionstamp: null })
-      .set(keys.run(run.id), run)
-      .set(keys.runsByTime(now, run.id), run.pipeline)
-      .set(keys.runsByPipeline(run.pipeline, now, run.id), run.status)
-      .set(keys.runsByStatus(run.status, now, run.id), run.pipeline)
-      .set(keys.due(now, run.id), run.id);
+    const run = this.newRun(pipeline, input);
+    const op = this.kv.atomic();
+    this.addRunCreation(op, run);
     if (input.idempotencyKey !== undefined) {
       const key = keys.idempotency(run.pipeline, input.idempotencyKey);
       op.check({ key, versionstamp: null }).set(key, run.id);
     }
-    this.hint(op, run.id, 0);
     const result = await commitAtomic(op).catch((error) => {
       // KV refuses a value over 64 KiB; of the run record, params are what a user sent.
       if (!/too large/i.test(String(error))) throw error;
@@ -176,6 +151,60 @@ export class Store {
       );
     }
     return run;
+  }
+
+  /**
+   * A new run record, queued and due now, with validated params.
+   *
+   * @throws {UsageError} on params that fail the schema or a malformed date
+   */
+  newRun(pipeline: Pipeline<unknown>, input: CreateRunInput = {}): RunRecord {
+    const params = validateParams(pipeline, input.params ?? {});
+    const now = this.clock.now();
+    const logicalDate = input.logicalDate ?? new Date(now).toISOString().slice(0, 10);
+    checkDate(logicalDate);
+    return {
+      id: input.id ?? newRunId(now),
+      pipeline: pipeline.name,
+      version: pipeline.version,
+      graph: recordedGraph(pipeline),
+      params,
+      logicalDate,
+      tick: input.tick ?? null,
+      trigger: input.trigger ?? "cli",
+      ...(input.module ? { module: input.module } : {}),
+      status: "queued",
+      createdAt: now,
+      startedAt: null,
+      endedAt: null,
+      dueAt: now,
+      error: null,
+      failures: 0,
+      takeovers: 0,
+    };
+  }
+
+  /**
+   * Adds to `op` the creation of `run`: a check that its id is new, the record, its
+   * indexes, its due-index entry and a queue hint.
+   */
+  addRunCreation(op: Deno.AtomicOperation, run: RunRecord): void {
+    const at = run.createdAt;
+    op.check({ key: keys.run(run.id), versionstamp: null })
+      .set(keys.run(run.id), run)
+      .set(keys.runsByTime(at, run.id), run.pipeline)
+      .set(keys.runsByPipeline(run.pipeline, at, run.id), run.status)
+      .set(keys.runsByStatus(run.status, at, run.id), run.pipeline)
+      .set(keys.activeRun(run.pipeline, run.id), at);
+    if (run.dueAt !== null) op.set(keys.due(run.dueAt, run.id), run.id);
+    this.hint(op, run.id, 0);
+  }
+
+  /** How many runs of a pipeline are queued, running or waiting. */
+  async countActive(pipeline: string): Promise<number> {
+    let count = 0;
+    for await (const _ of this.kv.list({ prefix: keys.activeRunPrefix(pipeline) })) count++;
+    return count;
   }
 
   /** The run an idempotency key created for a pipeline, or null when it created none. */
@@ -563,6 +592,8 @@ export function moveStatus(op: Deno.AtomicOperation, before: RunRecord, after: R
   op.delete(keys.runsByStatus(before.status, before.createdAt, before.id));
   op.set(keys.runsByStatus(after.status, after.createdAt, after.id), after.pipeline);
   op.set(keys.runsByPipeline(after.pipeline, after.createdAt, after.id), after.status);
+  if (TERMINAL.has(after.status)) op.delete(keys.activeRun(after.pipeline, after.id));
+  else op.set(keys.activeRun(after.pipeline, after.id), after.createdAt);
 }
 
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$/;

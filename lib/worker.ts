@@ -47,6 +47,8 @@ export interface WorkerOptions {
    * the run was created from.
    */
   resolvePipeline?: (run: RunRecord) => Promise<Pipeline<unknown> | undefined>;
+  /** Runs at the start of each sweep: the engine checks its schedules here. */
+  beforeSweep?: () => Promise<void>;
   /** Called before each attempt's body; a throw fails the attempt (fault injection). */
   beforeAttempt?: (attempt: AttemptInfo) => void | Promise<void>;
   /** Called for each durable change of a run or step. */
@@ -133,8 +135,18 @@ export class Worker {
     this.#sweepTimer = setTimeout(tick, 0);
   }
 
-  /** Looks once at every due run (and, every few sweeps, at undelivered alerts). */
+  /**
+   * Looks once at the schedules (through `beforeSweep`), at every due run, and every few
+   * sweeps at undelivered alerts.
+   */
   async sweep(): Promise<void> {
+    if (this.#o.beforeSweep) {
+      await this.#o.beforeSweep().catch((error) => {
+        if (!this.#stop.signal.aborted) {
+          console.error(`kvflow: schedules: ${error instanceof Error ? error.message : error}`);
+        }
+      });
+    }
     const free = this.#o.maxRuns - this.#active.size;
     if (free > 0) {
       const now = this.#store.clock.now();
@@ -272,6 +284,15 @@ export class Worker {
   /** Resolves once the queue listener has ended (after the KV is closed). */
   async closed(): Promise<void> {
     await this.#listening;
+  }
+
+  /** Resolves once every run this worker is driving has left its hands. */
+  async idle(): Promise<void> {
+    while (this.#active.size > 0) {
+      const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
+      if (drivers.length > 0) await Promise.all(drivers.map((d) => d.done));
+      else await new Promise((r) => setTimeout(r, 5));
+    }
   }
 
   /** Waits for alert webhooks in flight. */
