@@ -159,6 +159,7 @@ Deno.test("a step's context carries the run, the step, and stores its log lines"
       pipeline: "ctx",
       params: {},
       logicalDate: "2024-03-01",
+      tick: null,
       trigger: "http",
     },
     step: "inspect",
