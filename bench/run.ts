@@ -14,7 +14,6 @@
  * 4. RSS of the process after (3).
  * 5. KV operations per step on the sequential path, counted through a wrapping `Deno.Kv`,
  *    and the time per step spent outside KV commits.
- * 6. An experiment: (3) again through a group-commit KV wrapper (`group_commit.ts`).
  *
  * @module
  */
@@ -29,7 +28,6 @@ import {
   step,
 } from "../lib/mod.ts";
 import { countingKv, diffCounts, type KvCounts } from "./kv_count.ts";
-import { groupCommitKv, type GroupStats } from "./group_commit.ts";
 
 /** Sizes of one bench run. */
 interface Sizes {
@@ -87,6 +85,10 @@ interface Concurrent {
   driveMs: number;
   stepsPerSecond: number;
   runsPerSecond: number;
+  /** Claims and checkpoint commits the runs asked for. */
+  batches: number;
+  /** KV commits they took: group commit shares one among many. */
+  kvCommits: number;
   rssMiB: number;
   heapUsedMiB: number;
 }
@@ -285,7 +287,6 @@ async function concurrent(
   path: string,
   runs: number,
   commits: number,
-  wrap?: (kv: Deno.Kv) => Deno.Kv,
 ): Promise<Concurrent> {
   const dag = diamond("dag");
   const stepsPerRun = dag.steps.length;
@@ -302,11 +303,8 @@ async function concurrent(
       allDone();
     }
   };
-  const raw = wrap ? await Deno.openKv(path) : undefined;
-  if (raw) openKvs.add(raw);
   // Every run may have both branches of its diamond running: room for all of them.
   const engine = await engineAt(path, [dag], {
-    ...(raw ? { kv: wrap!(raw), queues: true } : {}),
     maxRuns: runs,
     maxSteps: 2 * runs,
     onEvent,
@@ -314,7 +312,7 @@ async function concurrent(
   });
   try {
     // Raw commit throughput on the same file and handle, right before: the floor here.
-    const rawCommitsPerSecond = await commitThroughput(raw ?? engine.kv, commits, 64);
+    const rawCommitsPerSecond = await commitThroughput(engine.kv, commits, 64);
     const t0 = performance.now();
     const ids: string[] = [];
     for (let i = 0; i < runs; i += 16) {
@@ -326,10 +324,12 @@ async function concurrent(
     }
     const createMs = performance.now() - t0;
     const t1 = performance.now();
+    const before = { ...engine.store.committer.stats };
     engine.worker.start();
     for (const id of ids) engine.worker.poke(id);
     await done;
     const driveMs = performance.now() - t1;
+    const after = engine.store.committer.stats;
     if (failure) throw new Error(failure);
     const memory = Deno.memoryUsage();
     const report = await engine.store.getOutput(ids[ids.length - 1], "report");
@@ -342,15 +342,13 @@ async function concurrent(
       driveMs,
       stepsPerSecond: (runs * stepsPerRun * 1000) / driveMs,
       runsPerSecond: (runs * 1000) / driveMs,
+      batches: after.batches - before.batches,
+      kvCommits: after.commits - before.commits,
       rssMiB: memory.rss / 2 ** 20,
       heapUsedMiB: memory.heapUsed / 2 ** 20,
     };
   } finally {
     await closeEngine(engine);
-    if (raw) {
-      openKvs.delete(raw);
-      raw.close();
-    }
   }
 }
 
@@ -477,21 +475,10 @@ async function main(): Promise<number> {
       tput.push(conc[r].rawCommitsPerSecond);
       log(
         `concurrent ${r + 1}: ${fmt(conc[r].driveMs, 0)} ms for ${conc[r].runs} runs ` +
-          `(${fmt(conc[r].stepsPerSecond, 0)} steps/s; raw commits ${fmt(tput[r], 0)}/s)`,
+          `(${fmt(conc[r].stepsPerSecond, 0)} steps/s; raw commits ${fmt(tput[r], 0)}/s; ` +
+          `${conc[r].batches} commits grouped into ${conc[r].kvCommits} KV commits)`,
       );
     }
-    // The group-commit experiment (bench/group_commit.ts): same runs, commits shared.
-    let groupStats: GroupStats | undefined;
-    const grouped = await withTimeout(
-      concurrent(file("grouped"), sizes.concurrentRuns, sizes.floorCommits, (kv) => {
-        const g = groupCommitKv(kv);
-        groupStats = g.stats;
-        return g.kv;
-      }),
-      "grouped",
-    );
-    log(`grouped: ${fmt(grouped.stepsPerSecond, 0)} steps/s; ${JSON.stringify(groupStats)}`);
-
     const mid = (xs: number[]) => median(xs);
     const floorMean = mid(floors.map((f) => f.mean));
     const floorP50 = mid(floors.map((f) => f.p50));
@@ -556,7 +543,8 @@ async function main(): Promise<number> {
       ],
       [
         `${sizes.concurrentRuns} concurrent 5-step DAG runs (median of ${conc.length})`,
-        `${fmt(concMid.stepsPerSecond, 0)} steps/s, ${fmt(concMid.runsPerSecond, 0)} runs/s`,
+        `${fmt(concMid.stepsPerSecond, 0)} steps/s, ${fmt(concMid.runsPerSecond, 0)} runs/s; ` +
+        `${concMid.batches} commits shared ${concMid.kvCommits} KV commits (group commit)`,
         ">= 2,000 steps/s",
         `${fmt(mid(stepsPerCommit))} steps per raw commit/s`,
       ],
@@ -568,20 +556,12 @@ async function main(): Promise<number> {
         "-",
         "-",
       ],
-      [
-        "experiment: same runs, group-commit KV wrapper",
-        `${fmt(grouped.stepsPerSecond, 0)} steps/s, ${fmt(grouped.runsPerSecond, 0)} runs/s (${
-          groupStats?.ops ?? 0
-        } commits, creations included, in ${groupStats?.commits ?? 0} KV commits)`,
-        ">= 2,000 steps/s",
-        `${fmt(grouped.stepsPerSecond / grouped.rawCommitsPerSecond)} steps per raw commit/s`,
-      ],
     ];
     console.log(table(rows));
     if (values.json) {
       console.log(
         JSON.stringify(
-          { sizes, floors, shaped, seqRuns, counted, tput, conc, grouped, groupStats },
+          { sizes, floors, shaped, seqRuns, counted, tput, conc },
           null,
           2,
         ),
