@@ -6,6 +6,10 @@
  */
 import type { Pipeline } from "../lib/mod.ts";
 import example from "./example/mod.ts";
+import nightly from "./nightly/mod.ts";
 
 /** Every registered pipeline. */
-export const pipelines: readonly Pipeline<unknown>[] = [example as Pipeline<unknown>];
+export const pipelines: readonly Pipeline<unknown>[] = [
+  example as Pipeline<unknown>,
+  nightly as Pipeline<unknown>,
+];

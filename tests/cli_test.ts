@@ -165,7 +165,14 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
       schedule: unknown;
     }[]).map((p) => [p.name, p]),
   );
-  assert.deepEqual([...byName.keys()], ["example", "five-steps", "fan-six", "flaky-once"]);
+  assert.deepEqual([...byName.keys()], [
+    "example",
+    "nightly",
+    "five-steps",
+    "fan-six",
+    "flaky-once",
+    "ticking",
+  ]);
   const example = byName.get("example")!;
   assert.deepEqual(example.steps.map((s) => s.name), [
     "fetch-orders",
