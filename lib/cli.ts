@@ -46,7 +46,8 @@ usage: deno task <command> [arguments]
 
 environment: KVFLOW_KV_PATH (default ./data/kvflow.kv), KVFLOW_ALERT_WEBHOOK,
   KVFLOW_ALERT_EMAIL with KVFLOW_SMTP_URL (and KVFLOW_ALERT_FROM), KVFLOW_TOKEN,
-  KVFLOW_LEASE_MS, KVFLOW_POLL_MS, KVFLOW_MAX_RUNS, KVFLOW_MAX_STEPS, KVFLOW_GRACE_MS`;
+  KVFLOW_READ_TOKEN, KVFLOW_LEASE_MS, KVFLOW_POLL_MS, KVFLOW_MAX_RUNS, KVFLOW_MAX_STEPS,
+  KVFLOW_GRACE_MS`;
 
 const OPTIONS = {
   param: { type: "string", multiple: true },
@@ -410,10 +411,15 @@ class Cli {
     const engine = await this.#open(this.#context.pipelines);
     engine.worker.start();
     serving = engine;
-    const server = serve(engine, { port, token: Deno.env.get("KVFLOW_TOKEN"), log: this.#err });
-    await this.#untilSignal(engine);
+    const server = serve(engine, {
+      port,
+      token: Deno.env.get("KVFLOW_TOKEN") || undefined,
+      readToken: Deno.env.get("KVFLOW_READ_TOKEN") || undefined,
+      log: this.#err,
+    });
+    // Requests and event streams end before the engine closes under them.
+    await this.#untilSignal(engine, () => server.shutdown());
     serving = undefined;
-    await server.shutdown();
     return EXIT.ok;
   }
 
@@ -429,7 +435,7 @@ class Cli {
   }
 
   /** Waits for SIGINT/SIGTERM, then stops gracefully; a second signal exits at once. */
-  async #untilSignal(engine: Engine): Promise<void> {
+  async #untilSignal(engine: Engine, beforeClose?: () => Promise<void>): Promise<void> {
     const { promise, resolve } = Promise.withResolvers<void>();
     let stopping = false;
     const onSignal = () => {
@@ -441,6 +447,7 @@ class Cli {
     const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
     for (const s of signals) Deno.addSignalListener(s, onSignal);
     await promise;
+    await beforeClose?.();
     await engine.close(Number(Deno.env.get("KVFLOW_GRACE_MS") ?? 10_000));
     for (const s of signals) Deno.removeSignalListener(s, onSignal);
   }

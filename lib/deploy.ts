@@ -67,6 +67,7 @@ function deployment(engine: Engine): Deployment {
         app(engine, {
           token,
           readToken: Deno.env.get("KVFLOW_READ_TOKEN") || undefined,
+          expectWorker: false,
         }).fetch,
       ),
   };

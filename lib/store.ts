@@ -306,6 +306,10 @@ export class Store {
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
       throw new UsageError(`Invalid limit ${limit}: use an integer from 1 to 1000`);
     }
+    // KV cursors are base64; anything else (a non-Latin-1 string) makes KV throw a TypeError.
+    if (options.cursor !== undefined && !/^[A-Za-z0-9_=+/-]{1,2048}$/.test(options.cursor)) {
+      throw new UsageError(`Invalid cursor: ${JSON.stringify(options.cursor.slice(0, 80))}`);
+    }
     const prefix = options.status
       ? keys.runsByStatusPrefix(options.status)
       : options.pipeline
