@@ -651,11 +651,12 @@ export function validateParams(
     );
   }
   const value = result.data;
-  const unknown = Object.keys(params).filter((k) =>
-    value !== null && typeof value === "object" && !(k in value)
-  );
+  // zod objects drop unknown keys silently; a typo in a param name must not pass unseen.
+  // Known keys come from the schema's shape, else from what the parsed value kept.
   const shape = (pipeline.params as { shape?: Record<string, unknown> }).shape;
-  const unknownParams = shape ? Object.keys(params).filter((k) => !(k in shape)) : unknown;
+  const known = (k: string) =>
+    shape ? k in shape : value !== null && typeof value === "object" && k in value;
+  const unknownParams = Object.keys(params).filter((k) => !known(k));
   if (unknownParams.length > 0) {
     throw new UsageError(
       `Invalid params for '${pipeline.name}': unknown param${
