@@ -135,7 +135,13 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
       tag: "pipelines",
       access: "read",
       responses: { 200: { description: "The pipelines", schema: PipelineListSchema } },
-    }, () => json([...engine.pipelines.values()].map(pipelineJson))),
+    }, async () => {
+      const out = [];
+      for (const p of engine.pipelines.values()) {
+        out.push(pipelineJson(p, p.schedule ? await engine.scheduler.state(p.name) : null));
+      }
+      return json(out);
+    }),
 
     route({
       method: "GET",
@@ -150,7 +156,11 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
       const pipeline = pipelineOf(params.name);
       const page = await store.listRuns({ pipeline: pipeline.name, limit: 10 });
       const now = Date.now();
-      return json({ ...pipelineJson(pipeline), lastRuns: page.runs.map((r) => runJson(r, now)) });
+      const state = pipeline.schedule ? await engine.scheduler.state(pipeline.name) : null;
+      return json({
+        ...pipelineJson(pipeline, state),
+        lastRuns: page.runs.map((r) => runJson(r, now)),
+      });
     }),
 
     route({

@@ -140,6 +140,9 @@ export const PipelineSchema = response(
       catchupLimit: z.int().min(0),
       overlap: z.enum(["skip", "queue", "allow"]),
       maxActive: z.int().min(1),
+      lastTick: z.iso.datetime().nullable().describe(
+        "The last tick the engine handled (ran, skipped or caught up); null before its first look",
+      ),
       nextTicks: z.array(z.iso.datetime()).describe("The next five ticks, UTC"),
     }).nullable().describe("Null for a pipeline without a schedule"),
   }),

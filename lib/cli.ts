@@ -14,7 +14,8 @@ import { type Engine, openEngine } from "./engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "./run_state.ts";
 import { validateParams } from "./store.ts";
-import { type AlertEmail, runAlerts } from "./alerts.ts";
+import { runAlerts } from "./alerts.ts";
+import { workerSettingsFromEnv } from "./config.ts";
 import { formatMs } from "./duration.ts";
 import { serve } from "./server.ts";
 import { scheduleView } from "./scheduler.ts";
@@ -491,12 +492,7 @@ class Cli {
   async #open(pipelines: readonly Pipeline<unknown>[], progress = false): Promise<Engine> {
     return await openEngine({
       pipelines,
-      leaseMs: envInt("KVFLOW_LEASE_MS", 15_000),
-      pollMs: envInt("KVFLOW_POLL_MS", 1000),
-      maxRuns: envInt("KVFLOW_MAX_RUNS", 16),
-      maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
-      alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
-      alertEmail: alertEmail(),
+      ...workerSettingsFromEnv(),
       resolvePipeline: async (run) =>
         run.module ? (await loadPipeline(run.module, [])).pipeline : undefined,
       onEvent: progress ? progressPrinter(undefined, this.#out, this.#paint) : undefined,
@@ -616,28 +612,6 @@ export function parseParams(
       throw error;
     }
   }
-}
-
-function alertEmail(): AlertEmail | undefined {
-  const to = Deno.env.get("KVFLOW_ALERT_EMAIL");
-  if (!to) return undefined;
-  const smtpUrl = Deno.env.get("KVFLOW_SMTP_URL");
-  if (!smtpUrl) {
-    throw new UsageError(
-      "KVFLOW_ALERT_EMAIL is set but KVFLOW_SMTP_URL is not: set the SMTP server alerts go through",
-    );
-  }
-  return { smtpUrl, to, from: Deno.env.get("KVFLOW_ALERT_FROM") || undefined };
-}
-
-function envInt(name: string, fallback: number): number {
-  const text = Deno.env.get(name);
-  if (text === undefined || text === "") return fallback;
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < 1) {
-    throw new UsageError(`Invalid ${name}=${JSON.stringify(text)}: use a positive integer`);
-  }
-  return value;
 }
 
 function jsonOrString(text: string): unknown {

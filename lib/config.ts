@@ -6,6 +6,7 @@
  * @module
  */
 import { UsageError } from "./errors.ts";
+import type { AlertEmail } from "./alerts.ts";
 
 /** An open KV database and what it can do. */
 export interface OpenedKv {
@@ -48,4 +49,58 @@ export async function openKv(path?: string): Promise<OpenedKv> {
       "kv_unavailable",
     );
   }
+}
+
+/** Worker settings every entrypoint (CLI, Deploy) reads from the environment. */
+export interface WorkerSettings {
+  /** `KVFLOW_LEASE_MS`, default 15,000. */
+  leaseMs: number;
+  /** `KVFLOW_POLL_MS`, default 1,000. */
+  pollMs: number;
+  /** `KVFLOW_MAX_RUNS`, default 16. */
+  maxRuns: number;
+  /** `KVFLOW_MAX_STEPS`, default 64. */
+  maxSteps: number;
+  /** `KVFLOW_ALERT_WEBHOOK`. */
+  alertWebhook?: string;
+  /** `KVFLOW_ALERT_EMAIL` through `KVFLOW_SMTP_URL`, from `KVFLOW_ALERT_FROM`. */
+  alertEmail?: AlertEmail;
+}
+
+/**
+ * Reads the worker settings from the environment.
+ *
+ * @throws {UsageError} on a malformed number, or alert e-mail without an SMTP server
+ */
+export function workerSettingsFromEnv(): WorkerSettings {
+  return {
+    leaseMs: envInt("KVFLOW_LEASE_MS", 15_000),
+    pollMs: envInt("KVFLOW_POLL_MS", 1000),
+    maxRuns: envInt("KVFLOW_MAX_RUNS", 16),
+    maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
+    alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
+    alertEmail: alertEmail(),
+  };
+}
+
+function alertEmail(): AlertEmail | undefined {
+  const to = Deno.env.get("KVFLOW_ALERT_EMAIL");
+  if (!to) return undefined;
+  const smtpUrl = Deno.env.get("KVFLOW_SMTP_URL");
+  if (!smtpUrl) {
+    throw new UsageError(
+      "KVFLOW_ALERT_EMAIL is set but KVFLOW_SMTP_URL is not: set the SMTP server alerts go through",
+    );
+  }
+  return { smtpUrl, to, from: Deno.env.get("KVFLOW_ALERT_FROM") || undefined };
+}
+
+function envInt(name: string, fallback: number): number {
+  const text = Deno.env.get(name);
+  if (text === undefined || text === "") return fallback;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) {
+    throw new UsageError(`Invalid ${name}=${JSON.stringify(text)}: use a positive integer`);
+  }
+  return value;
 }

@@ -10,6 +10,7 @@
 import type { Pipeline } from "./definition.ts";
 import { type Engine, openEngine } from "./engine.ts";
 import { app } from "./server.ts";
+import { workerSettingsFromEnv } from "./config.ts";
 
 /** A started deployment. */
 export interface Deployment {
@@ -33,7 +34,7 @@ export async function startDeploy(pipelines: readonly Pipeline<unknown>[]): Prom
   const engine = await openEngine({
     pipelines,
     queues: setting === "on" ? true : setting === "off" ? false : undefined,
-    alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
+    ...workerSettingsFromEnv(),
   });
   if (setting === undefined && engine.store.queues && !(await hasQueues(engine.kv))) {
     await engine.close();
@@ -46,7 +47,7 @@ async function startDeployWithout(pipelines: readonly Pipeline<unknown>[]): Prom
   const engine = await openEngine({
     pipelines,
     queues: false,
-    alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
+    ...workerSettingsFromEnv(),
   });
   return deployment(engine);
 }

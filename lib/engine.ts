@@ -171,9 +171,10 @@ export class Engine {
   }
 
   /**
-   * Backfills a scheduled pipeline: one run per tick from day `from` to day `to`, with
-   * ids derived from the ticks, so a second backfill of the range creates nothing. At
-   * most `maxActive` runs of the pipeline are active at once.
+   * Backfills a scheduled pipeline: one run per tick from day `from` to day `to` (ticks
+   * still to come are left to the schedule), with ids derived from the ticks, so a second
+   * backfill of the range creates nothing. At most `maxActive` runs of the pipeline are
+   * active at once.
    *
    * @returns the runs of the range, as they ended
    * @throws {UsageError} on an unscheduled pipeline or a bad range
@@ -188,7 +189,9 @@ export class Engine {
     } = {},
   ): Promise<RunRecord[]> {
     const pipeline = this.pipeline(name);
-    const ticks = backfillTicks(pipeline, from, to);
+    // Ticks still to come are the schedule's: a backfill run now would run before its time.
+    const now = this.store.clock.now();
+    const ticks = backfillTicks(pipeline, from, to).filter((t) => t <= now);
     const maxActive = options.maxActive ?? pipeline.schedule?.maxActive ?? 1;
     if (!Number.isInteger(maxActive) || maxActive < 1) {
       throw new UsageError(`Invalid --max-active ${maxActive}: use a positive integer`);

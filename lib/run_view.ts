@@ -12,7 +12,7 @@ import * as keys from "./keys.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "./run_state.ts";
 import type { ArtifactMeta } from "./artifacts.ts";
 import { type AlertRecord, runAlerts } from "./alerts.ts";
-import { nextTicks } from "./scheduler.ts";
+import { nextTicks, type ScheduleState } from "./scheduler.ts";
 import type { PipelineJson, RunDetail, RunJson, StepJson } from "./api_schemas.ts";
 
 type AttemptJson = StepJson["attempts"][number];
@@ -53,9 +53,13 @@ const paramsSchemas = new WeakMap<object, Record<string, unknown> | null>();
  * its schedule with the next ticks.
  *
  * @param pipeline the definition
+ * @param state its schedule's stored state, for the last tick
  * @returns the JSON shape of `Pipeline`
  */
-export function pipelineJson(pipeline: Pipeline<unknown>): PipelineJson {
+export function pipelineJson(
+  pipeline: Pipeline<unknown>,
+  state: ScheduleState | null = null,
+): PipelineJson {
   return {
     name: pipeline.name,
     description: pipeline.description ?? null,
@@ -74,6 +78,7 @@ export function pipelineJson(pipeline: Pipeline<unknown>): PipelineJson {
         catchupLimit: pipeline.schedule.catchupLimit,
         overlap: pipeline.schedule.overlap,
         maxActive: pipeline.schedule.maxActive,
+        lastTick: state ? new Date(state.lastTick).toISOString() : null,
         nextTicks: nextTicks(pipeline.schedule, Date.now(), 5).map((t) =>
           new Date(t).toISOString()
         ),

@@ -22,8 +22,13 @@ export interface ScheduleState {
   lastTick: number;
   /** When the state last changed. */
   updatedAt: number;
-  /** Ticks dropped by catch-up or overlap so far. */
+  /** Ticks dropped by catch-up or overlap so far (at most 1,000 counted per look). */
   skipped: number;
+  /**
+   * The tick overlap `queue` holds back until an active run ends: it runs then, however
+   * late, since it was not missed but deferred.
+   */
+  queued?: number;
 }
 
 /** A tick whose run could not start yet, or was not started, and why. */
@@ -40,6 +45,12 @@ export interface TickDecision {
 
 /** A tick counts as on time, not missed, this long after it. */
 const ON_TIME_MS = 120_000;
+
+/**
+ * Runs created per commit: each adds a check, and a commit allows 10 checks on remote KV
+ * (100 locally). A catch-up of more ticks takes several commits.
+ */
+const RUNS_PER_COMMIT = 8;
 
 /** The ticks of a schedule after `afterMs` up to and including `untilMs`, at most `max`. */
 export function ticksBetween(
@@ -68,7 +79,10 @@ export function nextTicks(schedule: Schedule, fromMs: number, n: number): number
 /** The most recent ticks at or before `atMs`, newest first, at most `n`. */
 export function previousTicks(schedule: Schedule, atMs: number, n: number): number[] {
   const cron = new Cron(schedule.cron, { timezone: schedule.timezone, paused: true });
-  return cron.previousRuns(n, new Date(atMs + 1)).map((d) => d.getTime());
+  // croner returns the runs before the whole second its date falls in, so a tick is only
+  // seen a second after it; ask from the next whole second (ticks are whole seconds).
+  const nextSecond = Math.floor(atMs / 1000) * 1000 + 1000;
+  return cron.previousRuns(n, new Date(nextSecond)).map((d) => d.getTime());
 }
 
 /** The calendar date of a tick in the schedule's time zone: the run's logical date. */
@@ -122,6 +136,7 @@ export class Scheduler {
   }
 
   async #tickOne(pipeline: Pipeline<unknown>, schedule: Schedule): Promise<TickDecision[]> {
+    const out: TickDecision[] = [];
     for (let tries = 0; tries < 5; tries++) {
       const now = this.#store.clock.now();
       const entry = await this.#store.kv.get<ScheduleState>(keys.schedule(pipeline.name));
@@ -137,12 +152,16 @@ export class Scheduler {
         continue;
       }
       const plan = await this.#plan(pipeline, schedule, entry.value, now);
-      if (!plan) return [];
+      if (!plan) return out;
       const op = this.#store.kv.atomic().check(entry).set(keys.schedule(pipeline.name), plan.state);
       for (const run of plan.runs) this.#store.addRunCreation(op, run);
-      if ((await commitAtomic(op)).ok) return plan.decisions;
+      if ((await commitAtomic(op)).ok) {
+        out.push(...plan.decisions);
+        if (!plan.more) return out;
+        tries = -1; // a full commit: plan the rest afresh
+      }
     }
-    return [];
+    return out;
   }
 
   async #plan(
@@ -150,14 +169,18 @@ export class Scheduler {
     schedule: Schedule,
     state: ScheduleState,
     now: number,
-  ): Promise<{ state: ScheduleState; runs: RunRecord[]; decisions: TickDecision[] } | null> {
+  ): Promise<
+    { state: ScheduleState; runs: RunRecord[]; decisions: TickDecision[]; more: boolean } | null
+  > {
     const recent = previousTicks(schedule, now, schedule.catchupLimit)
       .filter((t) => t > state.lastTick)
       .reverse();
     if (recent.length === 0) return null;
     const latest = recent[recent.length - 1];
     let candidates = schedule.catchup === "all" ? recent : [latest];
-    if (schedule.catchup === "none") candidates = candidates.filter((t) => now - t <= ON_TIME_MS);
+    if (schedule.catchup === "none") {
+      candidates = candidates.filter((t) => now - t <= ON_TIME_MS || t === state.queued);
+    }
     const decisions: TickDecision[] = [];
     const runs: RunRecord[] = [];
     const existing = await this.#existing(pipeline.name, candidates);
@@ -165,6 +188,8 @@ export class Scheduler {
       ? Infinity
       : schedule.maxActive - await this.#store.countActive(pipeline.name);
     let lastTick = latest;
+    let queued: number | undefined;
+    let more = false;
     for (const tick of candidates) {
       const runId = tickRunId(pipeline.name, tick);
       if (existing.has(runId)) {
@@ -175,11 +200,17 @@ export class Scheduler {
         if (schedule.overlap === "queue") {
           // leave this tick (and later ones) pending: the state stops just before it
           lastTick = tick - 1;
+          queued = tick;
           decisions.push({ pipeline: pipeline.name, tick, outcome: "queued" });
           break;
         }
         decisions.push({ pipeline: pipeline.name, tick, outcome: "skipped" });
         continue;
+      }
+      if (runs.length === RUNS_PER_COMMIT) {
+        lastTick = tick - 1;
+        more = true;
+        break;
       }
       room--;
       runs.push(this.#store.newRun(pipeline, {
@@ -191,12 +222,23 @@ export class Scheduler {
       decisions.push({ pipeline: pipeline.name, tick, outcome: "created", runId });
     }
     if (lastTick === state.lastTick) return null;
-    const dropped = recent.filter((t) => t <= lastTick).length - runs.length -
+    // A full window may have older ticks before it, missed too: count them (boundedly:
+    // croner takes ≈ 60 µs a tick).
+    const beyond = recent.length === schedule.catchupLimit
+      ? ticksBetween(schedule, state.lastTick, recent[0] - 1, 1000).length
+      : 0;
+    const dropped = beyond + recent.filter((t) => t <= lastTick).length - runs.length -
       decisions.filter((d) => d.outcome === "exists").length;
     return {
-      state: { lastTick, updatedAt: now, skipped: state.skipped + Math.max(0, dropped) },
+      state: {
+        lastTick,
+        updatedAt: now,
+        skipped: state.skipped + Math.max(0, dropped),
+        ...(queued === undefined ? {} : { queued }),
+      },
       runs,
       decisions,
+      more,
     };
   }
 

@@ -74,6 +74,18 @@ Deno.test("GET /api/pipelines/:name shows a schedule with its next ticks", async
     assert.equal(berlin, "03:00", tick);
   }
   assert.ok(Date.parse(schedule.nextTicks[0]) > Date.now());
+  assert.equal(schedule.lastTick, null, "no look at the schedule yet");
+
+  await s.engine.scheduler.tick(); // the first look records the latest tick
+  const after = (await s.get("/api/pipelines")).find((p: { name: string }) => p.name === "nightly");
+  assert.ok(Date.parse(after.schedule.lastTick) <= Date.now());
+  const lastBerlin = new Intl.DateTimeFormat("en-GB", {
+    timeZone: "Europe/Berlin",
+    hour: "2-digit",
+    minute: "2-digit",
+  }).format(new Date(after.schedule.lastTick));
+  assert.equal(lastBerlin, "03:00");
+  assert.ok(Date.parse(schedule.nextTicks[0]) - Date.parse(after.schedule.lastTick) <= 90_000_000);
 });
 
 Deno.test("GET /api/pipelines/:name shows the pipeline with its last runs; unknown is 404", async () => {
