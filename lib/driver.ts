@@ -375,8 +375,30 @@ export class RunDriver {
       this.#running.size === 0 && !starved && ![...this.#steps.values()].some((s) => s.expanding)
     ) {
       this.#settle(now);
+    } else {
+      // Other steps are still running: a retry due meanwhile must not wait for them.
+      const retryAt = this.#earliestRetry(now);
+      if (retryAt !== Infinity) this.#wakeAt(retryAt);
     }
     this.#flush().catch((error) => this.#fail(error));
+  }
+
+  /** The earliest time a retrying step or item is due, or Infinity when none is. */
+  #earliestRetry(now: number): number {
+    let nextAt = Infinity;
+    for (const s of this.#steps.values()) {
+      if (s.record.status === "retrying") nextAt = Math.min(nextAt, s.record.nextAt ?? now);
+      for (const r of s.fan?.records.values() ?? []) {
+        if (r.status === "retrying") nextAt = Math.min(nextAt, r.nextAt ?? now);
+      }
+    }
+    return nextAt;
+  }
+
+  /** Pumps again at `at` on the engine's clock (one pending wake-up at a time). */
+  #wakeAt(at: number): void {
+    this.#cancelHold?.();
+    this.#cancelHold = this.#clock.after(at - this.#clock.now(), () => this.#pump());
   }
 
   #settle(now: number): void {
@@ -386,17 +408,10 @@ export class RunDriver {
       this.#afterCommit.push(() => this.#finish("succeeded"));
       return;
     }
-    let nextAt = Infinity;
-    for (const s of slots) {
-      if (s.record.status === "retrying") nextAt = Math.min(nextAt, s.record.nextAt ?? now);
-      for (const r of s.fan?.records.values() ?? []) {
-        if (r.status === "retrying") nextAt = Math.min(nextAt, r.nextAt ?? now);
-      }
-    }
+    const nextAt = this.#earliestRetry(now);
     if (nextAt !== Infinity) {
       if (nextAt - now <= this.#o.holdMs) {
-        this.#cancelHold?.();
-        this.#cancelHold = this.#clock.after(nextAt - this.#clock.now(), () => this.#pump());
+        this.#wakeAt(nextAt);
         return;
       }
       const next: RunRecord = { ...this.#run, status: "waiting", dueAt: nextAt };
@@ -461,7 +476,12 @@ export class RunDriver {
   #changeRun(next: RunRecord): void {
     const before = this.#run;
     this.#run = next;
-    this.#write(keys.run(next.id), next);
+    // params and graph are what make a run record large (up to the 64 KiB value limit)
+    this.#write(
+      keys.run(next.id),
+      next,
+      1024 + 2 * (JSON.stringify(next.params).length + JSON.stringify(next.graph ?? {}).length),
+    );
     this.#runOps.push((op) => {
       moveDue(op, before, next);
       moveStatus(op, before, next);
@@ -570,6 +590,10 @@ export class RunDriver {
     controller: AbortController,
   ): Promise<void> {
     const name = slot.def.name;
+    // The run may have been interrupted, released or lost while the start marker was being
+    // committed: then this attempt is no longer ours to run.
+    const stillOurs = () => this.#running.get(taskKey(name, index)) === controller;
+    if (!stillOurs()) return;
     const logs: LogLine[] = [];
     let timer: ReturnType<typeof setTimeout> | undefined;
     let result: { ok: true; value: unknown; stored: Awaited<ReturnType<typeof encodeValue>> } | {
@@ -594,6 +618,7 @@ export class RunDriver {
           idempotencyKey: ctx.idempotencyKey,
         });
       }
+      if (!stillOurs()) return;
       const body = index < 0
         ? slot.def.run(inputs, ctx)
         : slot.def.run(slot.fan!.values[index], ctx);
@@ -617,7 +642,7 @@ export class RunDriver {
     } finally {
       clearTimeout(timer);
     }
-    if (this.#running.get(taskKey(name, index)) !== controller) return;
+    if (!stillOurs()) return;
     this.#running.delete(taskKey(name, index));
     this.#o.slots.release();
     if (this.#stopped) return;
@@ -794,7 +819,7 @@ export class RunDriver {
       return;
     }
     slot.fan!.records.set(index, record);
-    this.#write(keys.item(this.#run.id, slot.def.name, index), record, size);
+    this.#write(keys.item(this.#run.id, slot.def.name, index), record, taskBytes(record, size));
     this.#emit({
       type: "task",
       runId: this.#run.id,
@@ -814,7 +839,7 @@ export class RunDriver {
 
   #setStep(slot: StepSlot, record: TaskRecord, size = 1024): void {
     slot.record = record;
-    this.#write(keys.step(this.#run.id, slot.def.name), record, size);
+    this.#write(keys.step(this.#run.id, slot.def.name), record, taskBytes(record, size));
     this.#emit({
       type: "task",
       runId: this.#run.id,
@@ -865,7 +890,11 @@ export class RunDriver {
   }
 
   async #commitPending(): Promise<void> {
-    const writes = [...this.#writes.values()];
+    // The run record goes last, into the commit that also moves its indexes, due entry and
+    // lease (the run ops): a commit split by the limits never stores a run status without them.
+    const writes = [...this.#writes.values()].sort((a, b) =>
+      (a.key[1] === "run" ? 1 : 0) - (b.key[1] === "run" ? 1 : 0)
+    );
     const runOps = this.#runOps;
     const events = this.#events;
     const after = this.#afterCommit;
@@ -998,6 +1027,12 @@ function storableFields(
     note = `(fields not stored: ${toErrorInfo(error).message.slice(0, 200)})`;
   }
   return { fields: { note }, size: 2 * note.length };
+}
+
+/** Bytes a task record may take: its error's message and stack dominate. */
+function taskBytes(record: TaskRecord, atLeast: number): number {
+  const error = record.error;
+  return Math.max(atLeast, 512 + 2 * ((error?.message.length ?? 0) + (error?.stack?.length ?? 0)));
 }
 
 function taskKey(step: string, item: number): string {

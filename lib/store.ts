@@ -679,7 +679,13 @@ function checkDate(date: string): void {
   if (!ok) throw new UsageError(`Invalid date ${JSON.stringify(date)}: use YYYY-MM-DD`);
 }
 
+/**
+ * Whether a lease's holder is a process of this host (same pid namespace) that is gone.
+ * Only Linux shows other processes under /proc; elsewhere a holder is never "dead" early
+ * and its lease is waited out.
+ */
 function isDeadLocalHolder(held: Lease, me: Omit<Lease, "deadline">): boolean {
+  if (Deno.build.os !== "linux" || !me.host.includes("/pid:[")) return false;
   if (held.host !== me.host || held.pid === me.pid) return false;
   try {
     Deno.statSync(`/proc/${held.pid}`);

@@ -84,6 +84,11 @@ export class Worker {
   /** Runs whose pipeline this worker does not know, and until when to skip them. */
   readonly #foreign = new Map<string, number>();
   readonly #sweeping = new Set<Promise<void>>();
+  /** How runs claimed after a stop or interrupt began are to be left. */
+  #stopping:
+    | { mode: "release"; graceMs: number }
+    | { mode: "interrupt"; reason: string }
+    | undefined;
 
   /**
    * Creates it.
@@ -211,6 +216,7 @@ export class Worker {
         this.#foreign.set(runId, this.#store.clock.now() + FOREIGN_MS);
         return "unknown-pipeline";
       }
+      if (this.#stop.signal.aborted) return "skipped";
       const claim = await this.#store.claim(runId, this.#holder, this.#o.leaseMs);
       if (!claim) return "skipped";
       const driver = new RunDriver({
@@ -227,6 +233,10 @@ export class Worker {
       });
       this.#active.set(runId, driver);
       await driver.start();
+      // stop() or interrupt() came while this run was being claimed: treat it as they did
+      // the runs they saw.
+      if (this.#stopping?.mode === "release") void driver.release(this.#stopping.graceMs);
+      if (this.#stopping?.mode === "interrupt") void driver.interrupt(this.#stopping.reason);
       const outcome = await driver.done;
       if (outcome === "waiting") await this.#timeWakeUp(runId);
       return outcome;
@@ -262,6 +272,7 @@ export class Worker {
    * (queued, due now) so another worker continues them. Waits for alert deliveries.
    */
   async stop(graceMs = 10_000): Promise<void> {
+    this.#stopping ??= { mode: "release", graceMs };
     this.#stop.abort();
     clearTimeout(this.#sweepTimer);
     for (const cancel of this.#timers.values()) cancel();
@@ -275,6 +286,7 @@ export class Worker {
 
   /** Interrupts every run now (Ctrl-C): they fail resumably and their leases are released. */
   async interrupt(reason = "Interrupted"): Promise<void> {
+    this.#stopping = { mode: "interrupt", reason };
     this.#stop.abort();
     clearTimeout(this.#sweepTimer);
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
@@ -335,10 +347,21 @@ export class Worker {
   }
 }
 
+/**
+ * The host as leases record it: the host name, and on Linux the process-id namespace, so
+ * that only processes whose pids this process can see count as "on this host".
+ */
 function hostname(): string {
+  let name = "unknown-host";
   try {
-    return Deno.hostname();
+    name = Deno.hostname();
   } catch {
-    return "unknown-host";
+    // no permission to read it: leases then never count as local
+  }
+  if (Deno.build.os !== "linux") return name;
+  try {
+    return `${name}/${Deno.readLinkSync("/proc/self/ns/pid")}`;
+  } catch {
+    return name;
   }
 }

@@ -1,0 +1,101 @@
+/** Bugs found in review, each kept from coming back. */
+import assert from "node:assert/strict";
+import { openEngine, pipeline, step } from "../lib/mod.ts";
+
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+Deno.test("a retry due soon is not held up by a long step on another branch", async () => {
+  const t0 = Date.now();
+  const starts: number[] = [];
+  const flaky = step("flaky", { retry: { attempts: 3, delay: "50ms", jitter: 0 } }, (_i, ctx) => {
+    starts.push(Date.now() - t0);
+    if (ctx.attempt === 1) throw new Error("transient");
+    return 1;
+  });
+  const slow = step("slow", async (_i, ctx) => {
+    await abortableSleep(1500, ctx.signal);
+    return 2;
+  });
+  const p = pipeline("branches", { steps: [flaky, slow] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.ok(starts[1] - starts[0] < 500, `the retry started ${starts[1] - starts[0]} ms later`);
+});
+
+Deno.test("a step whose start is being committed when the run is interrupted never runs", async () => {
+  let bRan = false;
+  const a = step("a", () => 1);
+  const b = step("b", { needs: { a } }, () => {
+    bRan = true;
+    return 2;
+  });
+  const p = pipeline("ab", { steps: [a, b] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  const committer = engine.store.committer;
+  const commit = committer.commit.bind(committer);
+  let interrupted: Promise<void> | undefined;
+  // Ctrl-C arrives while the commit with a's result and b's start marker is in flight.
+  committer.commit = (batch) => {
+    let startsB = false;
+    const probe = new Proxy({}, {
+      get: (_t, name) => (key: Deno.KvKey) => {
+        if (name === "set" && key[1] === "step" && key[3] === "b") startsB = true;
+        return probe;
+      },
+    }) as Deno.AtomicOperation;
+    batch.apply(probe);
+    const result = commit(batch);
+    if (startsB && !interrupted) interrupted = engine.worker.interrupt("Ctrl-C");
+    return result;
+  };
+  assert.equal(await engine.worker.execute(run.id), "interrupted");
+  await interrupted;
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(bRan, false);
+  assert.equal((await engine.store.getRun(run.id))?.status, "failed");
+});
+
+Deno.test("close(grace) while a run is being claimed hands it back within the grace", async () => {
+  const slow = step("slow", async (_i, ctx) => {
+    await abortableSleep(2000, ctx.signal);
+    return 1;
+  });
+  const p = pipeline("slow", { steps: [slow] });
+  const engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  await engine.trigger("slow"); // its execute() is between getRun and claim
+  const t0 = Date.now();
+  await engine.close(100);
+  assert.ok(Date.now() - t0 < 1000, `close(100) took ${Date.now() - t0} ms`);
+});
+
+Deno.test("many long item errors finishing together stay within a commit's size limit", async () => {
+  const message = "ошибка ".repeat(600); // two bytes a character in KV
+  const items = step("items", {
+    items: () => Array.from({ length: 100 }, (_, i) => i),
+    concurrency: 100,
+    retry: { attempts: 1 },
+  }, () => {
+    throw new Error(message);
+  });
+  const p = pipeline("errors", { steps: [items], concurrency: 100 });
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [p],
+    maxSteps: 200,
+    onAlert: () => {},
+  });
+  const run = await engine.store.createRun(p);
+  const end = await engine.runToEnd(run.id);
+  assert.equal(end.status, "failed");
+  assert.match(end.error?.message ?? "", /100 of 100 items failed/);
+});
