@@ -440,11 +440,9 @@ function checkedParams(pipeline: Pipeline<unknown>, params: unknown): Record<str
     return validateParams(pipeline, params);
   } catch (error) {
     if (!(error instanceof UsageError) || error.code !== "invalid_params") throw error;
-    const result = pipeline.params?.safeParse(params);
-    const issues = result && !result.success
-      ? toIssues(result.error.issues)
-      : Object.keys(params as object).map((k) => ({ path: [k], message: "Unknown param" }));
-    throw new HttpError(422, "invalid_params", error.message, { issues });
+    throw new HttpError(422, "invalid_params", error.message, {
+      issues: toIssues(error.issues ?? []),
+    });
   }
 }
 

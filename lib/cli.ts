@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { Pipeline } from "./definition.ts";
-import { UsageError } from "./errors.ts";
+import { KvUnavailableError, UsageError } from "./errors.ts";
 import { type Engine, openEngine } from "./engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "./run_state.ts";
@@ -67,7 +67,8 @@ const OPTIONS = {
   help: { type: "boolean", short: "h" },
 } as const;
 
-type Flags = {
+/** The flags of a command line; each command reads the ones it knows. */
+export type Flags = {
   param?: string[];
   params?: string;
   date?: string;
@@ -110,13 +111,12 @@ export async function main(args: string[], context: CliContext): Promise<number>
   const out = context.out ?? ((line: string) => console.log(line));
   const err = context.err ?? ((line: string) => console.error(line));
   try {
-    const { values, positionals } = parse(args);
-    const [command, ...rest] = positionals;
-    if (values.help || command === "help" || command === undefined) {
-      (command === undefined && !values.help ? err : out)(USAGE);
-      return command === undefined && !values.help ? EXIT.usage : EXIT.ok;
+    const { command, args: rest, flags } = parseCommand(args);
+    if (command === "help" || command === "usage") {
+      (command === "usage" ? err : out)(USAGE);
+      return command === "usage" ? EXIT.usage : EXIT.ok;
     }
-    const cli = new Cli(context, values, rest, out, err);
+    const cli = new Cli(context, flags, rest, out, err);
     switch (command) {
       case "run":
         return await cli.run();
@@ -138,25 +138,103 @@ export async function main(args: string[], context: CliContext): Promise<number>
         return await cli.worker();
       case "backfill":
         return await cli.backfill();
-      default:
-        throw new UsageError(
-          `Unknown command '${command}': use one of run, resume, rerun, cancel, status, runs, pipelines, backfill, serve, worker`,
-        );
     }
   } catch (error) {
     if (error instanceof UsageError) {
-      err(`kvflow: ${error.message}`);
+      err(`kvflow: ${oneLine(error.message)}`);
       return EXIT.usage;
     }
-    err(`kvflow: ${error instanceof Error ? error.message : String(error)}`);
+    err(`kvflow: ${oneLine(error instanceof Error ? error.message : String(error))}`);
     if (Deno.env.get("KVFLOW_DEBUG") && error instanceof Error) err(error.stack ?? "");
     return EXIT.failed;
   }
 }
 
-function parse(args: string[]): { values: Flags; positionals: string[] } {
+/** Each command with what its one argument is, or null when it takes none. */
+const COMMANDS = {
+  run: "<pipeline>",
+  resume: "<run-id>",
+  rerun: "<run-id>",
+  cancel: "<run-id>",
+  status: "<run-id>",
+  runs: null,
+  pipelines: null,
+  backfill: "<pipeline> --from YYYY-MM-DD --to YYYY-MM-DD",
+  serve: null,
+  worker: null,
+} as const;
+
+/** A command of the CLI. */
+export type Command = keyof typeof COMMANDS;
+
+/** A command line as {@linkcode parseCommand} reads it. */
+export interface ParsedCommand {
+  /** The command; `help` for `help` or `--help`, `usage` when none was given. */
+  command: Command | "help" | "usage";
+  /** Its positional arguments: the one a command takes, or none. */
+  args: string[];
+  /** The flags given. */
+  flags: Flags;
+}
+
+/**
+ * Reads a command line without running anything, checking its shape: known command and
+ * options, the argument count, the flags a command cannot do without. Whether a pipeline
+ * or a run exists is the command's to find out.
+ *
+ * @example
+ * ```ts
+ * import { parseCommand } from "./cli.ts";
+ * const { command, args, flags } = parseCommand(["run", "nightly", "--param", "n=1"]);
+ * console.log(command, args, flags.param); // run [ "nightly" ] [ "n=1" ]
+ * ```
+ *
+ * @param args the arguments after the program name
+ * @returns the command, its arguments and its flags
+ * @throws {UsageError} naming what is wrong
+ */
+export function parseCommand(args: readonly string[]): ParsedCommand {
+  const { values: flags, positionals } = parse(args);
+  const [command, ...rest] = positionals;
+  if (flags.help || command === "help") return { command: "help", args: rest, flags };
+  if (command === undefined) return { command: "usage", args: [], flags };
+  if (!Object.hasOwn(COMMANDS, command)) {
+    throw new UsageError(
+      `Unknown command '${command}': use one of ${Object.keys(COMMANDS).join(", ")}`,
+    );
+  }
+  const name = command as Command;
+  const what = COMMANDS[name];
+  if (what === null && rest.length > 0) {
+    throw new UsageError(`${name} takes no arguments, got: ${rest.join(" ")}`);
+  }
+  if (what !== null && rest.length !== 1) {
+    throw new UsageError(`${name} takes exactly one argument: ${name} ${what}`);
+  }
+  if (name === "rerun" && !flags.from) throw new UsageError("rerun needs --from <step>");
+  if (name === "backfill" && (!flags.from || !flags.to)) {
+    throw new UsageError("backfill needs --from YYYY-MM-DD and --to YYYY-MM-DD");
+  }
+  const status = flags.status;
+  if (name === "runs" && status !== undefined && !RUN_STATUSES.includes(status as RunStatus)) {
+    throw new UsageError(`Unknown status '${status}': use one of ${RUN_STATUSES.join(", ")}`);
+  }
+  return { command: name, args: rest, flags };
+}
+
+/** A message as one line: line breaks and other controls a user typed are escaped. */
+function oneLine(message: string): string {
+  return message.replace(/\p{Cc}/gu, (c) => JSON.stringify(c).slice(1, -1));
+}
+
+function parse(args: readonly string[]): { values: Flags; positionals: string[] } {
   try {
-    return parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true }) as {
+    return parseArgs({
+      args: [...args],
+      options: OPTIONS,
+      allowPositionals: true,
+      strict: true,
+    }) as {
       values: Flags;
       positionals: string[];
     };
@@ -189,7 +267,7 @@ class Cli {
   }
 
   async run(): Promise<number> {
-    const target = this.#one("run", "<pipeline>");
+    const target = this.#args[0];
     const { pipeline, module } = await loadPipeline(target, this.#context.pipelines);
     const params = parseParams(pipeline, this.#flags.param ?? [], this.#flags.params);
     const engine = await this.#open([pipeline], !this.#flags.detach);
@@ -214,7 +292,7 @@ class Cli {
   }
 
   async resume(): Promise<number> {
-    const runId = this.#one("resume", "<run-id>");
+    const runId = this.#args[0];
     const engine = await this.#openFor(runId);
     try {
       const run = await engine.store.requireRun(runId);
@@ -230,15 +308,14 @@ class Cli {
   }
 
   async rerun(): Promise<number> {
-    const runId = this.#one("rerun", "<run-id>");
-    if (!this.#flags.from) throw new UsageError("rerun needs --from <step>");
+    const runId = this.#args[0];
     const engine = await this.#openFor(runId);
     try {
       const run = await engine.store.requireRun(runId);
       const requeued = await engine.store.rerun(
         run,
         engine.pipeline(run.pipeline),
-        this.#flags.from,
+        this.#flags.from!,
         this.#flags.force,
       );
       return await this.#foreground(engine, requeued);
@@ -248,7 +325,7 @@ class Cli {
   }
 
   async cancel(): Promise<number> {
-    const runId = this.#one("cancel", "<run-id>");
+    const runId = this.#args[0];
     const engine = await this.#open([]);
     try {
       const run = await engine.store.cancel(runId);
@@ -260,7 +337,7 @@ class Cli {
   }
 
   async status(): Promise<number> {
-    const runId = this.#one("status", "<run-id>");
+    const runId = this.#args[0];
     const engine = await this.#open(this.#context.pipelines);
     try {
       const run = await engine.store.requireRun(runId);
@@ -303,11 +380,7 @@ class Cli {
   }
 
   async runs(): Promise<number> {
-    this.#none("runs");
     const status = this.#flags.status;
-    if (status !== undefined && !RUN_STATUSES.includes(status as RunStatus)) {
-      throw new UsageError(`Unknown status '${status}': use one of ${RUN_STATUSES.join(", ")}`);
-    }
     const limit = this.#flags.limit === undefined ? 20 : Number(this.#flags.limit);
     const engine = await this.#open([]);
     try {
@@ -325,7 +398,6 @@ class Cli {
   }
 
   async pipelines(): Promise<number> {
-    this.#none("pipelines");
     const engine = await this.#open(this.#context.pipelines);
     try {
       const now = engine.store.clock.now();
@@ -371,17 +443,14 @@ class Cli {
   }
 
   async backfill(): Promise<number> {
-    const name = this.#one("backfill", "<pipeline> --from YYYY-MM-DD --to YYYY-MM-DD");
-    if (!this.#flags.from || !this.#flags.to) {
-      throw new UsageError("backfill needs --from YYYY-MM-DD and --to YYYY-MM-DD");
-    }
+    const name = this.#args[0];
     const maxActive = this.#flags["max-active"] === undefined
       ? undefined
       : Number(this.#flags["max-active"]);
     const engine = await this.#open(this.#context.pipelines);
     const started = Date.now();
     try {
-      const runs = await engine.backfill(name, this.#flags.from, this.#flags.to, {
+      const runs = await engine.backfill(name, this.#flags.from!, this.#flags.to!, {
         maxActive,
         onProgress: (done, total, run, created) =>
           this.#out(
@@ -404,7 +473,6 @@ class Cli {
   }
 
   async serve(): Promise<number> {
-    this.#none("serve");
     const port = Number(this.#flags.port ?? Deno.env.get("PORT") ?? 8000);
     if (!Number.isInteger(port) || port < 0 || port > 65535) {
       throw new UsageError(`Invalid port ${JSON.stringify(this.#flags.port)}: use 0 to 65535`);
@@ -425,7 +493,6 @@ class Cli {
   }
 
   async worker(): Promise<number> {
-    this.#none("worker");
     const engine = await this.#open(this.#context.pipelines);
     engine.worker.start();
     serving = engine;
@@ -484,6 +551,13 @@ class Cli {
       );
       this.#out(`  fix the cause, then resume with: deno task resume ${end.id}`);
       return interrupt.signal.aborted ? EXIT.interrupted : EXIT.failed;
+    } catch (error) {
+      if (!(error instanceof KvUnavailableError)) throw error;
+      // The run stays as its last commit left it; its lease runs out, or resume takes it.
+      this.#err(
+        `kvflow: run ${run.id} stopped: ${error.message}; its checkpoints are kept: fix the cause, then resume with: deno task resume ${run.id}`,
+      );
+      return EXIT.failed;
     } finally {
       for (const s of signals) Deno.removeSignalListener(s, onSignal);
     }
@@ -512,19 +586,6 @@ class Cli {
       registry.push((await loadPipeline(run.module, [])).pipeline);
     }
     return await this.#open(registry, true);
-  }
-
-  #one(command: string, what: string): string {
-    if (this.#args.length !== 1) {
-      throw new UsageError(`${command} takes exactly one argument: ${command} ${what}`);
-    }
-    return this.#args[0];
-  }
-
-  #none(command: string): void {
-    if (this.#args.length > 0) {
-      throw new UsageError(`${command} takes no arguments, got: ${this.#args.join(" ")}`);
-    }
   }
 }
 

@@ -2,7 +2,8 @@
  * Storing values that may exceed KV's 64 KiB value limit: step outputs are kept inline
  * when small and split into chunks under their own keys when large; artifacts are always
  * chunks. A chunked value is written before the checkpoint that refers to it, so a
- * checkpoint never points at missing bytes.
+ * checkpoint never points at missing bytes. A driver commits chunks through its own
+ * {@linkcode CommitChunks}, fenced by its lease like its checkpoints.
  *
  * @module
  */
@@ -24,11 +25,24 @@ const INLINE_BYTES = 48_000;
 export const MAX_VALUE_BYTES = 256 * 1024 * 1024;
 
 /**
+ * Commits one atomic operation of chunk writes; `ok: false` means the writer may no longer
+ * write (its lease is gone). Default: {@linkcode commitAtomic}, unfenced.
+ */
+export type CommitChunks = (
+  op: Deno.AtomicOperation,
+) => Promise<Deno.KvCommitResult | Deno.KvCommitError>;
+
+/**
  * Stores a step's output, inline or as a blob.
  *
  * @throws {NonRetryableError} when the value cannot be serialized or is too large
  */
-export async function encodeValue(kv: Deno.Kv, runId: string, value: unknown): Promise<Stored> {
+export async function encodeValue(
+  kv: Deno.Kv,
+  runId: string,
+  value: unknown,
+  commit: CommitChunks = commitAtomic,
+): Promise<Stored> {
   try {
     // Building (never committing) a mutation serializes the value, which rejects
     // functions, symbols and other values KV cannot store, with the offending value named.
@@ -42,7 +56,7 @@ export async function encodeValue(kv: Deno.Kv, runId: string, value: unknown): P
   if (estimateSize(value, INLINE_ESTIMATE) < INLINE_ESTIMATE) return { inline: value };
   const bytes = v8.serialize(value);
   if (bytes.byteLength < INLINE_BYTES) return { inline: value };
-  return { blob: await writeBlob(kv, runId, new Uint8Array(bytes)) };
+  return { blob: await writeBlob(kv, runId, new Uint8Array(bytes), commit) };
 }
 
 /** Reads back a value stored by {@linkcode encodeValue}. */
@@ -53,10 +67,18 @@ export async function decodeValue(kv: Deno.Kv, runId: string, stored: Stored): P
 
 /**
  * Writes bytes as chunks under a new blob id, in as many commits as the limits need.
+ * When a commit fails, the chunks of earlier commits are deleted (as far as `commit`
+ * still allows), so no partial blob is left behind.
  *
  * @throws {NonRetryableError} when the bytes exceed {@linkcode MAX_VALUE_BYTES}
+ * @throws {Error} when `commit` refuses a commit, or what it throws
  */
-export async function writeBlob(kv: Deno.Kv, runId: string, bytes: Uint8Array): Promise<BlobRef> {
+export async function writeBlob(
+  kv: Deno.Kv,
+  runId: string,
+  bytes: Uint8Array,
+  commit: CommitChunks = commitAtomic,
+): Promise<BlobRef> {
   if (bytes.byteLength > MAX_VALUE_BYTES) {
     throw new NonRetryableError(
       `Value too large to store: ${bytes.byteLength} bytes (limit ${MAX_VALUE_BYTES})`,
@@ -69,10 +91,37 @@ export async function writeBlob(kv: Deno.Kv, runId: string, bytes: Uint8Array): 
     for (let i = first; i < Math.min(chunks, first + CHUNKS_PER_COMMIT); i++) {
       op.set(keys.blobChunk(runId, id, i), bytes.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES));
     }
-    const result = await commitAtomic(op);
-    if (!result.ok) throw new Error(`Could not store chunks of blob ${id}`);
+    let result: Deno.KvCommitResult | Deno.KvCommitError;
+    try {
+      result = await commit(op);
+    } catch (error) {
+      await dropChunks(kv, runId, id, first, commit);
+      throw error;
+    }
+    if (!result.ok) {
+      await dropChunks(kv, runId, id, first, commit);
+      throw new Error(`Could not store chunks of blob ${id}: the write was refused`);
+    }
   }
   return { id, size: bytes.byteLength, chunks };
+}
+
+/** Deletes the first `count` chunks of a blob that could not be written whole; best effort. */
+async function dropChunks(
+  kv: Deno.Kv,
+  runId: string,
+  id: string,
+  count: number,
+  commit: CommitChunks,
+): Promise<void> {
+  for (let first = 0; first < count; first += CHUNKS_PER_COMMIT) {
+    const op = kv.atomic();
+    for (let i = first; i < Math.min(count, first + CHUNKS_PER_COMMIT); i++) {
+      op.delete(keys.blobChunk(runId, id, i));
+    }
+    // A full disk or a lost lease may refuse this too: the chunks then stay unreferenced.
+    if (!(await commit(op).catch(() => ({ ok: false }))).ok) return;
+  }
 }
 
 /**

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { UsageError } from "./errors.ts";
+import { kvUnavailable, KvUnavailableError, UsageError } from "./errors.ts";
 import type { AlertEmail } from "./alerts.ts";
 
 /** An open KV database and what it can do. */
@@ -24,17 +24,15 @@ export const DEFAULT_KV_PATH = "./data/kvflow.kv";
 /**
  * Opens the KV database at `path`, or where the environment says.
  *
- * @throws {UsageError} when it cannot be opened, saying where and why
+ * @throws {KvUnavailableError} when it cannot be opened, saying where and why
  */
 export async function openKv(path?: string): Promise<OpenedKv> {
   const onDeploy = Deno.env.get("DENO_DEPLOY") === "true";
   const location = path ?? Deno.env.get("KVFLOW_KV_PATH") ?? (onDeploy ? "" : DEFAULT_KV_PATH);
   const remote = /^https?:\/\//.test(location);
+  const dir = location && location !== ":memory:" && !remote ? location.replace(/[^/]*$/, "") : "";
   try {
-    if (location && location !== ":memory:" && !remote) {
-      const dir = location.replace(/[^/]*$/, "");
-      if (dir) await Deno.mkdir(dir, { recursive: true });
-    }
+    if (dir) await Deno.mkdir(dir, { recursive: true });
     const kv = await Deno.openKv(location || undefined);
     return {
       kv,
@@ -42,11 +40,17 @@ export async function openKv(path?: string): Promise<OpenedKv> {
       queues: !remote && !onDeploy,
     };
   } catch (error) {
-    throw new UsageError(
-      `Cannot open the KV database at ${JSON.stringify(location)}: ${
-        error instanceof Error ? error.message : String(error)
-      } (set KVFLOW_KV_PATH to a writable file, :memory:, or a KV Connect URL)`,
-      "kv_unavailable",
+    const message = error instanceof Error ? error.message : String(error);
+    // mkdir of a path through a regular file says only "File exists"
+    const why =
+      error instanceof Deno.errors.AlreadyExists || error instanceof Deno.errors.NotADirectory
+        ? `part of ${JSON.stringify(dir)} is a file, not a directory (${message})`
+        : message;
+    throw new KvUnavailableError(
+      `Cannot open the KV database at ${JSON.stringify(location)}: ${why}` +
+        " (set KVFLOW_KV_PATH to a writable file, :memory:, or a KV Connect URL)",
+      kvUnavailable(error)?.problem ?? "cannot-open",
+      { cause: error },
     );
   }
 }
@@ -61,6 +65,8 @@ export interface WorkerSettings {
   maxRuns: number;
   /** `KVFLOW_MAX_STEPS`, default 64. */
   maxSteps: number;
+  /** `KVFLOW_GROUP_COMMIT`: `off` commits each checkpoint on its own; default on. */
+  groupCommit: boolean;
   /** `KVFLOW_ALERT_WEBHOOK`. */
   alertWebhook?: string;
   /** `KVFLOW_ALERT_EMAIL` through `KVFLOW_SMTP_URL`, from `KVFLOW_ALERT_FROM`. */
@@ -78,6 +84,7 @@ export function workerSettingsFromEnv(): WorkerSettings {
     pollMs: envInt("KVFLOW_POLL_MS", 1000),
     maxRuns: envInt("KVFLOW_MAX_RUNS", 16),
     maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
+    groupCommit: envSwitch("KVFLOW_GROUP_COMMIT", true),
     alertWebhook: Deno.env.get("KVFLOW_ALERT_WEBHOOK") || undefined,
     alertEmail: alertEmail(),
   };
@@ -93,6 +100,14 @@ function alertEmail(): AlertEmail | undefined {
     );
   }
   return { smtpUrl, to, from: Deno.env.get("KVFLOW_ALERT_FROM") || undefined };
+}
+
+function envSwitch(name: string, fallback: boolean): boolean {
+  const text = Deno.env.get(name);
+  if (text === undefined || text === "") return fallback;
+  if (text === "on") return true;
+  if (text === "off") return false;
+  throw new UsageError(`Invalid ${name}=${JSON.stringify(text)}: use on or off`);
 }
 
 function envInt(name: string, fallback: number): number {

@@ -196,9 +196,17 @@ export interface StepOptions<N extends Needs, O> {
   timeout?: Duration;
 }
 
+/**
+ * Most items a fan-out step may have. The worker holding a run keeps every item's record
+ * and output in memory and hands the steps that need the fan-out all outputs as one list;
+ * a resume or rerun reads and rewrites every item record. A run whose `items` returns more
+ * fails that step at once, before any item is stored.
+ */
+export const MAX_ITEMS = 100_000;
+
 /** Options of a fan-out step: it runs its function once per item, each checkpointed. */
 export interface FanOutOptions<N extends Needs, I, O> extends StepOptions<N, O> {
-  /** Computes the list of items from the inputs. */
+  /** Computes the list of items from the inputs: at most {@linkcode MAX_ITEMS}. */
   items: (inputs: Inputs<N>) => I[] | Promise<I[]>;
   /** Items running at once. Default 4. */
   concurrency?: number;
@@ -207,14 +215,25 @@ export interface FanOutOptions<N extends Needs, I, O> extends StepOptions<N, O> 
 /** The inputs of a step that needs nothing. */
 export type NoNeeds = Record<never, never>;
 
-const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
+/**
+ * Most characters of a step or pipeline name. Names are ASCII, a byte each in a KV key:
+ * with a run id of the longest kind, the longest key kvflow builds from them (an item's
+ * attempt) stays far below KV's 2 KiB, as `tests/limits_test.ts` checks.
+ */
+export const MAX_NAME_LENGTH = 100;
+
+const NAME = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,${MAX_NAME_LENGTH - 1}}$`);
 
 function checkName(kind: string, name: unknown): string {
   if (typeof name !== "string" || !NAME.test(name)) {
+    const long = typeof name === "string" && name.length > MAX_NAME_LENGTH;
+    const shown = long && name.length > 200
+      ? `${JSON.stringify(name.slice(0, 200))}…`
+      : JSON.stringify(name);
     throw new TypeError(
-      `Invalid ${kind} name ${
-        JSON.stringify(name)
-      }: use 1 to 100 letters, digits, '-', '_' or '.', starting with a letter or digit`,
+      `Invalid ${kind} name ${shown}${
+        long ? ` (${name.length} characters, at most ${MAX_NAME_LENGTH})` : ""
+      }: use 1 to ${MAX_NAME_LENGTH} letters, digits, '-', '_' or '.', starting with a letter or digit`,
     );
   }
   return name;

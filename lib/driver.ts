@@ -21,10 +21,12 @@ import type {
   StepContext,
 } from "./definition.ts";
 import v8 from "node:v8";
-import { resolveRetry, retryDelay } from "./definition.ts";
+import { MAX_ITEMS, resolveRetry, retryDelay } from "./definition.ts";
 import { toMs } from "./duration.ts";
-import { type ErrorInfo, NonRetryableError, toErrorInfo } from "./errors.ts";
+import { type ErrorInfo, KvUnavailableError, NonRetryableError, toErrorInfo } from "./errors.ts";
+import { commitAtomic } from "./atomic.ts";
 import * as keys from "./keys.ts";
+import { keySize } from "./keys.ts";
 import { decodeValue, encodeValue, writeBlob } from "./codec.ts";
 import {
   type AttemptRecord,
@@ -48,6 +50,7 @@ import { type ArtifactMeta, artifactRef, checkArtifactName } from "./artifacts.t
 import type { AlertRecord } from "./alerts.ts";
 import type { Slots } from "./slots.ts";
 import type { Clock } from "./clock.ts";
+import { MinHeap } from "./_heap.ts";
 
 /** A change the driver made durable, for progress lines and live views. */
 export type RunEvent =
@@ -133,21 +136,30 @@ interface StepSlot {
   expanding?: boolean;
 }
 
+/**
+ * What the driver knows about a fan-out step's items. Counters, a cursor and a heap keep
+ * the work per finished item O(log n): a step may have {@linkcode MAX_ITEMS} items.
+ */
 interface FanState {
   values: unknown[];
   records: Map<number, TaskRecord>;
   outputs: Map<number, unknown>;
-  /** Indices not started yet, in order. */
+  /** Indices not started yet, in order; those before `freshAt` have been taken. */
   fresh: number[];
+  freshAt: number;
+  /** Items by status, as `records` holds them. */
+  counts: Record<StepStatus, number>;
+  /** Retrying items by due time; an entry is stale once its item's record moved on. */
+  retries: MinHeap<{ at: number; index: number }>;
   running: number;
-  succeeded: number;
-  failed: number;
 }
 
 interface Write {
   key: Deno.KvKey;
   value: unknown;
+  /** Estimated bytes it adds to a commit: its value, and its key twice (as KV counts). */
   size: number;
+  keyBytes: number;
 }
 
 const MAX_LOG_LINES = 500;
@@ -155,6 +167,8 @@ const MAX_LOG_BYTES = 32_000;
 const MAX_FIELDS_BYTES = 4_000;
 const COMMIT_BYTES = 600_000;
 const COMMIT_MUTATIONS = 900;
+/** Key bytes per commit: KV allows 80 KiB; the rest is room for the run ops' index keys. */
+const COMMIT_KEY_BYTES = 60_000;
 
 /** Executes one claimed run. */
 export class RunDriver {
@@ -170,6 +184,9 @@ export class RunDriver {
   #events: RunEvent[] = [];
   #afterCommit: (() => void)[] = [];
   #committing: Promise<void> | null = null;
+  #queued: Promise<void> | null = null;
+  /** Bytes of the run's largest index key, to count its run ops' keys. */
+  #indexKeyBytes: number;
   #stopped = false;
   #isLost = false;
   #settling = false;
@@ -178,7 +195,13 @@ export class RunDriver {
   readonly #clock: Clock;
   #renewTimer: ReturnType<typeof setInterval> | undefined;
   #resolve!: (outcome: Outcome) => void;
-  /** Resolves once the driver has left the run. */
+  #reject!: (error: KvUnavailableError) => void;
+  /** Why KV refused a write, when it did: `done` rejects with it. */
+  #unavailable: KvUnavailableError | undefined;
+  /**
+   * Resolves once the driver has left the run; rejects with a {@linkcode KvUnavailableError}
+   * when KV stopped taking its writes (the run keeps what was checkpointed before).
+   */
   readonly done: Promise<Outcome>;
 
   /**
@@ -193,7 +216,12 @@ export class RunDriver {
     this.#run = options.claim.run;
     this.#lease = options.claim.lease;
     this.#leaseVersion = options.claim.leaseVersion;
-    this.done = new Promise((resolve) => (this.#resolve = resolve));
+    this.#indexKeyBytes = keySize(keys.runsByPipeline(this.#run.pipeline, 0, this.#run.id));
+    this.done = new Promise((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    this.done.catch(() => {});
   }
 
   /** The run id. */
@@ -349,20 +377,17 @@ export class RunDriver {
       }
       const fan = slot.fan;
       const limit = def.fanOut.concurrency;
-      const ready: number[] = [];
-      for (const [index, record] of fan.records) {
-        if (record.status === "retrying" && isReady(record, now)) ready.push(index);
-      }
       while (fan.running < limit && capacity > 0) {
-        const index = ready.length > 0 ? ready.shift()! : fan.fresh.shift();
+        // retries that are due first, then items not started yet
+        const retry = nextRetry(fan) <= now ? fan.retries.peek()!.index : undefined;
+        const index = retry ?? fan.fresh[fan.freshAt];
         if (index === undefined) break;
         if (!slots.tryAcquire()) {
-          if (!ready.includes(index) && fan.records.get(index)?.status !== "retrying") {
-            fan.fresh.unshift(index);
-          }
           starved = true;
           break;
         }
+        if (retry === undefined) fan.freshAt++;
+        else fan.retries.pop();
         capacity--;
         this.#startTask(slot, index, now);
       }
@@ -388,9 +413,7 @@ export class RunDriver {
     let nextAt = Infinity;
     for (const s of this.#steps.values()) {
       if (s.record.status === "retrying") nextAt = Math.min(nextAt, s.record.nextAt ?? now);
-      for (const r of s.fan?.records.values() ?? []) {
-        if (r.status === "retrying") nextAt = Math.min(nextAt, r.nextAt ?? now);
-      }
+      if (s.fan) nextAt = Math.min(nextAt, nextRetry(s.fan));
     }
     return nextAt;
   }
@@ -459,7 +482,7 @@ export class RunDriver {
       at: now,
       step: error?.step ?? null,
       attempts: failedStep?.fan
-        ? Math.max(0, ...[...failedStep.fan.records.values()].map((r) => r.attempt))
+        ? [...failedStep.fan.records.values()].reduce((most, r) => Math.max(most, r.attempt), 0)
         : failedStep?.record.attempt ?? 0,
       message: error?.message ?? "Run failed",
       logicalDate: next.logicalDate,
@@ -510,6 +533,12 @@ export class RunDriver {
       if (!Array.isArray(values)) {
         throw new NonRetryableError(`items of step '${name}' must return an array`);
       }
+      if (values.length > MAX_ITEMS) {
+        // refused before any item is written: nothing of the fan-out is half done
+        throw new NonRetryableError(
+          `items of step '${name}' returned ${values.length} items: a fan-out step may have at most ${MAX_ITEMS} (batch the items, or split the list over several steps)`,
+        );
+      }
       const stored = slot.record.items !== undefined
         ? await this.#o.store.getItems(this.#run.id, name)
         : new Map<number, TaskRecord>();
@@ -525,14 +554,15 @@ export class RunDriver {
         records: new Map(),
         outputs: new Map(),
         fresh: [],
+        freshAt: 0,
+        counts: { pending: 0, running: 0, retrying: 0, succeeded: 0, failed: 0, skipped: 0 },
+        retries: new MinHeap((a, b) => a.at < b.at || (a.at === b.at && a.index < b.index)),
         running: 0,
-        succeeded: 0,
-        failed: 0,
       };
       for (let i = 0; i < values.length; i++) {
         let record = stored.get(i);
         if (!record || record.status === "pending") {
-          if (record) fan.records.set(i, record);
+          if (record) trackItem(fan, i, record);
           fan.fresh.push(i);
           continue;
         }
@@ -540,11 +570,10 @@ export class RunDriver {
           record = this.#recoverCrash(name, i, record, slot.retry, now);
           this.#write(keys.item(this.#run.id, name, i), record);
         }
-        fan.records.set(i, record);
+        trackItem(fan, i, record);
         if (record.status === "succeeded") {
-          fan.succeeded++;
           fan.outputs.set(i, await decodeValue(this.#kv, this.#run.id, record.output!));
-        } else if (record.status === "failed") fan.failed++;
+        }
       }
       slot.fan = fan;
       this.#setStep(slot, {
@@ -635,7 +664,12 @@ export class RunDriver {
         }
         value = parsed.data;
       }
-      const stored = await encodeValue(this.#kv, this.#run.id, value);
+      const stored = await encodeValue(
+        this.#kv,
+        this.#run.id,
+        value,
+        (op) => this.#commitChunks(op),
+      );
       result = { ok: true, value, stored };
     } catch (error) {
       result = { ok: false, error: toErrorInfo(error) };
@@ -670,10 +704,7 @@ export class RunDriver {
     } else {
       const fan = slot.fan!;
       fan.running--;
-      if (result.ok) {
-        fan.outputs.set(index, result.value);
-        fan.succeeded++;
-      } else if (done.status === "failed") fan.failed++;
+      if (result.ok) fan.outputs.set(index, result.value);
       this.#setTask(slot, index, done, size);
       this.#checkFanDone(slot);
     }
@@ -683,14 +714,13 @@ export class RunDriver {
   #checkFanDone(slot: StepSlot): void {
     const fan = slot.fan!;
     const total = fan.values.length;
-    if (fan.succeeded === total) {
+    if (fan.counts.succeeded === total) {
       slot.output = { value: Array.from({ length: total }, (_, i) => fan.outputs.get(i)) };
       this.#setStep(slot, succeedTask(slot.record, this.#clock.now()));
       return;
     }
-    const open = fan.running > 0 || fan.fresh.length > 0 ||
-      [...fan.records.values()].some((r) => r.status === "retrying");
-    if (!open && fan.failed > 0) {
+    const open = fan.running > 0 || fan.freshAt < fan.fresh.length || fan.counts.retrying > 0;
+    if (!open && fan.counts.failed > 0) {
       const failed = [...fan.records.entries()].find(([, r]) => r.status === "failed")!;
       this.#setStep(slot, {
         ...slot.record,
@@ -698,7 +728,7 @@ export class RunDriver {
         endedAt: this.#clock.now(),
         error: {
           ...failed[1].error!,
-          message: `${fan.failed} of ${total} items failed; item ${failed[0]}: ${
+          message: `${fan.counts.failed} of ${total} items failed; item ${failed[0]}: ${
             failed[1].error?.message
           }`,
         },
@@ -792,7 +822,7 @@ export class RunDriver {
     }
     const contentType = options?.contentType ??
       (typeof data === "string" ? "text/plain; charset=utf-8" : "application/octet-stream");
-    const blob = await writeBlob(this.#kv, this.#run.id, bytes);
+    const blob = await writeBlob(this.#kv, this.#run.id, bytes, (op) => this.#commitChunks(op));
     const meta: ArtifactMeta = {
       runId: this.#run.id,
       name,
@@ -818,7 +848,7 @@ export class RunDriver {
       this.#setStep(slot, record, size);
       return;
     }
-    slot.fan!.records.set(index, record);
+    trackItem(slot.fan!, index, record);
     this.#write(keys.item(this.#run.id, slot.def.name, index), record, taskBytes(record, size));
     this.#emit({
       type: "task",
@@ -869,7 +899,8 @@ export class RunDriver {
   }
 
   #write(key: Deno.KvKey, value: unknown, size = 1024): void {
-    this.#writes.set(JSON.stringify(key), { key, value, size });
+    const keyBytes = keySize(key);
+    this.#writes.set(JSON.stringify(key), { key, value, size: size + 2 * keyBytes, keyBytes });
   }
 
   #emit(event: RunEvent): void {
@@ -879,14 +910,55 @@ export class RunDriver {
   /** Commits every pending write; resolves when they (and any queued before) are durable. */
   #flush(): Promise<void> {
     if (this.#committing) {
-      return this.#committing.then(() => this.#flush());
+      // Every caller until the commit in flight ends shares the one commit after it, so a
+      // busy fan-out does not pile up callers that each look again after every commit.
+      if (!this.#queued) {
+        const queued: Promise<void> = this.#committing
+          .finally(() => {
+            if (this.#queued === queued) this.#queued = null;
+          })
+          .then(() => this.#flush());
+        this.#queued = queued;
+      }
+      return this.#queued;
     }
     if (this.#writes.size === 0 && this.#runOps.length === 0) {
       this.#runAfterCommit();
       return Promise.resolve();
     }
-    this.#committing = this.#commitPending().finally(() => (this.#committing = null));
+    this.#committing = this.#commitPending()
+      .catch((error) => {
+        // Its writes are gone from the queue: the driver must not go on without them.
+        this.#fail(error);
+        throw error;
+      })
+      .finally(() => (this.#committing = null));
     return this.#committing;
+  }
+
+  /**
+   * Commits chunks of a large output or an artifact, fenced by the lease like a
+   * checkpoint, and in turn with the checkpoints so that the lease versionstamp it checks
+   * is the current one: a worker that lost its lease writes no chunk either.
+   */
+  #commitChunks(op: Deno.AtomicOperation): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+    if (this.#committing) {
+      return this.#committing.then(noop, noop).then(() => this.#commitChunks(op));
+    }
+    const commit = (async (): Promise<Deno.KvCommitResult | Deno.KvCommitError> => {
+      if (this.#stopped) return { ok: false };
+      op.check({ key: keys.lease(this.#run.id), versionstamp: this.#leaseVersion });
+      try {
+        const result = await commitAtomic(op);
+        if (!result.ok && !this.#stopped) this.#lost();
+        return result;
+      } catch (error) {
+        this.#fail(error);
+        throw error;
+      }
+    })();
+    this.#committing = commit.then(noop, noop).finally(() => (this.#committing = null));
+    return commit;
   }
 
   async #commitPending(): Promise<void> {
@@ -904,14 +976,21 @@ export class RunDriver {
     this.#afterCommit = [];
     const batches: Write[][] = [[]];
     let bytes = 0;
+    let keyBytes = 0;
     for (const w of writes) {
       const batch = batches[batches.length - 1];
-      if (batch.length >= COMMIT_MUTATIONS || (batch.length > 0 && bytes + w.size > COMMIT_BYTES)) {
+      if (
+        batch.length >= COMMIT_MUTATIONS ||
+        (batch.length > 0 &&
+          (bytes + w.size > COMMIT_BYTES || keyBytes + w.keyBytes > COMMIT_KEY_BYTES))
+      ) {
         batches.push([w]);
         bytes = w.size;
+        keyBytes = w.keyBytes;
       } else {
         batch.push(w);
         bytes += w.size;
+        keyBytes += w.keyBytes;
       }
     }
     for (const [i, batch] of batches.entries()) {
@@ -919,15 +998,18 @@ export class RunDriver {
       const lease = { key: keys.lease(this.#run.id), versionstamp: this.#leaseVersion };
       let leaseWritten = last && runOps.length > 0;
       let size = 0;
+      let batchKeyBytes = 0;
       for (const w of batch) {
         size += w.size;
+        batchKeyBytes += w.keyBytes;
         if (w.key[1] === "lease") leaseWritten = true;
       }
       const result = await this.#o.store.committer.commit({
         checks: 1,
-        // run ops move indexes and may delete the lease and enqueue: at most 8 mutations
-        mutations: batch.length + (last ? runOps.length * 8 : 0),
+        // run ops move indexes and may delete the lease and enqueue: at most 10 mutations
+        mutations: batch.length + (last ? runOps.length * 10 : 0),
         bytes: size + (last ? runOps.length * 1024 : 0),
+        keyBytes: batchKeyBytes + (last ? runOps.length * 5 * this.#indexKeyBytes : 0),
         apply: (op) => {
           op.check(lease);
           for (const w of batch) {
@@ -993,9 +1075,15 @@ export class RunDriver {
   }
 
   #fail(error: unknown): void {
-    console.error(
-      `kvflow: run ${this.#run.id}: could not write to KV: ${toErrorInfo(error).message}`,
-    );
+    if (this.#isLost) return;
+    if (error instanceof KvUnavailableError) {
+      // the caller reports it: a full disk ends the run's driving here, not in retries
+      this.#unavailable = error;
+    } else {
+      console.error(
+        `kvflow: run ${this.#run.id}: could not write to KV: ${toErrorInfo(error).message}`,
+      );
+    }
     this.#lost();
   }
 
@@ -1004,7 +1092,8 @@ export class RunDriver {
     clearInterval(this.#renewTimer);
     this.#cancelHold?.();
     this.#o.slots.forget(this);
-    this.#resolve(outcome);
+    if (this.#unavailable) this.#reject(this.#unavailable);
+    else this.#resolve(outcome);
   }
 }
 
@@ -1034,6 +1123,30 @@ function taskBytes(record: TaskRecord, atLeast: number): number {
   const error = record.error;
   return Math.max(atLeast, 512 + 2 * ((error?.message.length ?? 0) + (error?.stack?.length ?? 0)));
 }
+
+/** Records an item's new state in the fan-out's counters and retry heap. */
+function trackItem(fan: FanState, index: number, record: TaskRecord): void {
+  const before = fan.records.get(index);
+  fan.records.set(index, record);
+  if (before) fan.counts[before.status]--;
+  fan.counts[record.status]++;
+  if (record.status === "retrying") fan.retries.push({ at: record.nextAt ?? 0, index });
+}
+
+/**
+ * When the fan-out's earliest retry is due, or Infinity when no item is retrying. Drops
+ * stale heap entries on the way: each entry is dropped once, so this is O(log n) amortized.
+ */
+function nextRetry(fan: FanState): number {
+  for (let top = fan.retries.peek(); top; top = fan.retries.peek()) {
+    const record = fan.records.get(top.index);
+    if (record?.status === "retrying" && (record.nextAt ?? 0) === top.at) return top.at;
+    fan.retries.pop();
+  }
+  return Infinity;
+}
+
+function noop(): void {}
 
 function taskKey(step: string, item: number): string {
   return `${step}\u0000${item}`;

@@ -31,6 +31,11 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
   queues?: boolean;
   /** The clock that decides when work is due. Default: wall time. */
   clock?: Clock;
+  /**
+   * Whether checkpoints and claims of different runs share KV commits (group commit).
+   * Default true; `KVFLOW_GROUP_COMMIT=off` turns it off for the CLI and Deploy.
+   */
+  groupCommit?: boolean;
 }
 
 /** An open engine. Close it when done. */
@@ -60,7 +65,11 @@ export class Engine {
   constructor(kv: Deno.Kv, queues: boolean, options: EngineOptions, ownsKv: boolean) {
     this.kv = kv;
     this.#ownsKv = ownsKv;
-    this.store = new Store(kv, { queues, clock: options.clock });
+    this.store = new Store(kv, {
+      queues,
+      clock: options.clock,
+      groupCommit: options.groupCommit,
+    });
     this.pipelines = new Map();
     for (const p of options.pipelines) {
       if (this.pipelines.has(p.name)) {

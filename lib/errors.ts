@@ -46,17 +46,96 @@ export class NonRetryableError extends Error {
 export class UsageError extends Error {
   /** A short machine-readable code, such as `not_found` or `conflict`. */
   readonly code: string;
+  /** For bad input, what is wrong with it field by field (the HTTP API shows them). */
+  readonly issues?: readonly { path: readonly PropertyKey[]; message: string }[];
   /**
    * Creates the error.
    *
    * @param message the one-line reason, naming what to fix
    * @param code a short machine-readable code
+   * @param issues for bad input, each problem with where it is
    */
-  constructor(message: string, code = "usage") {
+  constructor(
+    message: string,
+    code = "usage",
+    issues?: readonly { path: readonly PropertyKey[]; message: string }[],
+  ) {
     super(message);
     this.name = "UsageError";
     this.code = code;
+    if (issues) this.issues = issues;
   }
+}
+
+/** Why the KV database cannot be used. */
+export type KvProblem = "full" | "read-only" | "io" | "cannot-open" | "unreachable";
+
+/**
+ * The KV database cannot take a write, or cannot be opened: its disk is full, it is
+ * read-only, or a remote database cannot be reached. A KV commit is all-or-nothing, so
+ * the write that failed wrote nothing; a run it stopped keeps its checkpoints and goes on
+ * from them once KV is back (resume it, or let a worker take it over). The CLI prints the
+ * message as one line and exits 1; the HTTP API answers 503.
+ *
+ * @example Tell a full disk from other failures
+ * ```ts
+ * import { KvUnavailableError, kvUnavailable } from "./errors.ts";
+ * const error = kvUnavailable(new TypeError("database or disk is full"));
+ * console.log(error instanceof KvUnavailableError, error?.problem); // true "full"
+ * ```
+ */
+export class KvUnavailableError extends Error {
+  /** The machine-readable code the HTTP API answers with. */
+  readonly code = "kv_unavailable";
+  /** What is wrong with the database. */
+  readonly problem: KvProblem;
+  /**
+   * Creates the error.
+   *
+   * @param message what failed and why, in one line
+   * @param problem what is wrong with the database
+   * @param options the KV error it stands for
+   */
+  constructor(message: string, problem: KvProblem, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "KvUnavailableError";
+    this.problem = problem;
+  }
+}
+
+const KV_PROBLEMS: [KvProblem, RegExp, string][] = [
+  ["full", /database or disk is full|no space left on device|os error 28\b/i, "its disk is full"],
+  ["read-only", /read-?only (database|file ?system)|os error 30\b/i, "it is read-only"],
+  ["io", /disk I\/O error/i, "its disk failed to write"],
+  ["cannot-open", /unable to open database file/i, "its file cannot be opened"],
+  [
+    "unreachable",
+    /failed to connect|connection (refused|reset)|error sending request/i,
+    "the server cannot be reached",
+  ],
+];
+
+/**
+ * The {@linkcode KvUnavailableError} that an error thrown by a KV operation stands for, or
+ * undefined when the error means something else (a bug, a limit).
+ *
+ * @param error what a KV operation threw
+ * @returns the error to report, naming the problem
+ */
+export function kvUnavailable(error: unknown): KvUnavailableError | undefined {
+  if (error instanceof KvUnavailableError) return error;
+  const text = error instanceof Error ? error.message : String(error);
+  for (const [problem, pattern, why] of KV_PROBLEMS) {
+    if (pattern.test(text)) {
+      const detail = text.split("\n")[0].slice(0, 300);
+      return new KvUnavailableError(
+        `Cannot write to the KV database: ${why} (${detail})`,
+        problem,
+        { cause: error },
+      );
+    }
+  }
+  return undefined;
 }
 
 /** What kvflow stores about an error: enough to show it, never the value itself. */

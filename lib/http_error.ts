@@ -7,7 +7,7 @@
  * @module
  */
 import { HTTPException } from "hono/http-exception";
-import { UsageError } from "./errors.ts";
+import { KvUnavailableError, UsageError } from "./errors.ts";
 import type { Issue } from "./api_schemas.ts";
 
 /** Status codes the API answers errors with. */
@@ -92,6 +92,10 @@ export function errorResponse(
   }
   if (error instanceof UsageError) {
     return errorJson(USAGE_STATUS[error.code] ?? 400, { code: error.code, message: error.message });
+  }
+  if (error instanceof KvUnavailableError) {
+    // not the client's fault, but nothing internal either: the operator's disk or network
+    return errorJson(503, { code: error.code, message: error.message });
   }
   if (error instanceof HTTPException && error.status < 500) {
     return errorJson(error.status as ErrorStatus, {

@@ -10,6 +10,35 @@
 
 const ROOT = "kvflow";
 
+/** The most bytes one key may take: Deno KV refuses a longer key. */
+export const MAX_KEY_BYTES = 2048;
+
+/**
+ * A key's size as KV counts it against its limits (2 KiB a key, 80 KiB of keys a commit):
+ * exact for strings and numbers, an upper bound for other parts.
+ *
+ * @param key the key
+ * @returns its encoded size in bytes
+ */
+export function keySize(key: Deno.KvKey): number {
+  let size = 0;
+  for (const part of key) {
+    if (typeof part === "number") size += 9;
+    else if (typeof part === "boolean") size += 1;
+    else if (typeof part === "bigint") size += 3 + Math.ceil(part.toString(16).length / 2);
+    else if (typeof part === "string") {
+      // a type byte, UTF-8 with each NUL escaped to two bytes, and a terminating NUL
+      size += 2;
+      for (let i = 0; i < part.length; i++) {
+        const c = part.charCodeAt(i);
+        size += c === 0 ? 2 : c < 0x80 ? 1 : c < 0x800 ? 2 : 3;
+      }
+    } else if (part instanceof Uint8Array) size += 2 + 2 * part.byteLength;
+    else size += 16;
+  }
+  return size;
+}
+
 /** The run record. */
 export function run(runId: string): Deno.KvKey {
   return [ROOT, "run", runId];
@@ -43,6 +72,24 @@ export function runsByStatus(status: string, createdAt: number, runId: string): 
 /** Prefix of {@linkcode runsByStatus} for one status. */
 export function runsByStatusPrefix(status: string): Deno.KvKey {
   return [ROOT, "runs_by_status", status];
+}
+
+/**
+ * Index of a pipeline's runs by status, then creation time: lists one pipeline's failed
+ * runs without reading the other pipelines' failures.
+ */
+export function runsByPipelineStatus(
+  pipeline: string,
+  status: string,
+  createdAt: number,
+  runId: string,
+): Deno.KvKey {
+  return [ROOT, "runs_by_pipeline_status", pipeline, status, createdAt, runId];
+}
+
+/** Prefix of {@linkcode runsByPipelineStatus} for one pipeline and status. */
+export function runsByPipelineStatusPrefix(pipeline: string, status: string): Deno.KvKey {
+  return [ROOT, "runs_by_pipeline_status", pipeline, status];
 }
 
 /** The lease of a run: who may write its checkpoints, and until when. */

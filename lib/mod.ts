@@ -45,7 +45,13 @@ export {
   type Trigger,
 } from "./definition.ts";
 export { type Duration } from "./duration.ts";
-export { type ErrorInfo, NonRetryableError, UsageError } from "./errors.ts";
+export {
+  type ErrorInfo,
+  type KvProblem,
+  KvUnavailableError,
+  NonRetryableError,
+  UsageError,
+} from "./errors.ts";
 export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine.ts";
 export {
   type AttemptRecord,

@@ -7,7 +7,9 @@
  */
 import type { Pipeline, Trigger } from "./definition.ts";
 import { UsageError } from "./errors.ts";
+import v8 from "node:v8";
 import * as keys from "./keys.ts";
+import { keySize } from "./keys.ts";
 import {
   type AttemptRecord,
   type Lease,
@@ -92,6 +94,8 @@ export interface StoreOptions {
   queues?: boolean;
   /** The clock that decides when work is due. Default: wall time. */
   clock?: Clock;
+  /** Whether checkpoints and claims of different runs share KV commits. Default true. */
+  groupCommit?: boolean;
 }
 
 /** Reads and changes runs in one KV database. */
@@ -116,7 +120,10 @@ export class Store {
     this.queues = options.queues ?? true;
     this.clock = options.clock ?? systemClock;
     // remote KV allows 10 checks per commit; local files and memory allow 100
-    this.committer = new GroupCommitter(kv, { checks: this.queues ? 100 : 10 });
+    this.committer = new GroupCommitter(kv, {
+      checks: this.queues ? 100 : 10,
+      group: options.groupCommit ?? true,
+    });
   }
 
   /**
@@ -126,6 +133,7 @@ export class Store {
    */
   async createRun(pipeline: Pipeline<unknown>, input: CreateRunInput = {}): Promise<RunRecord> {
     const run = this.newRun(pipeline, input);
+    if (input.idempotencyKey !== undefined) checkIdempotencyKey(input.idempotencyKey);
     const op = this.kv.atomic();
     this.addRunCreation(op, run);
     if (input.idempotencyKey !== undefined) {
@@ -156,14 +164,21 @@ export class Store {
   /**
    * A new run record, queued and due now, with validated params.
    *
-   * @throws {UsageError} on params that fail the schema or a malformed date
+   * @throws {UsageError} on params that fail the schema or are too large to store, a
+   * malformed date, or an id that is not a valid run id
    */
   newRun(pipeline: Pipeline<unknown>, input: CreateRunInput = {}): RunRecord {
+    if (input.id !== undefined && !isRunId(input.id)) {
+      throw new UsageError(
+        `Invalid run id ${quoteClipped(input.id)}: use 1 to ${MAX_RUN_ID_LENGTH} letters, ` +
+          `digits, '_', '.', ':' or '-', starting with a letter or digit`,
+      );
+    }
     const params = validateParams(pipeline, input.params ?? {});
     const now = this.clock.now();
     const logicalDate = input.logicalDate ?? new Date(now).toISOString().slice(0, 10);
     checkDate(logicalDate);
-    return {
+    const run: RunRecord = {
       id: input.id ?? newRunId(now),
       pipeline: pipeline.name,
       version: pipeline.version,
@@ -182,6 +197,18 @@ export class Store {
       failures: 0,
       takeovers: 0,
     };
+    // Refused here, not by KV in the middle of the run: the record grows later (an error
+    // message of up to 4,000 characters), and every change rewrites it whole.
+    const size = v8.serialize(run).byteLength;
+    if (size > MAX_RUN_RECORD_BYTES) {
+      throw new UsageError(
+        `Invalid params for '${pipeline.name}': too large to store with the run (the run ` +
+          `record would take ${size} bytes, at most ${MAX_RUN_RECORD_BYTES}; pass large ` +
+          `inputs by reference, such as a URL or a file name)`,
+        "invalid_params",
+      );
+    }
+    return run;
   }
 
   /**
@@ -195,7 +222,9 @@ export class Store {
       .set(keys.runsByTime(at, run.id), run.pipeline)
       .set(keys.runsByPipeline(run.pipeline, at, run.id), run.status)
       .set(keys.runsByStatus(run.status, at, run.id), run.pipeline)
-      .set(keys.activeRun(run.pipeline, run.id), at);
+      .set(keys.runsByPipelineStatus(run.pipeline, run.status, at, run.id), null);
+    // a run imported as already ended (a history) is not active
+    if (!TERMINAL.has(run.status)) op.set(keys.activeRun(run.pipeline, run.id), at);
     if (run.dueAt !== null) op.set(keys.due(run.dueAt, run.id), run.id);
     this.hint(op, run.id, 0);
   }
@@ -310,24 +339,26 @@ export class Store {
     if (options.cursor !== undefined && !/^[A-Za-z0-9_=+/-]{1,2048}$/.test(options.cursor)) {
       throw new UsageError(`Invalid cursor: ${JSON.stringify(options.cursor.slice(0, 80))}`);
     }
-    const prefix = options.status
+    // Each filter has its own index, so a page reads `limit` entries however many runs
+    // the other filters leave out.
+    const prefix = options.status && options.pipeline
+      ? keys.runsByPipelineStatusPrefix(options.pipeline, options.status)
+      : options.status
       ? keys.runsByStatusPrefix(options.status)
       : options.pipeline
       ? keys.runsByPipelinePrefix(options.pipeline)
       : keys.runsByTimePrefix();
-    const filterPipeline = options.status && options.pipeline ? options.pipeline : undefined;
     const runs: RunRecord[] = [];
-    let iter: Deno.KvListIterator<string>;
+    let iter: Deno.KvListIterator<unknown>;
     try {
-      iter = this.kv.list<string>({ prefix }, {
+      iter = this.kv.list({ prefix }, {
         reverse: true,
         cursor: options.cursor,
-        limit: filterPipeline ? undefined : limit,
-        batchSize: Math.min(limit * (filterPipeline ? 4 : 1), 500),
+        limit,
+        batchSize: Math.min(limit, 500),
       });
       const ids: string[] = [];
       for await (const e of iter) {
-        if (filterPipeline && e.value !== filterPipeline) continue;
         ids.push(e.key[e.key.length - 1] as string);
         if (ids.length === limit) break;
       }
@@ -391,7 +422,7 @@ export class Store {
     // Claims of different runs touch disjoint keys: they may share a commit.
     const result = await this.committer.commit({
       checks: 2,
-      mutations: 8,
+      mutations: 12,
       bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
       apply: (op) => {
         op.check(runEntry, leaseEntry)
@@ -471,21 +502,26 @@ export class Store {
     if (!runEntry.value || runEntry.value.status !== run.status) {
       throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
     }
-    for (let i = 0; i < writes.length; i += 900) {
+    // Thousands of fan-out items take several commits, each within KV's limits on
+    // mutations and on key bytes (80 KiB: long names make long item keys).
+    const batches: [Deno.KvKey, unknown][][] = [[]];
+    let keyBytes = 0;
+    for (const write of writes) {
+      const size = keySize(write[0]);
+      if (batches[batches.length - 1].length >= 900 || keyBytes + size > 60_000) {
+        batches.push([]);
+        keyBytes = 0;
+      }
+      batches[batches.length - 1].push(write);
+      keyBytes += size;
+    }
+    for (const [i, batch] of batches.entries()) {
       const op = this.kv.atomic().check(runEntry);
-      for (const [key, value] of writes.slice(i, i + 900)) {
+      for (const [key, value] of batch) {
         if (value === null) op.delete(key);
         else op.set(key, value);
       }
-      const last = i + 900 >= writes.length;
-      if (last) this.#finishRequeue(op, run, next);
-      if (!(await commitAtomic(op)).ok) {
-        throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
-      }
-    }
-    if (writes.length === 0) {
-      const op = this.kv.atomic().check(runEntry);
-      this.#finishRequeue(op, run, next);
+      if (i === batches.length - 1) this.#finishRequeue(op, run, next);
       if (!(await commitAtomic(op)).ok) {
         throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
       }
@@ -548,13 +584,35 @@ export class Store {
     throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
   }
 
-  /** Ids of runs whose due-index entry is at or before `now`, oldest first. */
+  /**
+   * Ids of runs whose due-index entry is at or before `now`, oldest first. An entry that
+   * disagrees with its run record (no such run, or the run is due at another time or not
+   * at all) is deleted instead of returned: left in place, every sweep would list it
+   * again, and entries at the head of the index would hide the due work behind them.
+   */
   async dueRuns(now: number, limit: number): Promise<string[]> {
-    const ids: string[] = [];
+    const entries: [number, string][] = [];
     const iter = this.kv.list<string>({ prefix: keys.duePrefix(), end: keys.due(now + 1, "") }, {
       limit,
     });
-    for await (const e of iter) ids.push(e.value);
+    for await (const e of iter) entries.push([e.key[2] as number, e.key[3] as string]);
+    const ids: string[] = [];
+    for (let i = 0; i < entries.length; i += 10) {
+      const chunk = entries.slice(i, i + 10);
+      const runs = await this.kv.getMany<RunRecord[]>(chunk.map(([, id]) => keys.run(id)));
+      // Checked against the run as read, so a run that moved meanwhile keeps its entry.
+      const drop = this.kv.atomic();
+      let stale = 0;
+      chunk.forEach(([at, id], j) => {
+        if (runs[j].value?.dueAt === at) {
+          ids.push(id);
+          return;
+        }
+        drop.check(runs[j]).delete(keys.due(at, id));
+        stale++;
+      });
+      if (stale > 0) await commitAtomic(drop);
+    }
     return ids;
   }
 
@@ -596,11 +654,48 @@ export function moveStatus(op: Deno.AtomicOperation, before: RunRecord, after: R
   op.delete(keys.runsByStatus(before.status, before.createdAt, before.id));
   op.set(keys.runsByStatus(after.status, after.createdAt, after.id), after.pipeline);
   op.set(keys.runsByPipeline(after.pipeline, after.createdAt, after.id), after.status);
+  op.delete(keys.runsByPipelineStatus(before.pipeline, before.status, before.createdAt, before.id));
+  op.set(keys.runsByPipelineStatus(after.pipeline, after.status, after.createdAt, after.id), null);
   if (TERMINAL.has(after.status)) op.delete(keys.activeRun(after.pipeline, after.id));
   else op.set(keys.activeRun(after.pipeline, after.id), after.createdAt);
 }
 
-const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$/;
+/** Most characters of a run id (ids are ASCII: a byte each in a key). */
+export const MAX_RUN_ID_LENGTH = 200;
+const RUN_ID = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,${MAX_RUN_ID_LENGTH - 1}}$`);
+/** Most characters of an idempotency key; with a pipeline's name its KV key stays short. */
+export const MAX_IDEMPOTENCY_KEY_LENGTH = 255;
+/**
+ * Most bytes a new run record may take in KV (a value may take 64 KiB): the rest is room
+ * for what a run adds later, such as its error.
+ */
+export const MAX_RUN_RECORD_BYTES = 48 * 1024;
+
+/** A value for a one-line message: quoted, and cut after 80 characters. */
+function quoteClipped(value: string): string {
+  return value.length <= 80
+    ? JSON.stringify(value)
+    : `${JSON.stringify(value.slice(0, 80))}… (${value.length} characters)`;
+}
+
+/**
+ * Checks an idempotency key: 1 to {@linkcode MAX_IDEMPOTENCY_KEY_LENGTH} characters,
+ * without control characters.
+ *
+ * @throws {UsageError} on any other value
+ */
+function checkIdempotencyKey(key: unknown): void {
+  if (
+    typeof key !== "string" || key.length === 0 || key.length > MAX_IDEMPOTENCY_KEY_LENGTH ||
+    /\p{Cc}/u.test(key)
+  ) {
+    throw new UsageError(
+      `Invalid idempotency key ${
+        typeof key === "string" ? quoteClipped(key) : String(key)
+      }: use 1 to ${MAX_IDEMPOTENCY_KEY_LENGTH} characters without control characters`,
+    );
+  }
+}
 
 /** Whether a string can be a run id (so unknown ids fail fast, before KV sees them). */
 export function isRunId(value: string): boolean {
@@ -616,59 +711,132 @@ export function newRunId(now: number): string {
 }
 
 /**
- * Validates params against a pipeline's schema.
+ * Validates params against a pipeline's schema. What passes is plain data: objects,
+ * arrays, strings, finite numbers, booleans, null and dates, so KV stores it as it is and
+ * every JSON answer and `status --json` can show it.
  *
- * @throws {UsageError} naming each field that fails, with code `invalid_params`
+ * @throws {UsageError} naming each field that fails, with code `invalid_params` and the
+ * problems as `issues`
  */
 export function validateParams(
   pipeline: Pipeline<unknown>,
   params: unknown,
 ): Record<string, unknown> {
-  if (params === null || typeof params !== "object" || Array.isArray(params)) {
-    throw new UsageError(
-      `Invalid params for '${pipeline.name}': expected an object`,
+  const refuse = (issues: { path: PropertyKey[]; message: string }[], reason?: string) =>
+    new UsageError(
+      `Invalid params for '${pipeline.name}': ${
+        reason ?? issues.map((i) => `${paramPath(i.path)}: ${oneLine(i.message)}`).join("; ")
+      }`,
       "invalid_params",
+      issues,
     );
+  if (params === null || typeof params !== "object" || Array.isArray(params)) {
+    throw refuse([{ path: [], message: "Expected an object" }], "expected an object");
   }
   if (!pipeline.params) {
     const names = Object.keys(params);
     if (names.length > 0) {
-      throw new UsageError(
-        `Invalid params for '${pipeline.name}': it takes no params, got ${names.join(", ")}`,
-        "invalid_params",
+      throw refuse(
+        names.map((k) => ({ path: [k], message: "Unknown param" })),
+        `it takes no params, got ${names.map(paramName).join(", ")}`,
       );
     }
     return {};
   }
   const result = pipeline.params.safeParse(params);
   if (!result.success) {
-    const issues = result.error.issues.map((i) =>
-      `${i.path.length ? i.path.join(".") : "(params)"}: ${i.message}`
-    );
-    throw new UsageError(
-      `Invalid params for '${pipeline.name}': ${issues.join("; ")}`,
-      "invalid_params",
-    );
+    throw refuse(result.error.issues.map((i) => ({ path: [...i.path], message: i.message })));
   }
   const value = result.data;
   // zod objects drop unknown keys silently; a typo in a param name must not pass unseen.
-  // Known keys come from the schema's shape, else from what the parsed value kept.
+  // Known keys come from the schema's shape, else from what the parsed value kept; own
+  // keys only, or `constructor` and `__proto__` would pass as known.
   const shape = (pipeline.params as { shape?: Record<string, unknown> }).shape;
   const known = (k: string) =>
-    shape ? k in shape : value !== null && typeof value === "object" && k in value;
+    shape
+      ? Object.hasOwn(shape, k)
+      : value !== null && typeof value === "object" && Object.hasOwn(value, k);
   const unknownParams = Object.keys(params).filter((k) => !known(k));
   if (unknownParams.length > 0) {
-    throw new UsageError(
-      `Invalid params for '${pipeline.name}': unknown param${
-        unknownParams.length === 1 ? "" : "s"
-      } ${unknownParams.join(", ")}${shape ? ` (known: ${Object.keys(shape).join(", ")})` : ""}`,
-      "invalid_params",
+    throw refuse(
+      unknownParams.map((k) => ({ path: [k], message: "Unknown param" })),
+      `unknown param${unknownParams.length === 1 ? "" : "s"} ${
+        unknownParams.map(paramName).join(", ")
+      }${shape ? ` (known: ${Object.keys(shape).join(", ")})` : ""}`,
     );
   }
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new UsageError(`Invalid params schema of '${pipeline.name}': it must produce an object`);
   }
+  const problem = notPlainData(value, [], []);
+  if (problem) throw refuse([problem]);
   return value as Record<string, unknown>;
+}
+
+/** How deep params may nest: no real config is deeper, and checking must not blow the stack. */
+const MAX_PARAMS_DEPTH = 64;
+
+/** Where a value stops being plain data (see {@linkcode validateParams}), or null. */
+function notPlainData(
+  value: unknown,
+  path: PropertyKey[],
+  parents: object[],
+): { path: PropertyKey[]; message: string } | null {
+  if (typeof value === "number") {
+    return Number.isFinite(value) ? null : { path, message: `${value} is not a finite number` };
+  }
+  if (value === null || typeof value === "string" || typeof value === "boolean") return null;
+  if (typeof value !== "object") {
+    const what = typeof value === "bigint"
+      ? "a BigInt"
+      : value === undefined
+      ? "undefined"
+      : `a ${typeof value}`;
+    return { path, message: `${what} is not JSON data` };
+  }
+  if (value instanceof Date) {
+    return Number.isNaN(value.getTime()) ? { path, message: "Invalid Date" } : null;
+  }
+  if (parents.includes(value)) return { path, message: "the value refers to itself" };
+  if (parents.length >= MAX_PARAMS_DEPTH) {
+    return { path, message: `nests deeper than ${MAX_PARAMS_DEPTH} levels` };
+  }
+  const inside = [...parents, value];
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const problem = notPlainData(value[i], [...path, i], inside);
+      if (problem) return problem;
+    }
+    return null;
+  }
+  const proto = Object.getPrototypeOf(value);
+  if (proto !== Object.prototype && proto !== null) {
+    return { path, message: `a ${proto?.constructor?.name || "class instance"} is not JSON data` };
+  }
+  for (const [k, v] of Object.entries(value)) {
+    // an optional param given as undefined is an absent one
+    if (v === undefined) continue;
+    const problem = notPlainData(v, [...path, k], inside);
+    if (problem) return problem;
+  }
+  return null;
+}
+
+/** A param's name for a one-line message: quoted when it has spaces, controls or quotes. */
+function paramName(key: PropertyKey): string {
+  const text = String(key);
+  return /^[^\s\p{C}"]{1,80}$/u.test(text)
+    ? text
+    : JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}…` : text);
+}
+
+/** A schema's message with control characters escaped: it may quote a key a user sent. */
+function oneLine(message: string): string {
+  return message.replace(/\p{Cc}/gu, (c) => JSON.stringify(c).slice(1, -1));
+}
+
+function paramPath(path: readonly PropertyKey[]): string {
+  return path.length ? path.map(paramName).join(".") : "(params)";
 }
 
 function checkDate(date: string): void {

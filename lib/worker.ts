@@ -238,6 +238,13 @@ export class Worker {
       if (this.#stopping?.mode === "release") void driver.release(this.#stopping.graceMs);
       if (this.#stopping?.mode === "interrupt") void driver.interrupt(this.#stopping.reason);
       const outcome = await driver.done;
+      if (outcome === "lost") {
+        // Paused past its deadline, cancelled, or taken over: an operator should know
+        // why this worker dropped a run it was driving.
+        console.error(
+          `kvflow: run ${runId}: lost its lease (cancelled, or taken over by another worker); results of this worker's attempts were not stored`,
+        );
+      }
       if (outcome === "waiting") await this.#timeWakeUp(runId);
       return outcome;
     } finally {
@@ -302,7 +309,8 @@ export class Worker {
   async idle(): Promise<void> {
     while (this.#active.size > 0) {
       const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
-      if (drivers.length > 0) await Promise.all(drivers.map((d) => d.done));
+      // a driver that KV failed rejects `done`; `execute` reports that, not this wait
+      if (drivers.length > 0) await Promise.all(drivers.map((d) => d.done.catch(() => {})));
       else await new Promise((r) => setTimeout(r, 5));
     }
   }

@@ -172,6 +172,9 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
     "fan-six",
     "flaky-once",
     "ticking",
+    "chaos",
+    "chaos-tick",
+    "fenced",
   ]);
   const example = byName.get("example")!;
   assert.deepEqual(example.steps.map((s) => s.name), [

@@ -1,6 +1,7 @@
 /** Bugs found in review, each kept from coming back. */
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
+import * as keys from "../lib/keys.ts";
 
 function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -98,4 +99,36 @@ Deno.test("many long item errors finishing together stay within a commit's size 
   const end = await engine.runToEnd(run.id);
   assert.equal(end.status, "failed");
   assert.match(end.error?.message ?? "", /100 of 100 items failed/);
+});
+
+Deno.test("due-index entries that disagree with their run are dropped and hold back no due work", async () => {
+  const only = step("only", () => 1);
+  const p = pipeline("one", { steps: [only] });
+  // No queues: the sweep alone finds due work, at most maxRuns entries a look.
+  await using engine = await openEngine({
+    path: ":memory:",
+    queues: false,
+    pipelines: [p],
+    maxRuns: 2,
+    pollMs: 20,
+  });
+  const ended = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(ended.id)).status, "succeeded");
+  // Entries older than any due work: two of a run that ended, one of a run that is gone.
+  const old = Date.now() - 60_000;
+  await engine.kv.atomic()
+    .set(keys.due(old, ended.id), ended.id)
+    .set(keys.due(old + 1, "20200101-000000-gone00"), "20200101-000000-gone00")
+    .set(keys.due(old + 2, ended.id), ended.id)
+    .commit();
+  const run = await engine.store.createRun(p);
+  engine.worker.start();
+  const deadline = Date.now() + 5000;
+  while ((await engine.store.getRun(run.id))?.status !== "succeeded") {
+    assert.ok(Date.now() < deadline, "the run behind the stale entries never ran");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const left = [];
+  for await (const e of engine.kv.list({ prefix: keys.duePrefix() })) left.push(e.key);
+  assert.deepEqual(left, []);
 });
