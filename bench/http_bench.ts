@@ -52,7 +52,10 @@ function stats(samples: number[]): Stats {
 }
 
 /** Writes `count` finished runs; returns the ids of those with full details. */
-async function populate(path: string, count: number): Promise<{ detailed: string[]; ms: number }> {
+export async function populate(
+  path: string,
+  count: number,
+): Promise<{ detailed: string[]; ms: number }> {
   const kv = await Deno.openKv(path);
   const started = performance.now();
   const detailed: string[] = [];
@@ -206,7 +209,9 @@ async function populate(path: string, count: number): Promise<{ detailed: string
 }
 
 /** The serving process: the real CLI's `serve` on the populated file. */
-async function startServer(kvPath: string): Promise<{ child: Deno.ChildProcess; url: string }> {
+export async function startServer(
+  kvPath: string,
+): Promise<{ child: Deno.ChildProcess; url: string }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "main.ts", "serve", "--port", "0"],
     cwd: ROOT,
@@ -232,13 +237,13 @@ async function startServer(kvPath: string): Promise<{ child: Deno.ChildProcess; 
   }
 }
 
-function rssMiB(pid: number): number {
+export function rssMiB(pid: number): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
   const kb = Number(status.match(/VmRSS:\s+(\d+)\s+kB/)?.[1] ?? NaN);
   return Math.round(kb / 1024);
 }
 
-async function time(url: string, expect = 200): Promise<number> {
+export async function time(url: string, expect = 200): Promise<number> {
   const started = performance.now();
   const response = await fetch(url);
   await response.arrayBuffer();

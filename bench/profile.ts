@@ -10,7 +10,7 @@
  * @module
  */
 import { openEngine } from "../lib/mod.ts";
-import { chain } from "./run.ts";
+import { chain } from "./pipelines.ts";
 
 if (import.meta.main) {
   const steps = Number(Deno.args[0] ?? 1000);

@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { heartbeat, main as cli } from "../lib/cli.ts";
 import { type Pipeline, pipeline, type RunRecord, step, Store } from "../lib/mod.ts";
-import { diamond } from "./run.ts";
+import { diamond, waitingDiamond } from "./pipelines.ts";
 
 const SCHEDULED = pipeline("bench-tick", {
   schedule: { cron: "* * * * * *", timezone: "UTC", overlap: "allow" },
@@ -30,23 +30,6 @@ const SCHEDULED = pipeline("bench-tick", {
 const DIAMOND = diamond("bench-diamond");
 const WAITING = waitingDiamond("bench-waiting", 25);
 const REGISTRY = [DIAMOND, WAITING, SCHEDULED];
-
-/** The same diamond, each step waiting `ms` first, as a step that calls a service would. */
-function waitingDiamond(name: string, ms: number): Pipeline<unknown> {
-  const wait = () => new Promise((resolve) => setTimeout(resolve, ms));
-  const load = step("load", async () => (await wait(), { n: 1 }));
-  const left = step("left", { needs: { load } }, async ({ load }) => (await wait(), load.n + 1));
-  const right = step("right", { needs: { load } }, async ({ load }) => (await wait(), load.n + 2));
-  const join = step("join", { needs: { left, right } }, async ({ left, right }) => {
-    await wait();
-    return left + right;
-  });
-  const report = step("report", { needs: { join } }, async ({ join }) => {
-    await wait();
-    return `sum=${join}`;
-  });
-  return pipeline(name, { steps: [load, left, right, join, report] }) as Pipeline<unknown>;
-}
 
 /** Sizes of one bench run. */
 interface Sizes {

@@ -1,0 +1,76 @@
+/**
+ * Small helpers shared by the benchmarks: statistics, formatting, time limits.
+ *
+ * @module
+ */
+
+/**
+ * Time limit of one section, ms (`KVFLOW_BENCH_TIMEOUT_MS` overrides it); a section past it
+ * stops after its current measurement.
+ */
+export const TIMEOUT_MS = Number(Deno.env.get("KVFLOW_BENCH_TIMEOUT_MS") ?? 300_000);
+
+/** Rejects when `promise` takes longer than `ms`. */
+export function withTimeout<T>(promise: Promise<T>, label: string, ms = TIMEOUT_MS): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${label}: timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The `p`-th percentile (0–100) of an ascending array. */
+export function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))];
+}
+
+/** The median (the lower one of an even count). */
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+/** Latency statistics, ms. */
+export interface Latency {
+  n: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+/** p50, p99 and max of samples. */
+export function latency(samples: number[]): Latency {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return {
+    n: sorted.length,
+    p50: percentile(sorted, 50),
+    p99: percentile(sorted, 99),
+    max: sorted[sorted.length - 1],
+  };
+}
+
+/** A number with a fixed count of decimals and thousands separators. */
+export function fmt(n: number, digits = 2): string {
+  return n.toLocaleString("en-US", {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+/** A Markdown table; the first row is the header. */
+export function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  const line = (r: string[]) => `| ${r.map((cell, c) => cell.padEnd(widths[c])).join(" | ")} |`;
+  return [line(rows[0]), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`]
+    .concat(rows.slice(1).map(line)).join("\n");
+}
+
+/** Resolves after `ms`. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A line on stderr, prefixed. */
+export function log(s: string): void {
+  console.error(`bench: ${s}`);
+}

@@ -1,0 +1,115 @@
+/**
+ * The processes the benchmarks start. `deno run -A bench/entry.ts <command> …` is the CLI
+ * (`main.ts`, with its heartbeat cron) with the benchmark pipelines registered next to the
+ * real ones, as a user's own entrypoint would be: the worker processes and the killed and
+ * resumed runs of `bench/run.ts` use it. `bench/entry.ts rss <kv-path> <runs>` is the
+ * memory benchmark's process (run it with `--v8-flags=--expose-gc`): it prints one JSON
+ * line of memory figures.
+ *
+ * @module
+ */
+import { heartbeat, main } from "../lib/cli.ts";
+import { openEngine, type Pipeline } from "../lib/mod.ts";
+import { pipelines } from "../pipelines/mod.ts";
+import { diamond, PARKED, parking, RESTART } from "./pipelines.ts";
+import { sleep } from "./_util.ts";
+
+/** The pipelines the benchmark processes know, besides the real ones. */
+export const BENCH_DIAMOND = diamond("bench-diamond");
+
+const REGISTRY = [...pipelines, BENCH_DIAMOND, RESTART] as Pipeline<unknown>[];
+
+/** Memory of a process, MiB. */
+export interface Memory {
+  rssMiB: number;
+  heapUsedMiB: number;
+}
+
+/** What the memory benchmark's process prints. */
+export interface RssReport {
+  runs: number;
+  /** Engine open, worker started, nothing to do; after a GC. */
+  idle: Memory;
+  /** Every run parked in its running step. */
+  active: Memory;
+  /** The same after a forced GC. */
+  activeAfterGc: Memory;
+  /** After the runs were released and all succeeded, and a GC. */
+  after: Memory;
+  /** Wall ms from the first creation until every run was in its step. */
+  parkMs: number;
+}
+
+function memory(): Memory {
+  const m = Deno.memoryUsage();
+  return { rssMiB: m.rss / 2 ** 20, heapUsedMiB: m.heapUsed / 2 ** 20 };
+}
+
+async function collect(): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error("Run the rss process with --v8-flags=--expose-gc");
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await sleep(20);
+  }
+}
+
+/** `runs` runs parked in a running step at once in one engine; memory before, during, after. */
+async function rss(path: string, runs: number): Promise<RssReport> {
+  let succeeded = 0;
+  const engine = await openEngine({
+    path,
+    pipelines: [PARKED],
+    maxRuns: runs,
+    maxSteps: runs,
+    onAlert: () => {},
+    onEvent: (e) => {
+      if (e.type === "run" && e.run.status === "succeeded") succeeded++;
+    },
+  });
+  try {
+    engine.worker.start();
+    await sleep(300);
+    await collect();
+    const idle = memory();
+    parking.reset();
+    const t0 = performance.now();
+    for (let i = 0; i < runs; i += 16) {
+      const batch = Array.from(
+        { length: Math.min(16, runs - i) },
+        () => engine.store.createRun(PARKED),
+      );
+      for (const run of await Promise.all(batch)) engine.worker.poke(run.id);
+    }
+    const deadline = Date.now() + 120_000;
+    while (parking.entered < runs) {
+      if (Date.now() > deadline) throw new Error(`only ${parking.entered} of ${runs} parked`);
+      await sleep(10);
+    }
+    const parkMs = performance.now() - t0;
+    await sleep(200);
+    const active = memory();
+    await collect();
+    const activeAfterGc = memory();
+    parking.release();
+    while (succeeded < runs) {
+      if (Date.now() > deadline) throw new Error(`only ${succeeded} of ${runs} succeeded`);
+      await sleep(10);
+    }
+    await collect();
+    return { runs, idle, active, activeAfterGc, after: memory(), parkMs };
+  } finally {
+    await engine.close(1000);
+  }
+}
+
+if (import.meta.main) {
+  if (Deno.args[0] === "rss") {
+    console.log(JSON.stringify(await rss(Deno.args[1], Number(Deno.args[2]))));
+    Deno.exit(0);
+  }
+  if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {
+    Deno.cron("kvflow heartbeat", "* * * * *", heartbeat);
+  }
+  Deno.exit(await main(Deno.args, { pipelines: REGISTRY }));
+}
