@@ -32,6 +32,7 @@ import {
   type AttemptRecord,
   attemptRecord,
   crashError,
+  crashTask,
   failAttempt,
   idempotencyKey,
   isReady,
@@ -216,7 +217,9 @@ export class RunDriver {
     this.#run = options.claim.run;
     this.#lease = options.claim.lease;
     this.#leaseVersion = options.claim.leaseVersion;
-    this.#indexKeyBytes = keySize(keys.runsByPipeline(this.#run.pipeline, 0, this.#run.id));
+    this.#indexKeyBytes = keySize(
+      keys.runsByPipelineStatus(this.#run.pipeline, "cancelled", 0, this.#run.id),
+    );
     this.done = new Promise((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
@@ -241,7 +244,7 @@ export class RunDriver {
         : toMs(def.timeout, `timeout of step '${def.name}'`);
       let record = stored.get(def.name) ?? pendingTask();
       if (record.status === "running" && !def.fanOut) {
-        record = this.#recoverCrash(def.name, -1, record, retry, now);
+        record = this.#recoverCrash(def.name, -1, record, now);
         this.#write(keys.step(this.#run.id, def.name), record);
       }
       // Steps come in topological order, so the slots of its needs exist already.
@@ -516,12 +519,11 @@ export class RunDriver {
     step: string,
     item: number,
     record: TaskRecord,
-    retry: ResolvedRetry,
     now: number,
   ): TaskRecord {
     const error = crashError(record.attempt);
     this.#writeAttempt(attemptRecord(step, item, record, "crashed", error, [], now));
-    return failAttempt(record, now, error, retry.attempts, 0);
+    return crashTask(record, now);
   }
 
   async #expand(slot: StepSlot): Promise<void> {
@@ -567,7 +569,7 @@ export class RunDriver {
           continue;
         }
         if (record.status === "running") {
-          record = this.#recoverCrash(name, i, record, slot.retry, now);
+          record = this.#recoverCrash(name, i, record, now);
           this.#write(keys.item(this.#run.id, name, i), record);
         }
         trackItem(fan, i, record);
@@ -1006,10 +1008,11 @@ export class RunDriver {
       }
       const result = await this.#o.store.committer.commit({
         checks: 1,
-        // run ops move indexes and may delete the lease and enqueue: at most 10 mutations
+        // run ops move indexes, due entry and counts (moveDue, moveStatus) or delete the
+        // lease and enqueue: at most 10 mutations, on keys no longer than an index key
         mutations: batch.length + (last ? runOps.length * 10 : 0),
         bytes: size + (last ? runOps.length * 1024 : 0),
-        keyBytes: batchKeyBytes + (last ? runOps.length * 5 * this.#indexKeyBytes : 0),
+        keyBytes: batchKeyBytes + (last ? runOps.length * 10 * this.#indexKeyBytes : 0),
         apply: (op) => {
           op.check(lease);
           for (const w of batch) {

@@ -119,7 +119,19 @@ export interface TaskRecord {
   output?: Stored;
   /** For a fan-out step: how many items its list had. */
   items?: number;
+  /**
+   * Attempts that ended because their worker died (crash, kill or lost lease) since the
+   * last resume or rerun. They do not spend the retry policy's attempts: a step whose
+   * worker died runs again even with `attempts: 1`, up to {@link MAX_CRASHES} times.
+   */
+  crashes?: number;
 }
+
+/**
+ * How many times in a row a task's worker may die under it before the run fails: a step
+ * that takes its process down each time (out of memory, say) must not loop for ever.
+ */
+export const MAX_CRASHES = 10;
 
 /** One line logged by a step. */
 export interface LogLine {
@@ -244,7 +256,7 @@ export function failAttempt(
   attemptsAllowed: number,
   delayMs: number,
 ): TaskRecord {
-  if (error.retryable && task.attempt < attemptsAllowed) {
+  if (error.retryable && task.attempt - (task.crashes ?? 0) < attemptsAllowed) {
     return { ...task, status: "retrying", endedAt: now, nextAt: now + delayMs, error };
   }
   return { ...task, status: "failed", endedAt: now, nextAt: null, error };
@@ -273,6 +285,31 @@ export function crashError(attempt: number): ErrorInfo {
     message:
       `The worker running attempt ${attempt} stopped before it finished (crash, kill or lost lease)`,
     retryable: true,
+  };
+}
+
+/**
+ * The record of a task whose attempt was running when its worker died: due again at once,
+ * without spending a retry attempt, unless its workers died {@link MAX_CRASHES} times.
+ */
+export function crashTask(task: TaskRecord, now: number): TaskRecord {
+  const crashes = (task.crashes ?? 0) + 1;
+  if (crashes > MAX_CRASHES) {
+    const error: ErrorInfo = {
+      name: "WorkerLost",
+      message:
+        `The worker running this step stopped ${crashes} times before it finished (crash, kill or lost lease); kvflow stopped trying. Fix what takes the worker down, then resume the run`,
+      retryable: false,
+    };
+    return { ...task, status: "failed", endedAt: now, nextAt: null, error, crashes };
+  }
+  return {
+    ...task,
+    status: "retrying",
+    endedAt: now,
+    nextAt: now,
+    error: crashError(task.attempt),
+    crashes,
   };
 }
 

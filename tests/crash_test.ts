@@ -47,6 +47,63 @@ Deno.test("SIGKILL mid-step: resume takes over the dead lease at once and re-run
   );
 });
 
+Deno.test("a step killed with its worker runs again even with attempts: 1; crashes do not spend retries", async () => {
+  await using box = await Sandbox.create();
+  const env = { GATED: "s3", FIVE_ATTEMPTS: "1" };
+  const first = box.spawn(["run", "tests/fixtures/five.ts"], { env });
+  await box.waitForLedger("s3 attempt 1", (l) => l.step === "s3" && l.attempt === 1);
+  first.kill("SIGKILL");
+  const id = runIdOf((await first.exit()).stdout);
+  // killed again while its second attempt runs
+  const second = box.spawn(["resume", id], { env });
+  await box.waitForLedger("s3 attempt 2", (l) => l.step === "s3" && l.attempt === 2);
+  second.kill("SIGKILL");
+  assert.equal((await second.exit()).signal, "SIGKILL");
+
+  await box.openGate("s3");
+  const resumed = await box.cli(["resume", id], { env });
+  assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
+  const status = await box.status(id);
+  assert.equal(status.status, "succeeded");
+  assert.deepEqual(
+    status.attempts.filter((a) => a.step === "s3").map((a) => `${a.n}:${a.status}`),
+    ["1:crashed", "2:crashed", "3:succeeded"],
+  );
+  assert.deepEqual(lines(await box.ledger(), "s3", "done").map((l) => l.attempt), [3]);
+});
+
+Deno.test("a step that takes its worker down every time fails the run after 10 crashes, with a clear error", async () => {
+  await using box = await Sandbox.create();
+  const env = { GATED: "s2", FIVE_ATTEMPTS: "1" };
+  let id = "";
+  for (let attempt = 1; attempt <= 11; attempt++) {
+    const proc = box.spawn(id ? ["resume", id] : ["run", "tests/fixtures/five.ts"], { env });
+    await box.waitForLedger(
+      `s2 attempt ${attempt}`,
+      (l) => l.step === "s2" && l.attempt === attempt,
+      30_000,
+    );
+    proc.kill("SIGKILL");
+    const exit = await proc.exit();
+    if (!id) id = runIdOf(exit.stdout);
+  }
+  // The next holder sees the eleventh crash and gives up instead of starting s2 again.
+  const last = await box.cli(["resume", id], { env });
+  assert.equal(last.code, 1, last.stdout + last.stderr);
+  assert.match(last.stdout, /stopped 11 times before it finished/);
+  assert.doesNotMatch(last.stdout + last.stderr, /^\s+at /m);
+  const status = await box.status(id);
+  assert.equal(status.status, "failed");
+  assert.equal(lines(await box.ledger(), "s2").length, 11);
+  assert.deepEqual(status.steps.map((s) => s.status), [
+    "succeeded",
+    "failed",
+    "skipped",
+    "skipped",
+    "skipped",
+  ]);
+});
+
 Deno.test("resume after a code fix re-imports the changed module and skips checkpointed steps", async () => {
   await using box = await Sandbox.create();
   const tmp = `${ROOT}tests/.tmp/${crypto.randomUUID().slice(0, 8)}`;
@@ -196,4 +253,30 @@ Deno.test("a retry due later survives a kill: a fresh worker runs it at its due 
   worker.kill("SIGTERM");
   const exit = await worker.exit();
   assert.equal(exit.code, 0, exit.stderr);
+});
+
+Deno.test("a worker restarted after SIGKILL takes over the dead worker's run at once, not after its lease", async () => {
+  await using box = await Sandbox.create();
+  // A lease this long would time the test out if the new worker waited for it.
+  const env = { GATED: "s3", KVFLOW_LEASE_MS: "120000", KVFLOW_POLL_MS: "100" };
+  const queued = await box.cli(["run", "five-steps", "--detach"], { entry: FIXTURE_CLI });
+  assert.equal(queued.code, 0, queued.stderr);
+  const id = queued.stdout.trim();
+
+  const a = box.spawn(["worker"], { entry: FIXTURE_CLI, env });
+  await box.waitForLedger("s3 started by A", (l) => l.step === "s3" && l.pid === a.pid);
+  a.kill("SIGKILL");
+  await a.exit();
+  const lease = (await box.withStore((store) => store.getLease(id))).value;
+  assert.equal(lease?.pid, a.pid);
+
+  await box.openGate("s3");
+  const b = box.spawn(["worker"], { entry: FIXTURE_CLI, env });
+  await box.waitForRun(id, (run) => run.status === "succeeded");
+  assert.ok(Date.now() < lease!.deadline - 60_000, "the new worker waited for the lease");
+  const ledger = await box.ledger();
+  assert.deepEqual(lines(ledger, "s3").map((l) => l.pid), [a.pid, b.pid]);
+  assert.deepEqual(lines(ledger, "s2").map((l) => l.pid), [a.pid]);
+  b.kill("SIGTERM");
+  assert.equal((await b.exit()).code, 0);
 });
