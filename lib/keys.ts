@@ -76,7 +76,9 @@ export function runsByStatusPrefix(status: string): Deno.KvKey {
 
 /**
  * Index of a pipeline's runs by status, then creation time: lists one pipeline's failed
- * runs without reading the other pipelines' failures.
+ * runs without reading the other pipelines' failures. The value `1` says the run is counted
+ * in {@linkcode runCount}; entries written before the counters existed hold `null` until
+ * the schema migration counts them.
  */
 export function runsByPipelineStatus(
   pipeline: string,
@@ -92,9 +94,37 @@ export function runsByPipelineStatusPrefix(pipeline: string, status: string): De
   return [ROOT, "runs_by_pipeline_status", pipeline, status];
 }
 
+/** Prefix of {@linkcode runsByPipeline} for every pipeline. */
+export function allRunsByPipelinePrefix(): Deno.KvKey {
+  return [ROOT, "runs_by_pipeline"];
+}
+
+/**
+ * How many runs of a pipeline have a status: a `Deno.KvU64` summed in every commit that
+ * creates a run or moves its status, the commit that also moves its index entries.
+ */
+export function runCount(pipeline: string, status: string): Deno.KvKey {
+  return [ROOT, "run_count", pipeline, status];
+}
+
+/** Prefix of every {@linkcode runCount}. */
+export function runCountPrefix(): Deno.KvKey {
+  return [ROOT, "run_count"];
+}
+
+/** The schema version of the database: which migrations it has had. */
+export function schema(): Deno.KvKey {
+  return [ROOT, "schema"];
+}
+
 /** The lease of a run: who may write its checkpoints, and until when. */
 export function lease(runId: string): Deno.KvKey {
   return [ROOT, "lease", runId];
+}
+
+/** Prefix of every {@linkcode lease}. */
+export function leasePrefix(): Deno.KvKey {
+  return [ROOT, "lease"];
 }
 
 /** An entry of the due-index: this run needs a look at time `at` (ms since epoch). */
@@ -150,6 +180,21 @@ export function blobChunk(runId: string, blobId: string, index: number): Deno.Kv
 /** Prefix of one blob's chunks. */
 export function blobPrefix(runId: string, blobId: string): Deno.KvKey {
   return [ROOT, "blob", runId, blobId];
+}
+
+/**
+ * A blob that its owner (a step's or item's output, an artifact) may not refer to: written
+ * with the blob's first chunks and deleted by the checkpoint that refers to it, or written
+ * when a rerun or a new artifact of the same name drops the reference. Whatever such a
+ * marker still names once no writer can refer to the blob any more is reclaimed.
+ */
+export function blobPending(runId: string, blobId: string): Deno.KvKey {
+  return [ROOT, "blob_pending", runId, blobId];
+}
+
+/** Prefix of a run's {@linkcode blobPending} markers. */
+export function blobPendingPrefix(runId: string): Deno.KvKey {
+  return [ROOT, "blob_pending", runId];
 }
 
 /** An artifact's metadata, by name. */

@@ -213,7 +213,8 @@ export class Store {
 
   /**
    * Adds to `op` the creation of `run`: a check that its id is new, the record, its
-   * indexes, its due-index entry and a queue hint.
+   * indexes, its count by pipeline and status, its due-index entry and a queue hint (at
+   * most 9 mutations).
    */
   addRunCreation(op: Deno.AtomicOperation, run: RunRecord): void {
     const at = run.createdAt;
@@ -222,7 +223,8 @@ export class Store {
       .set(keys.runsByTime(at, run.id), run.pipeline)
       .set(keys.runsByPipeline(run.pipeline, at, run.id), run.status)
       .set(keys.runsByStatus(run.status, at, run.id), run.pipeline)
-      .set(keys.runsByPipelineStatus(run.pipeline, run.status, at, run.id), null);
+      .set(keys.runsByPipelineStatus(run.pipeline, run.status, at, run.id), COUNTED)
+      .sum(keys.runCount(run.pipeline, run.status), 1n);
     // a run imported as already ended (a history) is not active
     if (!TERMINAL.has(run.status)) op.set(keys.activeRun(run.pipeline, run.id), at);
     if (run.dueAt !== null) op.set(keys.due(run.dueAt, run.id), run.id);
@@ -422,7 +424,7 @@ export class Store {
     // Claims of different runs touch disjoint keys: they may share a commit.
     const result = await this.committer.commit({
       checks: 2,
-      mutations: 12,
+      mutations: 14,
       bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
       apply: (op) => {
         op.check(runEntry, leaseEntry)
@@ -616,6 +618,21 @@ export class Store {
     return ids;
   }
 
+  /**
+   * Runs whose lease is held by a process of this host that is gone (see
+   * {@linkcode isDeadLocalHolder}): a worker started after a crash takes them over at
+   * once instead of waiting out their leases.
+   */
+  async orphanedRuns(holder: Omit<Lease, "deadline">, limit: number): Promise<string[]> {
+    const ids: string[] = [];
+    if (limit <= 0) return ids;
+    for await (const e of this.kv.list<Lease>({ prefix: keys.leasePrefix() })) {
+      if (isDeadLocalHolder(e.value, holder)) ids.push(e.key[2] as string);
+      if (ids.length >= limit) break;
+    }
+    return ids;
+  }
+
   /** The earliest due-index entry's time, or null when nothing is due. */
   async nextDue(): Promise<number | null> {
     for await (const e of this.kv.list({ prefix: keys.duePrefix() }, { limit: 1 })) {
@@ -648,17 +665,33 @@ export function moveDue(op: Deno.AtomicOperation, before: RunRecord, after: RunR
   if (after.dueAt !== null) op.set(keys.due(after.dueAt, after.id), after.id);
 }
 
-/** Adds to `op` the status-index move from `before.status` to `after.status`. */
+/**
+ * Adds to `op` the status-index move from `before.status` to `after.status`, and the move
+ * of the run from one per-status count to the other: 8 mutations at most. Every status
+ * change goes through here or {@linkcode Store.addRunCreation}, so the counts change in
+ * the commits that move the index entries and never drift from them.
+ */
 export function moveStatus(op: Deno.AtomicOperation, before: RunRecord, after: RunRecord): void {
   if (before.status === after.status) return;
   op.delete(keys.runsByStatus(before.status, before.createdAt, before.id));
   op.set(keys.runsByStatus(after.status, after.createdAt, after.id), after.pipeline);
   op.set(keys.runsByPipeline(after.pipeline, after.createdAt, after.id), after.status);
   op.delete(keys.runsByPipelineStatus(before.pipeline, before.status, before.createdAt, before.id));
-  op.set(keys.runsByPipelineStatus(after.pipeline, after.status, after.createdAt, after.id), null);
+  op.set(
+    keys.runsByPipelineStatus(after.pipeline, after.status, after.createdAt, after.id),
+    COUNTED,
+  );
+  op.sum(keys.runCount(before.pipeline, before.status), MINUS_ONE);
+  op.sum(keys.runCount(after.pipeline, after.status), 1n);
   if (TERMINAL.has(after.status)) op.delete(keys.activeRun(after.pipeline, after.id));
   else op.set(keys.activeRun(after.pipeline, after.id), after.createdAt);
 }
+
+/** Value of a {@linkcode keys.runsByPipelineStatus} entry whose run is in its count. */
+export const COUNTED = 1;
+
+/** Minus one for a `sum` on a `Deno.KvU64`, which adds modulo 2^64. */
+const MINUS_ONE = (1n << 64n) - 1n;
 
 /** Most characters of a run id (ids are ASCII: a byte each in a key). */
 export const MAX_RUN_ID_LENGTH = 200;

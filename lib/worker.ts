@@ -141,8 +141,8 @@ export class Worker {
   }
 
   /**
-   * Looks once at the schedules (through `beforeSweep`), at every due run, and every few
-   * sweeps at undelivered alerts.
+   * Looks once at the schedules (through `beforeSweep`), at every due run, at runs whose
+   * holder on this host died, and every few sweeps at undelivered alerts.
    */
   async sweep(): Promise<void> {
     if (this.#o.beforeSweep) {
@@ -166,6 +166,10 @@ export class Worker {
         }
       }
       if (due.length === limit) this.#backlog = true;
+      // Runs held by a dead process of this host: due only when their leases run out.
+      for (const runId of await this.#store.orphanedRuns(this.#holder, free - poked)) {
+        if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.poke(runId);
+      }
     } else {
       this.#backlog = true;
     }
