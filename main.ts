@@ -6,11 +6,11 @@
  * @module
  */
 import { heartbeat, main } from "./lib/cli.ts";
-import { startDeploy } from "./lib/deploy.ts";
 import { pipelines } from "./pipelines/mod.ts";
 
 if (Deno.env.get("DENO_DEPLOY") === "true") {
   // Deploy registers crons only while the module is first evaluated, before Deno.serve.
+  const { startDeploy } = await import("./lib/deploy.ts");
   const deployment = await startDeploy(pipelines);
   Deno.cron("kvflow heartbeat", "* * * * *", () => deployment.heartbeat());
   deployment.serve();

@@ -6,7 +6,6 @@
  *
  * @module
  */
-import nodemailer from "nodemailer";
 import * as keys from "./keys.ts";
 import { commitAtomic } from "./atomic.ts";
 
@@ -210,6 +209,8 @@ async function sendEmail(
   alert: AlertRecord,
   options: DeliverOptions,
 ): Promise<void> {
+  // loaded on first use: most processes never send mail, and it is slow to import
+  const nodemailer = (await import("nodemailer")).default;
   const transport = nodemailer.createTransport({
     url: email.smtpUrl,
     connectionTimeout: options.timeoutMs ?? 10_000,

@@ -17,7 +17,6 @@ import { validateParams } from "./store.ts";
 import { runAlerts } from "./alerts.ts";
 import { workerSettingsFromEnv } from "./config.ts";
 import { formatMs } from "./duration.ts";
-import { serve } from "./server.ts";
 import { scheduleView } from "./scheduler.ts";
 
 /** Where the CLI writes, and the pipelines it knows. */
@@ -480,6 +479,8 @@ class Cli {
     const engine = await this.#open(this.#context.pipelines);
     engine.worker.start();
     serving = engine;
+    // loaded only here: the HTTP service and dashboard are slow to import
+    const { serve } = await import("./server.ts");
     const server = serve(engine, {
       port,
       token: Deno.env.get("KVFLOW_TOKEN") || undefined,

@@ -104,5 +104,3 @@ export {
   type DeliverOptions,
 } from "./alerts.ts";
 export { type ArtifactMeta } from "./artifacts.ts";
-export { serve, type ServeOptions, type Server, type ServiceOptions } from "./server.ts";
-export { type Tokens } from "./http_auth.ts";
