@@ -82,7 +82,9 @@ interface Queued {
  * Each batch keeps its own checks, so it stays all-or-nothing and fenced. Callers must
  * only submit, at the same time, batches that touch disjoint keys (kvflow's checkpoints:
  * every key of a run's batch contains the run id, and one run's batches are serialized),
- * so one grouped commit equals the batches committed one after another. When a grouped
+ * so one grouped commit equals the batches committed one after another. Sums on a shared
+ * counter (runs by pipeline and status, lease takeovers) are the exception that keeps this
+ * true: sums commute, and KV applies each of several on one key in a commit. When a grouped
  * commit fails a check or throws, every batch is committed on its own and gets its own
  * result. With nothing in flight a batch is committed at once: a lone caller waits for
  * nobody.

@@ -27,10 +27,11 @@ import { type ErrorInfo, KvUnavailableError, NonRetryableError, toErrorInfo } fr
 import { commitAtomic } from "./atomic.ts";
 import * as keys from "./keys.ts";
 import { keySize } from "./keys.ts";
-import { decodeValue, encodeValue, writeBlob } from "./codec.ts";
+import { decodeValue, encodeValue, type PendingBlob, writeBlob } from "./codec.ts";
 import {
   type AttemptRecord,
   attemptRecord,
+  type BlobRef,
   crashError,
   crashTask,
   failAttempt,
@@ -193,6 +194,10 @@ export class RunDriver {
   #settling = false;
   #waitingForSlot = false;
   #cancelHold: (() => void) | undefined;
+  /** The blob of each artifact this driver stored, by name. */
+  readonly #artifactBlobs = new Map<string, BlobRef>();
+  /** Whether this driver committed chunks: only then may its run end with pending blobs. */
+  #wroteChunks = false;
   readonly #clock: Clock;
   #renewTimer: ReturnType<typeof setInterval> | undefined;
   #resolve!: (outcome: Outcome) => void;
@@ -301,6 +306,7 @@ export class RunDriver {
     this.#abortRunning(reason);
     this.#endRun("failed", { step: null, message: reason }, false);
     await this.#flush().catch(() => {});
+    if (this.#wroteChunks) await this.#o.store.reclaimBlobs(this.#run.id).catch(() => {});
     this.#finish("interrupted");
   }
 
@@ -431,7 +437,7 @@ export class RunDriver {
     const slots = [...this.#steps.values()];
     if (slots.every((s) => s.record.status === "succeeded")) {
       this.#endRun("succeeded", null, false);
-      this.#afterCommit.push(() => this.#finish("succeeded"));
+      this.#afterCommit.push(() => this.#finishEnded("succeeded"));
       return;
     }
     const nextAt = this.#earliestRetry(now);
@@ -456,7 +462,7 @@ export class RunDriver {
       { step: failed?.def.name ?? null, message: failed?.record.error?.message ?? "Run failed" },
       true,
     );
-    this.#afterCommit.push(() => this.#finish("failed"));
+    this.#afterCommit.push(() => this.#finishEnded("failed"));
   }
 
   #endRun(
@@ -670,6 +676,7 @@ export class RunDriver {
         this.#kv,
         this.#run.id,
         value,
+        { step: name, item: index },
         (op) => this.#commitChunks(op),
       );
       result = { ok: true, value, stored };
@@ -700,6 +707,10 @@ export class RunDriver {
       retryDelay(slot.retry, record.attempt),
     );
     const size = result.ok && "inline" in result.stored ? 50_000 : 1024;
+    if (result.ok && "blob" in result.stored) {
+      // the checkpoint refers to the blob: it is no longer pending
+      this.#write(keys.blobPending(this.#run.id, result.stored.blob.id), null, 256);
+    }
     if (index < 0) {
       if (result.ok) slot.output = { value: result.value };
       this.#setTask(slot, index, done, size);
@@ -824,7 +835,28 @@ export class RunDriver {
     }
     const contentType = options?.contentType ??
       (typeof data === "string" ? "text/plain; charset=utf-8" : "application/octet-stream");
-    const blob = await writeBlob(this.#kv, this.#run.id, bytes, (op) => this.#commitChunks(op));
+    const blob = await writeBlob(
+      this.#kv,
+      this.#run.id,
+      bytes,
+      { artifact: name },
+      (op) => this.#commitChunks(op),
+    );
+    // The blob an artifact of this name had before (an earlier attempt's, a rerun's, or a
+    // concurrent item's) is dropped with the new metadata: it goes back to pending.
+    const known = this.#artifactBlobs.has(name);
+    const stored = known
+      ? null
+      : (await this.#kv.get<ArtifactMeta>(keys.artifact(this.#run.id, name))).value;
+    const replaced = this.#artifactBlobs.get(name) ?? stored?.blob;
+    this.#artifactBlobs.set(name, blob);
+    if (replaced && replaced.id !== blob.id) {
+      this.#write(
+        keys.blobPending(this.#run.id, replaced.id),
+        { artifact: name, chunks: replaced.chunks } satisfies PendingBlob,
+        256,
+      );
+    }
     const meta: ArtifactMeta = {
       runId: this.#run.id,
       name,
@@ -836,6 +868,7 @@ export class RunDriver {
       createdAt: this.#clock.now(),
     };
     this.#write(keys.artifact(this.#run.id, name), meta);
+    this.#write(keys.blobPending(this.#run.id, blob.id), null, 256);
     await this.#flush();
     if (this.#isLost) {
       throw new Error(`Run ${this.#run.id} stopped while storing artifact '${name}'`);
@@ -949,6 +982,7 @@ export class RunDriver {
     }
     const commit = (async (): Promise<Deno.KvCommitResult | Deno.KvCommitError> => {
       if (this.#stopped) return { ok: false };
+      this.#wroteChunks = true;
       op.check({ key: keys.lease(this.#run.id), versionstamp: this.#leaseVersion });
       try {
         const result = await commitAtomic(op);
@@ -965,10 +999,9 @@ export class RunDriver {
 
   async #commitPending(): Promise<void> {
     // The run record goes last, into the commit that also moves its indexes, due entry and
-    // lease (the run ops): a commit split by the limits never stores a run status without them.
-    const writes = [...this.#writes.values()].sort((a, b) =>
-      (a.key[1] === "run" ? 1 : 0) - (b.key[1] === "run" ? 1 : 0)
-    );
+    // lease (the run ops): a commit split by the limits never stores a run status without
+    // them. Pending-blob markers go where a cut-short split cannot orphan a blob.
+    const writes = [...this.#writes.values()].sort((a, b) => commitOrder(a) - commitOrder(b));
     const runOps = this.#runOps;
     const events = this.#events;
     const after = this.#afterCommit;
@@ -1090,6 +1123,16 @@ export class RunDriver {
     this.#lost();
   }
 
+  /**
+   * Finishes a run that ended: once its lease is gone, no blob still pending can be
+   * referred to, so those are reclaimed first. Those of earlier holders went at the claim;
+   * a driver that wrote no chunk has none of its own.
+   */
+  #finishEnded(outcome: "succeeded" | "failed"): void {
+    if (!this.#wroteChunks) return this.#finish(outcome);
+    this.#o.store.reclaimBlobs(this.#run.id).catch(() => {}).finally(() => this.#finish(outcome));
+  }
+
   #finish(outcome: Outcome): void {
     this.#stopped = true;
     clearInterval(this.#renewTimer);
@@ -1147,6 +1190,19 @@ function nextRetry(fan: FanState): number {
     fan.retries.pop();
   }
   return Infinity;
+}
+
+/**
+ * Where a write goes in a commit that the limits split into batches (committed in order,
+ * up to the first one refused): a pending-blob marker set because a write drops a blob
+ * goes before that write; a marker deleted because a write refers to its blob, after it;
+ * the run record last. Cut short anywhere, the split leaves no blob both unreferenced
+ * and unmarked.
+ */
+function commitOrder(w: Write): number {
+  if (w.key[1] === "run") return 2;
+  if (w.key[1] !== "blob_pending") return 0;
+  return w.value === null ? 1 : -1;
 }
 
 function noop(): void {}

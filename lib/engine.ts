@@ -14,6 +14,7 @@ import type { RunEvent } from "./driver.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { type AlertRecord, alertText } from "./alerts.ts";
+import { migrate } from "./schema.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
 export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
@@ -254,7 +255,8 @@ export class Engine {
 }
 
 /**
- * Opens an engine.
+ * Opens an engine. A database written by an older kvflow is migrated first (once; see
+ * `lib/schema.ts`), before the engine changes anything.
  *
  * @example An in-memory engine for a test
  * ```ts
@@ -267,13 +269,19 @@ export class Engine {
  *
  * @param options pipelines, KV location, worker options
  * @returns the open engine
- * @throws {UsageError} when the KV cannot be opened
+ * @throws {UsageError} when the KV cannot be opened, or a newer kvflow wrote it
  */
 export async function openEngine(options: EngineOptions): Promise<Engine> {
-  if (options.kv) return new Engine(options.kv, options.queues ?? true, options, false);
+  if (options.kv) {
+    const engine = new Engine(options.kv, options.queues ?? true, options, false);
+    await migrate(engine.store);
+    return engine;
+  }
   const opened = await openKv(options.path);
   try {
-    return new Engine(opened.kv, options.queues ?? opened.queues, options, true);
+    const engine = new Engine(opened.kv, options.queues ?? opened.queues, options, true);
+    await migrate(engine.store);
+    return engine;
   } catch (error) {
     opened.kv.close();
     throw error;

@@ -1,10 +1,11 @@
 /**
  * Prometheus metrics. Two sources, each where it is cheap:
  *
- * - From KV, for every process sharing the database: runs by pipeline and status (a scan of
- *   the status index, reused for `countTtlMs` and refreshed in the background, so scrapes
- *   stay fast with 100,000 runs), stored alerts, and lease takeovers (a counter the claim
- *   commit sums).
+ * - From KV, for every process sharing the database: runs by pipeline and status (counts
+ *   that every creation and status move sums in its own commit, read at each scrape: one
+ *   short list, however many runs are stored), lease takeovers (a counter the claim commit
+ *   sums), and stored alerts (a scan of the alerts, reused for `countTtlMs` and refreshed
+ *   in the background).
  * - From {@linkcode Engine.subscribe}, for this process: step durations, retries, runs
  *   finished, and the HTTP requests it served.
  *
@@ -17,7 +18,7 @@ import type { AlertRecord } from "./alerts.ts";
 
 /** Options of {@linkcode Metrics}. */
 export interface MetricsOptions {
-  /** How long a count of the runs in KV is reused, ms; 0 counts at every scrape. Default 60,000. */
+  /** How long a count of the alerts in KV is reused, ms; 0 counts at every scrape. Default 60,000. */
   countTtlMs?: number;
 }
 
@@ -46,11 +47,9 @@ interface Histogram {
   count: number;
 }
 
-interface KvCounts {
+interface AlertCounts {
   at: number;
-  runs: Map<string, Map<string, number>>;
   alerts: Map<string, number>;
-  takeovers: bigint;
 }
 
 /** Collects metrics of one engine and renders them in the Prometheus text format. */
@@ -65,14 +64,14 @@ export class Metrics {
   readonly #durations = new Map<string, Histogram>();
   readonly #requests = new Map<string, number>();
   readonly #gauges: { name: string; help: string; read: () => number }[] = [];
-  #counts: KvCounts | undefined;
-  #counting: Promise<KvCounts> | undefined;
+  #counts: AlertCounts | undefined;
+  #counting: Promise<AlertCounts> | undefined;
 
   /**
    * Starts listening to the engine's events.
    *
    * @param engine the engine
-   * @param options how long a KV count is reused
+   * @param options how long a count of the alerts is reused
    */
   constructor(engine: Engine, options: MetricsOptions = {}) {
     this.#engine = engine;
@@ -107,21 +106,25 @@ export class Metrics {
 
   /** The metrics in the Prometheus text format (version 0.0.4). */
   async render(): Promise<string> {
-    const counts = await this.#kvCounts();
+    const [runs, takeovers, counts] = await Promise.all([
+      this.#runCounts(),
+      this.#engine.kv.get<Deno.KvU64>(keys.counter("lease_takeovers")),
+      this.#alertCounts(),
+    ]);
     const out: string[] = [];
     const family = (name: string, type: string, help: string) =>
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
 
-    family("kvflow_runs", "gauge", "Runs stored in KV, by pipeline and status (cached count).");
-    const pipelines = new Set([...this.#engine.pipelines.keys(), ...counts.runs.keys()]);
+    family("kvflow_runs", "gauge", "Runs stored in KV, by pipeline and status.");
+    const pipelines = new Set([...this.#engine.pipelines.keys(), ...runs.counts.keys()]);
     for (const pipeline of [...pipelines].sort()) {
       for (const status of RUN_STATUSES) {
-        const n = counts.runs.get(pipeline)?.get(status) ?? 0;
+        const n = runs.counts.get(pipeline)?.get(status) ?? 0n;
         out.push(`kvflow_runs${labels({ pipeline, status })} ${n}`);
       }
     }
-    family("kvflow_runs_counted_at_seconds", "gauge", "When kvflow_runs was counted.");
-    out.push(`kvflow_runs_counted_at_seconds ${counts.at / 1000}`);
+    family("kvflow_runs_counted_at_seconds", "gauge", "When kvflow_runs was read.");
+    out.push(`kvflow_runs_counted_at_seconds ${runs.at / 1000}`);
 
     family("kvflow_alerts_total", "counter", "Alerts stored in KV (one per failure of a run).");
     for (const [pipeline, n] of [...counts.alerts].sort()) {
@@ -132,7 +135,7 @@ export class Metrics {
       "counter",
       "Runs a worker took over from an expired or dead lease, by any process.",
     );
-    out.push(`kvflow_lease_takeovers_total ${counts.takeovers}`);
+    out.push(`kvflow_lease_takeovers_total ${takeovers.value?.value ?? 0n}`);
 
     family("kvflow_runs_finished_total", "counter", "Runs this process drove to an end.");
     for (const [l, n] of sorted(this.#finished)) out.push(`kvflow_runs_finished_total${l} ${n}`);
@@ -204,12 +207,25 @@ export class Metrics {
     }
   }
 
+  /** The runs by pipeline and status: the counts the status moves keep, read in one list. */
+  async #runCounts(): Promise<{ at: number; counts: Map<string, Map<string, bigint>> }> {
+    const at = Date.now();
+    const counts = new Map<string, Map<string, bigint>>();
+    for await (const e of this.#engine.kv.list<Deno.KvU64>({ prefix: keys.runCountPrefix() })) {
+      const [, , pipeline, status] = e.key as [string, string, string, string];
+      let byStatus = counts.get(pipeline);
+      if (!byStatus) counts.set(pipeline, byStatus = new Map());
+      byStatus.set(status, e.value.value);
+    }
+    return { at, counts };
+  }
+
   /**
-   * The KV counts. Older than the TTL, they are recounted in the background and this
-   * scrape gets the last ones (a count of 100,000 runs takes about a second); only the
-   * first scrape, or any with a TTL of 0, waits for a count. One count at a time.
+   * The alert counts. Older than the TTL, they are recounted in the background and this
+   * scrape gets the last ones; only the first scrape, or any with a TTL of 0, waits for a
+   * count. One count at a time.
    */
-  async #kvCounts(): Promise<KvCounts> {
+  async #alertCounts(): Promise<AlertCounts> {
     const counts = this.#counts;
     if (counts && Date.now() - counts.at < this.#ttl) return counts;
     const counting = this.#counting ??= this.#count()
@@ -222,26 +238,15 @@ export class Metrics {
     return await counting;
   }
 
-  async #count(): Promise<KvCounts> {
-    const kv = this.#engine.kv;
+  async #count(): Promise<AlertCounts> {
     const at = Date.now();
-    const runs = new Map<string, Map<string, number>>();
-    await Promise.all(RUN_STATUSES.map(async (status) => {
-      const iter = kv.list<string>({ prefix: keys.runsByStatusPrefix(status) }, {
-        batchSize: 1000,
-      });
-      for await (const e of iter) {
-        let byStatus = runs.get(e.value);
-        if (!byStatus) runs.set(e.value, byStatus = new Map());
-        byStatus.set(status, (byStatus.get(status) ?? 0) + 1);
-      }
-    }));
     const alerts = new Map<string, number>();
-    for await (const e of kv.list<AlertRecord>({ prefix: keys.allAlertsPrefix() })) {
+    for await (
+      const e of this.#engine.kv.list<AlertRecord>({ prefix: keys.allAlertsPrefix() })
+    ) {
       alerts.set(e.value.pipeline, (alerts.get(e.value.pipeline) ?? 0) + 1);
     }
-    const takeovers = (await kv.get<Deno.KvU64>(keys.counter("lease_takeovers"))).value;
-    return { at, runs, alerts, takeovers: takeovers?.value ?? 0n };
+    return { at, alerts };
   }
 }
 

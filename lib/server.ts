@@ -25,7 +25,7 @@ export interface ServiceOptions extends Tokens {
   ssePollMs?: number;
   /** Heartbeat interval of event streams, ms. Default 15,000. */
   sseHeartbeatMs?: number;
-  /** How long the metrics reuse a count of the runs in KV, ms. Default 60,000. */
+  /** How long the metrics reuse a count of the alerts in KV, ms. Default 60,000. */
   metricsCountTtlMs?: number;
   /** A worker whose last sweep is older than this is unhealthy, ms. Default 30,000. */
   workerStaleMs?: number;

@@ -23,7 +23,7 @@ import {
   type TaskRecord,
   TERMINAL,
 } from "./run_state.ts";
-import { decodeValue, readBlob } from "./codec.ts";
+import { decodeValue, type PendingBlob, readBlob, reclaimBlobs } from "./codec.ts";
 import { commitAtomic, GroupCommitter } from "./atomic.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import type { ArtifactMeta } from "./artifacts.ts";
@@ -437,7 +437,31 @@ export class Store {
       },
     });
     if (!result.ok) return null;
+    // A run claimed before may hold blobs that an earlier holder wrote and never
+    // checkpointed: the new lease fences that holder out, so this claim may reclaim them.
+    if (run.startedAt !== null) {
+      const fence = { key: keys.lease(runId), versionstamp: result.versionstamp };
+      // Best effort: what a full disk leaves now, the next claim or the run's end reclaims.
+      await reclaimBlobs(this.kv, runId, (op) => commitAtomic(op.check(fence))).catch(() => {});
+    }
     return { run: claimed, lease, leaseVersion: result.versionstamp };
+  }
+
+  /**
+   * Reclaims the blobs of an ended run that nothing refers to: chunks a worker wrote but
+   * never checkpointed (it was killed, lost its lease, or the disk filled up), or that a
+   * rerun dropped. An ended run has no lease, so no worker can refer to them any more;
+   * each commit checks that the run is still ended. An active run is left to its holder.
+   *
+   * @returns how many blobs it deleted
+   */
+  async reclaimBlobs(runId: string): Promise<number> {
+    // Most runs have no pending blob: one read of an empty range, then done.
+    const pending = this.kv.list({ prefix: keys.blobPendingPrefix(runId) }, { limit: 1 });
+    if ((await pending.next()).done) return 0;
+    const entry = await this.kv.get<RunRecord>(keys.run(runId));
+    if (!entry.value || !TERMINAL.has(entry.value.status)) return 0;
+    return await reclaimBlobs(this.kv, runId, (op) => commitAtomic(op.check(entry)));
   }
 
   /**
@@ -450,7 +474,7 @@ export class Store {
   async resume(run: RunRecord, pipeline: Pipeline<unknown>, force = false): Promise<RunRecord> {
     if (!TERMINAL.has(run.status)) return run;
     const steps = await this.getSteps(run.id);
-    return await this.#requeue(run, pipeline, planResume(run, pipeline, steps, force));
+    return await this.#requeue(run, pipeline, planResume(run, pipeline, steps, force), steps);
   }
 
   /**
@@ -466,14 +490,22 @@ export class Store {
     force = false,
   ): Promise<RunRecord> {
     const steps = await this.getSteps(run.id);
-    return await this.#requeue(run, pipeline, planRerun(run, pipeline, steps, from, force));
+    return await this.#requeue(
+      run,
+      pipeline,
+      planRerun(run, pipeline, steps, from, force),
+      steps,
+    );
   }
 
   async #requeue(
     run: RunRecord,
     pipeline: Pipeline<unknown>,
     resets: StepReset[],
+    steps: ReadonlyMap<string, TaskRecord>,
   ): Promise<RunRecord> {
+    // Blobs left over from before are reclaimed while the run is still ended.
+    await this.reclaimBlobs(run.id);
     const now = this.clock.now();
     const next: RunRecord = {
       ...run,
@@ -484,17 +516,22 @@ export class Store {
       error: null,
       dueAt: now,
     };
-    const writes: [Deno.KvKey, unknown][] = [];
+    // Groups of writes that go in one commit: a reset that drops an output stored as a blob
+    // comes with the blob's pending marker, so the next claim reclaims it.
+    const writes: [Deno.KvKey, unknown][][] = [];
     for (const reset of resets) {
-      writes.push([keys.step(run.id, reset.step), reset.record]);
+      const owner = { step: reset.step, item: -1 };
+      writes.push(resetWrites(run.id, owner, steps.get(reset.step), reset.record));
       if (reset.items === "none") continue;
       for (const [index, item] of await this.getItems(run.id, reset.step)) {
         // Items go back to pending but keep their attempt count, so their history grows.
         if (reset.items === "all" || item.status !== "succeeded") {
-          writes.push([
-            keys.item(run.id, reset.step, index),
+          writes.push(resetWrites(
+            run.id,
+            { step: reset.step, item: index },
+            item,
             resetTask(item, reset.items === "all" ? reset.record.generation : item.generation),
-          ]);
+          ));
         }
       }
     }
@@ -508,13 +545,15 @@ export class Store {
     // mutations and on key bytes (80 KiB: long names make long item keys).
     const batches: [Deno.KvKey, unknown][][] = [[]];
     let keyBytes = 0;
-    for (const write of writes) {
-      const size = keySize(write[0]);
-      if (batches[batches.length - 1].length >= 900 || keyBytes + size > 60_000) {
+    for (const group of writes) {
+      const size = group.reduce((sum, [key]) => sum + keySize(key), 0);
+      if (
+        batches[batches.length - 1].length + group.length > 900 || keyBytes + size > 60_000
+      ) {
         batches.push([]);
         keyBytes = 0;
       }
-      batches[batches.length - 1].push(write);
+      batches[batches.length - 1].push(...group);
       keyBytes += size;
     }
     for (const [i, batch] of batches.entries()) {
@@ -581,7 +620,11 @@ export class Store {
           );
         }
       }
-      if ((await commitAtomic(op)).ok) return next;
+      if ((await commitAtomic(op)).ok) {
+        // Chunks its worker was writing when the lease went are of no use now.
+        await this.reclaimBlobs(runId).catch(() => {});
+        return next;
+      }
     }
     throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
   }
@@ -656,6 +699,25 @@ export class Store {
     moveDue(op, run, fixed);
     await commitAtomic(op);
   }
+}
+
+/**
+ * The writes that reset the record of `owner` (a step, or an item) from `before` to
+ * `after`: when that drops an output stored as a blob, the blob's pending marker first.
+ */
+function resetWrites(
+  runId: string,
+  owner: { step: string; item: number },
+  before: TaskRecord | undefined,
+  after: TaskRecord,
+): [Deno.KvKey, unknown][] {
+  const key = owner.item < 0
+    ? keys.step(runId, owner.step)
+    : keys.item(runId, owner.step, owner.item);
+  const output = before?.output;
+  if (!output || !("blob" in output) || after.output === output) return [[key, after]];
+  const marker: PendingBlob = { ...owner, chunks: output.blob.chunks };
+  return [[keys.blobPending(runId, output.blob.id), marker], [key, after]];
 }
 
 /** Adds to `op` the due-index move from `before.dueAt` to `after.dueAt`. */

@@ -13,6 +13,7 @@
 import assert from "node:assert/strict";
 import { FIXTURE_CLI, type LedgerLine, lines, poll, type Proc, Sandbox } from "./_harness.ts";
 import type { AttemptRecord, Lease } from "../lib/mod.ts";
+import { auditBlobs } from "./helpers.ts";
 
 const ENV = { KVFLOW_LEASE_MS: "1000", KVFLOW_POLL_MS: "100" };
 
@@ -72,6 +73,11 @@ async function stopTakeOverWake(
   // Time for whatever A's attempt does after the gate: an artifact, logs, a return.
   await new Promise((resolve) => setTimeout(resolve, 1000));
   assert.deepEqual(await box.snapshot(), before, "waking the stopped worker changed KV");
+  // Every chunk in KV belongs to a blob that an output or artifact refers to.
+  const blobs = await box.withStore(({ kv }) => auditBlobs(kv));
+  assert.deepEqual(blobs.unreferenced, []);
+  assert.deepEqual(blobs.pending, []);
+  assert.deepEqual(blobs.missing, []);
   return { box, id, a, b, lease, takeover };
 }
 

@@ -84,3 +84,61 @@ export function sleep(ms: number, signal: AbortSignal): Promise<void> {
     signal.addEventListener("abort", done, { once: true });
   });
 }
+
+/** What the blob keys of a KV database hold, against what its records refer to. */
+export interface BlobAudit {
+  /** `runId/blobId` of every blob with at least one chunk in KV. */
+  stored: Set<string>;
+  /** `runId/blobId` of every blob a step, item or artifact record refers to. */
+  referenced: Set<string>;
+  /** Stored blobs that nothing refers to. */
+  unreferenced: string[];
+  /** Referenced blobs without a chunk in KV (there must be none). */
+  missing: string[];
+  /** Pending-blob markers left (`runId/blobId`). */
+  pending: string[];
+}
+
+/**
+ * Audits every blob in KV, of every run: which are stored, which a step output, item
+ * output or artifact refers to, and which pending markers are left.
+ */
+export async function auditBlobs(kv: Deno.Kv): Promise<BlobAudit> {
+  // Prefixes over every run: each layout's run-level prefix without its run id.
+  const all = (prefix: Deno.KvKey) => prefix.slice(0, -1);
+  const referenced = new Set<string>();
+  const refer = (runId: unknown, value: unknown) => {
+    if (value && typeof value === "object" && "blob" in value) {
+      referenced.add(`${String(runId)}/${(value.blob as { id: string }).id}`);
+    }
+  };
+  for (const prefix of [keys.stepPrefix(""), keys.itemRunPrefix("")]) {
+    for await (const e of kv.list<{ output?: unknown }>({ prefix: all(prefix) })) {
+      refer(e.key[2], e.value.output);
+    }
+  }
+  for await (const e of kv.list({ prefix: all(keys.artifactPrefix("")) })) refer(e.key[2], e.value);
+  const pending: string[] = [];
+  for await (const e of kv.list({ prefix: all(keys.blobPendingPrefix("")) })) {
+    pending.push(`${String(e.key[2])}/${String(e.key[3])}`);
+  }
+  // Only the keys matter: read one chunk a blob, then skip past the rest of its chunks.
+  const stored = new Set<string>();
+  const blobs = all(all(keys.blobPrefix("", "")));
+  let start: Deno.KvKey | undefined;
+  while (true) {
+    const next = await kv.list(start ? { prefix: blobs, start } : { prefix: blobs }, { limit: 1 })
+      .next();
+    if (next.done) break;
+    const [, , runId, id] = next.value.key as [string, string, string, string];
+    stored.add(`${runId}/${id}`);
+    start = [...keys.blobPrefix(runId, id), Infinity];
+  }
+  return {
+    stored,
+    referenced,
+    unreferenced: [...stored].filter((b) => !referenced.has(b)),
+    missing: [...referenced].filter((b) => !stored.has(b)),
+    pending,
+  };
+}

@@ -16,6 +16,7 @@ import { lines, Proc, ROOT, runIdOf, Sandbox } from "./_harness.ts";
 import { type AnyStep, KvUnavailableError, openEngine, pipeline, step, Store } from "../lib/mod.ts";
 import { runAlerts } from "../lib/alerts.ts";
 import * as keys from "../lib/keys.ts";
+import { auditBlobs } from "./helpers.ts";
 
 /** A tmpfs mounted on a temp dir; unmounted and removed when disposed. */
 interface Mount extends AsyncDisposable {
@@ -205,6 +206,7 @@ Deno.test("a disk that fills up mid-run: one line naming the full disk, exit 1, 
       attempts: await store.getAttempts(id),
       alerts: await runAlerts(store.kv, id),
       blobs: await blobIds(store.kv, id),
+      audit: await auditBlobs(store.kv),
     };
   });
   assert.equal(left.run.status, "running", "not failed: the run is resumable");
@@ -232,9 +234,10 @@ Deno.test("a disk that fills up mid-run: one line naming the full disk, exit 1, 
   for (const blob of referenced) assert.ok(left.blobs.has(blob));
   // At most the one blob being stored when the disk filled is left unreferenced: a
   // failed commit writes nothing, and earlier chunks of that blob are dropped if the disk
-  // lets them be.
+  // lets them be. If not, its pending marker is left for the next claim to reclaim it.
   const unreferenced = [...left.blobs].filter((blob) => !referenced.includes(blob));
   assert.ok(unreferenced.length <= 1, `unreferenced blobs: ${unreferenced.join()}`);
+  for (const blob of left.audit.unreferenced) assert.ok(left.audit.pending.includes(blob));
 
   const env = { KVFLOW_KV_PATH: kvPath };
   const resumed = await box.cli(["resume", id], { env });
@@ -247,13 +250,18 @@ Deno.test("a disk that fills up mid-run: one line naming the full disk, exit 1, 
   const finished = await withStore(kvPath, async (store) => {
     const outputs = [];
     for (const name of order) outputs.push(await store.getOutput(id, name));
-    return { run: await store.requireRun(id), outputs };
+    return { run: await store.requireRun(id), outputs, blobs: await auditBlobs(store.kv) };
   });
   assert.equal(finished.run.status, "succeeded");
   assert.deepEqual(
     (finished.outputs as { step: string }[]).map((o) => o.step),
     order,
   );
+  // The blob cut short by the full disk was reclaimed when the resumed run was claimed.
+  assert.deepEqual(finished.blobs.unreferenced, [], "no chunks left that nothing refers to");
+  assert.deepEqual(finished.blobs.pending, []);
+  assert.deepEqual(finished.blobs.missing, []);
+  assert.equal(finished.blobs.stored.size, order.length);
 });
 
 Deno.test("openEngine on a disk that fills up: runToEnd rejects with KvUnavailableError at the first refused commit, checkpoints kept", async (t) => {

@@ -24,6 +24,7 @@ import {
   UsageError,
 } from "../lib/mod.ts";
 import * as keys from "../lib/keys.ts";
+import { Metrics } from "../lib/metrics.ts";
 import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/definition.ts";
 import { CHUNK_BYTES, MAX_VALUE_BYTES } from "../lib/codec.ts";
 import {
@@ -33,7 +34,7 @@ import {
 } from "../lib/store.ts";
 import { bigOutput, MiB, pattern, sha256 } from "./fixtures/limits_big.ts";
 import { ROOT } from "./_harness.ts";
-import { allDue, tempKv, waitFor } from "./helpers.ts";
+import { allDue, auditBlobs, tempKv, waitFor } from "./helpers.ts";
 
 /** KV's own limits of one atomic commit. */
 const KV_COMMIT = { mutations: 1000, bytes: 800 * 1024, keyBytes: 80 * 1024 };
@@ -121,7 +122,7 @@ Deno.test("outputs of 1 MiB and 20 MiB are chunked over commits within KV's limi
   }
 });
 
-Deno.test("a worker killed between the chunk commits of a 20 MiB output leaves no half value visible; the run then completes", async () => {
+Deno.test("a worker killed between the chunk commits of a 20 MiB output leaves no half value visible; the run then completes and its partial chunks are reclaimed", async () => {
   await using file = await tempKv();
   let runId: string;
   {
@@ -170,6 +171,8 @@ Deno.test("a worker killed between the chunk commits of a 20 MiB output leaves n
     const [[id, count]] = [...blobs];
     assert.ok(count > 0 && count < chunks, `${count} of ${chunks} chunks were written`);
     orphan = id;
+    const marker = await kv.get(keys.blobPending(runId, id));
+    assert.deepEqual(marker.value, { step: "produce", item: -1, chunks }, "marked as pending");
     kv.close();
   }
 
@@ -188,6 +191,11 @@ Deno.test("a worker killed between the chunk commits of a 20 MiB output leaves n
     await sha256(await engine.store.getOutput(runId, "produce") as Uint8Array),
     expected,
   );
+  const blobs = await auditBlobs(engine.kv);
+  assert.deepEqual(blobs.unreferenced, [], "the killed attempt's chunks were reclaimed");
+  assert.deepEqual(blobs.pending, []);
+  assert.deepEqual(blobs.missing, []);
+  assert.ok(!blobs.stored.has(`${runId}/${orphan}`));
 });
 
 Deno.test("a 20 MiB artifact is stored within KV's limits and read back byte-exact", async () => {
@@ -360,7 +368,12 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     runsByStatusPrefix: keys.runsByStatusPrefix("cancelled"),
     runsByPipelineStatus: keys.runsByPipelineStatus(name, "cancelled", at, runId),
     runsByPipelineStatusPrefix: keys.runsByPipelineStatusPrefix(name, "cancelled"),
+    allRunsByPipelinePrefix: keys.allRunsByPipelinePrefix(),
+    runCount: keys.runCount(name, "cancelled"),
+    runCountPrefix: keys.runCountPrefix(),
+    schema: keys.schema(),
     lease: keys.lease(runId),
+    leasePrefix: keys.leasePrefix(),
     due: keys.due(at, runId),
     duePrefix: keys.duePrefix(),
     step: keys.step(runId, name),
@@ -372,6 +385,8 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     attemptPrefix: keys.attemptPrefix(runId),
     blobChunk: keys.blobChunk(runId, crypto.randomUUID(), 5000),
     blobPrefix: keys.blobPrefix(runId, crypto.randomUUID()),
+    blobPending: keys.blobPending(runId, crypto.randomUUID()),
+    blobPendingPrefix: keys.blobPendingPrefix(runId),
     artifact: keys.artifact(runId, artifact),
     artifactPrefix: keys.artifactPrefix(runId),
     alert: keys.alert(runId, at),
@@ -569,6 +584,9 @@ Deno.test({
       const seeder = new Store(kv, { queues: false, clock });
       const ids: string[] = [];
       const expected = { rare: [] as string[], bFailed: [] as string[], aActive: 0 };
+      // runs by "pipeline/status", as the metrics must show them
+      const counts = new Map<string, number>();
+      const tally = (key: string) => counts.set(key, (counts.get(key) ?? 0) + 1);
       const [started, seedCpu] = [performance.now(), cpuMicros()];
       for (let i = 0; i < total - active; i += 100) {
         const op = kv.atomic();
@@ -586,6 +604,7 @@ Deno.test({
             failures: failed ? 1 : 0,
           });
           ids.push(created.id);
+          tally(`${p.name}/${failed ? "failed" : "succeeded"}`);
           if (p === rare) expected.rare.push(created.id);
           if (p === b && failed) expected.bFailed.push(created.id);
         }
@@ -594,6 +613,7 @@ Deno.test({
       for (let j = 0; j < active; j++) {
         const p = j % 2 ? b : a;
         ids.push((await seeder.createRun(p)).id);
+        tally(`${p.name}/queued`);
         if (p === a) expected.aActive++;
       }
       const seedMs = performance.now() - started;
@@ -670,6 +690,15 @@ Deno.test({
         expected.aActive,
       );
       assert.equal(await store.countActive("hist-rare"), 0);
+
+      // the metrics read runs by pipeline and status from counts, without a scan
+      const metrics = new Metrics(engine, { countTtlMs: 0 });
+      const text = await timed("a metrics scrape", () => metrics.render(), 200);
+      await metrics.close();
+      const scraped = new Map<string, number>();
+      const samples = text.matchAll(/^kvflow_runs\{pipeline="([^"]*)",status="(\w+)"\} (\d+)$/gm);
+      for (const [, p, status, n] of samples) if (n !== "0") scraped.set(`${p}/${status}`, +n);
+      assert.deepEqual(scraped, counts);
 
       // the sweep finds the 30 queued runs among 100,000 without reading the ended ones
       assert.equal((await allDue(kv)).length, active);
