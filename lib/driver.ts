@@ -537,7 +537,11 @@ export class RunDriver {
     const name = slot.def.name;
     try {
       const inputs = await this.#inputs(slot.def);
-      const values = await slot.def.fanOut!.items(inputs);
+      const values = await withinTimeout(
+        Promise.resolve(slot.def.fanOut!.items(inputs)),
+        slot.timeoutMs,
+        `items of step '${name}' did not return within ${slot.timeoutMs} ms (the step's timeout)`,
+      );
       if (!Array.isArray(values)) {
         throw new NonRetryableError(`items of step '${name}' must return an array`);
       }
@@ -1225,4 +1229,21 @@ function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
     signal.addEventListener("abort", onAbort, { once: true });
     promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
+}
+
+/** `promise`, or a TimeoutError with `message` once `ms` have passed. */
+async function withinTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const error = new Error(message);
+      error.name = "TimeoutError";
+      reject(error);
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

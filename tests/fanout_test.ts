@@ -156,3 +156,31 @@ Deno.test("a fan-out item's later retry survives a restart; finished items do no
   assert.deepEqual(calls.sort(), [0, 1, 1, 2]);
   assert.deepEqual(await second.store.getOutput(runId, "each"), [0, 10, 20]);
 });
+
+Deno.test("a fan-out whose items() never returns fails at the step's timeout instead of holding the run", async () => {
+  let hang = true;
+  const source = step("source", () => 3);
+  const lines = step("lines", {
+    needs: { source },
+    timeout: "150ms",
+    items: ({ source }) =>
+      hang ? new Promise<number[]>(() => {}) : Array.from({ length: source }, (_, i) => i),
+  }, (item) => item * 2);
+  const p = pipeline("hanging-items", { steps: [source, lines] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  const failed = await engine.runToEnd(run.id);
+  assert.equal(failed.status, "failed");
+  const steps = await engine.store.getSteps(run.id);
+  assert.equal(steps.get("lines")?.error?.name, "TimeoutError");
+  assert.match(
+    steps.get("lines")!.error!.message,
+    /items of step 'lines' did not return within 150 ms/,
+  );
+  assert.equal(steps.get("source")?.status, "succeeded");
+
+  hang = false;
+  await engine.store.resume(failed, p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.deepEqual(await engine.store.getOutput(run.id, "lines"), [0, 2, 4]);
+});
