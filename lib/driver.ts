@@ -177,6 +177,9 @@ export class RunDriver {
   readonly #o: DriverOptions;
   readonly #kv: Deno.Kv;
   readonly #steps = new Map<string, StepSlot>();
+  /** The slots in topological order, and how many at its start have ended for good. */
+  readonly #order: StepSlot[] = [];
+  #ended = 0;
   readonly #running = new Map<string, AbortController>();
   #run: RunRecord;
   #lease: Lease;
@@ -254,7 +257,9 @@ export class RunDriver {
       }
       // Steps come in topological order, so the slots of its needs exist already.
       const needs = Object.values(def.needs).map((n) => this.#steps.get(n.name)!);
-      this.#steps.set(def.name, { def, needs, record, retry, timeoutMs });
+      const slot: StepSlot = { def, needs, record, retry, timeoutMs };
+      this.#steps.set(def.name, slot);
+      this.#order.push(slot);
     }
     this.#emit({ type: "run", run: this.#run });
     this.#renewTimer = setInterval(() => this.#tickLease(), Math.min(1000, this.#o.leaseMs / 4));
@@ -349,8 +354,13 @@ export class RunDriver {
     const { pipeline, slots } = this.#o;
     let capacity = pipeline.concurrency - this.#running.size;
     let starved = false;
-    // Runs once per finished step: plain loops over precomputed slots, no allocation.
-    for (const slot of this.#steps.values()) {
+    // Runs once per finished step: plain loops over precomputed slots, no allocation. A step
+    // that succeeded, failed or was skipped stays so in this driver: the prefix of ended
+    // steps is skipped, so a long chain does not rescan its past at every step.
+    const order = this.#order;
+    while (this.#ended < order.length && hasEnded(order[this.#ended])) this.#ended++;
+    for (let i = this.#ended; i < order.length; i++) {
+      const slot = order[i];
       const def = slot.def;
       const status = slot.record.status;
       if (status === "succeeded" || status === "failed" || status === "skipped") continue;
@@ -406,7 +416,7 @@ export class RunDriver {
       slots.waitFor(this);
     }
     if (
-      this.#running.size === 0 && !starved && ![...this.#steps.values()].some((s) => s.expanding)
+      this.#running.size === 0 && !starved && !this.#order.some((s) => s.expanding)
     ) {
       this.#settle(now);
     } else {
@@ -420,7 +430,8 @@ export class RunDriver {
   /** The earliest time a retrying step or item is due, or Infinity when none is. */
   #earliestRetry(now: number): number {
     let nextAt = Infinity;
-    for (const s of this.#steps.values()) {
+    for (let i = this.#ended; i < this.#order.length; i++) {
+      const s = this.#order[i];
       if (s.record.status === "retrying") nextAt = Math.min(nextAt, s.record.nextAt ?? now);
       if (s.fan) nextAt = Math.min(nextAt, nextRetry(s.fan));
     }
@@ -1246,4 +1257,10 @@ async function withinTimeout<T>(promise: Promise<T>, ms: number, message: string
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Whether a step has ended for good in this driver (only a resume or rerun reopens it). */
+function hasEnded(slot: StepSlot): boolean {
+  const status = slot.record.status;
+  return status === "succeeded" || status === "failed" || status === "skipped";
 }
