@@ -75,7 +75,9 @@ export async function encodeValue(
   }
   if (estimateSize(value, INLINE_ESTIMATE) < INLINE_ESTIMATE) return { inline: value };
   const bytes = v8.serialize(value);
-  if (bytes.byteLength < INLINE_BYTES) return { inline: value };
+  // Stored as its compact copy: KV would write a view's whole underlying buffer, where
+  // v8.serialize (and so this size) counts only the viewed bytes.
+  if (bytes.byteLength < INLINE_BYTES) return { inline: v8.deserialize(bytes) };
   return { blob: await writeBlob(kv, runId, new Uint8Array(bytes), owner, commit) };
 }
 
@@ -265,7 +267,8 @@ function estimateSize(value: unknown, limit: number): number {
     else if (typeof v === "bigint") total += v.toString(16).length;
     else if (v === null || typeof v !== "object" || v instanceof Date) continue;
     else if (seen.has(v)) continue;
-    else if (ArrayBuffer.isView(v)) total += v.byteLength;
+    // KV stores a view's whole buffer, not just the viewed bytes
+    else if (ArrayBuffer.isView(v)) total += v.buffer.byteLength;
     else if (v instanceof ArrayBuffer) total += v.byteLength;
     else if (v instanceof Map) {
       seen.add(v);

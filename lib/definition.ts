@@ -333,7 +333,7 @@ export function step(
     }
   }
   if (options.retry) resolveRetry(options.retry, undefined, `step '${name}'`);
-  if (options.timeout !== undefined) toMs(options.timeout, `timeout of step '${name}'`);
+  if (options.timeout !== undefined) toTimeoutMs(options.timeout, `timeout of step '${name}'`);
   let fanOut: FanOut | undefined;
   if (options.items !== undefined) {
     if (typeof options.items !== "function") {
@@ -573,7 +573,7 @@ export function pipeline<P = Record<string, never>>(
   const retry = resolveRetry(options.defaults?.retry, DEFAULT_RETRY, `pipeline '${name}'`);
   const timeoutMs = options.defaults?.timeout === undefined
     ? 30 * 60_000
-    : toMs(options.defaults.timeout, `default timeout of pipeline '${name}'`);
+    : toTimeoutMs(options.defaults.timeout, `default timeout of pipeline '${name}'`);
   const concurrency = options.concurrency ?? 8;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new RangeError(
@@ -700,4 +700,18 @@ export function diffGraphs(
     }
   }
   return lines;
+}
+
+/** The longest timeout a timer can wait for: 2^31 − 1 ms, about 24.8 days. */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/** A timeout in ms, refused at definition time when no timer could wait that long. */
+export function toTimeoutMs(value: Duration, what: string): number {
+  const ms = toMs(value, what);
+  if (ms > MAX_TIMEOUT_MS) {
+    throw new TypeError(
+      `Cannot use ${what}: ${JSON.stringify(value)} is longer than the 24 days a timer can wait`,
+    );
+  }
+  return ms;
 }

@@ -21,7 +21,7 @@ import type {
   StepContext,
 } from "./definition.ts";
 import v8 from "node:v8";
-import { MAX_ITEMS, resolveRetry, retryDelay } from "./definition.ts";
+import { MAX_ITEMS, MAX_TIMEOUT_MS, resolveRetry, retryDelay } from "./definition.ts";
 import { toMs } from "./duration.ts";
 import { type ErrorInfo, KvUnavailableError, NonRetryableError, toErrorInfo } from "./errors.ts";
 import { commitAtomic } from "./atomic.ts";
@@ -441,7 +441,9 @@ export class RunDriver {
   /** Pumps again at `at` on the engine's clock (one pending wake-up at a time). */
   #wakeAt(at: number): void {
     this.#cancelHold?.();
-    this.#cancelHold = this.#clock.after(at - this.#clock.now(), () => this.#pump());
+    // a timer cannot wait longer than MAX_TIMEOUT_MS; waking early only pumps again
+    const delay = Math.min(at - this.#clock.now(), MAX_TIMEOUT_MS);
+    this.#cancelHold = this.#clock.after(delay, () => this.#pump());
   }
 
   #settle(now: number): void {

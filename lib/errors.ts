@@ -162,7 +162,7 @@ const MAX_STACK = 8000;
 export function toErrorInfo(thrown: unknown): ErrorInfo {
   if (thrown instanceof Error) {
     return {
-      name: thrown.name,
+      name: clip(String(thrown.name), 200),
       message: clip(thrown.message || "(no message)", MAX_MESSAGE),
       stack: thrown.stack ? clip(thrown.stack, MAX_STACK) : undefined,
       retryable: !(thrown instanceof NonRetryableError),

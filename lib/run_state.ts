@@ -398,7 +398,11 @@ export function planRerun(
     if (rerun.has(s.name)) {
       resets.push({
         step: s.name,
-        record: pendingTask((record?.generation ?? 0) + 1),
+        // attempt records go on numbering after the earlier ones instead of overwriting them
+        record: {
+          ...pendingTask((record?.generation ?? 0) + 1),
+          base: (record?.base ?? 0) + (record?.attempt ?? 0),
+        },
         items: "all",
       });
     } else if (!record) {

@@ -943,12 +943,13 @@ function checkDate(date: string): void {
 }
 
 /**
- * Whether a lease's holder is a process of this host (same pid namespace) that is gone.
- * Only Linux shows other processes under /proc; elsewhere a holder is never "dead" early
- * and its lease is waited out.
+ * Whether a lease's holder is a process of this host that is gone: same boot, pid
+ * namespace and user (see `hostname()` in worker.ts), so a pid missing from /proc means a
+ * dead process, not one hidden from this user. Only Linux shows other processes under
+ * /proc; elsewhere a holder is never "dead" early and its lease is waited out.
  */
 function isDeadLocalHolder(held: Lease, me: Omit<Lease, "deadline">): boolean {
-  if (Deno.build.os !== "linux" || !me.host.includes("/pid:[")) return false;
+  if (Deno.build.os !== "linux" || !me.host.includes("/uid:")) return false;
   if (held.host !== me.host || held.pid === me.pid) return false;
   try {
     Deno.statSync(`/proc/${held.pid}`);

@@ -360,8 +360,10 @@ export class Worker {
 }
 
 /**
- * The host as leases record it: the host name, and on Linux the process-id namespace, so
- * that only processes whose pids this process can see count as "on this host".
+ * The host as leases record it: the host name, and on Linux the process-id namespace, the
+ * boot id and the user id, so that "on this host" (where a holder whose pid is gone is
+ * known dead) means: the same boot of the same machine, the same pid namespace, and a
+ * user whose processes this one can see even under `/proc` mounted with `hidepid`.
  */
 function hostname(): string {
   let name = "unknown-host";
@@ -372,7 +374,8 @@ function hostname(): string {
   }
   if (Deno.build.os !== "linux") return name;
   try {
-    return `${name}/${Deno.readLinkSync("/proc/self/ns/pid")}`;
+    const boot = Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
+    return `${name}/${Deno.readLinkSync("/proc/self/ns/pid")}/boot:${boot}/uid:${Deno.uid()}`;
   } catch {
     return name;
   }

@@ -132,3 +132,73 @@ Deno.test("due-index entries that disagree with their run are dropped and hold b
   for await (const e of engine.kv.list({ prefix: keys.duePrefix() })) left.push(e.key);
   assert.deepEqual(left, []);
 });
+
+Deno.test("an output holding a small view of a large buffer is stored as its few bytes, and the body runs once", async () => {
+  let calls = 0;
+  const head = step("head", { retry: { attempts: 1 } }, () => {
+    calls++;
+    const big = new Uint8Array(10_000_000);
+    big.set([1, 2, 3], 0);
+    return { header: big.subarray(0, 16) };
+  });
+  const read = step("read", { needs: { head } }, ({ head }) => [...head.header.slice(0, 4)]);
+  const p = pipeline("views", { steps: [head, read] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.equal(calls, 1);
+  const stored = await engine.store.getOutput(run.id, "head") as { header: Uint8Array };
+  assert.equal(stored.header.byteLength, 16);
+  assert.deepEqual(await engine.store.getOutput(run.id, "read"), [1, 2, 3, 0]);
+});
+
+Deno.test("a timeout no timer can wait for is refused at definition time", () => {
+  assert.throws(
+    () => step("slow", { timeout: "25d" }, () => 1),
+    /timeout of step 'slow': "25d" is longer than the 24 days a timer can wait/,
+  );
+  assert.throws(
+    () => pipeline("slow", { steps: [step("s", () => 1)], defaults: { timeout: "30d" } }),
+    /default timeout of pipeline 'slow'/,
+  );
+  step("long", { timeout: "24d" }, () => 1);
+});
+
+Deno.test("an error with a huge name fails its step like any other, with the name clipped", async () => {
+  let calls = 0;
+  const s = step("s", { retry: { attempts: 2, delay: "1ms" } }, () => {
+    calls++;
+    const error = new Error("broken");
+    error.name = "X".repeat(200_000);
+    throw error;
+  });
+  const p = pipeline("named", { steps: [s] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "failed");
+  assert.equal(calls, 2);
+  const record = (await engine.store.getSteps(run.id)).get("s")!;
+  assert.ok(record.error!.name.length <= 300, `name of ${record.error!.name.length} chars`);
+  assert.equal(record.error!.message, "broken");
+});
+
+Deno.test("a rerun numbers its attempts after the earlier ones instead of overwriting them", async () => {
+  let calls = 0;
+  const s = step("s", { retry: { attempts: 2, delay: "1ms" } }, () => {
+    if (++calls === 1) throw new Error("first try fails");
+    return calls;
+  });
+  const p = pipeline("history", { steps: [s] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  const done = await engine.runToEnd(run.id);
+  assert.equal(done.status, "succeeded");
+  await engine.store.rerun(done, p, "s");
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  const attempts = (await engine.store.getAttempts(run.id)).filter((a) => a.step === "s");
+  assert.deepEqual(attempts.map((a) => `${a.n}:${a.attempt}:${a.status}`), [
+    "1:1:failed",
+    "2:2:succeeded",
+    "3:1:succeeded",
+  ]);
+});
