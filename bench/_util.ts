@@ -1,8 +1,10 @@
 /**
- * Small helpers shared by the benchmarks: statistics, formatting, time limits.
+ * Small helpers shared by the benchmarks: statistics, formatting, time limits, a store on
+ * a KV file.
  *
  * @module
  */
+import { type RunRecord, Store } from "../lib/mod.ts";
 
 /**
  * Time limit of one section, ms (`KVFLOW_BENCH_TIMEOUT_MS` overrides it); a section past it
@@ -73,4 +75,29 @@ export function sleep(ms: number): Promise<void> {
 /** A line on stderr, prefixed. */
 export function log(s: string): void {
   console.error(`bench: ${s}`);
+}
+
+/** Runs `fn` with a store on the KV file at `kvPath`, closed afterwards. */
+export async function withStore<T>(
+  kvPath: string,
+  fn: (store: Store) => Promise<T>,
+): Promise<T> {
+  const kv = await Deno.openKv(kvPath);
+  try {
+    return await fn(new Store(kv, { queues: false }));
+  } finally {
+    kv.close();
+  }
+}
+
+/** Every run of a pipeline, page by page. */
+export async function allRuns(store: Store, pipeline: string): Promise<RunRecord[]> {
+  const out: RunRecord[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await store.listRuns({ pipeline, limit: 500, cursor });
+    out.push(...page.runs);
+    cursor = page.cursor;
+  } while (cursor);
+  return out;
 }

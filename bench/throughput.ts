@@ -7,10 +7,9 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { type RunRecord, Store } from "../lib/mod.ts";
 import { commitThroughput } from "./floor.ts";
 import { BENCH_DIAMOND } from "./entry.ts";
-import { fmt, log, median, sleep } from "./_util.ts";
+import { allRuns, fmt, log, median, sleep, withStore } from "./_util.ts";
 import type { Row } from "./report.ts";
 
 const ENTRY = fileURLToPath(new URL("./entry.ts", import.meta.url));
@@ -72,26 +71,6 @@ export async function stopWorkers(children: Deno.ChildProcess[]): Promise<void> 
     if (status.code !== 0) problems.push(`worker exited ${status.code}: ${errText}`);
   }
   if (problems.length) throw new Error(problems.join("\n"));
-}
-
-async function withStore<T>(kvPath: string, fn: (store: Store) => Promise<T>): Promise<T> {
-  const kv = await Deno.openKv(kvPath);
-  try {
-    return await fn(new Store(kv, { queues: false }));
-  } finally {
-    kv.close();
-  }
-}
-
-async function allRuns(store: Store, pipeline: string): Promise<RunRecord[]> {
-  const out: RunRecord[] = [];
-  let cursor: string | undefined;
-  do {
-    const page = await store.listRuns({ pipeline, limit: 500, cursor });
-    out.push(...page.runs);
-    cursor = page.cursor;
-  } while (cursor);
-  return out;
 }
 
 async function measure(

@@ -20,8 +20,9 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { heartbeat, main as cli } from "../lib/cli.ts";
-import { type Pipeline, pipeline, type RunRecord, step, Store } from "../lib/mod.ts";
+import { type Pipeline, pipeline, step } from "../lib/mod.ts";
 import { diamond, waitingDiamond } from "./pipelines.ts";
+import { allRuns, withStore } from "./_util.ts";
 
 const SCHEDULED = pipeline("bench-tick", {
   schedule: { cron: "* * * * * *", timezone: "UTC", overlap: "allow" },
@@ -91,26 +92,6 @@ async function stop(children: Deno.ChildProcess[]): Promise<void> {
     ]);
     if (status.code !== 0) throw new Error(`worker exited ${status.code}: ${errText}`);
   }
-}
-
-async function withStore<T>(kvPath: string, fn: (store: Store) => Promise<T>): Promise<T> {
-  const kv = await Deno.openKv(kvPath);
-  try {
-    return await fn(new Store(kv, { queues: false }));
-  } finally {
-    kv.close();
-  }
-}
-
-async function allRuns(store: Store, pipelineName: string): Promise<RunRecord[]> {
-  const out: RunRecord[] = [];
-  let cursor: string | undefined;
-  do {
-    const page = await store.listRuns({ pipeline: pipelineName, limit: 500, cursor });
-    out.push(...page.runs);
-    cursor = page.cursor;
-  } while (cursor);
-  return out;
 }
 
 async function throughput(
