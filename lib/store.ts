@@ -257,7 +257,7 @@ export class Store {
    */
   async requireRun(runId: string): Promise<RunRecord> {
     const run = await this.getRun(runId);
-    if (!run) throw new UsageError(`Unknown run: '${runId}'`, "not_found");
+    if (!run) throw unknownRun(runId);
     return run;
   }
 
@@ -584,13 +584,14 @@ export class Store {
    * @throws {UsageError} when the run already ended
    */
   async cancel(runId: string, reason = "Cancelled by request"): Promise<RunRecord> {
+    if (!isRunId(runId)) throw unknownRun(runId);
     for (let tries = 0; tries < 5; tries++) {
       const [runEntry, leaseEntry] = await this.kv.getMany<[RunRecord, Lease]>([
         keys.run(runId),
         keys.lease(runId),
       ]);
       const run = runEntry.value;
-      if (!run) throw new UsageError(`Unknown run: '${runId}'`, "not_found");
+      if (!run) throw unknownRun(runId);
       if (TERMINAL.has(run.status)) {
         throw new UsageError(`Run ${runId} already ${run.status}: nothing to cancel`, "conflict");
       }
@@ -790,6 +791,11 @@ function checkIdempotencyKey(key: unknown): void {
       }: use 1 to ${MAX_IDEMPOTENCY_KEY_LENGTH} characters without control characters`,
     );
   }
+}
+
+/** The error for a run id that names no run (an id too long for a key names none). */
+function unknownRun(runId: string): UsageError {
+  return new UsageError(`Unknown run: ${quoteClipped(runId)}`, "not_found");
 }
 
 /** Whether a string can be a run id (so unknown ids fail fast, before KV sees them). */

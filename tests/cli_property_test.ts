@@ -319,7 +319,12 @@ Deno.test("bad command lines exit 2 from a real process with one line and change
   await kv.set(["guard"], "untouched");
   const before = await kvSnapshot(kv);
   kv.close();
-  const cases = fc.sample(refused, { numRuns: 10, seed: SEED });
+  // An operating system cannot pass a NUL byte in an argument (exec takes C strings), so
+  // those cases stay with the in-process property above.
+  const cases = fc.sample(refused.filter(({ args }) => args.every((a) => !a.includes("\0"))), {
+    numRuns: 10,
+    seed: SEED,
+  });
   // two at a time: the machine is shared
   const results: Exit[] = [];
   for (let i = 0; i < cases.length; i += 2) {

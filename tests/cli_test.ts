@@ -55,6 +55,10 @@ Deno.test("usage errors exit 2 with one line on stderr and no stack trace", asyn
     ["unknown run id (status)", ["status", "20990101-000000-zzzzzz"], /Unknown run/],
     ["unknown run id (resume)", ["resume", "20990101-000000-zzzzzz"], /Unknown run/],
     ["malformed run id", ["cancel", "../../etc/passwd"], /Unknown run/],
+    // longer than a KV key may be: refused by its shape, before KV sees it
+    ["run id of 10,000 characters", ["cancel", "x".repeat(10_000)], /Unknown run: "x+"… \(10000/],
+    ["run id of 10,000 characters", ["status", "x".repeat(10_000)], /Unknown run: "x+"… \(10000/],
+    ["run id of 10,000 characters", ["rerun", "x".repeat(10_000), "--from", "a"], /Unknown run/],
     ["bad --param format", ["run", "example", "--param", "customers"], /Invalid --param/],
     ["params failing the schema", ["run", "example", "--param", "customers=abc"], /customers/],
     ["param out of range", ["run", "example", "--param", "customers=0"], /customers/],

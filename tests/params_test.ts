@@ -117,7 +117,7 @@ Deno.test("unknown run ids and pipelines are clear usage errors", async () => {
   await using engine = await openEngine({ path: ":memory:", pipelines: [noParams] });
   await assert.rejects(
     engine.store.requireRun("20240101-000000-nope"),
-    usageError("not_found", /Unknown run: '20240101-000000-nope'/),
+    usageError("not_found", /Unknown run: "20240101-000000-nope"/),
   );
   await assert.rejects(
     engine.store.requireRun("../../etc/passwd"),
