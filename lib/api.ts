@@ -50,6 +50,11 @@ export type RouteInput<T extends Parts> = {
   query: Out<T["query"]>;
   headers: Out<T["headers"]>;
   body: Out<T["body"]>;
+  /**
+   * The body as `JSON.parse` made it (undefined when empty), before the body schema copied
+   * it: zod drops own `__proto__` keys from what it outputs.
+   */
+  rawBody: unknown;
 };
 
 /** A documented route with its handler. */
@@ -276,9 +281,12 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
           schema: ErrorResponseSchema,
         },
       },
-    }, async (_c, { params, headers, body }) => {
+    }, async (_c, { params, headers, body, rawBody }) => {
       const pipeline = pipelineOf(params.name);
-      const given = checkedParams(pipeline, body.params ?? {});
+      // The params as sent, not the body schema's copy: that one lacks a `__proto__` key,
+      // which must be refused like any unknown param, not dropped in silence.
+      const sent = (rawBody as { params?: Record<string, unknown> } | undefined)?.params ?? {};
+      const given = checkedParams(pipeline, sent);
       const key = headers["idempotency-key"];
       const replay = (run: RunRecord) => {
         const same = canonical(run.params) === canonical(given) &&
@@ -302,7 +310,7 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
       let run: RunRecord;
       try {
         run = await store.createRun(pipeline, {
-          params: body.params ?? {},
+          params: sent,
           logicalDate: body.logicalDate,
           trigger: "http",
           idempotencyKey: key,

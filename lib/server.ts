@@ -170,14 +170,13 @@ export class HttpService {
           { status: 400, code: "invalid_header", what: "header" },
         )
         : undefined;
-      const body = r.body
-        ? validate(
-          r.body,
-          (await readJsonBody(c.req.raw, this.#options.maxBodyBytes ?? DEFAULT_MAX_BODY)) ?? {},
-          { status: 400, code: "invalid_body", what: "body" },
-        )
+      const rawBody = r.body
+        ? await readJsonBody(c.req.raw, this.#options.maxBodyBytes ?? DEFAULT_MAX_BODY)
         : undefined;
-      response = await r.handle(c, { params, query, headers, body });
+      const body = r.body
+        ? validate(r.body, rawBody ?? {}, { status: 400, code: "invalid_body", what: "body" })
+        : undefined;
+      response = await r.handle(c, { params, query, headers, body, rawBody });
     } catch (error) {
       response = this.#error(error, c.req);
     }
