@@ -45,6 +45,19 @@ function asUser(uid: number, command: string[], options: Deno.CommandOptions = {
   });
 }
 
+/** Where the workers run the project from: the checkout, or a copy both users can read. */
+let PROJECT = ROOT;
+
+/** Whether both users can read the fixture CLI under `project` and run Deno. */
+async function reachable(project: string): Promise<boolean> {
+  for (const uid of [UID_A, UID_B]) {
+    const cli = `${project}${FIXTURE_CLI}`;
+    const reach = await asUser(uid, ["test", "-r", cli, "-a", "-x", Deno.execPath()]).output();
+    if (!reach.success) return false;
+  }
+  return true;
+}
+
 /** Why this machine cannot run the scenario, or undefined when it can. */
 async function unsupported(): Promise<string | undefined> {
   if (Deno.build.os !== "linux") return "needs Linux";
@@ -61,6 +74,19 @@ async function unsupported(): Promise<string | undefined> {
       return `unshare/mount -t proc -o hidepid=2/setpriv failed (exit ${probe.code}): ${
         new TextDecoder().decode(probe.stderr).trim() || "a hidden pid is still visible"
       }`;
+    }
+    // Both users must reach the project and Deno. A checkout under /root is closed to
+    // them: they get a copy of the project's code, open to all.
+    if (!await reachable(ROOT)) {
+      PROJECT = await Deno.makeTempDir({ prefix: "kvflow-hidepid-project-" });
+      await Deno.chmod(PROJECT, 0o755);
+      for (const part of ["deno.json", "deno.lock", "main.ts", "lib", "pipelines", "tests"]) {
+        const copy = await new Deno.Command("cp", { args: ["-a", `${ROOT}${part}`, PROJECT] })
+          .output();
+        if (!copy.success) return `cannot copy ${ROOT}${part} to ${PROJECT}`;
+      }
+      PROJECT += "/";
+      if (!await reachable(PROJECT)) return `the users cannot reach a copy in ${PROJECT}`;
     }
   } catch (error) {
     return `cannot run unshare: ${error instanceof Error ? error.message : error}`;
@@ -96,7 +122,7 @@ async function workerAs(
   const denoDir = await denoDirFor(box, uid);
   const args = [Deno.execPath(), "run", "-A", FIXTURE_CLI, "worker"];
   const child = asUser(uid, args, {
-    cwd: ROOT,
+    cwd: PROJECT,
     env: box.env({ ...env, HOME: box.dir, DENO_DIR: denoDir }),
   }).spawn();
   const proc = new Proc(child, [`uid ${uid}:`, ...args]);
@@ -216,6 +242,7 @@ Deno.test({
         proc.kill("SIGKILL");
         await proc.exit();
       }
+      if (PROJECT !== ROOT) await Deno.remove(PROJECT, { recursive: true });
     }
     // Each private /proc went with its namespace; this process's /proc is as it was.
     assert.deepEqual(await procMounts(), mountsBefore);
