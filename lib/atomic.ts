@@ -4,6 +4,52 @@
  * @module
  */
 import { kvUnavailable } from "./errors.ts";
+import { keySize } from "./keys.ts";
+
+/** A key to set to a value, or to delete when the value is null. */
+export type KvWrite = readonly [key: Deno.KvKey, value: unknown];
+
+/** Writes per batch of {@linkcode splitWrites}: KV allows 1,000 mutations a commit. */
+const BATCH_WRITES = 900;
+/** Key bytes per batch of {@linkcode splitWrites}: KV allows 80 KiB a commit. */
+const BATCH_KEY_BYTES = 60_000;
+
+/**
+ * Splits groups of small writes (task records, markers) into batches that each fit one
+ * KV commit, with room left for a few more mutations such as a run record and its index
+ * moves: at most 900 writes and 60,000 bytes of keys a batch. A group (writes that must
+ * land together) is never split; groups keep their order.
+ *
+ * @param groups the writes, in groups
+ * @returns the batches, at least one (empty when there is nothing to write)
+ */
+export function splitWrites(groups: Iterable<readonly KvWrite[]>): KvWrite[][] {
+  const batches: KvWrite[][] = [[]];
+  let keyBytes = 0;
+  for (const group of groups) {
+    const size = group.reduce((sum, [key]) => sum + keySize(key), 0);
+    const batch = batches[batches.length - 1];
+    if (
+      batch.length > 0 &&
+      (batch.length + group.length > BATCH_WRITES || keyBytes + size > BATCH_KEY_BYTES)
+    ) {
+      batches.push([...group]);
+      keyBytes = size;
+    } else {
+      batch.push(...group);
+      keyBytes += size;
+    }
+  }
+  return batches;
+}
+
+/** Adds writes to an atomic operation: a set, or a delete for a null value. */
+export function addWrites(op: Deno.AtomicOperation, writes: readonly KvWrite[]): void {
+  for (const [key, value] of writes) {
+    if (value === null) op.delete(key);
+    else op.set(key, value);
+  }
+}
 
 /** How long {@linkcode commitAtomic} retries a commit while the database is locked. */
 export const LOCKED_RETRY_MS = 5000;
@@ -126,6 +172,21 @@ export class GroupCommitter {
         return await commitAtomic(op);
       })();
     }
+    if (!this.#inFlight && this.#queue.length === 0) {
+      // Alone: straight to KV, as without a committer; those that come meanwhile queue.
+      this.#inFlight = true;
+      this.stats.commits++;
+      let commit: Promise<Deno.KvCommitResult | Deno.KvCommitError>;
+      try {
+        const op = this.#kv.atomic();
+        batch.apply(op);
+        commit = commitAtomic(op);
+      } catch (error) {
+        commit = Promise.reject(error);
+      }
+      commit.then(this.#next, this.#next);
+      return commit;
+    }
     return new Promise((resolve, reject) => {
       this.#queue.push({ batch, resolve, reject });
       this.#pump();
@@ -135,13 +196,22 @@ export class GroupCommitter {
   #pump(): void {
     if (this.#inFlight || this.#queue.length === 0) return;
     this.#inFlight = true;
-    this.#commitGroup(this.#take()).finally(() => {
-      this.#inFlight = false;
-      this.#pump();
-    });
+    this.#commitGroup(this.#take()).then(this.#next, this.#next);
   }
 
+  /** Runs once a commit ended: the batches queued meanwhile go next. */
+  readonly #next = (): void => {
+    this.#inFlight = false;
+    this.#pump();
+  };
+
   #take(): Queued[] {
+    if (this.#queue.length === 1) {
+      // a lone batch (nothing else queued): no copy of the queue
+      const group = this.#queue;
+      this.#queue = [];
+      return group;
+    }
     const group = [this.#queue[0]];
     let { checks, mutations, bytes, keyBytes = 0 } = this.#queue[0].batch;
     let i = 1;
@@ -164,6 +234,19 @@ export class GroupCommitter {
   }
 
   async #commitGroup(group: Queued[]): Promise<void> {
+    if (group.length === 1) {
+      // alone: committed at once, as it would be without a committer
+      const q = group[0];
+      this.stats.commits++;
+      try {
+        const op = this.#kv.atomic();
+        q.batch.apply(op);
+        q.resolve(await commitAtomic(op));
+      } catch (error) {
+        q.reject(error);
+      }
+      return;
+    }
     if (group.length > 1) {
       this.stats.commits++;
       this.stats.grouped++;

@@ -63,6 +63,44 @@ export async function encodeValue(
   owner: BlobOwner,
   commit: CommitChunks = commitAtomic,
 ): Promise<Stored> {
+  return encodeSmall(kv, value) ?? await encodeMeasured(kv, runId, value, owner, commit);
+}
+
+/**
+ * The rest of {@linkcode encodeValue}, for a value {@linkcode encodeSmall} found may be too
+ * large to store inline unmeasured: measures it exactly, and stores it inline or as a blob.
+ */
+export async function encodeMeasured(
+  kv: Deno.Kv,
+  runId: string,
+  value: unknown,
+  owner: BlobOwner,
+  commit: CommitChunks = commitAtomic,
+): Promise<Stored> {
+  const bytes = v8.serialize(value);
+  // Stored as its compact copy: KV would write a view's whole underlying buffer, where
+  // v8.serialize (and so this size) counts only the viewed bytes.
+  if (bytes.byteLength < INLINE_BYTES) return { inline: v8.deserialize(bytes) };
+  return { blob: await writeBlob(kv, runId, new Uint8Array(bytes), owner, commit) };
+}
+
+/**
+ * The synchronous part of {@linkcode encodeValue}: a value stored inline without measuring
+ * it exactly, or undefined when it may be too large for that (then `encodeValue` measures
+ * it, and stores it inline or as a blob).
+ *
+ * @throws {NonRetryableError} when the value cannot be serialized
+ */
+export function encodeSmall(kv: Deno.Kv, value: unknown): Stored | undefined {
+  // Numbers, booleans, null, undefined and short strings always serialize and are small:
+  // no probe, no size estimate.
+  const type = typeof value;
+  if (
+    value === null || type === "number" || type === "boolean" || type === "undefined" ||
+    (type === "string" && 10 + 2 * (value as string).length < INLINE_ESTIMATE)
+  ) {
+    return { inline: value };
+  }
   try {
     // Building (never committing) a mutation serializes the value, which rejects
     // functions, symbols and other values KV cannot store, with the offending value named.
@@ -74,11 +112,7 @@ export async function encodeValue(
     );
   }
   if (estimateSize(value, INLINE_ESTIMATE) < INLINE_ESTIMATE) return { inline: value };
-  const bytes = v8.serialize(value);
-  // Stored as its compact copy: KV would write a view's whole underlying buffer, where
-  // v8.serialize (and so this size) counts only the viewed bytes.
-  if (bytes.byteLength < INLINE_BYTES) return { inline: v8.deserialize(bytes) };
-  return { blob: await writeBlob(kv, runId, new Uint8Array(bytes), owner, commit) };
+  return undefined;
 }
 
 /** Reads back a value stored by {@linkcode encodeValue}. */

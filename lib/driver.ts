@@ -23,11 +23,17 @@ import type {
 import v8 from "node:v8";
 import { MAX_ITEMS, MAX_TIMEOUT_MS, resolveRetry, retryDelay } from "./definition.ts";
 import { toMs } from "./duration.ts";
-import { type ErrorInfo, KvUnavailableError, NonRetryableError, toErrorInfo } from "./errors.ts";
+import {
+  type ErrorInfo,
+  kvLimit,
+  KvUnavailableError,
+  NonRetryableError,
+  toErrorInfo,
+} from "./errors.ts";
 import { commitAtomic } from "./atomic.ts";
 import * as keys from "./keys.ts";
 import { keySize } from "./keys.ts";
-import { decodeValue, encodeValue, type PendingBlob, writeBlob } from "./codec.ts";
+import { decodeValue, encodeMeasured, encodeSmall, type PendingBlob, writeBlob } from "./codec.ts";
 import {
   type AttemptRecord,
   attemptRecord,
@@ -40,10 +46,14 @@ import {
   type Lease,
   type LogLine,
   pendingTask,
+  releaseError,
+  releaseTask,
+  resetTask,
   type RunRecord,
   skipTask,
   startAttempt,
   type StepStatus,
+  type Stored,
   succeedTask,
   type TaskRecord,
 } from "./run_state.ts";
@@ -130,6 +140,22 @@ interface StepSlot {
   def: AnyStep;
   /** The slots of the steps it needs, in `def.needs` order. */
   needs: StepSlot[];
+  /** The slots of the steps that need it. */
+  dependents: StepSlot[];
+  /** Its position in topological order. */
+  at: number;
+  /** Whether it is meant to be in the driver's open list (see `#open`). */
+  open: boolean;
+  /** Whether it is in that list now (`#pump` drops those no longer open after its walk). */
+  listed: boolean;
+  /** Its step record's key, with its id in `#writes` and its size (made once). */
+  key: Deno.KvKey;
+  keyId: string;
+  keyBytes: number;
+  /** The size of its attempt records' keys, once known. */
+  attemptKeyBytes?: number;
+  /** The input names of its needs, in `needs` order, once known. */
+  inputNames?: string[];
   record: TaskRecord;
   retry: ResolvedRetry;
   timeoutMs: number;
@@ -156,6 +182,20 @@ interface FanState {
   running: number;
 }
 
+/** A running attempt of a step or fan-out item. */
+interface Task {
+  slot: StepSlot;
+  /** Fan-out item index, or -1. */
+  index: number;
+  /** Its key in `#running`. */
+  key: string;
+  controller: AbortController;
+  /** Rejects the wait for the body once the task is aborted (set while its body runs). */
+  onAbort: ((reason: unknown) => void) | undefined;
+  /** When its timeout fires (`performance.now()` ms): Infinity until its body starts. */
+  deadline: number;
+}
+
 interface Write {
   key: Deno.KvKey;
   value: unknown;
@@ -177,10 +217,22 @@ export class RunDriver {
   readonly #o: DriverOptions;
   readonly #kv: Deno.Kv;
   readonly #steps = new Map<string, StepSlot>();
-  /** The slots in topological order, and how many at its start have ended for good. */
+  /** The slots in topological order. */
   readonly #order: StepSlot[] = [];
-  #ended = 0;
-  readonly #running = new Map<string, AbortController>();
+  /**
+   * The slots `#pump` looks at, in topological order: every slot that has not ended and
+   * may act — a step whose needs all ended, a retrying or fan-out step, one expanding
+   * its items. A pending step whose needs have not all ended joins when one of them ends
+   * (see `#setStep`), so a long chain does not rescan its future at every step either.
+   */
+  readonly #open: StepSlot[] = [];
+  /** While `#pump` walks `#open`: the index it is at (an insertion before it rescans). */
+  #pumpAt = -1;
+  #rescan = false;
+  readonly #running = new Map<string, Task>();
+  /** One timer for the step timeouts, due at the earliest deadline it was armed for. */
+  #timeoutTimer: ReturnType<typeof setTimeout> | undefined;
+  #timeoutAt = Infinity;
   #run: RunRecord;
   #lease: Lease;
   #leaseVersion: string;
@@ -194,6 +246,8 @@ export class RunDriver {
   #indexKeyBytes: number;
   #stopped = false;
   #isLost = false;
+  /** Whether it is handing the run back after KV refused a commit (see `#refuse`). */
+  #refusing = false;
   #settling = false;
   #waitingForSlot = false;
   #cancelHold: (() => void) | undefined;
@@ -257,9 +311,27 @@ export class RunDriver {
       }
       // Steps come in topological order, so the slots of its needs exist already.
       const needs = Object.values(def.needs).map((n) => this.#steps.get(n.name)!);
-      const slot: StepSlot = { def, needs, record, retry, timeoutMs };
+      const at = this.#order.length;
+      const key = keys.step(this.#run.id, def.name);
+      const slot: StepSlot = {
+        def,
+        needs,
+        dependents: [],
+        at,
+        open: !isEnded(record.status),
+        listed: !isEnded(record.status),
+        key,
+        keyId: JSON.stringify(key),
+        keyBytes: keySize(key),
+        record,
+        retry,
+        timeoutMs,
+      };
+      for (const need of needs) need.dependents.push(slot);
       this.#steps.set(def.name, slot);
       this.#order.push(slot);
+      // the first pump drops those that cannot act yet
+      if (slot.open) this.#open.push(slot);
     }
     this.#emit({ type: "run", run: this.#run });
     this.#renewTimer = setInterval(() => this.#tickLease(), Math.min(1000, this.#o.leaseMs / 4));
@@ -282,10 +354,10 @@ export class RunDriver {
     if (this.#stopped) return;
     this.#stopped = true;
     const now = this.#clock.now();
-    for (const [task, controller] of this.#running) {
-      controller.abort(new Error(reason));
-      const [name, index] = splitTask(task);
-      const slot = this.#steps.get(name)!;
+    for (const task of this.#running.values()) {
+      abortTask(task, new Error(reason));
+      const { slot, index } = task;
+      const name = slot.def.name;
       const record = index < 0 ? slot.record : slot.fan!.records.get(index)!;
       const failed: TaskRecord = {
         ...record,
@@ -318,7 +390,9 @@ export class RunDriver {
   /**
    * Stops taking new steps, lets running ones finish for up to `graceMs`, then hands the
    * run back as queued so another worker continues it. Steps still running after the
-   * grace period are aborted; their attempt counts as crashed when the run is claimed.
+   * grace period are aborted and handed back in the same commit, fenced by the lease like
+   * every checkpoint: they run again on the next claim, and their attempt is recorded as
+   * interrupted, not as a crash (only a worker that dies leaves a step `running`).
    */
   async release(graceMs: number): Promise<void> {
     if (this.#stopped) return;
@@ -329,8 +403,16 @@ export class RunDriver {
     }
     if (this.#stopped) return;
     this.#stopped = true;
-    this.#abortRunning("Worker shutting down");
     const now = this.#clock.now();
+    for (const { slot, index } of this.#running.values()) {
+      const name = slot.def.name;
+      const record = index < 0 ? slot.record : slot.fan!.records.get(index)!;
+      this.#setTask(slot, index, releaseTask(record, now));
+      this.#writeAttempt(
+        attemptRecord(name, index, record, "interrupted", releaseError(record.attempt), [], now),
+      );
+    }
+    this.#abortRunning("Worker shutting down");
     const next: RunRecord = { ...this.#run, status: "queued", dueAt: now };
     this.#changeRun(next);
     this.#runOps.push((op) => {
@@ -347,91 +429,152 @@ export class RunDriver {
     if (this.#stopped) return;
     if (this.#settling) {
       // shutting down: start nothing new, but make finished results durable
-      this.#flush().catch((error) => this.#fail(error));
+      this.#flush().catch(this.#onFlushError);
       return;
     }
     const now = this.#clock.now();
     const { pipeline, slots } = this.#o;
     let capacity = pipeline.concurrency - this.#running.size;
     let starved = false;
-    // Runs once per finished step: plain loops over precomputed slots, no allocation. A step
-    // that succeeded, failed or was skipped stays so in this driver: the prefix of ended
-    // steps is skipped, so a long chain does not rescan its past at every step.
-    const order = this.#order;
-    while (this.#ended < order.length && hasEnded(order[this.#ended])) this.#ended++;
-    for (let i = this.#ended; i < order.length; i++) {
-      const slot = order[i];
-      const def = slot.def;
-      const status = slot.record.status;
-      if (status === "succeeded" || status === "failed" || status === "skipped") continue;
-      let blocker: StepSlot | undefined;
-      let needsDone = true;
-      for (const need of slot.needs) {
-        const s = need.record.status;
-        if (s === "failed" || s === "skipped") {
-          blocker = need;
-          break;
-        }
-        if (s !== "succeeded") needsDone = false;
-      }
-      if (blocker) {
-        if (status === "pending") this.#setStep(slot, skipTask(slot.record, now, blocker.def.name));
-        continue;
-      }
-      if (!needsDone) continue;
-      if (!def.fanOut) {
-        if (!isReady(slot.record, now)) continue;
-        if (capacity <= 0) continue;
-        if (!slots.tryAcquire()) {
-          starved = true;
+    // Runs once per finished step: plain loops over the open slots only, no allocation. A
+    // step that succeeded, failed or was skipped stays so in this driver and leaves the
+    // list, as does a pending step until a need of it ends: a long chain rescans neither
+    // its past nor its future at every step.
+    const open = this.#open;
+    do {
+      this.#rescan = false;
+      for (this.#pumpAt = 0; this.#pumpAt < open.length; this.#pumpAt++) {
+        const slot = open[this.#pumpAt];
+        if (!slot.open) continue;
+        const def = slot.def;
+        const status = slot.record.status;
+        if (status === "succeeded" || status === "failed" || status === "skipped") {
+          slot.open = false;
           continue;
         }
-        capacity--;
-        this.#startTask(slot, -1, now);
-        continue;
-      }
-      if (!slot.fan) {
-        if (!slot.expanding) this.#expand(slot);
-        continue;
-      }
-      const fan = slot.fan;
-      const limit = def.fanOut.concurrency;
-      while (fan.running < limit && capacity > 0) {
-        // retries that are due first, then items not started yet
-        const retry = nextRetry(fan) <= now ? fan.retries.peek()!.index : undefined;
-        const index = retry ?? fan.fresh[fan.freshAt];
-        if (index === undefined) break;
-        if (!slots.tryAcquire()) {
-          starved = true;
-          break;
+        let blocker: StepSlot | undefined;
+        let needsDone = true;
+        for (const need of slot.needs) {
+          const s = need.record.status;
+          if (s === "failed" || s === "skipped") {
+            blocker = need;
+            break;
+          }
+          if (s !== "succeeded") needsDone = false;
         }
-        if (retry === undefined) fan.freshAt++;
-        else fan.retries.pop();
-        capacity--;
-        this.#startTask(slot, index, now);
+        if (blocker) {
+          if (status === "pending") {
+            this.#setStep(slot, skipTask(slot.record, now, blocker.def.name));
+            slot.open = false;
+          }
+          continue;
+        }
+        if (!needsDone) {
+          // `#setStep` opens it again once a need ends
+          if (status === "pending" && !slot.fan && !slot.expanding) slot.open = false;
+          continue;
+        }
+        if (!def.fanOut) {
+          if (!isReady(slot.record, now)) continue;
+          if (capacity <= 0) continue;
+          if (!slots.tryAcquire()) {
+            starved = true;
+            continue;
+          }
+          capacity--;
+          this.#startTask(slot, -1, now);
+          continue;
+        }
+        if (!slot.fan) {
+          if (!slot.expanding) this.#expand(slot);
+          continue;
+        }
+        const fan = slot.fan;
+        const limit = def.fanOut.concurrency;
+        while (fan.running < limit && capacity > 0) {
+          // retries that are due first, then items not started yet
+          const retry = nextRetry(fan) <= now ? fan.retries.peek()!.index : undefined;
+          const index = retry ?? fan.fresh[fan.freshAt];
+          if (index === undefined) break;
+          if (!slots.tryAcquire()) {
+            starved = true;
+            break;
+          }
+          if (retry === undefined) fan.freshAt++;
+          else fan.retries.pop();
+          capacity--;
+          this.#startTask(slot, index, now);
+        }
       }
+    } while (this.#rescan);
+    this.#pumpAt = -1;
+    let kept = 0;
+    let expanding = false;
+    for (let i = 0; i < open.length; i++) {
+      const slot = open[i];
+      if (!slot.open) {
+        slot.listed = false;
+        continue;
+      }
+      open[kept++] = slot;
+      if (slot.expanding) expanding = true;
     }
+    open.length = kept;
     if (starved) {
       this.#waitingForSlot = true;
       slots.waitFor(this);
     }
-    if (
-      this.#running.size === 0 && !starved && !this.#order.some((s) => s.expanding)
-    ) {
+    if (this.#running.size === 0 && !starved && !expanding) {
       this.#settle(now);
     } else {
       // Other steps are still running: a retry due meanwhile must not wait for them.
       const retryAt = this.#earliestRetry(now);
       if (retryAt !== Infinity) this.#wakeAt(retryAt);
     }
-    this.#flush().catch((error) => this.#fail(error));
+    this.#flush().catch(this.#onFlushError);
   }
+
+  /**
+   * Puts a slot (back) in the open list, in topological order, unless it has ended. When
+   * `#pump` is walking the list and already passed its place, it walks the list again.
+   */
+  #openSlot(slot: StepSlot): void {
+    if (slot.open || isEnded(slot.record.status)) return;
+    slot.open = true;
+    const open = this.#open;
+    const walking = this.#pumpAt >= 0 && this.#pumpAt < open.length;
+    if (slot.listed) {
+      if (walking && slot.at <= open[this.#pumpAt].at) this.#rescan = true;
+      return;
+    }
+    slot.listed = true;
+    let at = open.length;
+    if (at > 0 && open[at - 1].at > slot.at) {
+      let lo = 0;
+      while (lo < at) {
+        const mid = (lo + at) >> 1;
+        if (open[mid].at > slot.at) at = mid;
+        else lo = mid + 1;
+      }
+      open.splice(at, 0, slot);
+    } else {
+      open.push(slot);
+    }
+    if (walking && at <= this.#pumpAt) {
+      this.#pumpAt++;
+      this.#rescan = true;
+    }
+  }
+
+  /** What a flush nobody awaits does when KV refused its writes. */
+  readonly #onFlushError = (error: unknown): void => this.#fail(error);
 
   /** The earliest time a retrying step or item is due, or Infinity when none is. */
   #earliestRetry(now: number): number {
     let nextAt = Infinity;
-    for (let i = this.#ended; i < this.#order.length; i++) {
-      const s = this.#order[i];
+    // retrying steps and fan-outs are open: their needs all succeeded
+    for (let i = 0; i < this.#open.length; i++) {
+      const s = this.#open[i];
       if (s.record.status === "retrying") nextAt = Math.min(nextAt, s.record.nextAt ?? now);
       if (s.fan) nextAt = Math.min(nextAt, nextRetry(s.fan));
     }
@@ -564,7 +707,10 @@ export class RunDriver {
           `items of step '${name}' returned ${values.length} items: a fan-out step may have at most ${MAX_ITEMS} (batch the items, or split the list over several steps)`,
         );
       }
-      const stored = slot.record.items !== undefined
+      // A rerun clears the step's item count (its list may change) but keeps its items'
+      // records, back at pending: their attempt history goes on after the earlier attempts.
+      const rerun = slot.record.items === undefined && slot.record.generation > 0;
+      const stored = slot.record.items !== undefined || rerun
         ? await this.#o.store.getItems(this.#run.id, name)
         : new Map<number, TaskRecord>();
       if (slot.record.items !== undefined && slot.record.items !== values.length) {
@@ -586,6 +732,7 @@ export class RunDriver {
       };
       for (let i = 0; i < values.length; i++) {
         let record = stored.get(i);
+        if (rerun && record) record = resetTask(record, slot.record.generation);
         if (!record || record.status === "pending") {
           if (record) trackItem(fan, i, record);
           fan.fresh.push(i);
@@ -630,38 +777,36 @@ export class RunDriver {
       : slot.fan!.records.get(index) ?? pendingTask(slot.record.generation);
     const record = startAttempt(before, now);
     this.#setTask(slot, index, record);
-    const controller = new AbortController();
-    this.#running.set(taskKey(name, index), controller);
+    const task: Task = {
+      slot,
+      index,
+      key: taskKey(name, index),
+      controller: new AbortController(),
+      onAbort: undefined,
+      deadline: Infinity,
+    };
+    this.#running.set(task.key, task);
     if (slot.fan) slot.fan.running++;
     // The body starts only once the commit that records its start is durable.
-    this.#afterCommit.push(() => void this.#execute(slot, index, record, controller));
+    this.#afterCommit.push(() => void this.#execute(task, record));
   }
 
-  async #execute(
-    slot: StepSlot,
-    index: number,
-    record: TaskRecord,
-    controller: AbortController,
-  ): Promise<void> {
+  async #execute(task: Task, record: TaskRecord): Promise<void> {
+    const { slot, index, controller } = task;
     const name = slot.def.name;
     // The run may have been interrupted, released or lost while the start marker was being
     // committed: then this attempt is no longer ours to run.
-    const stillOurs = () => this.#running.get(taskKey(name, index)) === controller;
-    if (!stillOurs()) return;
+    if (this.#running.get(task.key) !== task) return;
     const logs: LogLine[] = [];
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let result: { ok: true; value: unknown; stored: Awaited<ReturnType<typeof encodeValue>> } | {
+    let result: { ok: true; value: unknown; stored: Stored } | {
       ok: false;
       error: ErrorInfo;
     };
     try {
-      const inputs = await this.#inputs(slot.def);
+      const inputs = knownInputs(slot) ?? await this.#inputs(slot.def);
       const ctx = this.#context(slot, index, record, controller.signal, logs, inputs);
-      timer = setTimeout(() => {
-        const error = new Error(`Step '${name}' timed out after ${slot.timeoutMs} ms`);
-        error.name = "TimeoutError";
-        controller.abort(error);
-      }, slot.timeoutMs);
+      task.deadline = performance.now() + slot.timeoutMs;
+      this.#armTimeout(task.deadline);
       if (this.#o.beforeAttempt) {
         await this.#o.beforeAttempt({
           runId: this.#run.id,
@@ -672,11 +817,11 @@ export class RunDriver {
           idempotencyKey: ctx.idempotencyKey,
         });
       }
-      if (!stillOurs()) return;
+      if (this.#running.get(task.key) !== task) return;
       const body = index < 0
         ? slot.def.run(inputs, ctx)
         : slot.def.run(slot.fan!.values[index], ctx);
-      let value = await untilAborted(body, controller.signal);
+      let value = await untilAborted(body, task);
       if (slot.def.output) {
         const parsed = slot.def.output.safeParse(value);
         if (!parsed.success) {
@@ -689,7 +834,8 @@ export class RunDriver {
         }
         value = parsed.data;
       }
-      const stored = await encodeValue(
+      // small values (the usual case) without an await
+      const stored = encodeSmall(this.#kv, value) ?? await encodeMeasured(
         this.#kv,
         this.#run.id,
         value,
@@ -700,10 +846,11 @@ export class RunDriver {
     } catch (error) {
       result = { ok: false, error: toErrorInfo(error) };
     } finally {
-      clearTimeout(timer);
+      // the timeout timer skips it from now on; it stays armed for the next body
+      task.deadline = Infinity;
     }
-    if (!stillOurs()) return;
-    this.#running.delete(taskKey(name, index));
+    if (this.#running.get(task.key) !== task) return;
+    this.#running.delete(task.key);
     this.#o.slots.release();
     if (this.#stopped) return;
     const now = this.#clock.now();
@@ -921,7 +1068,9 @@ export class RunDriver {
 
   #setStep(slot: StepSlot, record: TaskRecord, size = 1024): void {
     slot.record = record;
-    this.#write(keys.step(this.#run.id, slot.def.name), record, taskBytes(record, size));
+    // the steps that need it may act now (run, or be skipped)
+    if (isEnded(record.status)) { for (const d of slot.dependents) this.#openSlot(d); }
+    this.#writeKeyed(slot.keyId, slot.key, slot.keyBytes, record, taskBytes(record, size));
     this.#emit({
       type: "task",
       runId: this.#run.id,
@@ -947,12 +1096,28 @@ export class RunDriver {
     for (const line of attempt.logs) {
       size += 64 + 2 * line.message.length + (line.fields ? 8192 : 0);
     }
-    this.#write(keys.attempt(this.#run.id, attempt.step, attempt.item, attempt.n), attempt, size);
+    const key = keys.attempt(this.#run.id, attempt.step, attempt.item, attempt.n);
+    const slot = this.#steps.get(attempt.step);
+    if (!slot) return this.#write(key, attempt, size);
+    // Every attempt key goes through here: its id in `#writes` is the step key's (JSON, so
+    // without a NUL character) and the item and attempt numbers after NULs, unlike any other.
+    slot.attemptKeyBytes ??= keySize(key); // numbers count the same whatever their value
+    this.#writeKeyed(
+      `${slot.keyId}\u0000${attempt.item}\u0000${attempt.n}`,
+      key,
+      slot.attemptKeyBytes,
+      attempt,
+      size,
+    );
   }
 
   #write(key: Deno.KvKey, value: unknown, size = 1024): void {
-    const keyBytes = keySize(key);
-    this.#writes.set(JSON.stringify(key), { key, value, size: size + 2 * keyBytes, keyBytes });
+    this.#writeKeyed(JSON.stringify(key), key, keySize(key), value, size);
+  }
+
+  /** `#write` with the key's id in `#writes` (its JSON for any key) and size known. */
+  #writeKeyed(id: string, key: Deno.KvKey, keyBytes: number, value: unknown, size: number): void {
+    this.#writes.set(id, { key, value, size: size + 2 * keyBytes, keyBytes });
   }
 
   #emit(event: RunEvent): void {
@@ -978,14 +1143,20 @@ export class RunDriver {
       this.#runAfterCommit();
       return Promise.resolve();
     }
-    this.#committing = this.#commitPending()
-      .catch((error) => {
+    // `#commitPending` clears `#committing` itself once its commits are durable (see there)
+    const committing: Promise<void> = this.#commitPending().then(
+      () => {
+        if (this.#committing === committing) this.#committing = null;
+      },
+      (error) => {
         // Its writes are gone from the queue: the driver must not go on without them.
         this.#fail(error);
+        if (this.#committing === committing) this.#committing = null;
         throw error;
-      })
-      .finally(() => (this.#committing = null));
-    return this.#committing;
+      },
+    );
+    this.#committing = committing;
+    return committing;
   }
 
   /**
@@ -1018,7 +1189,8 @@ export class RunDriver {
     // The run record goes last, into the commit that also moves its indexes, due entry and
     // lease (the run ops): a commit split by the limits never stores a run status without
     // them. Pending-blob markers go where a cut-short split cannot orphan a blob.
-    const writes = [...this.#writes.values()].sort((a, b) => commitOrder(a) - commitOrder(b));
+    const writes = Array.from(this.#writes.values());
+    if (writes.some(needsOrder)) writes.sort((a, b) => commitOrder(a) - commitOrder(b));
     const runOps = this.#runOps;
     const events = this.#events;
     const after = this.#afterCommit;
@@ -1056,30 +1228,167 @@ export class RunDriver {
         batchKeyBytes += w.keyBytes;
         if (w.key[1] === "lease") leaseWritten = true;
       }
-      const result = await this.#o.store.committer.commit({
-        checks: 1,
-        // run ops move indexes, due entry and counts (moveDue, moveStatus) or delete the
-        // lease and enqueue: at most 10 mutations, on keys no longer than an index key
-        mutations: batch.length + (last ? runOps.length * 10 : 0),
-        bytes: size + (last ? runOps.length * 1024 : 0),
-        keyBytes: batchKeyBytes + (last ? runOps.length * 10 * this.#indexKeyBytes : 0),
-        apply: (op) => {
-          op.check(lease);
-          for (const w of batch) {
-            if (w.value === null) op.delete(w.key);
-            else op.set(w.key, w.value);
-          }
-          if (last) { for (const apply of runOps) apply(op); }
-        },
-      });
+      let result: Deno.KvCommitResult | Deno.KvCommitError;
+      try {
+        result = await this.#o.store.committer.commit({
+          checks: 1,
+          // run ops move indexes, due entry and counts (moveDue, moveStatus) or delete the
+          // lease and enqueue: at most 10 mutations, on keys no longer than an index key
+          mutations: batch.length + (last ? runOps.length * 10 : 0),
+          bytes: size + (last ? runOps.length * 1024 : 0),
+          keyBytes: batchKeyBytes + (last ? runOps.length * 10 * this.#indexKeyBytes : 0),
+          apply: (op) => {
+            op.check(lease);
+            for (const w of batch) {
+              if (w.value === null) op.delete(w.key);
+              else op.set(w.key, w.value);
+            }
+            if (last) { for (const apply of runOps) apply(op); }
+          },
+        });
+      } catch (error) {
+        const limit = kvLimit(error);
+        if (limit === undefined || this.#refusing) throw error;
+        await this.#refuse(limit, batch, batches.slice(i).flat());
+        return;
+      }
       if (!result.ok) {
         this.#lost();
         return;
       }
       if (leaseWritten) this.#leaseVersion = result.versionstamp;
     }
+    // Durable, and nothing of this driver in flight: the writes of what the events and
+    // the steps started below lead to (the next step's result) go into a new commit at
+    // once, not after this promise settles.
+    this.#committing = null;
     for (const e of events) this.#o.onEvent?.(e);
     for (const fn of after) fn();
+  }
+
+  /**
+   * Handles a checkpoint commit that KV refused for breaking one of its limits: a record
+   * kvflow could not measure beforehand (an Error object in an output is stored inline
+   * whole, say). KV refuses the same commit every time, so dropping the run would only run
+   * the step again until its crashes ran out. Instead the tasks whose records broke the
+   * limit fail at once, not retryably, with an error that names the limit and the task;
+   * attempts of this driver still running are handed back as on a graceful stop; and the
+   * run goes back to queued, so the next claim carries on from what KV holds. Nothing of
+   * the refused commit or of those after it is kept. The hand-back is fenced by the lease
+   * like every commit.
+   *
+   * @param limit KV's words for the limit
+   * @param refused the writes of the refused commit
+   * @param uncommitted those and the writes of the commits after it
+   * @throws {Error} when no write of the refused commit records a task
+   */
+  async #refuse(limit: string, refused: Write[], uncommitted: Write[]): Promise<void> {
+    const over = refused.filter((w) =>
+      keys.taskOf(w.key) !== null &&
+      (serializedBytes(w.value) > KV_VALUE_BYTES || w.keyBytes > KV_KEY_BYTES)
+    );
+    // No record alone breaks a limit, the commit as a whole does: each of its tasks shares it.
+    const blamed = over.length > 0 ? over : refused.filter((w) => keys.taskOf(w.key) !== null);
+    if (blamed.length === 0) {
+      throw new Error(`KV refused a commit of run ${this.#run.id}: ${limit}`);
+    }
+    this.#refusing = true;
+    this.#stopped = true;
+    this.#abortRunning(`A checkpoint of run ${this.#run.id} broke a KV limit`);
+    this.#writes = new Map();
+    this.#runOps = [];
+    this.#events = [];
+    this.#afterCommit = [];
+    const runId = this.#run.id;
+    const now = this.#clock.now();
+    const culprits = new Map<string, { step: string; item: number; what: LimitCause }>();
+    for (const w of blamed) {
+      const task = keys.taskOf(w.key)!;
+      const what = !over.includes(w) ? "commit" : task.attempt ? "attempt" : "result";
+      culprits.set(taskKey(task.step, task.item), { ...task, what });
+    }
+    // An attempt of a dead holder that this driver found but whose crash it had not stored
+    // yet is still `running` in KV: the next claim finds that crash again, so it stays.
+    const logs = new Map<string, LogLine[]>();
+    const crashed = new Set<string>();
+    for (const w of uncommitted) {
+      const task = keys.taskOf(w.key);
+      if (!task?.attempt) continue;
+      const attempt = w.value as AttemptRecord;
+      logs.set(taskKey(task.step, task.item), attempt.logs);
+      if (attempt.status === "crashed") crashed.add(taskKey(task.step, task.item));
+    }
+    const store = this.#o.store;
+    const stored: { step: string; item: number; record: TaskRecord }[] = [];
+    for (const [step, record] of await store.getSteps(runId)) {
+      stored.push({ step, item: -1, record });
+      if (record.items === undefined) continue;
+      for (const [item, r] of await store.getItems(runId, step)) {
+        stored.push({ step, item, record: r });
+      }
+    }
+    // A culprit KV has no record of yet (never the case for a task that ran) fails all the same.
+    const found = new Set(stored.map(({ step, item }) => taskKey(step, item)));
+    for (const [key, { step, item }] of culprits) {
+      const slot = this.#steps.get(step);
+      const record = item < 0 ? slot?.record : slot?.fan?.records.get(item);
+      if (!found.has(key) && record) stored.push({ step, item, record });
+    }
+    const runEntry = await this.#kv.get<RunRecord>(keys.run(runId));
+    for (const { step, item, record } of stored) {
+      const slot = this.#steps.get(step);
+      const key = taskKey(step, item);
+      const culprit = culprits.get(key);
+      if (!slot) continue;
+      if (culprit) {
+        const error = limitError(step, item, limit, culprit.what);
+        const failed: TaskRecord = {
+          ...record,
+          status: "failed",
+          endedAt: now,
+          nextAt: null,
+          error,
+        };
+        delete failed.output;
+        if (item < 0 || slot.fan) this.#setTask(slot, item, failed);
+        else this.#write(keys.item(runId, step, item), failed);
+        // a fan-out step's own record has no attempts
+        if (record.status === "running" && record.items === undefined) {
+          let attempt = attemptRecord(
+            step,
+            item,
+            record,
+            "failed",
+            error,
+            logs.get(key) ?? [],
+            now,
+          );
+          if (serializedBytes(attempt) > KV_VALUE_BYTES - 1024) {
+            const note =
+              `(${attempt.logs.length} log lines not stored: with the attempt's error they are too large for one KV value)`;
+            attempt = { ...attempt, logs: [{ at: now, level: "warn", message: note }] };
+          }
+          this.#writeAttempt(attempt);
+        }
+      } else if (record.status === "running" && record.items === undefined && !crashed.has(key)) {
+        this.#write(
+          item < 0 ? keys.step(runId, step) : keys.item(runId, step, item),
+          releaseTask(record, now),
+        );
+        this.#writeAttempt(
+          attemptRecord(step, item, record, "interrupted", releaseError(record.attempt), [], now),
+        );
+      }
+    }
+    // The run as KV holds it: what this driver changed since went with the refused commits.
+    this.#run = runEntry.value ?? this.#run;
+    this.#changeRun({ ...this.#run, status: "queued", dueAt: now });
+    this.#runOps.push((op) => {
+      op.delete(keys.lease(runId));
+      store.hint(op, runId, 0);
+    });
+    await this.#commitPending();
+    if (!this.#isLost) this.#finish("released");
   }
 
   #runAfterCommit(): void {
@@ -1099,7 +1408,7 @@ export class RunDriver {
       this.#lease = lease;
       this.#write(keys.lease(this.#run.id), lease, 256);
       this.#changeRun({ ...this.#run, dueAt: lease.deadline });
-      this.#flush().catch((error) => this.#fail(error));
+      this.#flush().catch(this.#onFlushError);
       return;
     }
     this.#kv.get<Lease>(keys.lease(this.#run.id)).then((entry) => {
@@ -1109,11 +1418,45 @@ export class RunDriver {
 
   /** Aborts every running body; their late results are ignored and their slots freed. */
   #abortRunning(reason: string): void {
-    for (const controller of this.#running.values()) {
-      controller.abort(new Error(reason));
+    for (const task of this.#running.values()) {
+      abortTask(task, new Error(reason));
       this.#o.slots.release();
     }
     this.#running.clear();
+  }
+
+  /**
+   * Arms the step timeout timer for a body due to time out at `deadline` (ms on
+   * `performance.now()`). One timer serves every running body: it is moved only when a
+   * deadline comes before the one it is armed for, so a chain of steps with the same
+   * timeout sets it once per timeout period, not once per step.
+   */
+  #armTimeout(deadline: number): void {
+    if (deadline >= this.#timeoutAt || this.#stopped) return;
+    clearTimeout(this.#timeoutTimer);
+    this.#timeoutAt = deadline;
+    const delay = Math.min(Math.max(0, deadline - performance.now()), MAX_TIMEOUT_MS);
+    this.#timeoutTimer = setTimeout(() => this.#timeoutsDue(), delay);
+  }
+
+  /** Aborts the bodies whose timeout has passed and arms the timer for the next one. */
+  #timeoutsDue(): void {
+    this.#timeoutTimer = undefined;
+    this.#timeoutAt = Infinity;
+    const now = performance.now();
+    let next = Infinity;
+    for (const task of this.#running.values()) {
+      if (task.deadline <= now) {
+        task.deadline = Infinity;
+        const { name } = task.slot.def;
+        const error = new Error(`Step '${name}' timed out after ${task.slot.timeoutMs} ms`);
+        error.name = "TimeoutError";
+        abortTask(task, error);
+      } else if (task.deadline < next) {
+        next = task.deadline;
+      }
+    }
+    if (next !== Infinity) this.#armTimeout(next);
   }
 
   #lost(): void {
@@ -1153,11 +1496,50 @@ export class RunDriver {
   #finish(outcome: Outcome): void {
     this.#stopped = true;
     clearInterval(this.#renewTimer);
+    clearTimeout(this.#timeoutTimer);
+    this.#timeoutTimer = undefined;
     this.#cancelHold?.();
     this.#o.slots.forget(this);
     if (this.#unavailable) this.#reject(this.#unavailable);
     else this.#resolve(outcome);
   }
+}
+
+/** Bytes KV takes in one value, and in one key. */
+const KV_VALUE_BYTES = 65_536;
+const KV_KEY_BYTES = 2048;
+
+/** What broke a KV limit: a task's result, its attempt's record, or the commit as a whole. */
+type LimitCause = "result" | "attempt" | "commit";
+
+/** A value's serialized size (as KV stores it, within a few bytes); Infinity if it has none. */
+function serializedBytes(value: unknown): number {
+  try {
+    return v8.serialize(value).byteLength;
+  } catch {
+    return Infinity;
+  }
+}
+
+/**
+ * The error of a task whose checkpoint KV refused for breaking one of its limits: not
+ * retryable, since KV would refuse it the same way again.
+ */
+function limitError(step: string, item: number, limit: string, what: LimitCause): ErrorInfo {
+  const task = item < 0 ? `Step '${step}'` : `Item ${item} of step '${step}'`;
+  const why = what === "result"
+    ? "its result is too large for one KV value. Return less, or plain data kvflow can " +
+      "measure and split into chunks (an Error object, say, is stored whole), or store " +
+      "large data with ctx.artifact()"
+    : what === "attempt"
+    ? "its logs and error together are too large for one KV value: log less"
+    : "the records of its commit break the limit together";
+  return {
+    name: "KvLimitError",
+    message: `${task} could not be checkpointed: KV refused the commit (${limit}), ` +
+      `and would refuse it again: ${why}`,
+    retryable: false,
+  };
 }
 
 /**
@@ -1222,25 +1604,54 @@ function commitOrder(w: Write): number {
   return w.value === null ? 1 : -1;
 }
 
+/**
+ * A step's inputs when the outputs of all its needs are in memory already (the usual case
+ * in a driver that ran them), without an await; undefined when one must be read.
+ */
+function knownInputs(slot: StepSlot): Record<string, unknown> | undefined {
+  const needs = slot.needs;
+  if (needs.length === 0) return {};
+  // `needs` is in `def.needs` order
+  const names = slot.inputNames ??= Object.keys(slot.def.needs);
+  const inputs: Record<string, unknown> = {};
+  for (let i = 0; i < needs.length; i++) {
+    const output = needs[i].output;
+    if (!output) return undefined;
+    inputs[names[i]] = output.value;
+  }
+  return inputs;
+}
+
+/** Whether a write has a place of its own in a commit's order (see `commitOrder`). */
+function needsOrder(w: Write): boolean {
+  return commitOrder(w) !== 0;
+}
+
 function noop(): void {}
 
 function taskKey(step: string, item: number): string {
   return `${step}\u0000${item}`;
 }
 
-function splitTask(key: string): [string, number] {
-  const at = key.lastIndexOf("\u0000");
-  return [key.slice(0, at), Number(key.slice(at + 1))];
+/** Aborts a task's signal and the wait for its body, with the signal's (first) reason. */
+function abortTask(task: Task, reason: unknown): void {
+  task.controller.abort(reason);
+  task.onAbort?.(task.controller.signal.reason);
 }
 
-/** Resolves as `promise` does, or rejects with the signal's reason once it aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  promise.catch(() => {});
-  if (signal.aborted) return Promise.reject(signal.reason);
+/**
+ * Resolves as `promise` does, or rejects with the task's abort reason once it is aborted
+ * (by {@linkcode abortTask}: no listener on the signal, no timer per body).
+ */
+function untilAborted<T>(promise: Promise<T>, task: Task): Promise<T> {
+  const signal = task.controller.signal;
+  if (signal.aborted) {
+    promise.catch(noop);
+    return Promise.reject(signal.reason);
+  }
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+    task.onAbort = reject;
+    promise.then(resolve, reject);
   });
 }
 
@@ -1262,7 +1673,6 @@ async function withinTimeout<T>(promise: Promise<T>, ms: number, message: string
 }
 
 /** Whether a step has ended for good in this driver (only a resume or rerun reopens it). */
-function hasEnded(slot: StepSlot): boolean {
-  const status = slot.record.status;
+function isEnded(status: StepStatus): boolean {
   return status === "succeeded" || status === "failed" || status === "skipped";
 }

@@ -138,6 +138,23 @@ export function kvUnavailable(error: unknown): KvUnavailableError | undefined {
   return undefined;
 }
 
+const KV_LIMITS =
+  /(value|key) too large[^\n]*|too many (mutations|checks)[^\n]*|total (mutation|key) size too large[^\n]*/i;
+
+/**
+ * The limit an error thrown by a KV commit names, when KV refused the commit for breaking
+ * one of its limits (a value over 64 KiB, a key over 2 KiB, too many mutations, too many
+ * bytes in one commit): the same commit is refused the same way every time. Undefined for
+ * any other error.
+ *
+ * @param error what a KV commit threw
+ * @returns KV's words for the limit, such as `Value too large (max 65536 bytes)`
+ */
+export function kvLimit(error: unknown): string | undefined {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.match(KV_LIMITS)?.[0].slice(0, 300);
+}
+
 /** What kvflow stores about an error: enough to show it, never the value itself. */
 export interface ErrorInfo {
   /** The error's class name, or the type of a thrown non-Error value. */

@@ -172,6 +172,20 @@ export function attemptPrefix(runId: string): Deno.KvKey {
   return [ROOT, "attempt", runId];
 }
 
+/**
+ * The task a key holds the state ({@linkcode step}, {@linkcode item}) or an attempt
+ * ({@linkcode attempt}) of, or null for any other key.
+ */
+export function taskOf(key: Deno.KvKey): { step: string; item: number; attempt: boolean } | null {
+  if (key[0] !== ROOT) return null;
+  if (key[1] === "step") return { step: key[3] as string, item: -1, attempt: false };
+  if (key[1] === "item") return { step: key[3] as string, item: key[4] as number, attempt: false };
+  if (key[1] === "attempt") {
+    return { step: key[3] as string, item: key[4] as number, attempt: true };
+  }
+  return null;
+}
+
 /** One chunk of a large value or artifact. */
 export function blobChunk(runId: string, blobId: string, index: number): Deno.KvKey {
   return [ROOT, "blob", runId, blobId, index];

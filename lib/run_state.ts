@@ -125,6 +125,13 @@ export interface TaskRecord {
    * worker died runs again even with `attempts: 1`, up to {@link MAX_CRASHES} times.
    */
   crashes?: number;
+  /**
+   * Attempts that a gracefully stopping worker aborted and handed back (see
+   * {@linkcode releaseTask}) since the last resume or rerun. Like crashes they do not spend
+   * the retry policy's attempts; unlike crashes they have no cap: a rolling restart is
+   * not the step's fault.
+   */
+  released?: number;
 }
 
 /**
@@ -256,7 +263,8 @@ export function failAttempt(
   attemptsAllowed: number,
   delayMs: number,
 ): TaskRecord {
-  if (error.retryable && task.attempt - (task.crashes ?? 0) < attemptsAllowed) {
+  const spent = task.attempt - (task.crashes ?? 0) - (task.released ?? 0);
+  if (error.retryable && spent < attemptsAllowed) {
     return { ...task, status: "retrying", endedAt: now, nextAt: now + delayMs, error };
   }
   return { ...task, status: "failed", endedAt: now, nextAt: null, error };
@@ -275,6 +283,20 @@ export function skipTask(task: TaskRecord, now: number, because: string): TaskRe
     endedAt: now,
     nextAt: null,
     error: { name: "Skipped", message: `Skipped: '${because}' did not succeed`, retryable: true },
+  };
+}
+
+/**
+ * The record of a running or retrying task whose run was cancelled: failed, with a
+ * retryable error, so a resume runs it again.
+ */
+export function cancelTask(task: TaskRecord, now: number, reason: string): TaskRecord {
+  return {
+    ...task,
+    status: "failed",
+    endedAt: now,
+    nextAt: null,
+    error: { name: "Cancelled", message: reason, retryable: true },
   };
 }
 
@@ -310,6 +332,33 @@ export function crashTask(task: TaskRecord, now: number): TaskRecord {
     nextAt: now,
     error: crashError(task.attempt),
     crashes,
+  };
+}
+
+/** The error stored for an attempt that a gracefully stopping worker aborted. */
+export function releaseError(attempt: number): ErrorInfo {
+  return {
+    name: "Interrupted",
+    message:
+      `The worker running attempt ${attempt} stopped gracefully (shutdown or restart) before it finished; the step runs again`,
+    retryable: true,
+  };
+}
+
+/**
+ * The record of a task whose attempt a gracefully stopping worker aborted after its grace
+ * period and handed back: due again at once, without counting as a crash (the worker did
+ * not die: rolling restarts during a long step must not use up {@linkcode MAX_CRASHES})
+ * and without spending a retry attempt.
+ */
+export function releaseTask(task: TaskRecord, now: number): TaskRecord {
+  return {
+    ...task,
+    status: "retrying",
+    endedAt: now,
+    nextAt: now,
+    error: releaseError(task.attempt),
+    released: (task.released ?? 0) + 1,
   };
 }
 

@@ -9,9 +9,9 @@ import type { Pipeline, Trigger } from "./definition.ts";
 import { UsageError } from "./errors.ts";
 import v8 from "node:v8";
 import * as keys from "./keys.ts";
-import { keySize } from "./keys.ts";
 import {
   type AttemptRecord,
+  cancelTask,
   type Lease,
   planRerun,
   planResume,
@@ -24,7 +24,7 @@ import {
   TERMINAL,
 } from "./run_state.ts";
 import { decodeValue, type PendingBlob, readBlob, reclaimBlobs } from "./codec.ts";
-import { commitAtomic, GroupCommitter } from "./atomic.ts";
+import { addWrites, commitAtomic, GroupCommitter, type KvWrite, splitWrites } from "./atomic.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import type { ArtifactMeta } from "./artifacts.ts";
 
@@ -542,30 +542,22 @@ export class Store {
       throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
     }
     // Thousands of fan-out items take several commits, each within KV's limits on
-    // mutations and on key bytes (80 KiB: long names make long item keys).
-    const batches: [Deno.KvKey, unknown][][] = [[]];
-    let keyBytes = 0;
-    for (const group of writes) {
-      const size = group.reduce((sum, [key]) => sum + keySize(key), 0);
-      if (
-        batches[batches.length - 1].length + group.length > 900 || keyBytes + size > 60_000
-      ) {
-        batches.push([]);
-        keyBytes = 0;
-      }
-      batches[batches.length - 1].push(...group);
-      keyBytes += size;
-    }
+    // mutations and on key bytes (80 KiB: long names make long item keys). Each commit
+    // checks the run record as the commit before left it and, until the last, writes it
+    // again unchanged, so a cancel still marking this run's tasks (see `cancel`) and this
+    // requeue cannot interleave their batches: whichever commits second stops.
+    const batches = splitWrites(writes);
+    let fence: { key: Deno.KvKey; versionstamp: string | null } = runEntry;
     for (const [i, batch] of batches.entries()) {
-      const op = this.kv.atomic().check(runEntry);
-      for (const [key, value] of batch) {
-        if (value === null) op.delete(key);
-        else op.set(key, value);
-      }
+      const op = this.kv.atomic().check(fence);
+      addWrites(op, batch);
       if (i === batches.length - 1) this.#finishRequeue(op, run, next);
-      if (!(await commitAtomic(op)).ok) {
+      else op.set(keys.run(run.id), runEntry.value);
+      const result = await commitAtomic(op);
+      if (!result.ok) {
         throw new UsageError(`Run ${run.id} changed while being requeued: try again`, "conflict");
       }
+      fence = { key: keys.run(run.id), versionstamp: result.versionstamp };
     }
     return next;
   }
@@ -603,31 +595,56 @@ export class Store {
         dueAt: null,
         error: { step: null, message: reason },
       };
+      // The run ends and loses its lease in one commit, checked against both: a reader sees
+      // it active or cancelled, never between, and its worker is fenced out before any task
+      // is read below, so what is marked is what that worker left and nothing it writes
+      // later lands.
       const op = this.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId));
       op.set(keys.run(runId), next);
       moveDue(op, run, next);
       moveStatus(op, run, next);
-      for (const [name, record] of await this.getSteps(runId)) {
-        if (record.status === "running" || record.status === "retrying") {
-          op.set(
-            keys.step(runId, name),
-            {
-              ...record,
-              status: "failed",
-              endedAt: now,
-              nextAt: null,
-              error: { name: "Cancelled", message: reason, retryable: true },
-            } satisfies TaskRecord,
-          );
-        }
-      }
-      if ((await commitAtomic(op)).ok) {
-        // Chunks its worker was writing when the lease went are of no use now.
-        await this.reclaimBlobs(runId).catch(() => {});
-        return next;
-      }
+      const result = await commitAtomic(op);
+      if (!result.ok) continue;
+      await this.#cancelTasks(next, result.versionstamp, reason);
+      // Chunks its worker was writing when the lease went are of no use now.
+      await this.reclaimBlobs(runId).catch(() => {});
+      return next;
     }
     throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
+  }
+
+  /**
+   * Marks the running and retrying steps and items of a run just cancelled, in as many
+   * commits as KV's limits need (a fan-out may have thousands). Each commit checks the run
+   * record as the commit before left it and writes it again unchanged, so a resume or
+   * rerun started meanwhile (which does the same, see `#requeue`) and this marking cannot
+   * interleave their batches: once the other has committed, this one stops, and the
+   * records are the other's to reset.
+   */
+  async #cancelTasks(run: RunRecord, versionstamp: string, reason: string): Promise<void> {
+    const now = run.endedAt ?? this.clock.now();
+    const writes: KvWrite[][] = [];
+    for (const [name, record] of await this.getSteps(run.id)) {
+      if (record.items !== undefined) {
+        for (const [index, item] of await this.getItems(run.id, name)) {
+          if (item.status === "running" || item.status === "retrying") {
+            writes.push([[keys.item(run.id, name, index), cancelTask(item, now, reason)]]);
+          }
+        }
+      }
+      if (record.status === "running" || record.status === "retrying") {
+        writes.push([[keys.step(run.id, name), cancelTask(record, now, reason)]]);
+      }
+    }
+    if (writes.length === 0) return;
+    let fence = { key: keys.run(run.id), versionstamp };
+    for (const batch of splitWrites(writes)) {
+      const op = this.kv.atomic().check(fence).set(keys.run(run.id), run);
+      addWrites(op, batch);
+      const result = await commitAtomic(op);
+      if (!result.ok) return;
+      fence = { key: keys.run(run.id), versionstamp: result.versionstamp };
+    }
   }
 
   /**

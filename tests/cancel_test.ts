@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step, UsageError } from "../lib/mod.ts";
-import { aborted, deferred, dueTimes } from "./helpers.ts";
+import { aborted, deferred, dueTimes, waitFor } from "./helpers.ts";
 
 Deno.test("cancel() aborts a running step's signal and ends the run cancelled", async () => {
   const inside = deferred();
@@ -130,4 +130,93 @@ Deno.test("cancel() of a run waiting for a retry removes its wake-up", async () 
   assert.equal(record.status, "failed");
   assert.equal(record.nextAt, null);
   assert.equal(calls, 1);
+});
+
+Deno.test("cancel() of a fan-out with 3,000 running and retrying items cancels every item and the run", async () => {
+  const total = 3000;
+  const list = step("list", () => Array.from({ length: total }, (_, i) => i));
+  const work = step("work", {
+    needs: { list },
+    items: ({ list }) => list,
+    concurrency: total,
+    retry: { attempts: 3, delay: "1h" },
+  }, async (index, ctx) => {
+    // odd items wait an hour for their retry; even ones run until the cancel aborts them
+    if (index % 2 === 1) throw new Error(`Item ${index} is not ready`);
+    await aborted(ctx.signal);
+    throw ctx.signal.reason;
+  });
+  const p = pipeline("wide-cancel", { steps: [list, work], concurrency: total });
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [p],
+    maxSteps: total,
+    leaseMs: 500,
+  });
+  const run = await engine.store.createRun(p);
+  const ending = engine.runToEnd(run.id);
+  const open = async () => {
+    const items = await engine.store.getItems(run.id, "work");
+    const statuses = [...items.values()].map((r) => r.status);
+    return statuses.filter((s) => s === "running" || s === "retrying").length;
+  };
+  await waitFor("every item running or retrying", async () => await open() === total, 20_000);
+
+  const cancelled = await engine.store.cancel(run.id, "Stopped by the on-call engineer");
+  assert.equal(cancelled.status, "cancelled");
+  assert.equal((await ending).status, "cancelled");
+  const items = await engine.store.getItems(run.id, "work");
+  assert.equal(items.size, total);
+  for (const [index, item] of items) {
+    assert.equal(item.status, "failed", `item ${index}`);
+    assert.equal(item.error?.name, "Cancelled", `item ${index}`);
+    assert.equal(item.error?.message, "Stopped by the on-call engineer");
+    assert.equal(item.nextAt, null, `item ${index}`);
+  }
+  const steps = await engine.store.getSteps(run.id);
+  assert.equal(steps.get("list")!.status, "succeeded");
+  assert.equal(steps.get("work")!.status, "failed");
+  assert.equal(steps.get("work")!.error?.name, "Cancelled");
+  const stored = await engine.store.requireRun(run.id);
+  assert.equal(stored.status, "cancelled");
+  assert.equal((await engine.store.getLease(run.id)).value, null);
+  assert.deepEqual(await dueTimes(engine.kv, run.id), []);
+  assert.deepEqual(
+    (await engine.store.listRuns({ status: "cancelled" })).runs.map((r) => r.id),
+    [run.id],
+  );
+});
+
+Deno.test("cancel() of a run with 1,200 running steps, more than one KV commit takes, cancels each", async () => {
+  const total = 1200;
+  let started = 0;
+  const steps = Array.from(
+    { length: total },
+    (_, i) =>
+      step(`branch-${i}`, async (_inputs, ctx) => {
+        started++;
+        await aborted(ctx.signal);
+        throw ctx.signal.reason;
+      }),
+  );
+  const p = pipeline("many-cancel", { steps, concurrency: total });
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [p],
+    maxSteps: total,
+    leaseMs: 500,
+  });
+  const run = await engine.store.createRun(p);
+  const ending = engine.runToEnd(run.id);
+  await waitFor("every step running", () => started === total, 20_000);
+
+  assert.equal((await engine.store.cancel(run.id)).status, "cancelled");
+  assert.equal((await ending).status, "cancelled");
+  const records = await engine.store.getSteps(run.id);
+  assert.equal(records.size, total);
+  for (const [name, record] of records) {
+    assert.equal(record.status, "failed", name);
+    assert.equal(record.error?.name, "Cancelled", name);
+  }
+  assert.equal((await engine.store.getLease(run.id)).value, null);
 });

@@ -104,6 +104,48 @@ Deno.test("a step that takes its worker down every time fails the run after 10 c
   ]);
 });
 
+Deno.test("11 rolling restarts (SIGTERM) during one long step do not fail the run; a SIGKILL still counts as a crash", async () => {
+  await using box = await Sandbox.create();
+  const env = { GATED: "s2", FIVE_ATTEMPTS: "1", KVFLOW_GRACE_MS: "50", KVFLOW_POLL_MS: "100" };
+  const queued = await box.cli(["run", "five-steps", "--detach"], { entry: FIXTURE_CLI });
+  assert.equal(queued.code, 0, queued.stderr);
+  const id = queued.stdout.trim();
+  const restarts = 11;
+  for (let attempt = 1; attempt <= restarts; attempt++) {
+    const worker = box.spawn(["worker"], { entry: FIXTURE_CLI, env });
+    await box.waitForLedger(
+      `s2 attempt ${attempt}`,
+      (l) => l.step === "s2" && l.attempt === attempt && l.pid === worker.pid,
+      30_000,
+    );
+    worker.kill("SIGTERM");
+    const exit = await worker.exit();
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.equal((await box.run(id)).status, "queued", `after restart ${attempt}`);
+  }
+  const s2 = () => box.withStore(async (store) => (await store.getSteps(id)).get("s2")!);
+  assert.equal((await s2()).crashes, undefined);
+  assert.equal((await s2()).released, restarts);
+
+  const killed = box.spawn(["worker"], { entry: FIXTURE_CLI, env });
+  await box.waitForLedger("s2 attempt 12", (l) => l.step === "s2" && l.attempt === restarts + 1);
+  killed.kill("SIGKILL");
+  assert.equal((await killed.exit()).signal, "SIGKILL");
+
+  await box.openGate("s2");
+  const last = box.spawn(["worker"], { entry: FIXTURE_CLI, env });
+  await box.waitForRun(id, (run) => run.status === "succeeded", 30_000);
+  last.kill("SIGTERM");
+  assert.equal((await last.exit()).code, 0);
+  assert.equal((await s2()).crashes, 1, "the SIGKILL counted as a crash");
+  const status = await box.status(id);
+  assert.deepEqual(
+    status.attempts.filter((a) => a.step === "s2").map((a) => a.status),
+    [...Array(restarts).fill("interrupted"), "crashed", "succeeded"],
+  );
+  assert.deepEqual(lines(await box.ledger(), "s2", "done").map((l) => l.attempt), [restarts + 2]);
+});
+
 Deno.test("resume after a code fix re-imports the changed module and skips checkpointed steps", async () => {
   await using box = await Sandbox.create();
   const tmp = `${ROOT}tests/.tmp/${crypto.randomUUID().slice(0, 8)}`;

@@ -96,6 +96,41 @@ Deno.test("rerun of a fan-out step runs every item again with new keys", async (
   );
 });
 
+Deno.test("rerun of a fan-out step keeps its items' earlier attempt records and numbers new ones after them", async () => {
+  const state = { broken: new Set([2]), calls: [] as number[], maxRunning: 0 };
+  const p = invoicePipeline(state);
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "failed");
+  state.broken.clear();
+  await engine.store.rerun(await engine.store.requireRun(run.id), p, "invoices");
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  await engine.store.rerun(await engine.store.requireRun(run.id), p, "invoices");
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+
+  const history = (item: number) =>
+    engine.store.getAttempts(run.id).then((all) =>
+      all.filter((a) => a.step === "invoices" && a.item === item)
+        .map((a) => [a.n, a.attempt, a.status])
+    );
+  assert.deepEqual(await history(0), [[1, 1, "succeeded"], [2, 1, "succeeded"], [
+    3,
+    1,
+    "succeeded",
+  ]]);
+  // item 2 failed both attempts of the first round; each rerun adds one attempt after them
+  assert.deepEqual(await history(2), [
+    [1, 1, "failed"],
+    [2, 2, "failed"],
+    [3, 1, "succeeded"],
+    [4, 1, "succeeded"],
+  ]);
+  const items = await engine.store.getItems(run.id, "invoices");
+  assert.deepEqual([...items.values()].map((r) => r.generation), [2, 2, 2, 2, 2]);
+  const output = await engine.store.getOutput(run.id, "invoices") as { key: string }[];
+  assert.equal(output[2].key, `${run.id}:invoices:2:g2`);
+});
+
 Deno.test("a fan-out over an empty list succeeds with an empty output", async () => {
   let calls = 0;
   const none = step("none", () => [] as string[]);

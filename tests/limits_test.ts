@@ -241,6 +241,88 @@ Deno.test("an output larger than any limit fails its step at once with a clear e
   }
 });
 
+Deno.test("an output KV refuses at the checkpoint (an Error object too large for a value) fails its step once, naming the limit, and the run ends failed", async () => {
+  let calls = 0;
+  let mailed = 0;
+  // kvflow measures plain data before storing it; an Error's message and stack are not
+  // enumerable, so the output passes as small and KV refuses the 80 KB record at the commit
+  const report = step("report", { retry: { attempts: 3, delay: "5ms" } }, (_inputs, ctx) => {
+    calls++;
+    ctx.log.info("building the report");
+    return { sent: 2, failures: [new Error("SMTP said: " + "x".repeat(40_000))] };
+  });
+  const mail = step("mail", { needs: { report } }, () => ++mailed);
+  const side = step("side", () => "independent");
+  const p = pipeline("limits-refused", { steps: [report, mail, side] });
+  const alerts: unknown[] = [];
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [p],
+    leaseMs: 300,
+    onAlert: (a) => alerts.push(a),
+  });
+  const run = await engine.store.createRun(p);
+  const ended = await engine.runToEnd(run.id);
+  assert.equal(ended.status, "failed");
+  assert.equal(calls, 1, "KV would refuse a retry the same way");
+  assert.equal(ended.error?.step, "report");
+  assert.match(
+    ended.error!.message,
+    /^Step 'report' could not be checkpointed: KV refused the commit \(Value too large \(max 65536 bytes\)\)/,
+  );
+  assert.equal(ended.takeovers, 0, "the run never waited out a lease");
+  assert.equal(alerts.length, 1);
+  const steps = await engine.store.getSteps(run.id);
+  const record = steps.get("report")!;
+  assert.equal(record.status, "failed");
+  assert.equal(record.error?.name, "KvLimitError");
+  assert.equal(record.error?.retryable, false);
+  assert.equal(record.crashes, undefined);
+  assert.equal(record.output, undefined);
+  assert.equal(steps.get("mail")!.status, "skipped");
+  assert.equal(steps.get("side")!.status, "succeeded");
+  assert.equal(mailed, 0);
+  const attempts = (await engine.store.getAttempts(run.id)).filter((a) => a.step === "report");
+  assert.deepEqual(attempts.map((a) => [a.n, a.status]), [[1, "failed"]]);
+  assert.equal(attempts[0].error?.name, "KvLimitError");
+  assert.deepEqual(attempts[0].logs.map((l) => l.message), ["building the report"]);
+});
+
+Deno.test("a fan-out item whose output KV refuses fails alone; the items that checkpointed keep their outputs and do not run again", async () => {
+  const calls = [0, 0, 0];
+  const items = step("items", {
+    items: () => [0, 1, 2],
+    concurrency: 1,
+    retry: { attempts: 2, delay: "5ms" },
+  }, (i) => {
+    calls[i]++;
+    return i === 1 ? { error: new Error("y".repeat(40_000)) } : { i };
+  });
+  const p = pipeline("limits-refused-item", { steps: [items] });
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [p],
+    leaseMs: 300,
+    onAlert: () => {},
+  });
+  const run = await engine.store.createRun(p);
+  const ended = await engine.runToEnd(run.id);
+  assert.equal(ended.status, "failed");
+  assert.match(
+    ended.error!.message,
+    /^1 of 3 items failed; item 1: Item 1 of step 'items' could not be checkpointed: KV refused the commit \(Value too large/,
+  );
+  assert.deepEqual(calls, [1, 1, 1]);
+  const stored = await engine.store.getItems(run.id, "items");
+  assert.deepEqual([...stored.values()].map((r) => r.status), ["succeeded", "failed", "succeeded"]);
+  assert.equal(stored.get(1)!.error?.retryable, false);
+
+  // resumable like any failure: a resume runs the failed item again, and only it
+  await engine.store.resume(await engine.store.requireRun(run.id), p);
+  assert.equal((await engine.runToEnd(run.id)).status, "failed");
+  assert.deepEqual(calls, [1, 2, 1]);
+});
+
 /** CPU time this process has used (every thread, KV's included), µs. */
 function cpuMicros(): number {
   const { user, system } = process.cpuUsage();
@@ -403,7 +485,8 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     schedule: keys.schedule(name),
   };
   const builders = Object.entries(keys).filter(([k, v]) =>
-    typeof v === "function" && k !== "keySize"
+    // keySize measures a key and taskOf reads one: neither builds one
+    typeof v === "function" && k !== "keySize" && k !== "taskOf"
   );
   assert.deepEqual(
     builders.map(([k]) => k).sort(),

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
+import { MAX_CRASHES } from "../lib/run_state.ts";
 import { deferred, dueTimes, sleep, tempKv } from "./helpers.ts";
 
 function twoSteps(state: { firstCalls: number; secondCalls: number; firstMs: number }) {
@@ -65,8 +66,81 @@ Deno.test("stop() aborts a step that outlasts the grace period; it runs again el
   assert.equal((await next.runToEnd(runId)).status, "succeeded");
   assert.equal(state.firstCalls, 2);
   const attempts = (await next.store.getAttempts(runId)).filter((a) => a.step === "first");
-  assert.deepEqual(attempts.map((a) => [a.n, a.status]), [[1, "crashed"], [2, "succeeded"]]);
+  assert.deepEqual(attempts.map((a) => [a.n, a.status]), [[1, "interrupted"], [2, "succeeded"]]);
+  assert.equal(attempts[0].error?.name, "Interrupted");
   assert.equal(await next.store.getOutput(runId, "first"), "first #2");
+  const first = (await next.store.getSteps(runId)).get("first")!;
+  assert.equal(first.crashes, undefined, "a graceful hand-back is not a crash");
+  assert.equal(first.released, 1);
+});
+
+Deno.test("steps handed back by 12 graceful stops in a row neither count as crashes nor spend retries", async () => {
+  await using file = await tempKv();
+  let calls = 0;
+  let finish = false;
+  const inside = { current: deferred() };
+  const long = step("long", { retry: { attempts: 1 } }, async (_inputs, ctx) => {
+    calls++;
+    inside.current.resolve();
+    if (!finish) await sleep(60_000, ctx.signal);
+    ctx.signal.throwIfAborted();
+    return `done on attempt ${ctx.attempt}`;
+  });
+  const p = pipeline("rolling", { steps: [long] });
+  const restarts = MAX_CRASHES + 2;
+  let runId = "";
+  for (let i = 1; i <= restarts; i++) {
+    inside.current = deferred();
+    await using engine = await openEngine({ path: file.path, pipelines: [p], queues: false });
+    runId ||= (await engine.store.createRun(p)).id;
+    const executing = engine.worker.execute(runId);
+    await inside.current.promise;
+    await engine.worker.stop(10);
+    assert.equal(await executing, "released");
+    const record = (await engine.store.getSteps(runId)).get("long")!;
+    assert.equal(record.status, "retrying", `after stop ${i}`);
+    assert.equal(record.crashes, undefined, `after stop ${i}`);
+    assert.equal(record.released, i);
+    assert.equal((await engine.store.requireRun(runId)).status, "queued");
+  }
+  finish = true;
+  await using last = await openEngine({ path: file.path, pipelines: [p], queues: false });
+  const ended = await last.runToEnd(runId);
+  assert.equal(ended.status, "succeeded", ended.error?.message ?? "");
+  assert.equal(calls, restarts + 1);
+  assert.equal(await last.store.getOutput(runId, "long"), `done on attempt ${restarts + 1}`);
+  const attempts = await last.store.getAttempts(runId);
+  assert.deepEqual(attempts.map((a) => a.status), [
+    ...Array(restarts).fill("interrupted"),
+    "succeeded",
+  ]);
+});
+
+Deno.test("a stop after the run was cancelled writes nothing: the hand-back is fenced by the lease", async () => {
+  await using file = await tempKv();
+  const state = { firstCalls: 0, secondCalls: 0, firstMs: 60_000 };
+  const { p, inside } = twoSteps(state);
+  // A long lease: the worker does not look at its lease again before the stop.
+  await using engine = await openEngine({
+    path: file.path,
+    pipelines: [p],
+    queues: false,
+    leaseMs: 60_000,
+  });
+  const runId = (await engine.store.createRun(p)).id;
+  const executing = engine.worker.execute(runId);
+  await inside;
+  await engine.store.cancel(runId, "Stopped by hand");
+  await engine.worker.stop(10);
+  assert.equal(await executing, "lost");
+  assert.equal((await engine.store.requireRun(runId)).status, "cancelled");
+  const first = (await engine.store.getSteps(runId)).get("first")!;
+  assert.equal(first.status, "failed");
+  assert.equal(first.error?.name, "Cancelled");
+  assert.equal(first.released, undefined);
+  assert.deepEqual(await engine.store.getAttempts(runId), []);
+  assert.equal((await engine.store.getLease(runId)).value, null);
+  assert.deepEqual(await dueTimes(engine.kv, runId), []);
 });
 
 Deno.test("interrupt() fails the run resumably and records the attempt as interrupted", async () => {
