@@ -3,6 +3,7 @@
  *
  * @module
  */
+import v8 from "node:v8";
 import { kvUnavailable } from "./errors.ts";
 import { keySize } from "./keys.ts";
 
@@ -13,12 +14,15 @@ export type KvWrite = readonly [key: Deno.KvKey, value: unknown];
 const BATCH_WRITES = 900;
 /** Key bytes per batch of {@linkcode splitWrites}: KV allows 80 KiB a commit. */
 const BATCH_KEY_BYTES = 60_000;
+/** Keys and values per batch of {@linkcode splitWrites}: KV allows 800 KiB a commit. */
+const BATCH_BYTES = 600_000;
 
 /**
- * Splits groups of small writes (task records, markers) into batches that each fit one
- * KV commit, with room left for a few more mutations such as a run record and its index
- * moves: at most 900 writes and 60,000 bytes of keys a batch. A group (writes that must
- * land together) is never split; groups keep their order.
+ * Splits groups of writes (task records, markers) into batches that each fit one KV
+ * commit, with room left for a few more mutations such as a run record (up to 64 KiB) and
+ * its index moves: at most 900 writes, 60,000 bytes of keys and 600,000 bytes of keys and
+ * values a batch. A group (writes that must land together) is never split; groups keep
+ * their order.
  *
  * @param groups the writes, in groups
  * @returns the batches, at least one (empty when there is nothing to write)
@@ -26,18 +30,28 @@ const BATCH_KEY_BYTES = 60_000;
 export function splitWrites(groups: Iterable<readonly KvWrite[]>): KvWrite[][] {
   const batches: KvWrite[][] = [[]];
   let keyBytes = 0;
+  let bytes = 0;
   for (const group of groups) {
-    const size = group.reduce((sum, [key]) => sum + keySize(key), 0);
+    let groupKeys = 0;
+    let groupBytes = 0;
+    for (const [key, value] of group) {
+      const k = keySize(key);
+      groupKeys += k;
+      groupBytes += k + (value === null ? 0 : v8.serialize(value).byteLength);
+    }
     const batch = batches[batches.length - 1];
     if (
       batch.length > 0 &&
-      (batch.length + group.length > BATCH_WRITES || keyBytes + size > BATCH_KEY_BYTES)
+      (batch.length + group.length > BATCH_WRITES || keyBytes + groupKeys > BATCH_KEY_BYTES ||
+        bytes + groupBytes > BATCH_BYTES)
     ) {
       batches.push([...group]);
-      keyBytes = size;
+      keyBytes = groupKeys;
+      bytes = groupBytes;
     } else {
       batch.push(...group);
-      keyBytes += size;
+      keyBytes += groupKeys;
+      bytes += groupBytes;
     }
   }
   return batches;

@@ -301,6 +301,13 @@ function estimateSize(value: unknown, limit: number): number {
     else if (typeof v === "bigint") total += v.toString(16).length;
     else if (v === null || typeof v !== "object" || v instanceof Date) continue;
     else if (seen.has(v)) continue;
+    // what KV stores of these is not enumerable: an error's message, stack and cause, and
+    // a pattern's source
+    else if (v instanceof Error) {
+      seen.add(v);
+      total += 2 * (v.name.length + v.message.length + (v.stack?.length ?? 0));
+      stack.push(v.cause);
+    } else if (v instanceof RegExp) total += 2 * v.source.length;
     // KV stores a view's whole buffer, not just the viewed bytes
     else if (ArrayBuffer.isView(v)) total += v.buffer.byteLength;
     else if (v instanceof ArrayBuffer) total += v.byteLength;

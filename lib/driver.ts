@@ -51,6 +51,7 @@ import {
   resetTask,
   type RunRecord,
   skipTask,
+  spentAttempts,
   startAttempt,
   type StepStatus,
   type Stored,
@@ -868,7 +869,7 @@ export class RunDriver {
       now,
       result.error,
       slot.retry.attempts,
-      retryDelay(slot.retry, record.attempt),
+      retryDelay(slot.retry, spentAttempts(record)),
     );
     const size = result.ok && "inline" in result.stored ? 50_000 : 1024;
     if (result.ok && "blob" in result.stored) {
@@ -1283,10 +1284,7 @@ export class RunDriver {
    * @throws {Error} when no write of the refused commit records a task
    */
   async #refuse(limit: string, refused: Write[], uncommitted: Write[]): Promise<void> {
-    const over = refused.filter((w) =>
-      keys.taskOf(w.key) !== null &&
-      (serializedBytes(w.value) > KV_VALUE_BYTES || w.keyBytes > KV_KEY_BYTES)
-    );
+    const over = refused.filter((w) => keys.taskOf(w.key) !== null && overKvLimit(w));
     // No record alone breaks a limit, the commit as a whole does: each of its tasks shares it.
     const blamed = over.length > 0 ? over : refused.filter((w) => keys.taskOf(w.key) !== null);
     if (blamed.length === 0) {
@@ -1511,6 +1509,12 @@ const KV_KEY_BYTES = 2048;
 
 /** What broke a KV limit: a task's result, its attempt's record, or the commit as a whole. */
 type LimitCause = "result" | "attempt" | "commit";
+
+/** Whether KV would refuse a write on its own: its value or its key is too large. */
+function overKvLimit(w: Write): boolean {
+  return w.keyBytes > KV_KEY_BYTES ||
+    (w.value !== null && serializedBytes(w.value) > KV_VALUE_BYTES);
+}
 
 /** A value's serialized size (as KV stores it, within a few bytes); Infinity if it has none. */
 function serializedBytes(value: unknown): number {

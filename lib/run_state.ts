@@ -263,11 +263,19 @@ export function failAttempt(
   attemptsAllowed: number,
   delayMs: number,
 ): TaskRecord {
-  const spent = task.attempt - (task.crashes ?? 0) - (task.released ?? 0);
-  if (error.retryable && spent < attemptsAllowed) {
+  if (error.retryable && spentAttempts(task) < attemptsAllowed) {
     return { ...task, status: "retrying", endedAt: now, nextAt: now + delayMs, error };
   }
   return { ...task, status: "failed", endedAt: now, nextAt: null, error };
+}
+
+/**
+ * The attempts of a task that spent its retry policy: those that ended in an error, not
+ * in a crash or a graceful hand-back of its worker. The count of the attempt now ending
+ * while it runs; retry backoff grows with it.
+ */
+export function spentAttempts(task: TaskRecord): number {
+  return task.attempt - (task.crashes ?? 0) - (task.released ?? 0);
 }
 
 /** Whether a task may start now. */

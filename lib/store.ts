@@ -585,6 +585,10 @@ export class Store {
       const run = runEntry.value;
       if (!run) throw unknownRun(runId);
       if (TERMINAL.has(run.status)) {
+        // A cancel that stopped between its two parts left tasks open: this one ends them.
+        if (run.status === "cancelled") {
+          await this.#cancelTasks(run, runEntry.versionstamp, reason).catch(() => {});
+        }
         throw new UsageError(`Run ${runId} already ${run.status}: nothing to cancel`, "conflict");
       }
       const now = this.clock.now();
@@ -595,17 +599,21 @@ export class Store {
         dueAt: null,
         error: { step: null, message: reason },
       };
-      // The run ends and loses its lease in one commit, checked against both: a reader sees
-      // it active or cancelled, never between, and its worker is fenced out before any task
-      // is read below, so what is marked is what that worker left and nothing it writes
-      // later lands.
+      // The run ends and loses its lease in one commit, checked against both, with its
+      // running and retrying tasks marked when they fit (nearly always): a reader sees the
+      // run active or cancelled, never between, and its worker is fenced out from then on.
+      const marks = splitWrites(await this.#cancelWrites(next, reason));
       const op = this.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId));
       op.set(keys.run(runId), next);
       moveDue(op, run, next);
       moveStatus(op, run, next);
+      if (marks.length === 1) addWrites(op, marks[0]);
       const result = await commitAtomic(op);
       if (!result.ok) continue;
-      await this.#cancelTasks(next, result.versionstamp, reason);
+      // What did not fit, and what the worker wrote between the read above and the commit
+      // (a step it started then), is marked now that nothing more of its lands. The run is
+      // cancelled whatever happens here; a later cancel ends what this one could not.
+      await this.#cancelTasks(next, result.versionstamp, reason).catch(() => {});
       // Chunks its worker was writing when the lease went are of no use now.
       await this.reclaimBlobs(runId).catch(() => {});
       return next;
@@ -613,15 +621,8 @@ export class Store {
     throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
   }
 
-  /**
-   * Marks the running and retrying steps and items of a run just cancelled, in as many
-   * commits as KV's limits need (a fan-out may have thousands). Each commit checks the run
-   * record as the commit before left it and writes it again unchanged, so a resume or
-   * rerun started meanwhile (which does the same, see `#requeue`) and this marking cannot
-   * interleave their batches: once the other has committed, this one stops, and the
-   * records are the other's to reset.
-   */
-  async #cancelTasks(run: RunRecord, versionstamp: string, reason: string): Promise<void> {
+  /** The writes that mark the running and retrying steps and items of a run cancelled. */
+  async #cancelWrites(run: RunRecord, reason: string): Promise<KvWrite[][]> {
     const now = run.endedAt ?? this.clock.now();
     const writes: KvWrite[][] = [];
     for (const [name, record] of await this.getSteps(run.id)) {
@@ -636,6 +637,19 @@ export class Store {
         writes.push([[keys.step(run.id, name), cancelTask(record, now, reason)]]);
       }
     }
+    return writes;
+  }
+
+  /**
+   * Marks the running and retrying steps and items of a cancelled run, in as many commits
+   * as KV's limits need (a fan-out may have thousands). Each commit checks the run record
+   * as the commit before left it and writes it again unchanged, so a resume or rerun
+   * started meanwhile (which does the same, see `#requeue`) and this marking cannot
+   * interleave their batches: once the other has committed, this one stops, and the
+   * records are the other's to reset.
+   */
+  async #cancelTasks(run: RunRecord, versionstamp: string, reason: string): Promise<void> {
+    const writes = await this.#cancelWrites(run, reason);
     if (writes.length === 0) return;
     let fence = { key: keys.run(run.id), versionstamp };
     for (const batch of splitWrites(writes)) {

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step, UsageError } from "../lib/mod.ts";
+import * as keys from "../lib/keys.ts";
+import type { RunRecord } from "../lib/run_state.ts";
 import { aborted, deferred, dueTimes, waitFor } from "./helpers.ts";
 
 Deno.test("cancel() aborts a running step's signal and ends the run cancelled", async () => {
@@ -219,4 +221,94 @@ Deno.test("cancel() of a run with 1,200 running steps, more than one KV commit t
     assert.equal(record.error?.name, "Cancelled", name);
   }
   assert.equal((await engine.store.getLease(run.id)).value, null);
+});
+
+Deno.test("cancel() of 1,000 running items with the longest reason the API takes splits its commits by bytes too", async () => {
+  const total = 1000;
+  // 500 characters outside Latin-1: two bytes each in every one of the 1,000 records
+  const reason = "€".repeat(500);
+  const work = step("work", {
+    items: () => Array.from({ length: total }, (_, i) => i),
+    concurrency: total,
+  }, async (_index, ctx) => {
+    await aborted(ctx.signal);
+    throw ctx.signal.reason;
+  });
+  const p = pipeline("wordy-cancel", { steps: [work], concurrency: total });
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [p],
+    maxSteps: total,
+    leaseMs: 500,
+  });
+  const run = await engine.store.createRun(p);
+  const ending = engine.runToEnd(run.id);
+  await waitFor("every item running", async () => {
+    const items = await engine.store.getItems(run.id, "work");
+    return [...items.values()].filter((r) => r.status === "running").length === total;
+  }, 20_000);
+  assert.equal((await engine.store.cancel(run.id, reason)).status, "cancelled");
+  assert.equal((await ending).status, "cancelled");
+  const items = await engine.store.getItems(run.id, "work");
+  assert.equal(items.size, total);
+  for (const [index, item] of items) {
+    assert.equal(item.status, "failed", `item ${index}`);
+    assert.equal(item.error?.message, reason, `item ${index}`);
+  }
+});
+
+Deno.test("cancel() of a small run ends the run and marks its running step in one commit", async () => {
+  const inside = deferred();
+  const slow = step("slow", async (_inputs, ctx) => {
+    inside.resolve();
+    await aborted(ctx.signal);
+    throw ctx.signal.reason;
+  });
+  const p = pipeline("one-commit-cancel", { steps: [slow] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], leaseMs: 500 });
+  const run = await engine.store.createRun(p);
+  const ending = engine.runToEnd(run.id);
+  await inside.promise;
+  await engine.store.cancel(run.id, "Not today");
+  assert.equal((await ending).status, "cancelled");
+  const stepEntry = await engine.kv.get<{ status: string }>(keys.step(run.id, "slow"));
+  assert.equal(stepEntry.value?.status, "failed");
+  // The run's entry in the status index is written only by the commit that ends the run.
+  // One commit: KV gave both the same versionstamp, so no reader saw one without the other.
+  const indexed = await Array.fromAsync(
+    engine.kv.list({ prefix: keys.runsByStatusPrefix("cancelled") }),
+  );
+  assert.equal(indexed.length, 1);
+  assert.equal(indexed[0].key.at(-1), run.id);
+  assert.equal(stepEntry.versionstamp, indexed[0].versionstamp);
+});
+
+Deno.test("a cancel that stopped after ending the run leaves its open tasks to the next cancel", async () => {
+  const inside = deferred();
+  const slow = step("slow", async (_inputs, ctx) => {
+    inside.resolve();
+    await aborted(ctx.signal);
+    throw ctx.signal.reason;
+  });
+  const p = pipeline("half-cancel", { steps: [slow] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], leaseMs: 300 });
+  const run = await engine.store.createRun(p);
+  const ending = engine.runToEnd(run.id);
+  await inside.promise;
+  // What a cancel too large for one commit leaves when its process dies after the first:
+  // the run cancelled and its lease gone, the step still marked running.
+  const entry = await engine.kv.get<RunRecord>(keys.run(run.id));
+  const ended = { ...entry.value!, status: "cancelled" as const, endedAt: Date.now() };
+  const op = engine.kv.atomic().check(entry).set(keys.run(run.id), ended);
+  assert.ok((await op.delete(keys.lease(run.id)).commit()).ok);
+  assert.equal((await engine.store.getSteps(run.id)).get("slow")?.status, "running");
+  await ending;
+
+  await assert.rejects(
+    engine.store.cancel(run.id, "Again"),
+    (e: unknown) => e instanceof UsageError && /already cancelled/.test(e.message),
+  );
+  const slowRecord = (await engine.store.getSteps(run.id)).get("slow")!;
+  assert.equal(slowRecord.status, "failed");
+  assert.equal(slowRecord.error?.name, "Cancelled");
 });

@@ -241,15 +241,43 @@ Deno.test("an output larger than any limit fails its step at once with a clear e
   }
 });
 
-Deno.test("an output KV refuses at the checkpoint (an Error object too large for a value) fails its step once, naming the limit, and the run ends failed", async () => {
+/**
+ * An output that keeps changing after its step returned it, as a getter over a buffer
+ * that something else fills: small the two times kvflow reads it to measure it (its
+ * serializability probe and its size estimate), 80 KB when the checkpoint's commit
+ * serializes it. No check before the commit can see that; KV refuses the record.
+ */
+function growingOutput(text: string): Record<string, unknown> {
+  let reads = 0;
+  return {
+    sent: 2,
+    get failures() {
+      return ++reads <= 2 ? [] : [text + "x".repeat(80_000)];
+    },
+  };
+}
+
+Deno.test("an output with a large Error in it is measured as KV stores it, and kept", async () => {
+  const failures = [new Error("SMTP said: " + "x".repeat(40_000), { cause: /y{20000}/ })];
+  const report = step("report", () => ({ sent: 2, failures }));
+  const p = pipeline("limits-error-output", { steps: [report] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  const record = (await engine.store.getSteps(run.id)).get("report")!;
+  assert.ok(record.output && "blob" in record.output, "stored as a blob, not inline");
+  const output = await engine.store.getOutput(run.id, "report") as { failures: Error[] };
+  assert.equal(output.failures[0].message, failures[0].message);
+  assert.equal(String(output.failures[0].cause), String(failures[0].cause));
+});
+
+Deno.test("an output KV refuses at the checkpoint (it grew after it was measured) fails its step once, naming the limit, and the run ends failed", async () => {
   let calls = 0;
   let mailed = 0;
-  // kvflow measures plain data before storing it; an Error's message and stack are not
-  // enumerable, so the output passes as small and KV refuses the 80 KB record at the commit
   const report = step("report", { retry: { attempts: 3, delay: "5ms" } }, (_inputs, ctx) => {
     calls++;
     ctx.log.info("building the report");
-    return { sent: 2, failures: [new Error("SMTP said: " + "x".repeat(40_000))] };
+    return growingOutput("SMTP said: ");
   });
   const mail = step("mail", { needs: { report } }, () => ++mailed);
   const side = step("side", () => "independent");
@@ -296,7 +324,7 @@ Deno.test("a fan-out item whose output KV refuses fails alone; the items that ch
     retry: { attempts: 2, delay: "5ms" },
   }, (i) => {
     calls[i]++;
-    return i === 1 ? { error: new Error("y".repeat(40_000)) } : { i };
+    return i === 1 ? growingOutput("y") : { i };
   });
   const p = pipeline("limits-refused-item", { steps: [items] });
   await using engine = await openEngine({

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { NonRetryableError, openEngine, pipeline, step } from "../lib/mod.ts";
 import { resolveRetry, retryDelay } from "../lib/definition.ts";
-import { aborted } from "./helpers.ts";
+import { aborted, deferred, sleep, tempKv } from "./helpers.ts";
 
 Deno.test("retryDelay() doubles per attempt, takes jitter off, and caps at maxDelay", () => {
   const retry = resolveRetry({ delay: "100ms", maxDelay: "1s", jitter: 0 });
@@ -181,4 +181,38 @@ Deno.test("a timeout aborts ctx.signal and counts as a failed attempt", async ()
   await assert.rejects(engine.store.getOutput(run.id, "slow"), { name: "UsageError" });
   // let the bodies that ignored their abort finish before the test ends
   await new Promise((r) => setTimeout(r, 40));
+});
+
+Deno.test("graceful hand-backs do not grow the backoff: the first real failure waits the first delay", async () => {
+  await using file = await tempKv();
+  let fail = false;
+  let inside = deferred();
+  const s = step("s", {
+    retry: { attempts: 3, delay: "1h", backoff: "exponential", maxDelay: "1000h", jitter: 0 },
+  }, async (_inputs, ctx) => {
+    inside.resolve();
+    if (fail) throw new Error("the service said no");
+    await sleep(60_000, ctx.signal);
+    ctx.signal.throwIfAborted();
+  });
+  const p = pipeline("backoff-after-stops", { steps: [s] });
+  let id = "";
+  // six rolling restarts, each a graceful stop while the step runs
+  for (let i = 0; i < 6; i++) {
+    inside = deferred();
+    await using engine = await openEngine({ path: file.path, pipelines: [p], queues: false });
+    id ||= (await engine.store.createRun(p)).id;
+    const executing = engine.worker.execute(id);
+    await inside.promise;
+    await engine.worker.stop(5);
+    await executing;
+  }
+  fail = true;
+  await using engine = await openEngine({ path: file.path, pipelines: [p], queues: false });
+  await engine.worker.execute(id);
+  const record = (await engine.store.getSteps(id)).get("s")!;
+  assert.equal(record.status, "retrying");
+  assert.equal(record.released, 6);
+  assert.equal(record.attempt, 7);
+  assert.equal(record.nextAt! - record.endedAt!, 3_600_000, "the delay of a first failure");
 });
