@@ -248,45 +248,35 @@ export class GroupCommitter {
   }
 
   async #commitGroup(group: Queued[]): Promise<void> {
-    if (group.length === 1) {
-      // alone: committed at once, as it would be without a committer
-      const q = group[0];
-      this.stats.commits++;
-      try {
-        const op = this.#kv.atomic();
-        q.batch.apply(op);
-        q.resolve(await commitAtomic(op));
-      } catch (error) {
-        q.reject(error);
-      }
+    // alone: committed at once, as it would be without a committer
+    if (group.length === 1) return await this.#commitAlone(group[0]);
+    this.stats.commits++;
+    this.stats.grouped++;
+    let result: Deno.KvCommitResult | Deno.KvCommitError | undefined;
+    try {
+      const op = this.#kv.atomic();
+      for (const q of group) q.batch.apply(op);
+      result = await commitAtomic(op);
+    } catch {
+      result = undefined;
+    }
+    if (result?.ok) {
+      for (const q of group) q.resolve(result);
       return;
     }
-    if (group.length > 1) {
-      this.stats.commits++;
-      this.stats.grouped++;
-      let result: Deno.KvCommitResult | Deno.KvCommitError | undefined;
-      try {
-        const op = this.#kv.atomic();
-        for (const q of group) q.batch.apply(op);
-        result = await commitAtomic(op);
-      } catch {
-        result = undefined;
-      }
-      if (result?.ok) {
-        for (const q of group) q.resolve(result);
-        return;
-      }
-      this.stats.fallbacks++;
+    this.stats.fallbacks++;
+    await Promise.all(group.map((q) => this.#commitAlone(q)));
+  }
+
+  /** Commits one batch on its own and settles its caller with the outcome. */
+  async #commitAlone(q: Queued): Promise<void> {
+    this.stats.commits++;
+    try {
+      const op = this.#kv.atomic();
+      q.batch.apply(op);
+      q.resolve(await commitAtomic(op));
+    } catch (error) {
+      q.reject(error);
     }
-    await Promise.all(group.map(async (q) => {
-      this.stats.commits++;
-      try {
-        const op = this.#kv.atomic();
-        q.batch.apply(op);
-        q.resolve(await commitAtomic(op));
-      } catch (error) {
-        q.reject(error);
-      }
-    }));
   }
 }

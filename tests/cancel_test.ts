@@ -257,18 +257,25 @@ Deno.test("cancel() of 1,000 running items with the longest reason the API takes
   }
 });
 
-Deno.test("cancel() of a small run ends the run and marks its running step in one commit", async () => {
+/** An in-memory engine driving a run whose one step, `slow`, runs until it is aborted. */
+async function runInSlowStep(name: string) {
   const inside = deferred();
   const slow = step("slow", async (_inputs, ctx) => {
     inside.resolve();
     await aborted(ctx.signal);
     throw ctx.signal.reason;
   });
-  const p = pipeline("one-commit-cancel", { steps: [slow] });
-  await using engine = await openEngine({ path: ":memory:", pipelines: [p], leaseMs: 500 });
+  const p = pipeline(name, { steps: [slow] });
+  const engine = await openEngine({ path: ":memory:", pipelines: [p], leaseMs: 300 });
   const run = await engine.store.createRun(p);
   const ending = engine.runToEnd(run.id);
   await inside.promise;
+  return { engine, run, ending };
+}
+
+Deno.test("cancel() of a small run ends the run and marks its running step in one commit", async () => {
+  const { engine, run, ending } = await runInSlowStep("one-commit-cancel");
+  await using _ = engine;
   await engine.store.cancel(run.id, "Not today");
   assert.equal((await ending).status, "cancelled");
   const stepEntry = await engine.kv.get<{ status: string }>(keys.step(run.id, "slow"));
@@ -284,17 +291,8 @@ Deno.test("cancel() of a small run ends the run and marks its running step in on
 });
 
 Deno.test("a cancel that stopped after ending the run leaves its open tasks to the next cancel", async () => {
-  const inside = deferred();
-  const slow = step("slow", async (_inputs, ctx) => {
-    inside.resolve();
-    await aborted(ctx.signal);
-    throw ctx.signal.reason;
-  });
-  const p = pipeline("half-cancel", { steps: [slow] });
-  await using engine = await openEngine({ path: ":memory:", pipelines: [p], leaseMs: 300 });
-  const run = await engine.store.createRun(p);
-  const ending = engine.runToEnd(run.id);
-  await inside.promise;
+  const { engine, run, ending } = await runInSlowStep("half-cancel");
+  await using _ = engine;
   // What a cancel too large for one commit leaves when its process dies after the first:
   // the run cancelled and its lease gone, the step still marked running.
   const entry = await engine.kv.get<RunRecord>(keys.run(run.id));
