@@ -798,6 +798,20 @@ export class RunDriver {
     // The run may have been interrupted, released or lost while the start marker was being
     // committed: then this attempt is no longer ours to run.
     if (this.#running.get(task.key) !== task) return;
+    if (this.#settling) {
+      // The worker began to stop meanwhile: no step starts now. The attempt is handed back
+      // as one still running at the end of the grace period is.
+      this.#running.delete(task.key);
+      if (slot.fan) slot.fan.running--;
+      this.#o.slots.release();
+      const now = this.#clock.now();
+      this.#setTask(slot, index, releaseTask(record, now));
+      this.#writeAttempt(
+        attemptRecord(name, index, record, "interrupted", releaseError(record.attempt), [], now),
+      );
+      this.#pump();
+      return;
+    }
     const logs: LogLine[] = [];
     let result: { ok: true; value: unknown; stored: Stored } | {
       ok: false;

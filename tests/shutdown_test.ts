@@ -178,3 +178,38 @@ Deno.test("interrupt() fails the run resumably and records the attempt as interr
   assert.equal(state.firstCalls, 2);
   assert.equal(state.secondCalls, 1);
 });
+
+Deno.test("a stop that comes while a step's start is being committed keeps its body from starting", async () => {
+  await using file = await tempKv();
+  const calls = { a: 0, b: 0 };
+  const a = step("a", () => ++calls.a);
+  const b = step("b", { needs: { a } }, () => ++calls.b);
+  const p = pipeline("stop-at-start", { steps: [a, b] });
+  let stopping: Promise<void> | undefined;
+  const first = await openEngine({
+    path: file.path,
+    pipelines: [p],
+    queues: false,
+    // Events of a commit are emitted once it is durable, before the steps it started run:
+    // B's start marker is stored, its body not begun, when the worker is told to stop.
+    onEvent: (e) => {
+      if (e.type === "task" && e.step === "b" && e.status === "running") {
+        stopping ??= first.worker.stop(5000);
+      }
+    },
+  });
+  const run = await first.store.createRun(p);
+  await first.worker.execute(run.id);
+  await stopping;
+  await first.close();
+  assert.deepEqual(calls, { a: 1, b: 0 }, "b started after the stop");
+
+  await using second = await openEngine({ path: file.path, pipelines: [p], queues: false });
+  const handedBack = (await second.store.getSteps(run.id)).get("b")!;
+  assert.equal(handedBack.status, "retrying");
+  assert.equal(handedBack.released, 1);
+  assert.equal((await second.runToEnd(run.id)).status, "succeeded");
+  assert.deepEqual(calls, { a: 1, b: 1 });
+  const attempts = (await second.store.getAttempts(run.id)).filter((x) => x.step === "b");
+  assert.deepEqual(attempts.map((x) => `${x.n}:${x.status}`), ["1:interrupted", "2:succeeded"]);
+});
