@@ -1,8 +1,9 @@
 /**
  * Chaos: three worker processes on one KV file run 300 runs of an eight-step pipeline
  * (a parallel branch, a fan-out of ten, a step that fails its first attempt) and a
- * schedule that ticks every two seconds, while a driver SIGKILLs a random worker every
- * 0.3–1.5 s and starts a new one. Every step body writes to a side ledger outside KV
+ * schedule that ticks every two seconds, while a driver stops a random worker every
+ * 0.3–1.5 s and starts a new one: two times in three with SIGKILL, once with SIGTERM and
+ * a grace period shorter than most steps, so rolling restarts hand work back mid-step. Every step body writes to a side ledger outside KV
  * (SQLite) when it starts and ends; afterwards the ledger, the kills and KV together must
  * show every guarantee of DESIGN.md §3 that a crash can break.
  *
@@ -33,8 +34,10 @@ const WORKERS = 3;
 const ITEMS = 10;
 /** Steps that fail their first attempt on purpose, with their retry delay. */
 const FAILS_FIRST = new Map([["flaky", 50], ["tock", 5500]]);
+/** How long after a SIGTERM is sent a worker may still start a body: it has not handled it yet. */
+const SIGNAL_LAG_MS = 50;
 
-/** A SIGKILL the driver sent: to whom, and the wall time just before and after. */
+/** A signal the driver sent: to whom, and the wall time just before and after. */
 interface Kill {
   pid: number;
   before: number;
@@ -61,6 +64,7 @@ interface Counts {
   tickRuns: number;
   ticksExpected: number;
   kills: number;
+  terms: number;
   workersStarted: number;
   takeovers: number;
   bodies: number;
@@ -71,6 +75,7 @@ interface Counts {
   plannedFailures: number;
   killedInBody: number;
   killedBeforeCheckpoint: number;
+  handedBack: number;
   unexplained: number;
   startsAfterCheckpoint: number;
   stuck: number;
@@ -121,7 +126,7 @@ function ticksFrom(first: number, last: number): number[] {
   return out;
 }
 
-Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a schedule; no step runs after its checkpoint, none is lost", async () => {
+Deno.test("chaos: three workers SIGKILLed or SIGTERMed at random for 60 s run 300 runs and a schedule; no step runs after its checkpoint, none is lost", async () => {
   const t0 = Date.now();
   await using box = await Sandbox.create();
   const ledgerPath = `${box.dir}/ledger.sqlite`;
@@ -133,7 +138,8 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
     // may make a body run again.
     KVFLOW_LEASE_MS: "5000",
     KVFLOW_POLL_MS: "200",
-    KVFLOW_GRACE_MS: "5000",
+    // Shorter than most step bodies (10–60 ms): a SIGTERM interrupts steps and hands them back.
+    KVFLOW_GRACE_MS: "30",
   };
   const started: Proc[] = [];
   // When each worker began serving (or never did): the fleet's availability, to tell a
@@ -158,6 +164,8 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
   // The storm: runs arrive over its first 70 %, kills go on to its end.
   const kills: Kill[] = [];
   const killed = new Set<Proc>();
+  const terms: Kill[] = [];
+  const termed = new Set<Proc>();
   const stormStart = Date.now();
   const kv = await Deno.openKv(box.kvPath);
   try {
@@ -177,10 +185,11 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
       const slot = Math.floor(Math.random() * WORKERS);
       const victim = workers[slot];
       const before = Date.now();
-      victim.kill("SIGKILL");
-      kills.push({ pid: victim.pid, before, after: Date.now() });
+      const graceful = Math.random() < 1 / 3;
+      victim.kill(graceful ? "SIGTERM" : "SIGKILL");
+      (graceful ? terms : kills).push({ pid: victim.pid, before, after: Date.now() });
       serving.get(victim)!.down = before;
-      killed.add(victim);
+      (graceful ? termed : killed).add(victim);
       workers[slot] = spawnWorker();
     }
     await creating;
@@ -216,11 +225,15 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
   for (const exit of await Promise.all(workers.map((w) => w.exit()))) {
     assert.equal(exit.code, 0, exit.stderr);
   }
-  // Only the driver's kills ended workers.
+  // Only the driver's signals ended workers; a SIGTERMed one handed its runs back, exit 0.
   for (const proc of started) {
     if (workers.includes(proc)) continue;
     const exit = await proc.exit();
-    assert.ok(killed.has(proc) && exit.signal === "SIGKILL", `worker ${proc.pid}: ${exit.stderr}`);
+    if (termed.has(proc)) assert.equal(exit.code, 0, `worker ${proc.pid}: ${exit.stderr}`);
+    else {assert.ok(
+        killed.has(proc) && exit.signal === "SIGKILL",
+        `worker ${proc.pid}: ${exit.stderr}`,
+      );}
   }
   await Promise.all(watching);
   const pids = started.map((p) => p.pid);
@@ -308,6 +321,7 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
 
   // ---- each task against the guarantees -----------------------------------------------
   const killOf = new Map(kills.map((k) => [k.pid, k]));
+  const termOf = new Map(terms.map((k) => [k.pid, k]));
   const problems: string[] = [];
   const counts: Counts = {
     runs: all.length,
@@ -315,6 +329,7 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
     tickRuns: ticks.length,
     ticksExpected: 0,
     kills: kills.length,
+    terms: terms.length,
     workersStarted: started.length,
     takeovers: finished.reduce((n, r) => n + r.takeovers, 0),
     bodies: rows.filter((r) => r.event === "start").length,
@@ -325,6 +340,7 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
     plannedFailures: 0,
     killedInBody: 0,
     killedBeforeCheckpoint: 0,
+    handedBack: 0,
     unexplained: 0,
     startsAfterCheckpoint: 0,
     stuck: 0,
@@ -392,19 +408,34 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
         else counts.killedInBody++;
         continue;
       }
+      // Explained by a SIGTERM: the worker was told to stop after the body started (or so
+      // shortly before that it had not handled the signal yet), handed it back at the end
+      // of the grace period, and KV recorded the attempt as interrupted.
+      const term = termOf.get(s.pid);
+      if (
+        term && term.after + SIGNAL_LAG_MS >= s.at && (!next || next.at >= term.before) &&
+        t.ended.get(s.attempt) === "interrupted"
+      ) {
+        counts.handedBack++;
+        continue;
+      }
       counts.unexplained++;
       problems.push(
         `${where}: attempt ${s.attempt} (pid ${s.pid}, ${end ? `ended ${end.outcome}` : "no end"}${
           kill ? `, killed ${kill.before - s.at} ms after it started` : ", never killed"
-        }, recorded ${t.ended.get(s.attempt)}) ran again as attempt ${next?.attempt} at +${
-          next ? next.at - s.at : "?"
-        } ms`,
+        }${term ? `, SIGTERM ${term.before - s.at} ms after it started` : ""}, recorded ${
+          t.ended.get(s.attempt)
+        }) ran again as attempt ${next?.attempt} at +${next ? next.at - s.at : "?"} ms`,
       );
     }
     // The formula of the issue, on top: starts ≤ 1 + planned failures + kills that hit it.
     const hits = starts.filter((s) => {
       const kill = killOf.get(s.pid);
-      return s.attempt !== winner && kill !== undefined && kill.after >= s.at;
+      const term = termOf.get(s.pid);
+      return s.attempt !== winner && (
+        (kill !== undefined && kill.after >= s.at) ||
+        (term !== undefined && term.after + SIGNAL_LAG_MS >= s.at)
+      );
     }).length;
     const planned = FAILS_FIRST.has(t.step) && starts.some((s) => s.attempt === 1) &&
         t.ends.some((e) => e.attempt === 1 && e.outcome === "error")
@@ -450,13 +481,13 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
         ((drained - stormEnd) / 1000).toFixed(1)
       } s later, test ${((Date.now() - t0) / 1000).toFixed(1)} s in all`,
       `  runs ${counts.runs} (${counts.succeeded} succeeded, ${counts.stuck} stuck), tick runs ${counts.tickRuns} for ${counts.ticksExpected} ticks`,
-      `  kills ${counts.kills}, workers started ${counts.workersStarted} (ready in p50 ${
+      `  SIGKILLs ${counts.kills}, SIGTERMs ${counts.terms}, workers started ${counts.workersStarted} (ready in p50 ${
         percentile(startMs, 0.5)
       } ms, max ${percentile(startMs, 1)} ms; none serving for ${
         (idleMs / 1000).toFixed(1)
       } s of the storm), lease takeovers ${counts.takeovers}`,
       `  bodies started ${counts.bodies}, checkpoints ${counts.checkpoints} (double ${counts.doubleCheckpoints}, missing ${counts.missingCheckpoints})`,
-      `  extra starts ${counts.extraStarts}: planned failures ${counts.plannedFailures}, killed in body ${counts.killedInBody}, killed before checkpoint ${counts.killedBeforeCheckpoint}, unexplained ${counts.unexplained}`,
+      `  extra starts ${counts.extraStarts}: planned failures ${counts.plannedFailures}, killed in body ${counts.killedInBody}, killed before checkpoint ${counts.killedBeforeCheckpoint}, handed back at a SIGTERM ${counts.handedBack}, unexplained ${counts.unexplained}`,
       `  retries of tock ${retryLateness.length}, late by p50 ${
         percentile(retryLateness, 0.5)
       } ms, max ${percentile(retryLateness, 1)} ms; report → finish p50 ${
@@ -478,10 +509,14 @@ Deno.test("chaos: three workers SIGKILLed at random for 60 s run 300 runs and a 
   assert.equal(counts.disagreeingDue, 0, "due entries that disagree with their run");
   assert.equal(counts.staleLeases, 0, "leases of finished runs");
   assert.equal(counts.staleIndexes, 0, "active or status index entries of finished runs");
-  assert.ok(counts.kills >= STORM_MS / 1500 - 1, `only ${counts.kills} kills`);
+  assert.ok(
+    counts.kills + counts.terms >= STORM_MS / 1500 - 1,
+    `only ${counts.kills + counts.terms} signals`,
+  );
   assert.ok(counts.killedInBody > 0, "no kill landed in a body: the storm proved nothing");
   assert.equal(
-    counts.plannedFailures + counts.killedInBody + counts.killedBeforeCheckpoint,
+    counts.plannedFailures + counts.killedInBody + counts.killedBeforeCheckpoint +
+      counts.handedBack,
     counts.extraStarts,
   );
 
