@@ -5,12 +5,12 @@
  *
  * @module
  */
-import { heartbeat, main } from "./lib/cli.ts";
+import { heartbeat, main } from "./lib/cli/cli.ts";
 import { pipelines } from "./pipelines/mod.ts";
 
 if (Deno.env.get("DENO_DEPLOY") === "true") {
   // Deploy registers crons only while the module is first evaluated, before Deno.serve.
-  const { startDeploy } = await import("./lib/deploy.ts");
+  const { startDeploy } = await import("./lib/engine/deploy.ts");
   const deployment = await startDeploy(pipelines);
   Deno.cron("kvflow heartbeat", "* * * * *", () => deployment.heartbeat());
   deployment.serve();

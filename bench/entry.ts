@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { heartbeat, main } from "../lib/cli.ts";
+import { heartbeat, main } from "../lib/cli/cli.ts";
 import { openEngine, type Pipeline } from "../lib/mod.ts";
 import { pipelines } from "../pipelines/mod.ts";
 import { diamond, PARKED, parking, RESTART } from "./pipelines.ts";

@@ -7,7 +7,7 @@
  * @module
  */
 import { openEngine } from "../lib/mod.ts";
-import { runDetail } from "../lib/run_view.ts";
+import { runDetail } from "../lib/http/run_view.ts";
 import example from "../pipelines/example/mod.ts";
 import { commitFloor, type Floor } from "./floor.ts";
 import { populate, startServer, time } from "./http_bench.ts";

@@ -4,7 +4,7 @@
  *
  * 1. Stores 100,000 finished runs of the example pipeline in a KV file in a temp dir
  *    (deleted afterwards), by direct batched writes of exactly the records, index entries and
- *    counts the store keeps (`lib/keys.ts` layout, current schema); every 100th run also gets its steps, fan-out
+ *    counts the store keeps (`lib/kv/keys.ts` layout, current schema); every 100th run also gets its steps, fan-out
  *    items, attempts with log lines, artifacts and (when failed) an alert, as a real run has.
  * 2. Starts the real service on that file in its own process (`main.ts serve --port 0`).
  * 3. Times sequential requests from this process: the first page of runs (plain, by
@@ -21,12 +21,12 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import * as keys from "../lib/keys.ts";
-import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../lib/run_state.ts";
-import type { AlertRecord } from "../lib/alerts.ts";
-import type { ArtifactMeta } from "../lib/artifacts.ts";
-import { COUNTED, newRunId } from "../lib/store.ts";
-import { SCHEMA_VERSION } from "../lib/schema.ts";
+import * as keys from "../lib/kv/keys.ts";
+import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../lib/model/run_state.ts";
+import type { AlertRecord } from "../lib/alerts/alerts.ts";
+import type { ArtifactMeta } from "../lib/model/artifacts.ts";
+import { COUNTED, newRunId } from "../lib/store/store.ts";
+import { SCHEMA_VERSION } from "../lib/kv/migrations.ts";
 import example from "../pipelines/example/mod.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));

@@ -19,7 +19,7 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { heartbeat, main as cli } from "../lib/cli.ts";
+import { heartbeat, main as cli } from "../lib/cli/cli.ts";
 import { type Pipeline, pipeline, step } from "../lib/mod.ts";
 import { diamond, waitingDiamond } from "./pipelines.ts";
 import { allRuns, withStore } from "./_util.ts";

@@ -43,16 +43,16 @@ export {
   type StepContext,
   type StepOptions,
   type Trigger,
-} from "./definition.ts";
-export { type Duration } from "./duration.ts";
+} from "./define/definition.ts";
+export { type Duration } from "./define/duration.ts";
 export {
   type ErrorInfo,
   type KvProblem,
   KvUnavailableError,
   NonRetryableError,
   UsageError,
-} from "./errors.ts";
-export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine.ts";
+} from "./model/errors.ts";
+export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
 export {
   type AttemptRecord,
   type BlobRef,
@@ -63,7 +63,7 @@ export {
   type StepStatus,
   type Stored,
   type TaskRecord,
-} from "./run_state.ts";
+} from "./model/run_state.ts";
 export {
   type Claim,
   type CreateRunInput,
@@ -71,17 +71,17 @@ export {
   type RunPage,
   Store,
   type StoreOptions,
-} from "./store.ts";
-export { type ExecuteResult, Worker, type WorkerOptions } from "./worker.ts";
+} from "./store/store.ts";
+export { type ExecuteResult, Worker, type WorkerOptions } from "./engine/worker.ts";
 export {
   type AttemptInfo,
   type DriverOptions,
   type Outcome,
   RunDriver,
   type RunEvent,
-} from "./driver.ts";
-export { Slots, type SlotWaiter } from "./slots.ts";
-export { type Clock, systemClock } from "./clock.ts";
+} from "./engine/driver/driver.ts";
+export { Slots, type SlotWaiter } from "./engine/step_limit.ts";
+export { type Clock, systemClock } from "./engine/clock.ts";
 export {
   backfillTicks,
   nextTicks,
@@ -94,13 +94,13 @@ export {
   type TickDecision,
   tickRunId,
   ticksBetween,
-} from "./scheduler.ts";
-export { commitAtomic, type CommitBatch, GroupCommitter, type GroupLimits } from "./atomic.ts";
+} from "./engine/scheduler.ts";
+export { commitAtomic, type CommitBatch, GroupCommitter, type GroupLimits } from "./kv/commit.ts";
 export {
   type AlertChannels,
   type AlertEmail,
   type AlertRecord,
   type ChannelState,
   type DeliverOptions,
-} from "./alerts.ts";
-export { type ArtifactMeta } from "./artifacts.ts";
+} from "./alerts/alerts.ts";
+export { type ArtifactMeta } from "./model/artifacts.ts";

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { Hono } from "hono";
 import { type AlertRecord, openEngine, pipeline, step } from "../lib/mod.ts";
-import { runAlerts } from "../lib/alerts.ts";
-import * as keys from "../lib/keys.ts";
+import { runAlerts } from "../lib/alerts/alerts.ts";
+import * as keys from "../lib/kv/keys.ts";
 
 function exhaustingPipeline(state: { broken: boolean; calls: Record<string, number> }) {
   const count = (name: string) => (state.calls[name] = (state.calls[name] ?? 0) + 1);

@@ -14,7 +14,7 @@
  */
 import assert from "node:assert/strict";
 import { Cron } from "croner";
-import * as keys from "../lib/keys.ts";
+import * as keys from "../lib/kv/keys.ts";
 import {
   type AttemptRecord,
   type RunRecord,
@@ -22,7 +22,7 @@ import {
   Store,
   type TaskRecord,
 } from "../lib/mod.ts";
-import { TERMINAL } from "../lib/run_state.ts";
+import { TERMINAL } from "../lib/model/run_state.ts";
 import { FIXTURE_CLI, poll, type Proc, Sandbox } from "./_harness.ts";
 import chaos, { type ChaosRow, openLedger } from "./fixtures/chaos.ts";
 

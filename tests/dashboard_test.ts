@@ -9,8 +9,8 @@ import assert from "node:assert/strict";
 import { z } from "zod";
 import { chromium } from "playwright-core";
 import { type Engine, openEngine, pipeline, step } from "../lib/mod.ts";
-import { dashboard, mayReadRequest } from "../lib/dashboard.tsx";
-import { app, serve } from "../lib/server.ts";
+import { dashboard, mayReadRequest } from "../lib/dashboard/mod.tsx";
+import { app, serve } from "../lib/http/service.ts";
 import { tempKv, waitFor } from "./helpers.ts";
 
 const TOKEN = "dashboard-test-token-8c1f2e";

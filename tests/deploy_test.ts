@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import * as keys from "../lib/keys.ts";
+import * as keys from "../lib/kv/keys.ts";
 import type { RunRecord, ScheduleState } from "../lib/mod.ts";
 import { FIXTURE_CLI, lines, MAIN, poll, type Proc, Sandbox } from "./_harness.ts";
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
-import * as keys from "../lib/keys.ts";
+import * as keys from "../lib/kv/keys.ts";
 import { allDue, deferred, dueTimes, tempKv, waitFor } from "./helpers.ts";
 
 const RETRY_MS = 300;

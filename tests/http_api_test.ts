@@ -498,7 +498,7 @@ Deno.test("auth on with a read token: reads need it (or the write token); it can
 Deno.test("a server error is a 500 with a reference and no internals; health turns 503", async () => {
   const kv = await Deno.openKv(":memory:");
   const { openEngine } = await import("../lib/mod.ts");
-  const { serve } = await import("../lib/server.ts");
+  const { serve } = await import("../lib/http/service.ts");
   const { testPipelines } = await import("./_http.ts");
   const engine = await openEngine({ kv, pipelines: testPipelines(), queues: true });
   const logs: string[] = [];

@@ -3,8 +3,8 @@ import SwaggerParser from "@apidevtools/swagger-parser";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { z } from "zod";
 import { Contract, type OpenApi, startService } from "./_http.ts";
-import { RunListQuerySchema, RunStatusSchema, TriggerRequestSchema } from "../lib/api_schemas.ts";
-import { RUN_STATUSES } from "../lib/run_state.ts";
+import { RunListQuerySchema, RunStatusSchema, TriggerRequestSchema } from "../lib/http/schemas.ts";
+import { RUN_STATUSES } from "../lib/model/run_state.ts";
 
 const ROUTES = [
   "GET /api/pipelines",

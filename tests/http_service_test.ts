@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import * as keys from "../lib/keys.ts";
+import * as keys from "../lib/kv/keys.ts";
 import type { Lease } from "../lib/mod.ts";
 import { startService, world } from "./_http.ts";
 import { Sandbox } from "./_harness.ts";

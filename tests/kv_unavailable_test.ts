@@ -14,8 +14,8 @@
 import assert from "node:assert/strict";
 import { lines, Proc, ROOT, runIdOf, Sandbox } from "./_harness.ts";
 import { type AnyStep, KvUnavailableError, openEngine, pipeline, step, Store } from "../lib/mod.ts";
-import { runAlerts } from "../lib/alerts.ts";
-import * as keys from "../lib/keys.ts";
+import { runAlerts } from "../lib/alerts/alerts.ts";
+import * as keys from "../lib/kv/keys.ts";
 import { auditBlobs } from "./helpers.ts";
 
 /** A tmpfs mounted on a temp dir; unmounted and removed when disposed. */

@@ -23,15 +23,15 @@ import {
   Store,
   UsageError,
 } from "../lib/mod.ts";
-import * as keys from "../lib/keys.ts";
-import { Metrics } from "../lib/metrics.ts";
-import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/definition.ts";
-import { CHUNK_BYTES, MAX_VALUE_BYTES } from "../lib/codec.ts";
+import * as keys from "../lib/kv/keys.ts";
+import { Metrics } from "../lib/http/metrics.ts";
+import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/definition.ts";
+import { CHUNK_BYTES, MAX_VALUE_BYTES } from "../lib/kv/values.ts";
 import {
   MAX_IDEMPOTENCY_KEY_LENGTH,
   MAX_RUN_ID_LENGTH,
   MAX_RUN_RECORD_BYTES,
-} from "../lib/store.ts";
+} from "../lib/store/store.ts";
 import { bigOutput, MiB, pattern, sha256 } from "./fixtures/limits_big.ts";
 import { ROOT } from "./_harness.ts";
 import { allDue, auditBlobs, tempKv, waitFor } from "./helpers.ts";

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 // @ts-types="@types/mailparser"
 import { simpleParser } from "mailparser";
-import { testPipeline } from "../lib/testing.ts";
+import { testPipeline } from "../lib/testing/mod.ts";
 import nightly from "../pipelines/nightly/mod.ts";
 import { filesIn, NightlyWorld, pdfToText, startSmtp } from "./_nightly.ts";
 import type { Commission } from "../pipelines/nightly/commissions.ts";

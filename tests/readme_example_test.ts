@@ -1,6 +1,6 @@
 /** The test-kit example of README.md, as it is printed there, in a temp world. */
 import assert from "node:assert/strict";
-import { testPipeline } from "../lib/testing.ts";
+import { testPipeline } from "../lib/testing/mod.ts";
 import nightly from "../pipelines/nightly/mod.ts";
 import { NightlyWorld } from "./_nightly.ts";
 

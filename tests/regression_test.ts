@@ -1,7 +1,7 @@
 /** Bugs found in review, each kept from coming back. */
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
-import * as keys from "../lib/keys.ts";
+import * as keys from "../lib/kv/keys.ts";
 
 function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

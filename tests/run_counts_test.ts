@@ -6,11 +6,11 @@
  * @module
  */
 import assert from "node:assert/strict";
-import * as keys from "../lib/keys.ts";
+import * as keys from "../lib/kv/keys.ts";
 import { openEngine, type RunRecord, type RunStatus } from "../lib/mod.ts";
-import { RUN_STATUSES } from "../lib/run_state.ts";
-import { Store } from "../lib/store.ts";
-import { migrate, SCHEMA_VERSION } from "../lib/schema.ts";
+import { RUN_STATUSES } from "../lib/model/run_state.ts";
+import { Store } from "../lib/store/store.ts";
+import { migrate, SCHEMA_VERSION } from "../lib/kv/migrations.ts";
 import { demoPipeline, type Service, startService, world } from "./_http.ts";
 import { tempKv, waitFor } from "./helpers.ts";
 
@@ -226,8 +226,8 @@ Deno.test("a migration killed midway is finished by the next open, counting each
   await writeOldRuns(seed, 20_000, "no index");
   const expected = await trueCounts(seed);
   seed.close();
-  const schema = new URL("../lib/schema.ts", import.meta.url).href;
-  const store = new URL("../lib/store.ts", import.meta.url).href;
+  const schema = new URL("../lib/kv/migrations.ts", import.meta.url).href;
+  const store = new URL("../lib/store/store.ts", import.meta.url).href;
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "eval",

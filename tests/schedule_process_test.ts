@@ -8,7 +8,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import * as keys from "../lib/keys.ts";
+import * as keys from "../lib/kv/keys.ts";
 import type { RunRecord, ScheduleState } from "../lib/mod.ts";
 import { FIXTURE_CLI, lines, poll, type Proc, Sandbox } from "./_harness.ts";
 import five from "./fixtures/five.ts";

@@ -15,7 +15,7 @@ import {
   tickRunId,
   ticksBetween,
 } from "../lib/mod.ts";
-import { TestClock } from "../lib/testing.ts";
+import { TestClock } from "../lib/testing/mod.ts";
 import { deferred } from "./helpers.ts";
 
 const MINUTE = 60_000;

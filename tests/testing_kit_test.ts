@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { pipeline, step } from "../lib/mod.ts";
-import { TestClock, testPipeline } from "../lib/testing.ts";
+import { TestClock, testPipeline } from "../lib/testing/mod.ts";
 
 function mailPipeline(sent: string[]) {
   const managers = step("managers", () => ["ada", "bo", "cy"]);

@@ -1,0 +1,309 @@
+/**
+ * Alerts: when a run fails, one alert is stored with it (in the same commit as the
+ * failure) and printed on stderr. Configured channels — a Slack-compatible webhook and an
+ * e-mail over SMTP — are delivered from a KV outbox: retried with backoff, claimed so two
+ * workers do not send together, and marked sent so each goes out once.
+ *
+ * @module
+ */
+import * as keys from "../kv/keys.ts";
+import { commitAtomic } from "../kv/commit.ts";
+
+/** Delivery state of one alert channel. */
+export type ChannelState = "none" | "pending" | "sent" | "failed";
+
+/** The stored alert of one failure of a run. */
+export interface AlertRecord {
+  /** The run. */
+  runId: string;
+  /** Its pipeline. */
+  pipeline: string;
+  /** Which failure of the run this is, from 1. */
+  seq: number;
+  /** When the run failed. */
+  at: number;
+  /** The step that failed, if one did. */
+  step: string | null;
+  /** Attempts the step made. */
+  attempts: number;
+  /** The error message. */
+  message: string;
+  /** The run's logical date. */
+  logicalDate: string;
+  /** Webhook delivery: not configured, waiting, delivered, or given up. */
+  webhook: ChannelState;
+  /** When the webhook was delivered. */
+  sentAt?: number;
+  /** Why webhook delivery was given up. */
+  webhookError?: string;
+  /** E-mail delivery: not configured, waiting, delivered, or given up. */
+  email?: ChannelState;
+  /** When the e-mail was accepted by the SMTP server. */
+  emailSentAt?: number;
+  /** Why e-mail delivery was given up. */
+  emailError?: string;
+  /** Who is delivering it, until when: keeps two workers from sending it together. */
+  sending?: { owner: string; until: number };
+}
+
+/** The one-line form of an alert, for stderr and chat. */
+export function alertText(alert: AlertRecord): string {
+  const where = alert.step
+    ? `at step '${alert.step}' after ${alert.attempts} attempt${alert.attempts === 1 ? "" : "s"}`
+    : "";
+  return `kvflow ALERT: run ${alert.runId} of '${alert.pipeline}' (${alert.logicalDate}) failed ${where}: ${alert.message} — resume with: deno task resume ${alert.runId}`;
+}
+
+/** Where alert e-mail goes. */
+export interface AlertEmail {
+  /** SMTP server, e.g. `smtp://user:pass@mail.example.com:587` or `smtps://…`. */
+  smtpUrl: string;
+  /** Recipients, comma-separated. */
+  to: string;
+  /** Sender. Default `kvflow <kvflow@localhost>`. */
+  from?: string;
+}
+
+/** The channels alerts are delivered to. */
+export interface AlertChannels {
+  /** Slack-compatible webhook URL. */
+  webhook?: string;
+  /** E-mail over SMTP. */
+  email?: AlertEmail;
+}
+
+/** Options of {@linkcode deliverAlert}. */
+export interface DeliverOptions extends AlertChannels {
+  /** The delivering worker's id. */
+  owner: string;
+  /** Delays between attempts, ms. Default 1 s, 2 s, 4 s, 8 s. */
+  backoff?: readonly number[];
+  /** Time limit of one attempt, ms. Default 10 s. */
+  timeoutMs?: number;
+  /** Stops retrying when aborted. */
+  signal?: AbortSignal;
+}
+
+const CLAIM_MS = 60_000;
+
+/**
+ * Delivers a pending alert's channels once: claims the alert, tries each pending channel
+ * with retries, and records each result. Does nothing when nothing is pending or another
+ * worker is delivering it.
+ *
+ * @returns the alert afterwards, or null when there is no such alert
+ */
+export async function deliverAlert(
+  kv: Deno.Kv,
+  runId: string,
+  seq: number,
+  options: DeliverOptions,
+): Promise<AlertRecord | null> {
+  const entry = await kv.get<AlertRecord>(keys.alert(runId, seq));
+  const alert = entry.value;
+  if (!alert) {
+    await kv.delete(keys.alertOutbox(runId, seq));
+    return null;
+  }
+  if (alert.webhook !== "pending" && alert.email !== "pending") {
+    await kv.delete(keys.alertOutbox(runId, seq));
+    return alert;
+  }
+  if (alert.sending && alert.sending.until > Date.now() && alert.sending.owner !== options.owner) {
+    return alert;
+  }
+  const claimed: AlertRecord = {
+    ...alert,
+    sending: { owner: options.owner, until: Date.now() + CLAIM_MS },
+  };
+  const claim = await commitAtomic(kv.atomic().check(entry).set(keys.alert(runId, seq), claimed));
+  if (!claim.ok) return alert;
+  const done: AlertRecord = { ...claimed };
+  if (alert.webhook === "pending") {
+    const error = options.webhook
+      ? await withRetries(options, () => postWebhook(options.webhook!, alert, options))
+      : "no webhook configured in the delivering worker";
+    if (error === "aborted") return alert;
+    Object.assign(
+      done,
+      error ? { webhook: "failed", webhookError: error } : {
+        webhook: "sent",
+        sentAt: Date.now(),
+      },
+    );
+  }
+  if (alert.email === "pending") {
+    const error = options.email
+      ? await withRetries(options, () => sendEmail(options.email!, alert, options))
+      : "no SMTP server configured in the delivering worker";
+    if (error === "aborted") return alert;
+    Object.assign(
+      done,
+      error ? { email: "failed", emailError: error } : {
+        email: "sent",
+        emailSentAt: Date.now(),
+      },
+    );
+  }
+  delete done.sending;
+  await commitAtomic(
+    kv.atomic().set(keys.alert(runId, seq), done).delete(keys.alertOutbox(runId, seq)),
+  );
+  for (const [channel, error] of [["webhook", done.webhookError], ["e-mail", done.emailError]]) {
+    if (error) {
+      console.error(`kvflow: could not deliver the alert of run ${runId} by ${channel}: ${error}`);
+    }
+  }
+  return done;
+}
+
+/** A failure worth retrying, or one that will fail the same way again. */
+class DeliveryError extends Error {
+  constructor(message: string, readonly permanent: boolean) {
+    super(message);
+  }
+}
+
+/** Runs `attempt` with the backoff; resolves to null on success, else the last error. */
+async function withRetries(
+  options: DeliverOptions,
+  attempt: () => Promise<void>,
+): Promise<string | null> {
+  const backoff = options.backoff ?? [1000, 2000, 4000, 8000];
+  let last = "";
+  for (let i = 0; i <= backoff.length; i++) {
+    if (i > 0) {
+      await sleep(backoff[i - 1], options.signal);
+      if (options.signal?.aborted) return "aborted";
+    }
+    try {
+      await attempt();
+      return null;
+    } catch (error) {
+      last = error instanceof Error ? error.message : String(error);
+      if (error instanceof DeliveryError && error.permanent) break;
+    }
+  }
+  return last;
+}
+
+async function postWebhook(
+  url: string,
+  alert: AlertRecord,
+  options: DeliverOptions,
+): Promise<void> {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(payload(alert)),
+    signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
+  });
+  await response.body?.cancel();
+  if (response.ok) return;
+  const status = response.status;
+  throw new DeliveryError(`HTTP ${status}`, status >= 400 && status < 500 && status !== 429);
+}
+
+async function sendEmail(
+  email: AlertEmail,
+  alert: AlertRecord,
+  options: DeliverOptions,
+): Promise<void> {
+  // loaded on first use: most processes never send mail, and it is slow to import
+  const nodemailer = (await import("nodemailer")).default;
+  const transport = nodemailer.createTransport({
+    url: email.smtpUrl,
+    connectionTimeout: options.timeoutMs ?? 10_000,
+    greetingTimeout: options.timeoutMs ?? 10_000,
+    socketTimeout: options.timeoutMs ?? 10_000,
+  });
+  try {
+    await transport.sendMail({
+      from: email.from ?? "kvflow <kvflow@localhost>",
+      to: email.to,
+      subject: `kvflow: ${alert.pipeline} run ${alert.runId} failed${
+        alert.step ? ` at ${alert.step}` : ""
+      }`,
+      // one Message-ID per failure, so a receiving system can drop a duplicate
+      messageId: `<alert.${alert.runId}.${alert.seq}@kvflow>`,
+      text: [
+        alertText(alert),
+        "",
+        `pipeline:     ${alert.pipeline}`,
+        `run:          ${alert.runId}`,
+        `logical date: ${alert.logicalDate}`,
+        `step:         ${alert.step ?? "-"} (${alert.attempts} attempts)`,
+        `failed at:    ${new Date(alert.at).toISOString()}`,
+        `error:        ${alert.message}`,
+        "",
+        `status:  deno task status ${alert.runId}`,
+        `resume:  deno task resume ${alert.runId}`,
+      ].join("\n"),
+    });
+  } catch (error) {
+    const code = (error as { code?: string; responseCode?: number }).code;
+    const status = (error as { responseCode?: number }).responseCode ?? 0;
+    const message = error instanceof Error ? error.message : String(error);
+    // bad credentials or a rejected address will fail the same way on every retry
+    throw new DeliveryError(
+      code === "EAUTH"
+        ? `SMTP login refused (check the user and password in the SMTP URL): ${message}`
+        : message,
+      code === "EAUTH" || code === "EENVELOPE" || (status >= 500 && status < 600),
+    );
+  } finally {
+    transport.close();
+  }
+}
+
+/** Alerts waiting in the outbox for at least `minAgeMs`. */
+export async function pendingAlerts(
+  kv: Deno.Kv,
+  minAgeMs: number,
+): Promise<{ runId: string; seq: number }[]> {
+  const out: { runId: string; seq: number }[] = [];
+  const now = Date.now();
+  for await (const e of kv.list<number>({ prefix: keys.alertOutboxPrefix() }, { limit: 100 })) {
+    if (now - e.value >= minAgeMs) {
+      out.push({ runId: e.key[2] as string, seq: e.key[3] as number });
+    }
+  }
+  return out;
+}
+
+/** The alerts stored with a run. */
+export async function runAlerts(kv: Deno.Kv, runId: string): Promise<AlertRecord[]> {
+  const out: AlertRecord[] = [];
+  for await (const e of kv.list<AlertRecord>({ prefix: keys.alertPrefix(runId) })) {
+    out.push(e.value);
+  }
+  return out;
+}
+
+function payload(alert: AlertRecord) {
+  return {
+    text: alertText(alert),
+    kvflow: {
+      runId: alert.runId,
+      pipeline: alert.pipeline,
+      seq: alert.seq,
+      step: alert.step,
+      attempts: alert.attempts,
+      message: alert.message,
+      logicalDate: alert.logicalDate,
+      failedAt: new Date(alert.at).toISOString(),
+    },
+  };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}

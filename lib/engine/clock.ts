@@ -1,0 +1,28 @@
+/**
+ * Time as the engine sees it: when work is due, and waiting until then. Tests replace it
+ * with a clock they control (see `lib/testing/mod.ts`), so a retry due in five minutes runs
+ * at once. Time limits of step bodies (timeouts) and lease renewal stay on wall time.
+ *
+ * @module
+ */
+
+/** A source of the current time and of wake-ups at a later time. */
+export interface Clock {
+  /** Milliseconds since the epoch. */
+  now(): number;
+  /**
+   * Calls `fn` once `ms` milliseconds have passed on this clock.
+   *
+   * @returns a function that cancels the call
+   */
+  after(ms: number, fn: () => void): () => void;
+}
+
+/** Wall-clock time. */
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  after(ms, fn) {
+    const timer = setTimeout(fn, Math.max(0, ms));
+    return () => clearTimeout(timer);
+  },
+};

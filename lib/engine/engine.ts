@@ -1,0 +1,303 @@
+/**
+ * The engine: one KV database, its store, a worker, and the pipelines it knows. This is
+ * what the CLI, the HTTP service and tests open.
+ *
+ * @module
+ */
+import type { Pipeline } from "../define/definition.ts";
+import { UsageError } from "../model/errors.ts";
+import { openKv } from "../kv/open.ts";
+import { type CreateRunInput, Store } from "../store/store.ts";
+import { type RunRecord, TERMINAL } from "../model/run_state.ts";
+import { Worker, type WorkerOptions } from "./worker.ts";
+import type { RunEvent } from "./driver/driver.ts";
+import { type Clock, systemClock } from "./clock.ts";
+import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
+import { type AlertRecord, alertText } from "../alerts/alerts.ts";
+import { migrate } from "../kv/migrations.ts";
+
+/** What {@linkcode Engine.subscribe} listeners receive. */
+export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
+
+/** Options of {@linkcode openEngine}. */
+export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
+  /** The pipelines this engine can run. */
+  // deno-lint-ignore no-explicit-any
+  pipelines: Iterable<Pipeline<any>>;
+  /** KV location: a file path, `:memory:` or a URL. Default: `KVFLOW_KV_PATH` or `./data/kvflow.kv`. */
+  path?: string;
+  /** An already open KV to use instead of `path`; the engine does not close it. */
+  kv?: Deno.Kv;
+  /** Whether the KV has queues. Default: detected from the location. */
+  queues?: boolean;
+  /** The clock that decides when work is due. Default: wall time. */
+  clock?: Clock;
+  /**
+   * Whether checkpoints and claims of different runs share KV commits (group commit).
+   * Default true; `KVFLOW_GROUP_COMMIT=off` turns it off for the CLI and Deploy.
+   */
+  groupCommit?: boolean;
+}
+
+/** An open engine. Close it when done. */
+export class Engine {
+  /** The KV database. */
+  readonly kv: Deno.Kv;
+  /** Reads and changes runs. */
+  readonly store: Store;
+  /** Claims and drives runs. */
+  readonly worker: Worker;
+  /** Creates the runs of due schedule ticks. */
+  readonly scheduler: Scheduler;
+  /** The pipelines, by name. */
+  readonly pipelines: Map<string, Pipeline<unknown>>;
+  readonly #ownsKv: boolean;
+  readonly #listeners = new Set<(event: EngineEvent) => void>();
+  #closed = false;
+
+  /**
+   * Creates it.
+   *
+   * @param kv the database
+   * @param queues whether it has queues
+   * @param options pipelines and worker options
+   * @param ownsKv whether closing the engine closes the database
+   */
+  constructor(kv: Deno.Kv, queues: boolean, options: EngineOptions, ownsKv: boolean) {
+    this.kv = kv;
+    this.#ownsKv = ownsKv;
+    this.store = new Store(kv, {
+      queues,
+      clock: options.clock,
+      groupCommit: options.groupCommit,
+    });
+    this.pipelines = new Map();
+    for (const p of options.pipelines) {
+      if (this.pipelines.has(p.name)) {
+        throw new TypeError(`Two pipelines are named '${p.name}'`);
+      }
+      this.pipelines.set(p.name, p as Pipeline<unknown>);
+    }
+    this.scheduler = new Scheduler(this.store, this.pipelines);
+    this.worker = new Worker(this.store, {
+      ...options,
+      pipelines: this.pipelines,
+      beforeSweep: async () => {
+        for (const d of await this.scheduler.tick()) {
+          if (d.outcome === "created") this.worker.poke(d.runId!);
+        }
+      },
+      onEvent: (event) => {
+        options.onEvent?.(event);
+        for (const listener of this.#listeners) listener(event);
+      },
+      onAlert: (alert) => {
+        (options.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
+        for (const listener of this.#listeners) listener({ type: "alert", alert });
+      },
+    });
+  }
+
+  /**
+   * Listens to the changes this process makes durable: run and step status changes, and
+   * alerts. Other processes' changes are not seen here; read the store for those.
+   *
+   * @returns a function that stops listening
+   */
+  subscribe(listener: (event: EngineEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * A pipeline by name.
+   *
+   * @throws {UsageError} naming the known pipelines when there is none by that name
+   */
+  pipeline(name: string): Pipeline<unknown> {
+    const found = this.pipelines.get(name);
+    if (!found) {
+      throw new UsageError(
+        `Unknown pipeline '${name}': known pipelines are ${
+          [...this.pipelines.keys()].join(", ") || "(none)"
+        }`,
+        "not_found",
+      );
+    }
+    return found;
+  }
+
+  /** Creates a run and hands it to this engine's worker at once. */
+  async trigger(pipeline: string, input: CreateRunInput = {}): Promise<RunRecord> {
+    const run = await this.store.createRun(this.pipeline(pipeline), input);
+    this.worker.poke(run.id);
+    return run;
+  }
+
+  /**
+   * Drives a run in this process until it ends: claims it, waits for retries that are due
+   * later, and follows it while another worker holds it.
+   *
+   * @returns the run as it ended (or as it was when `signal` aborted)
+   */
+  async runToEnd(
+    runId: string,
+    options: { signal?: AbortSignal; followMs?: number } = {},
+  ): Promise<RunRecord> {
+    while (true) {
+      const result = await this.worker.execute(runId);
+      const run = await this.store.requireRun(runId);
+      if (result === "unknown-pipeline") {
+        throw new UsageError(
+          `Run ${runId} belongs to pipeline '${run.pipeline}', which this process does not know`,
+          "not_found",
+        );
+      }
+      if (TERMINAL.has(run.status) || options.signal?.aborted) return run;
+      if (run.status === "waiting" && run.dueAt !== null) {
+        // a retry due later: wait on the engine's clock (a test clock skips ahead)
+        const wait = Math.min(run.dueAt - this.store.clock.now(), 60_000);
+        await sleep(wait, options.signal, this.store.clock);
+      } else {
+        // another worker holds the run: look again shortly
+        await sleep(options.followMs ?? 200, options.signal);
+      }
+    }
+  }
+
+  /**
+   * One heartbeat, for a platform that runs code only while a request or a cron tick is
+   * being handled (Deno Deploy): creates the runs of due schedule ticks, claims due runs,
+   * and drives them until they leave this process's hands or `budgetMs` runs out.
+   */
+  async heartbeat(budgetMs = 50_000): Promise<void> {
+    await this.worker.sweep();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.worker.idle(),
+      new Promise((resolve) => (timer = setTimeout(resolve, budgetMs))),
+    ]);
+    clearTimeout(timer);
+  }
+
+  /**
+   * Backfills a scheduled pipeline: one run per tick from day `from` to day `to` (ticks
+   * still to come are left to the schedule), with ids derived from the ticks, so a second
+   * backfill of the range creates nothing. At most `maxActive` runs of the pipeline are
+   * active at once.
+   *
+   * @returns the runs of the range, as they ended
+   * @throws {UsageError} on an unscheduled pipeline or a bad range
+   */
+  async backfill(
+    name: string,
+    from: string,
+    to: string,
+    options: {
+      maxActive?: number;
+      onProgress?: (done: number, total: number, run: RunRecord, created: boolean) => void;
+    } = {},
+  ): Promise<RunRecord[]> {
+    const pipeline = this.pipeline(name);
+    // Ticks still to come are the schedule's: a backfill run now would run before its time.
+    const now = this.store.clock.now();
+    const ticks = backfillTicks(pipeline, from, to).filter((t) => t <= now);
+    const maxActive = options.maxActive ?? pipeline.schedule?.maxActive ?? 1;
+    if (!Number.isInteger(maxActive) || maxActive < 1) {
+      throw new UsageError(`Invalid --max-active ${maxActive}: use a positive integer`);
+    }
+    const ended: RunRecord[] = new Array(ticks.length);
+    let next = 0;
+    let done = 0;
+    const lane = async () => {
+      while (next < ticks.length) {
+        const index = next++;
+        const tick = ticks[index];
+        const id = tickRunId(pipeline.name, tick);
+        let created = false;
+        if (!(await this.store.getRun(id))) {
+          try {
+            await this.store.createRun(pipeline, {
+              id,
+              tick,
+              logicalDate: tickDate(pipeline.schedule!, tick),
+              trigger: "backfill",
+            });
+            created = true;
+          } catch (error) {
+            // created meanwhile by the schedule or another backfill: follow that run
+            if (!(error instanceof UsageError && error.code === "conflict")) throw error;
+          }
+        }
+        ended[index] = await this.runToEnd(id);
+        options.onProgress?.(++done, ticks.length, ended[index], created);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(maxActive, ticks.length) }, lane));
+    return ended;
+  }
+
+  /** Stops the worker (handing its runs back) and closes the database if the engine opened it. */
+  async close(graceMs = 10_000): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.worker.stop(graceMs);
+    if (this.#ownsKv) {
+      this.kv.close();
+      await this.worker.closed();
+    }
+  }
+
+  /** Closes the engine. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * Opens an engine. A database written by an older kvflow is migrated first (once; see
+ * `lib/kv/migrations.ts`), before the engine changes anything.
+ *
+ * @example An in-memory engine for a test
+ * ```ts
+ * import { openEngine, pipeline, step } from "../mod.ts";
+ * const hello = step("hello", () => "world");
+ * await using engine = await openEngine({ path: ":memory:", pipelines: [pipeline("demo", { steps: [hello] })] });
+ * const run = await engine.store.createRun(engine.pipeline("demo"));
+ * console.log((await engine.runToEnd(run.id)).status); // "succeeded"
+ * ```
+ *
+ * @param options pipelines, KV location, worker options
+ * @returns the open engine
+ * @throws {UsageError} when the KV cannot be opened, or a newer kvflow wrote it
+ */
+export async function openEngine(options: EngineOptions): Promise<Engine> {
+  if (options.kv) {
+    const engine = new Engine(options.kv, options.queues ?? true, options, false);
+    await migrate(engine.store);
+    return engine;
+  }
+  const opened = await openKv(options.path);
+  try {
+    const engine = new Engine(opened.kv, options.queues ?? opened.queues, options, true);
+    await migrate(engine.store);
+    return engine;
+  } catch (error) {
+    opened.kv.close();
+    throw error;
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      cancel();
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    let cancel = () => {};
+    cancel = clock.after(Math.max(0, ms), done);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}

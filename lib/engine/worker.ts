@@ -1,0 +1,382 @@
+/**
+ * A worker claims runs and drives them. Wake-ups, fastest first: a run created or
+ * resumed in this process starts at once; a retry due soon waits on an in-process timer;
+ * a `kv.enqueue` hint (where KV has queues) arrives after its delay; and a sweep of the
+ * due-index — which also holds every lease's deadline — catches everything else.
+ * Queue messages are only hints: each one means "look at this run", and looking twice
+ * is harmless.
+ *
+ * @module
+ */
+import type { Pipeline } from "../define/definition.ts";
+import {
+  type AlertEmail,
+  type AlertRecord,
+  alertText,
+  deliverAlert,
+  pendingAlerts,
+} from "../alerts/alerts.ts";
+import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
+import type { Lease, RunRecord } from "../model/run_state.ts";
+import { TERMINAL } from "../model/run_state.ts";
+import type { RunHint, Store } from "../store/store.ts";
+import { Slots } from "./step_limit.ts";
+
+/** Options of a {@linkcode Worker}. */
+export interface WorkerOptions {
+  /** The pipelines this worker can run, by name. */
+  pipelines: ReadonlyMap<string, Pipeline<unknown>>;
+  /** Runs driven at once. Default 16. */
+  maxRuns?: number;
+  /** Steps (and fan-out items) running at once across all runs. Default 64. */
+  maxSteps?: number;
+  /** Lease length: how long a dead worker's runs wait before takeover. Default 15 s. */
+  leaseMs?: number;
+  /** Interval of the due-index sweep while started. Default 1 s. */
+  pollMs?: number;
+  /** Retries due within this long keep the run's lease and wait in process. Default 5 s. */
+  holdMs?: number;
+  /** Slack-compatible webhook for alerts. */
+  alertWebhook?: string;
+  /** E-mail for alerts, over SMTP. */
+  alertEmail?: AlertEmail;
+  /** Delays between webhook attempts, ms. */
+  alertBackoff?: readonly number[];
+  /**
+   * Finds the pipeline of a run that is not in `pipelines`, e.g. by importing the module
+   * the run was created from.
+   */
+  resolvePipeline?: (run: RunRecord) => Promise<Pipeline<unknown> | undefined>;
+  /** Runs at the start of each sweep: the engine checks its schedules here. */
+  beforeSweep?: () => Promise<void>;
+  /** Called before each attempt's body; a throw fails the attempt (fault injection). */
+  beforeAttempt?: (attempt: AttemptInfo) => void | Promise<void>;
+  /** Called for each durable change of a run or step. */
+  onEvent?: (event: RunEvent) => void;
+  /** Called when a run fails and its alert is stored. Default: a line on stderr. */
+  onAlert?: (alert: AlertRecord) => void;
+}
+
+const FOREIGN_MS = 60_000;
+
+/** Result of {@linkcode Worker.execute}: how the driver left the run, or why none ran. */
+export type ExecuteResult = Outcome | "busy" | "full" | "skipped" | "unknown-pipeline";
+
+/** Claims and drives runs. */
+export class Worker {
+  /** This worker's id, stored in the leases it holds. */
+  readonly id: string;
+  readonly #store: Store;
+  readonly #o:
+    & Required<Pick<WorkerOptions, "maxRuns" | "leaseMs" | "pollMs" | "holdMs">>
+    & WorkerOptions;
+  readonly #slots: Slots;
+  readonly #holder: Omit<Lease, "deadline">;
+  readonly #active = new Map<string, RunDriver | null>();
+  readonly #timers = new Map<string, () => void>();
+  readonly #deliveries = new Set<Promise<unknown>>();
+  readonly #stop = new AbortController();
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #listening: Promise<void> | undefined;
+  #sweeps = 0;
+  #lastSweepAt: number | null = null;
+  #backlog = false;
+  /** Runs whose pipeline this worker does not know, and until when to skip them. */
+  readonly #foreign = new Map<string, number>();
+  readonly #sweeping = new Set<Promise<void>>();
+  /** How runs claimed after a stop or interrupt began are to be left. */
+  #stopping:
+    | { mode: "release"; graceMs: number }
+    | { mode: "interrupt"; reason: string }
+    | undefined;
+
+  /**
+   * Creates it.
+   *
+   * @param store the store to claim runs from
+   * @param options pipelines, bounds and hooks
+   */
+  constructor(store: Store, options: WorkerOptions) {
+    this.#store = store;
+    this.#o = { maxRuns: 16, leaseMs: 15_000, pollMs: 1000, holdMs: 5000, ...options };
+    this.#slots = new Slots(options.maxSteps ?? 64);
+    const host = hostname();
+    this.id = `${host}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
+    this.#holder = { owner: this.id, host, pid: Deno.pid };
+  }
+
+  /** Runs being driven by this worker now. */
+  get activeRuns(): number {
+    return this.#active.size;
+  }
+
+  /** Whether {@linkcode Worker.start} was called and {@linkcode Worker.stop} was not. */
+  get serving(): boolean {
+    return this.#sweepTimer !== undefined && !this.#stop.signal.aborted;
+  }
+
+  /** When the last due-index sweep finished (wall time, ms), or null before the first. */
+  get lastSweepAt(): number | null {
+    return this.#lastSweepAt;
+  }
+
+  /**
+   * Starts serving: listens for queue hints (where KV has queues) and sweeps the
+   * due-index every `pollMs`.
+   */
+  start(): void {
+    if (this.#store.queues) {
+      this.#listening = this.#store.kv.listenQueue((message: unknown) => {
+        const hint = message as RunHint;
+        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.poke(hint.runId);
+      });
+    }
+    const tick = () => {
+      if (this.#stop.signal.aborted) return;
+      this.#runSweep().finally(() => {
+        if (!this.#stop.signal.aborted) this.#sweepTimer = setTimeout(tick, this.#o.pollMs);
+      });
+    };
+    this.#sweepTimer = setTimeout(tick, 0);
+  }
+
+  /**
+   * Looks once at the schedules (through `beforeSweep`), at every due run, at runs whose
+   * holder on this host died, and every few sweeps at undelivered alerts.
+   */
+  async sweep(): Promise<void> {
+    if (this.#o.beforeSweep) {
+      await this.#o.beforeSweep().catch((error) => {
+        if (!this.#stop.signal.aborted) {
+          console.error(`kvflow: schedules: ${error instanceof Error ? error.message : error}`);
+        }
+      });
+    }
+    const free = this.#o.maxRuns - this.#active.size;
+    if (free > 0) {
+      const now = this.#store.clock.now();
+      for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
+      const limit = free + this.#active.size + this.#foreign.size;
+      const due = await this.#store.dueRuns(now, limit);
+      let poked = 0;
+      for (const runId of due) {
+        if (!this.#active.has(runId) && !this.#foreign.has(runId) && poked < free) {
+          this.poke(runId);
+          poked++;
+        }
+      }
+      if (due.length === limit) this.#backlog = true;
+      // Runs held by a dead process of this host: due only when their leases run out.
+      for (const runId of await this.#store.orphanedRuns(this.#holder, free - poked)) {
+        if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.poke(runId);
+      }
+    } else {
+      this.#backlog = true;
+    }
+    if ((this.#o.alertWebhook || this.#o.alertEmail) && this.#sweeps++ % 5 === 0) {
+      for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) {
+        this.#deliver(runId, seq);
+      }
+    }
+    this.#lastSweepAt = Date.now();
+  }
+
+  /** Looks at a run soon: claims it if it has work and this worker has room. */
+  poke(runId: string): void {
+    if (this.#stop.signal.aborted || this.#active.has(runId)) return;
+    this.execute(runId).catch((error) =>
+      console.error(`kvflow: run ${runId}: ${error instanceof Error ? error.message : error}`)
+    );
+  }
+
+  /**
+   * Claims a run and drives it until it leaves this worker's hands.
+   *
+   * @returns how the run was left, or why it was not taken
+   */
+  async execute(runId: string): Promise<ExecuteResult> {
+    if (this.#stop.signal.aborted) return "skipped";
+    if (this.#active.has(runId)) return "busy";
+    if (this.#active.size >= this.#o.maxRuns) {
+      this.#backlog = true;
+      return "full";
+    }
+    this.#active.set(runId, null);
+    try {
+      const run = await this.#store.getRun(runId);
+      if (!run) return "skipped";
+      const pipeline = this.#o.pipelines.get(run.pipeline) ??
+        await this.#o.resolvePipeline?.(run).catch((error) => {
+          console.error(
+            `kvflow: run ${runId}: cannot load pipeline '${run.pipeline}' from ${run.module}: ${
+              error instanceof Error ? error.message : error
+            }`,
+          );
+          return undefined;
+        });
+      if (!pipeline || pipeline.name !== run.pipeline) {
+        // Another worker may know this pipeline: leave the run to it, and keep it from
+        // filling this worker's sweeps for a while.
+        this.#foreign.set(runId, this.#store.clock.now() + FOREIGN_MS);
+        return "unknown-pipeline";
+      }
+      if (this.#stop.signal.aborted) return "skipped";
+      const claim = await this.#store.claim(runId, this.#holder, this.#o.leaseMs);
+      if (!claim) return "skipped";
+      const driver = new RunDriver({
+        store: this.#store,
+        pipeline,
+        claim,
+        leaseMs: this.#o.leaseMs,
+        holdMs: this.#o.holdMs,
+        slots: this.#slots,
+        channels: { webhook: Boolean(this.#o.alertWebhook), email: Boolean(this.#o.alertEmail) },
+        onEvent: this.#o.onEvent,
+        beforeAttempt: this.#o.beforeAttempt,
+        onAlert: (alert) => this.#alert(alert),
+      });
+      this.#active.set(runId, driver);
+      await driver.start();
+      // stop() or interrupt() came while this run was being claimed: treat it as they did
+      // the runs they saw.
+      if (this.#stopping?.mode === "release") void driver.release(this.#stopping.graceMs);
+      if (this.#stopping?.mode === "interrupt") void driver.interrupt(this.#stopping.reason);
+      const outcome = await driver.done;
+      if (outcome === "lost") {
+        // Paused past its deadline, cancelled, or taken over: an operator should know
+        // why this worker dropped a run it was driving.
+        console.error(
+          `kvflow: run ${runId}: lost its lease (cancelled, or taken over by another worker); results of this worker's attempts were not stored`,
+        );
+      }
+      if (outcome === "waiting") await this.#timeWakeUp(runId);
+      return outcome;
+    } finally {
+      this.#active.delete(runId);
+      this.#pullBacklog();
+    }
+  }
+
+  /** Runs were turned away for lack of room: look for due work again as soon as room frees. */
+  #pullBacklog(): void {
+    if (!this.#backlog || this.#stop.signal.aborted || this.#sweepTimer === undefined) return;
+    this.#backlog = false;
+    this.#runSweep();
+  }
+
+  /** Runs a sweep that `stop()` waits for, logging (not throwing) its failure. */
+  #runSweep(): Promise<void> {
+    const sweep = this.sweep().catch((error) => {
+      if (!this.#stop.signal.aborted) console.error(`kvflow: sweep failed: ${error?.message}`);
+    }).finally(() => this.#sweeping.delete(sweep));
+    this.#sweeping.add(sweep);
+    return sweep;
+  }
+
+  /** The driver of a run this worker is driving now. */
+  driverOf(runId: string): RunDriver | undefined {
+    return this.#active.get(runId) ?? undefined;
+  }
+
+  /**
+   * Stops taking work; running steps get `graceMs` to finish, then runs are handed back
+   * (queued, due now) so another worker continues them. Waits for alert deliveries.
+   */
+  async stop(graceMs = 10_000): Promise<void> {
+    this.#stopping ??= { mode: "release", graceMs };
+    this.#stop.abort();
+    clearTimeout(this.#sweepTimer);
+    for (const cancel of this.#timers.values()) cancel();
+    this.#timers.clear();
+    const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
+    await Promise.all(drivers.map((d) => d.release(graceMs)));
+    await Promise.allSettled([...this.#sweeping]);
+    while (this.#active.size > 0) await new Promise((r) => setTimeout(r, 5));
+    await Promise.allSettled([...this.#deliveries]);
+  }
+
+  /** Interrupts every run now (Ctrl-C): they fail resumably and their leases are released. */
+  async interrupt(reason = "Interrupted"): Promise<void> {
+    this.#stopping = { mode: "interrupt", reason };
+    this.#stop.abort();
+    clearTimeout(this.#sweepTimer);
+    const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
+    await Promise.all(drivers.map((d) => d.interrupt(reason)));
+  }
+
+  /** Resolves once the queue listener has ended (after the KV is closed). */
+  async closed(): Promise<void> {
+    await this.#listening;
+  }
+
+  /** Resolves once every run this worker is driving has left its hands. */
+  async idle(): Promise<void> {
+    while (this.#active.size > 0) {
+      const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
+      // a driver that KV failed rejects `done`; `execute` reports that, not this wait
+      if (drivers.length > 0) await Promise.all(drivers.map((d) => d.done.catch(() => {})));
+      else await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  /** Waits for alert webhooks in flight. */
+  async settleAlerts(): Promise<void> {
+    while (this.#deliveries.size > 0) await Promise.allSettled([...this.#deliveries]);
+  }
+
+  async #timeWakeUp(runId: string): Promise<void> {
+    if (this.#stop.signal.aborted) return;
+    const run = await this.#store.getRun(runId);
+    if (!run || TERMINAL.has(run.status) || run.dueAt === null) return;
+    const delay = run.dueAt - this.#store.clock.now();
+    // Far-off retries are left to the queue hint and the sweep: a timer would hold the
+    // process for nothing.
+    if (delay > 60_000 || !this.#listening && this.#sweepTimer === undefined) return;
+    this.#timers.get(runId)?.();
+    this.#timers.set(
+      runId,
+      this.#store.clock.after(delay, () => {
+        this.#timers.delete(runId);
+        this.poke(runId);
+      }),
+    );
+  }
+
+  #alert(alert: AlertRecord): void {
+    (this.#o.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
+    if (this.#o.alertWebhook || this.#o.alertEmail) this.#deliver(alert.runId, alert.seq);
+  }
+
+  #deliver(runId: string, seq: number): void {
+    const delivery = deliverAlert(this.#store.kv, runId, seq, {
+      webhook: this.#o.alertWebhook,
+      email: this.#o.alertEmail,
+      owner: this.id,
+      backoff: this.#o.alertBackoff,
+    }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
+      .finally(() => this.#deliveries.delete(delivery));
+    this.#deliveries.add(delivery);
+  }
+}
+
+/**
+ * The host as leases record it: the host name, and on Linux the process-id namespace, the
+ * boot id and the user id, so that "on this host" (where a holder whose pid is gone is
+ * known dead) means: the same boot of the same machine, the same pid namespace, and a
+ * user whose processes this one can see even under `/proc` mounted with `hidepid`.
+ */
+function hostname(): string {
+  let name = "unknown-host";
+  try {
+    name = Deno.hostname();
+  } catch {
+    // no permission to read it: leases then never count as local
+  }
+  if (Deno.build.os !== "linux") return name;
+  try {
+    const boot = Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
+    return `${name}/${Deno.readLinkSync("/proc/self/ns/pid")}/boot:${boot}/uid:${Deno.uid()}`;
+  } catch {
+    return name;
+  }
+}

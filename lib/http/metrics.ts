@@ -1,0 +1,270 @@
+/**
+ * Prometheus metrics. Two sources, each where it is cheap:
+ *
+ * - From KV, for every process sharing the database: runs by pipeline and status (counts
+ *   that every creation and status move sums in its own commit, read at each scrape: one
+ *   short list, however many runs are stored), lease takeovers (a counter the claim commit
+ *   sums), and stored alerts (a scan of the alerts, reused for `countTtlMs` and refreshed
+ *   in the background).
+ * - From {@linkcode Engine.subscribe}, for this process: step durations, retries, runs
+ *   finished, and the HTTP requests it served.
+ *
+ * @module
+ */
+import type { Engine, EngineEvent } from "../engine/engine.ts";
+import * as keys from "../kv/keys.ts";
+import { RUN_STATUSES, TERMINAL } from "../model/run_state.ts";
+import type { AlertRecord } from "../alerts/alerts.ts";
+
+/** Options of {@linkcode Metrics}. */
+export interface MetricsOptions {
+  /** How long a count of the alerts in KV is reused, ms; 0 counts at every scrape. Default 60,000. */
+  countTtlMs?: number;
+}
+
+/** Upper bounds of the step duration buckets, seconds. */
+export const DURATION_BUCKETS: readonly number[] = [
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30,
+  60,
+  300,
+  1800,
+];
+
+interface Histogram {
+  buckets: number[];
+  sum: number;
+  count: number;
+}
+
+interface AlertCounts {
+  at: number;
+  alerts: Map<string, number>;
+}
+
+/** Collects metrics of one engine and renders them in the Prometheus text format. */
+export class Metrics {
+  readonly #engine: Engine;
+  readonly #ttl: number;
+  readonly #unsubscribe: () => void;
+  /** Pipeline of each run this process is driving, for labels of task events. */
+  readonly #pipelineOf = new Map<string, string>();
+  readonly #finished = new Map<string, number>();
+  readonly #retries = new Map<string, number>();
+  readonly #durations = new Map<string, Histogram>();
+  readonly #requests = new Map<string, number>();
+  readonly #gauges: { name: string; help: string; read: () => number }[] = [];
+  #counts: AlertCounts | undefined;
+  #counting: Promise<AlertCounts> | undefined;
+
+  /**
+   * Starts listening to the engine's events.
+   *
+   * @param engine the engine
+   * @param options how long a count of the alerts is reused
+   */
+  constructor(engine: Engine, options: MetricsOptions = {}) {
+    this.#engine = engine;
+    this.#ttl = options.countTtlMs ?? 60_000;
+    this.#unsubscribe = engine.subscribe((event) => this.#observe(event));
+  }
+
+  /** Stops listening; resolves once a count in progress has finished. */
+  async close(): Promise<void> {
+    this.#unsubscribe();
+    await this.#counting?.catch(() => {});
+  }
+
+  /**
+   * Adds a gauge read at each scrape.
+   *
+   * @param name metric name
+   * @param gauge what it measures (`help`) and how to read its value now
+   */
+  gauge(name: string, gauge: { help: string; read: () => number }): void {
+    this.#gauges.push({ name, ...gauge });
+  }
+
+  /**
+   * Counts one HTTP request: by method, route pattern (never the raw path: ids would
+   * explode the series) and response status.
+   */
+  observeRequest(request: { method: string; route: string; status: number }): void {
+    const { method, route, status } = request;
+    increment(this.#requests, labels({ method, route, status: String(status) }));
+  }
+
+  /** The metrics in the Prometheus text format (version 0.0.4). */
+  async render(): Promise<string> {
+    const [runs, takeovers, counts] = await Promise.all([
+      this.#runCounts(),
+      this.#engine.kv.get<Deno.KvU64>(keys.counter("lease_takeovers")),
+      this.#alertCounts(),
+    ]);
+    const out: string[] = [];
+    const family = (name: string, type: string, help: string) =>
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+
+    family("kvflow_runs", "gauge", "Runs stored in KV, by pipeline and status.");
+    const pipelines = new Set([...this.#engine.pipelines.keys(), ...runs.counts.keys()]);
+    for (const pipeline of [...pipelines].sort()) {
+      for (const status of RUN_STATUSES) {
+        const n = runs.counts.get(pipeline)?.get(status) ?? 0n;
+        out.push(`kvflow_runs${labels({ pipeline, status })} ${n}`);
+      }
+    }
+    family("kvflow_runs_counted_at_seconds", "gauge", "When kvflow_runs was read.");
+    out.push(`kvflow_runs_counted_at_seconds ${runs.at / 1000}`);
+
+    family("kvflow_alerts_total", "counter", "Alerts stored in KV (one per failure of a run).");
+    for (const [pipeline, n] of [...counts.alerts].sort()) {
+      out.push(`kvflow_alerts_total${labels({ pipeline })} ${n}`);
+    }
+    family(
+      "kvflow_lease_takeovers_total",
+      "counter",
+      "Runs a worker took over from an expired or dead lease, by any process.",
+    );
+    out.push(`kvflow_lease_takeovers_total ${takeovers.value?.value ?? 0n}`);
+
+    family("kvflow_runs_finished_total", "counter", "Runs this process drove to an end.");
+    for (const [l, n] of sorted(this.#finished)) out.push(`kvflow_runs_finished_total${l} ${n}`);
+    family(
+      "kvflow_step_retries_total",
+      "counter",
+      "Failed attempts this process scheduled a retry for (steps and fan-out items).",
+    );
+    for (const [l, n] of sorted(this.#retries)) out.push(`kvflow_step_retries_total${l} ${n}`);
+    family(
+      "kvflow_step_duration_seconds",
+      "histogram",
+      "Duration of step attempts this process ran, by outcome.",
+    );
+    for (const [l, h] of sorted(this.#durations)) {
+      const inner = l.slice(1, -1);
+      DURATION_BUCKETS.forEach((le, i) => {
+        out.push(`kvflow_step_duration_seconds_bucket{${inner},le="${le}"} ${h.buckets[i]}`);
+      });
+      out.push(`kvflow_step_duration_seconds_bucket{${inner},le="+Inf"} ${h.count}`);
+      out.push(`kvflow_step_duration_seconds_sum${l} ${round(h.sum)}`);
+      out.push(`kvflow_step_duration_seconds_count${l} ${h.count}`);
+    }
+
+    family("kvflow_http_requests_total", "counter", "HTTP requests served, by route and status.");
+    for (const [l, n] of sorted(this.#requests)) out.push(`kvflow_http_requests_total${l} ${n}`);
+
+    const worker = this.#engine.worker;
+    family("kvflow_worker_active_runs", "gauge", "Runs this process's worker drives now.");
+    out.push(`kvflow_worker_active_runs ${worker.activeRuns}`);
+    family("kvflow_worker_serving", "gauge", "1 while this process's worker is started.");
+    out.push(`kvflow_worker_serving ${worker.serving ? 1 : 0}`);
+    for (const g of this.#gauges) {
+      family(g.name, "gauge", g.help);
+      out.push(`${g.name} ${g.read()}`);
+    }
+    family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    out.push(`process_resident_memory_bytes ${Deno.memoryUsage().rss}`);
+    return out.join("\n") + "\n";
+  }
+
+  #observe(event: EngineEvent): void {
+    if (event.type === "run") {
+      const { id, pipeline, status } = event.run;
+      if (status === "running") this.#pipelineOf.set(id, pipeline);
+      else this.#pipelineOf.delete(id);
+      if (TERMINAL.has(status)) increment(this.#finished, labels({ pipeline, status }));
+    } else if (event.type === "task") {
+      const pipeline = this.#pipelineOf.get(event.runId) ?? "unknown";
+      if (event.status === "retrying") {
+        increment(this.#retries, labels({ pipeline, step: event.step }));
+      }
+      const ended = event.status === "succeeded" || event.status === "failed" ||
+        event.status === "retrying";
+      if (ended && event.item === -1 && event.durationMs !== undefined) {
+        const key = labels({ pipeline, step: event.step, outcome: event.status });
+        let h = this.#durations.get(key);
+        if (!h) {
+          h = { buckets: DURATION_BUCKETS.map(() => 0), sum: 0, count: 0 };
+          this.#durations.set(key, h);
+        }
+        const seconds = event.durationMs / 1000;
+        DURATION_BUCKETS.forEach((le, i) => {
+          if (seconds <= le) h.buckets[i]++;
+        });
+        h.sum += seconds;
+        h.count++;
+      }
+    }
+  }
+
+  /** The runs by pipeline and status: the counts the status moves keep, read in one list. */
+  async #runCounts(): Promise<{ at: number; counts: Map<string, Map<string, bigint>> }> {
+    const at = Date.now();
+    const counts = new Map<string, Map<string, bigint>>();
+    for await (const e of this.#engine.kv.list<Deno.KvU64>({ prefix: keys.runCountPrefix() })) {
+      const [, , pipeline, status] = e.key as [string, string, string, string];
+      let byStatus = counts.get(pipeline);
+      if (!byStatus) counts.set(pipeline, byStatus = new Map());
+      byStatus.set(status, e.value.value);
+    }
+    return { at, counts };
+  }
+
+  /**
+   * The alert counts. Older than the TTL, they are recounted in the background and this
+   * scrape gets the last ones; only the first scrape, or any with a TTL of 0, waits for a
+   * count. One count at a time.
+   */
+  async #alertCounts(): Promise<AlertCounts> {
+    const counts = this.#counts;
+    if (counts && Date.now() - counts.at < this.#ttl) return counts;
+    const counting = this.#counting ??= this.#count()
+      .then((fresh) => (this.#counts = fresh))
+      .finally(() => (this.#counting = undefined));
+    if (counts && this.#ttl > 0) {
+      counting.catch(() => {});
+      return counts;
+    }
+    return await counting;
+  }
+
+  async #count(): Promise<AlertCounts> {
+    const at = Date.now();
+    const alerts = new Map<string, number>();
+    for await (
+      const e of this.#engine.kv.list<AlertRecord>({ prefix: keys.allAlertsPrefix() })
+    ) {
+      alerts.set(e.value.pipeline, (alerts.get(e.value.pipeline) ?? 0) + 1);
+    }
+    return { at, alerts };
+  }
+}
+
+function labels(values: Record<string, string>): string {
+  const parts = Object.entries(values).map(([k, v]) =>
+    `${k}="${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`
+  );
+  return `{${parts.join(",")}}`;
+}
+
+function increment(map: Map<string, number>, key: string): void {
+  map.set(key, (map.get(key) ?? 0) + 1);
+}
+
+function sorted<V>(map: Map<string, V>): [string, V][] {
+  return [...map].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+function round(n: number): number {
+  return Math.round(n * 1e6) / 1e6;
+}

@@ -1,0 +1,369 @@
+/**
+ * The zod schemas of the HTTP API: what each route accepts (path, query, headers, body)
+ * and what it answers. The routes validate with them and the OpenAPI document is generated
+ * from them, so the two cannot drift apart.
+ *
+ * Response schemas are registered in {@linkcode responseSchemas} and request bodies in
+ * {@linkcode requestSchemas}, each under the name it has in the document's components.
+ *
+ * @module
+ */
+import { z } from "zod";
+import type { RunStatus, StepStatus } from "../model/run_state.ts";
+import type { Trigger } from "../define/definition.ts";
+
+/** Schemas of responses, by component name. */
+export const responseSchemas: z.core.$ZodRegistry<{ id: string }> = z.registry<{ id: string }>();
+/** Schemas of request bodies, by component name. */
+export const requestSchemas: z.core.$ZodRegistry<{ id: string }> = z.registry<{ id: string }>();
+
+function response<T extends z.ZodType>(id: string, schema: T): T {
+  responseSchemas.add(schema, { id });
+  return schema;
+}
+
+function request<T extends z.ZodType>(id: string, schema: T): T {
+  requestSchemas.add(schema, { id });
+  return schema;
+}
+
+const time = z.int().min(0).describe("Milliseconds since the Unix epoch");
+const duration = z.int().min(0).describe("Milliseconds");
+
+/** Run statuses. */
+export const RunStatusSchema = response(
+  "RunStatus",
+  z.enum(["queued", "running", "waiting", "succeeded", "failed", "cancelled"]),
+);
+/** Step and fan-out item statuses. */
+export const StepStatusSchema = response(
+  "StepStatus",
+  z.enum(["pending", "running", "retrying", "succeeded", "failed", "skipped"]),
+);
+/** How a run was started. */
+export const TriggerSchema = z.enum(["cli", "http", "schedule", "backfill"]);
+
+// The enums above must list exactly kvflow's statuses and triggers.
+true satisfies (z.infer<typeof RunStatusSchema> extends RunStatus ? true : false);
+true satisfies (RunStatus extends z.infer<typeof RunStatusSchema> ? true : false);
+true satisfies (z.infer<typeof StepStatusSchema> extends StepStatus ? true : false);
+true satisfies (StepStatus extends z.infer<typeof StepStatusSchema> ? true : false);
+true satisfies (Trigger extends z.infer<typeof TriggerSchema> ? true : false);
+
+/** One problem with an input, as zod found it. */
+export const IssueSchema = z.object({
+  path: z.array(z.union([z.string(), z.int()])).describe("Where in the input"),
+  message: z.string(),
+});
+
+/** Every error answer: `{ "error": { "code", "message", "issues"? } }`. */
+export const ErrorResponseSchema = response(
+  "Error",
+  z.object({
+    error: z.object({
+      code: z.string().describe("Machine-readable, e.g. not_found, conflict, invalid_params"),
+      message: z.string().describe("One line for a person"),
+      issues: z.array(IssueSchema).optional(),
+    }),
+  }),
+);
+
+/** A stored error. */
+export const ErrorInfoSchema = response(
+  "ErrorInfo",
+  z.object({
+    name: z.string(),
+    message: z.string(),
+    stack: z.string().optional(),
+    retryable: z.boolean(),
+  }),
+);
+
+/** A run, as lists and the run page show it. */
+export const RunSchema = response(
+  "Run",
+  z.object({
+    id: z.string(),
+    pipeline: z.string(),
+    version: z.string().describe("Hash of the step graph the run was created with"),
+    graph: z.record(z.string(), z.array(z.string())).nullable().describe(
+      "Each step with the steps it needs; null when too large to record",
+    ),
+    params: z.record(z.string(), z.unknown()),
+    logicalDate: z.iso.date(),
+    trigger: TriggerSchema,
+    status: RunStatusSchema,
+    createdAt: time,
+    startedAt: time.nullable(),
+    endedAt: time.nullable(),
+    durationMs: duration.nullable().describe("From first start to end (or to now while active)"),
+    dueAt: time.nullable().describe("When a worker will next look at the run"),
+    error: z.object({ step: z.string().nullable(), message: z.string() }).nullable(),
+    failures: z.int().min(0),
+    takeovers: z.int().min(0),
+  }),
+);
+
+/** A page of runs, newest first. */
+export const RunPageSchema = response(
+  "RunPage",
+  z.object({
+    runs: z.array(RunSchema),
+    cursor: z.string().optional().describe(
+      "Pass as `cursor` for the next page; absent on the last",
+    ),
+  }),
+);
+
+/** A step of a pipeline definition. */
+export const PipelineStepSchema = z.object({
+  name: z.string(),
+  needs: z.array(z.string()),
+  fanOut: z.boolean(),
+});
+
+/** A pipeline. */
+export const PipelineSchema = response(
+  "Pipeline",
+  z.object({
+    name: z.string(),
+    description: z.string().nullable(),
+    version: z.string(),
+    steps: z.array(PipelineStepSchema),
+    params: z.record(z.string(), z.unknown()).nullable().describe(
+      "JSON Schema of the params; null when the pipeline takes none",
+    ),
+    schedule: z.object({
+      cron: z.string(),
+      timezone: z.string().describe("IANA time zone the cron expression is read in"),
+      catchup: z.enum(["none", "latest", "all"]),
+      catchupLimit: z.int().min(0),
+      overlap: z.enum(["skip", "queue", "allow"]),
+      maxActive: z.int().min(1),
+      lastTick: z.iso.datetime().nullable().describe(
+        "The last tick the engine handled (ran, skipped or caught up); null before its first look",
+      ),
+      nextTicks: z.array(z.iso.datetime()).describe("The next five ticks, UTC"),
+    }).nullable().describe("Null for a pipeline without a schedule"),
+  }),
+);
+
+/** The pipelines. */
+export const PipelineListSchema = response("PipelineList", z.array(PipelineSchema));
+
+/** A pipeline with its latest runs. */
+export const PipelineDetailSchema = response(
+  "PipelineDetail",
+  PipelineSchema.extend({ lastRuns: z.array(RunSchema).describe("Newest first, at most 10") }),
+);
+
+/** One line logged by a step. */
+export const LogLineSchema = z.object({
+  at: time,
+  level: z.enum(["debug", "info", "warn", "error"]),
+  message: z.string(),
+  fields: z.record(z.string(), z.unknown()).optional(),
+});
+
+/** One finished attempt of a step or item. */
+export const AttemptSchema = response(
+  "Attempt",
+  z.object({
+    n: z.int().min(1).describe("Position in the task's whole history"),
+    attempt: z.int().min(1).describe("`ctx.attempt`: from 1 after each resume or rerun"),
+    status: z.enum(["succeeded", "failed", "crashed", "interrupted"]),
+    startedAt: time,
+    endedAt: time,
+    durationMs: duration,
+    error: ErrorInfoSchema.nullable(),
+    logs: z.array(LogLineSchema),
+  }),
+);
+
+const taskFields = {
+  status: StepStatusSchema,
+  attempt: z.int().min(0).describe("Attempts started since the last resume or rerun"),
+  startedAt: time.nullable(),
+  endedAt: time.nullable(),
+  durationMs: duration.nullable(),
+  nextAt: time.nullable().describe("When a retry is due"),
+  error: ErrorInfoSchema.nullable(),
+  attempts: z.array(AttemptSchema),
+};
+
+/** One item of a fan-out step. */
+export const ItemSchema = response("Item", z.object({ index: z.int().min(0), ...taskFields }));
+
+/** One step of a run. */
+export const StepSchema = response(
+  "Step",
+  z.object({
+    name: z.string(),
+    needs: z.array(z.string()),
+    fanOut: z.boolean(),
+    generation: z.int().min(0).describe("Reruns of this step"),
+    ...taskFields,
+    itemCount: z.int().min(0).nullable().describe("Items of a fan-out step, once known"),
+    items: z.array(ItemSchema).nullable().describe("Null for a step that is not a fan-out"),
+  }),
+);
+
+/** An artifact's metadata. */
+export const ArtifactSchema = response(
+  "Artifact",
+  z.object({
+    name: z.string(),
+    contentType: z.string(),
+    size: z.int().min(0),
+    step: z.string(),
+    item: z.int().describe("Fan-out item that stored it, or -1"),
+    createdAt: time,
+    url: z.string().describe("Where to download it"),
+  }),
+);
+
+/** An alert stored with a run. */
+export const AlertSchema = response(
+  "Alert",
+  z.object({
+    seq: z.int().min(1),
+    at: time,
+    step: z.string().nullable(),
+    attempts: z.int().min(0),
+    message: z.string(),
+    logicalDate: z.string(),
+    webhook: z.enum(["none", "pending", "sent", "failed"]),
+    sentAt: time.optional(),
+    webhookError: z.string().optional(),
+  }),
+);
+
+/** Everything about one run. */
+export const RunDetailSchema = response(
+  "RunDetail",
+  RunSchema.extend({
+    currentVersion: z.string().nullable().describe(
+      "The pipeline's version in this service (differs from `version` after a graph change); null if unknown here",
+    ),
+    steps: z.array(StepSchema),
+    artifacts: z.array(ArtifactSchema),
+    alerts: z.array(AlertSchema),
+  }),
+);
+
+/** The health answer. */
+export const HealthSchema = response(
+  "Health",
+  z.object({
+    ok: z.boolean(),
+    kv: z.object({ ok: z.boolean(), latencyMs: z.number().min(0).nullable() }),
+    worker: z.object({
+      serving: z.boolean(),
+      lastSweepAt: time.nullable(),
+      activeRuns: z.int().min(0),
+    }),
+  }),
+);
+
+/** The `step` event of the run event stream. */
+export const StepEventSchema = response(
+  "StepEvent",
+  z.object({
+    step: z.string(),
+    item: z.int().min(-1).describe("Fan-out item index, or -1 for the step itself"),
+    status: StepStatusSchema,
+    attempt: z.int().min(0),
+    error: ErrorInfoSchema.optional(),
+    startedAt: time.optional(),
+    endedAt: time.optional(),
+    nextAt: time.optional(),
+    items: z.int().min(0).optional(),
+  }),
+);
+
+// The store's rule for run ids (`isRunId`), as a pattern the document can show.
+const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$/;
+// deno-lint-ignore no-control-regex
+const NAME = /^[^\u0000-\u001f/\\]{1,200}$/;
+
+/** Path of run routes. */
+export const RunPathSchema = z.object({
+  id: z.string().regex(RUN_ID).describe("Run id"),
+});
+
+/** Path of pipeline routes. */
+export const PipelinePathSchema = z.object({
+  name: z.string().regex(NAME).describe("Pipeline name"),
+});
+
+/** Path of the artifact route. */
+export const ArtifactPathSchema = z.object({
+  id: z.string().regex(RUN_ID).describe("Run id"),
+  name: z.string().regex(NAME).describe("Artifact name"),
+});
+
+/** Query of the run list. */
+export const RunListQuerySchema = z.object({
+  pipeline: z.string().regex(NAME).optional().describe("Only this pipeline's runs"),
+  status: RunStatusSchema.optional().describe("Only runs with this status"),
+  limit: z.coerce.number().int().min(1).max(1000).default(20).describe("Page size"),
+  cursor: z.string().max(2048).regex(/^[A-Za-z0-9_=+/-]+$/).optional().describe(
+    "The `cursor` of the previous page (with the same filters)",
+  ),
+});
+
+/** Headers of the trigger route. */
+export const TriggerHeadersSchema = z.object({
+  "idempotency-key": z.string().regex(/^[\x21-\x7e]{1,255}$/).optional().describe(
+    "A retry with the same key (per pipeline) returns the run the first request created",
+  ),
+});
+
+/** Body of `POST /api/pipelines/{name}/runs`. */
+export const TriggerRequestSchema = request(
+  "TriggerRequest",
+  z.strictObject({
+    params: z.record(z.string(), z.unknown()).optional().describe(
+      "Validated against the pipeline's params schema (422 when they fail it)",
+    ),
+    logicalDate: z.iso.date().optional().describe("Default: today (UTC)"),
+  }),
+);
+
+/** Body of `POST /api/runs/{id}/resume`. */
+export const ResumeRequestSchema = request(
+  "ResumeRequest",
+  z.strictObject({
+    force: z.boolean().optional().describe("Continue even though the step graph changed"),
+  }),
+);
+
+/** Body of `POST /api/runs/{id}/rerun`. */
+export const RerunRequestSchema = request(
+  "RerunRequest",
+  z.strictObject({
+    from: z.string().min(1).max(200).describe("The step to run again, with its dependents"),
+    force: z.boolean().optional().describe("Continue even though the step graph changed"),
+  }),
+);
+
+/** Body of `POST /api/runs/{id}/cancel`. */
+export const CancelRequestSchema = request(
+  "CancelRequest",
+  z.strictObject({
+    reason: z.string().min(1).max(500).optional().describe("Stored as the run's error"),
+  }),
+);
+
+/** A run as the API shows it. */
+export type RunJson = z.infer<typeof RunSchema>;
+/** One run with its steps, attempts, artifacts and alerts. */
+export type RunDetail = z.infer<typeof RunDetailSchema>;
+/** One step of a {@linkcode RunDetail}. */
+export type StepJson = z.infer<typeof StepSchema>;
+/** A pipeline as the API shows it. */
+export type PipelineJson = z.infer<typeof PipelineSchema>;
+/** The data of a `step` event. */
+export type StepEvent = z.infer<typeof StepEventSchema>;
+/** One problem with an input. */
+export type Issue = z.infer<typeof IssueSchema>;

@@ -1,0 +1,282 @@
+/**
+ * Committing atomic operations when several KV handles share one SQLite file.
+ *
+ * @module
+ */
+import v8 from "node:v8";
+import { kvUnavailable } from "../model/errors.ts";
+import { keySize } from "./keys.ts";
+
+/** A key to set to a value, or to delete when the value is null. */
+export type KvWrite = readonly [key: Deno.KvKey, value: unknown];
+
+/** Writes per batch of {@linkcode splitWrites}: KV allows 1,000 mutations a commit. */
+const BATCH_WRITES = 900;
+/** Key bytes per batch of {@linkcode splitWrites}: KV allows 80 KiB a commit. */
+const BATCH_KEY_BYTES = 60_000;
+/** Keys and values per batch of {@linkcode splitWrites}: KV allows 800 KiB a commit. */
+const BATCH_BYTES = 600_000;
+
+/**
+ * Splits groups of writes (task records, markers) into batches that each fit one KV
+ * commit, with room left for a few more mutations such as a run record (up to 64 KiB) and
+ * its index moves: at most 900 writes, 60,000 bytes of keys and 600,000 bytes of keys and
+ * values a batch. A group (writes that must land together) is never split; groups keep
+ * their order.
+ *
+ * @param groups the writes, in groups
+ * @returns the batches, at least one (empty when there is nothing to write)
+ */
+export function splitWrites(groups: Iterable<readonly KvWrite[]>): KvWrite[][] {
+  const batches: KvWrite[][] = [[]];
+  let keyBytes = 0;
+  let bytes = 0;
+  for (const group of groups) {
+    let groupKeys = 0;
+    let groupBytes = 0;
+    for (const [key, value] of group) {
+      const k = keySize(key);
+      groupKeys += k;
+      groupBytes += k + (value === null ? 0 : v8.serialize(value).byteLength);
+    }
+    const batch = batches[batches.length - 1];
+    if (
+      batch.length > 0 &&
+      (batch.length + group.length > BATCH_WRITES || keyBytes + groupKeys > BATCH_KEY_BYTES ||
+        bytes + groupBytes > BATCH_BYTES)
+    ) {
+      batches.push([...group]);
+      keyBytes = groupKeys;
+      bytes = groupBytes;
+    } else {
+      batch.push(...group);
+      keyBytes += groupKeys;
+      bytes += groupBytes;
+    }
+  }
+  return batches;
+}
+
+/** Adds writes to an atomic operation: a set, or a delete for a null value. */
+export function addWrites(op: Deno.AtomicOperation, writes: readonly KvWrite[]): void {
+  for (const [key, value] of writes) {
+    if (value === null) op.delete(key);
+    else op.set(key, value);
+  }
+}
+
+/** How long {@linkcode commitAtomic} retries a commit while the database is locked. */
+export const LOCKED_RETRY_MS = 5000;
+
+/**
+ * Commits an atomic operation, retrying while SQLite answers "database is locked". With
+ * several KV handles on one file (several workers, or engines in one process), a commit
+ * whose checks read a snapshot that another handle wrote to meanwhile throws that error
+ * instead of committing or failing its checks. The write was rolled back, and each retry
+ * is a new transaction that evaluates the checks afresh. Several busy processes can keep
+ * the file locked for a few hundred ms in a row (seen: 330 ms with three writers and a
+ * fourth SIGKILLed in a loop), so retries go on for up to {@linkcode LOCKED_RETRY_MS}.
+ *
+ * @throws {KvUnavailableError} when the disk is full, the database read-only or
+ * unreachable: the commit wrote nothing, and retrying at once would not help
+ * @throws whatever else the commit throws, once retrying does not help
+ */
+export async function commitAtomic(
+  op: Deno.AtomicOperation,
+): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  const deadline = Date.now() + LOCKED_RETRY_MS;
+  for (let tries = 1;; tries++) {
+    try {
+      return await op.commit();
+    } catch (error) {
+      if (Date.now() >= deadline || !/database is locked/.test(String(error))) {
+        throw kvUnavailable(error) ?? error;
+      }
+      await new Promise((r) => setTimeout(r, 2 + Math.random() * 4 * Math.min(tries, 5)));
+    }
+  }
+}
+
+/** One caller's part of a group commit: its checks and mutations, and their size. */
+export interface CommitBatch {
+  /** Adds the batch's checks and mutations to `op`. */
+  apply(op: Deno.AtomicOperation): void;
+  /** Number of checks it adds. */
+  checks: number;
+  /** Number of mutations (and enqueues) it adds. */
+  mutations: number;
+  /** Estimated bytes of its keys and values. */
+  bytes: number;
+  /** Estimated bytes of the keys it sets (KV allows 80 KiB of them a commit). Default 0. */
+  keyBytes?: number;
+}
+
+/** Limits of one grouped commit. */
+export interface GroupLimits {
+  /** Checks per commit (local KV: 100; remote KV: 10). */
+  checks: number;
+  /** Mutations per commit (KV: 1,000). */
+  mutations: number;
+  /** Bytes per commit (KV: 800 KiB). */
+  bytes: number;
+  /** Bytes of keys set per commit (KV: 80 KiB). */
+  keyBytes: number;
+  /**
+   * Whether batches share commits at all. `false` commits each batch at once on its own,
+   * as if there were no committer (to measure what grouping buys). Default true.
+   */
+  group: boolean;
+}
+
+interface Queued {
+  batch: CommitBatch;
+  resolve(result: Deno.KvCommitResult | Deno.KvCommitError): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Group commit: batches submitted while a commit is in flight share the next commit.
+ * KV pays one fsync per commit and does not batch concurrent commits itself, so runs
+ * that checkpoint at the same moment would otherwise queue for one fsync each.
+ *
+ * Each batch keeps its own checks, so it stays all-or-nothing and fenced. Callers must
+ * only submit, at the same time, batches that touch disjoint keys (kvflow's checkpoints:
+ * every key of a run's batch contains the run id, and one run's batches are serialized),
+ * so one grouped commit equals the batches committed one after another. Sums on a shared
+ * counter (runs by pipeline and status, lease takeovers) are the exception that keeps this
+ * true: sums commute, and KV applies each of several on one key in a commit. When a grouped
+ * commit fails a check or throws, every batch is committed on its own and gets its own
+ * result. With nothing in flight a batch is committed at once: a lone caller waits for
+ * nobody.
+ */
+export class GroupCommitter {
+  readonly #kv: Deno.Kv;
+  readonly #limits: GroupLimits;
+  #queue: Queued[] = [];
+  #inFlight = false;
+  /** What it did: batches in, KV commits made, grouped commits, and fallbacks. */
+  readonly stats = { batches: 0, commits: 0, grouped: 0, fallbacks: 0 };
+
+  /**
+   * Creates a committer.
+   *
+   * @param kv the database
+   * @param limits per-commit limits; defaults fit local KV
+   */
+  constructor(kv: Deno.Kv, limits: Partial<GroupLimits> = {}) {
+    this.#kv = kv;
+    this.#limits = {
+      checks: 100,
+      mutations: 900,
+      bytes: 600_000,
+      keyBytes: 64 * 1024,
+      group: true,
+      ...limits,
+    };
+  }
+
+  /** Commits a batch, alone or with others; resolves with its own result. */
+  commit(batch: CommitBatch): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+    this.stats.batches++;
+    if (!this.#limits.group) {
+      this.stats.commits++;
+      return (async () => {
+        const op = this.#kv.atomic();
+        batch.apply(op);
+        return await commitAtomic(op);
+      })();
+    }
+    if (!this.#inFlight && this.#queue.length === 0) {
+      // Alone: straight to KV, as without a committer; those that come meanwhile queue.
+      this.#inFlight = true;
+      this.stats.commits++;
+      let commit: Promise<Deno.KvCommitResult | Deno.KvCommitError>;
+      try {
+        const op = this.#kv.atomic();
+        batch.apply(op);
+        commit = commitAtomic(op);
+      } catch (error) {
+        commit = Promise.reject(error);
+      }
+      commit.then(this.#next, this.#next);
+      return commit;
+    }
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ batch, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    if (this.#inFlight || this.#queue.length === 0) return;
+    this.#inFlight = true;
+    this.#commitGroup(this.#take()).then(this.#next, this.#next);
+  }
+
+  /** Runs once a commit ended: the batches queued meanwhile go next. */
+  readonly #next = (): void => {
+    this.#inFlight = false;
+    this.#pump();
+  };
+
+  #take(): Queued[] {
+    if (this.#queue.length === 1) {
+      // a lone batch (nothing else queued): no copy of the queue
+      const group = this.#queue;
+      this.#queue = [];
+      return group;
+    }
+    const group = [this.#queue[0]];
+    let { checks, mutations, bytes, keyBytes = 0 } = this.#queue[0].batch;
+    let i = 1;
+    for (; i < this.#queue.length; i++) {
+      const b = this.#queue[i].batch;
+      if (
+        checks + b.checks > this.#limits.checks ||
+        mutations + b.mutations > this.#limits.mutations ||
+        bytes + b.bytes > this.#limits.bytes ||
+        keyBytes + (b.keyBytes ?? 0) > this.#limits.keyBytes
+      ) break;
+      group.push(this.#queue[i]);
+      checks += b.checks;
+      mutations += b.mutations;
+      bytes += b.bytes;
+      keyBytes += b.keyBytes ?? 0;
+    }
+    this.#queue = this.#queue.slice(i);
+    return group;
+  }
+
+  async #commitGroup(group: Queued[]): Promise<void> {
+    // alone: committed at once, as it would be without a committer
+    if (group.length === 1) return await this.#commitAlone(group[0]);
+    this.stats.commits++;
+    this.stats.grouped++;
+    let result: Deno.KvCommitResult | Deno.KvCommitError | undefined;
+    try {
+      const op = this.#kv.atomic();
+      for (const q of group) q.batch.apply(op);
+      result = await commitAtomic(op);
+    } catch {
+      result = undefined;
+    }
+    if (result?.ok) {
+      for (const q of group) q.resolve(result);
+      return;
+    }
+    this.stats.fallbacks++;
+    await Promise.all(group.map((q) => this.#commitAlone(q)));
+  }
+
+  /** Commits one batch on its own and settles its caller with the outcome. */
+  async #commitAlone(q: Queued): Promise<void> {
+    this.stats.commits++;
+    try {
+      const op = this.#kv.atomic();
+      q.batch.apply(op);
+      q.resolve(await commitAtomic(op));
+    } catch (error) {
+      q.reject(error);
+    }
+  }
+}

@@ -1,0 +1,329 @@
+/**
+ * Storing values that may exceed KV's 64 KiB value limit: step outputs are kept inline
+ * when small and split into chunks under their own keys when large; artifacts are always
+ * chunks. A chunked value is written before the checkpoint that refers to it, so a
+ * checkpoint never points at missing bytes. A driver commits chunks through its own
+ * {@linkcode CommitChunks}, fenced by its lease like its checkpoints.
+ *
+ * A blob's first chunk commit also writes a pending marker naming the blob's owner, and
+ * the checkpoint that refers to the blob deletes it. A writer that dies, loses its lease
+ * or finds the disk full in between leaves the marker behind, and
+ * {@linkcode reclaimBlobs} later deletes the chunks nothing refers to.
+ *
+ * @module
+ */
+import v8 from "node:v8";
+import { NonRetryableError } from "../model/errors.ts";
+import * as keys from "./keys.ts";
+import { commitAtomic } from "./commit.ts";
+import type { BlobRef, Stored, TaskRecord } from "../model/run_state.ts";
+import type { ArtifactMeta } from "../model/artifacts.ts";
+
+/** Bytes per chunk: under the 64 KiB value limit with room for the encoding. */
+export const CHUNK_BYTES = 60_000;
+/** Chunks per commit: under the 800 KiB commit limit. */
+const CHUNKS_PER_COMMIT = 12;
+/** Estimated size under which a value is stored inline without measuring it exactly. */
+const INLINE_ESTIMATE = 24_000;
+/** Exact serialized size under which a value is stored inline. */
+const INLINE_BYTES = 48_000;
+/** Largest value kvflow stores, inline or chunked. */
+export const MAX_VALUE_BYTES = 256 * 1024 * 1024;
+/** Chunk deletions per commit, and their key bytes: under KV's 1,000 and 80 KiB. */
+const DELETES_PER_COMMIT = 900;
+const DELETE_KEY_BYTES = 60_000;
+
+/**
+ * What refers to a blob once it is checkpointed: a step's output (item -1), an item's
+ * output, or an artifact.
+ */
+export type BlobOwner = { step: string; item: number } | { artifact: string };
+
+/** The value of a {@linkcode keys.blobPending} marker: the blob's owner and its chunk count. */
+export type PendingBlob = BlobOwner & { chunks: number };
+
+/**
+ * Commits one atomic operation of chunk writes; `ok: false` means the writer may no longer
+ * write (its lease is gone). Default: {@linkcode commitAtomic}, unfenced.
+ */
+export type CommitChunks = (
+  op: Deno.AtomicOperation,
+) => Promise<Deno.KvCommitResult | Deno.KvCommitError>;
+
+/**
+ * Stores a step's output, inline or as a blob pending for `owner` (see
+ * {@linkcode writeBlob}).
+ *
+ * @throws {NonRetryableError} when the value cannot be serialized or is too large
+ */
+export async function encodeValue(
+  kv: Deno.Kv,
+  runId: string,
+  value: unknown,
+  owner: BlobOwner,
+  commit: CommitChunks = commitAtomic,
+): Promise<Stored> {
+  return encodeSmall(kv, value) ?? await encodeMeasured(kv, runId, value, owner, commit);
+}
+
+/**
+ * The rest of {@linkcode encodeValue}, for a value {@linkcode encodeSmall} found may be too
+ * large to store inline unmeasured: measures it exactly, and stores it inline or as a blob.
+ */
+export async function encodeMeasured(
+  kv: Deno.Kv,
+  runId: string,
+  value: unknown,
+  owner: BlobOwner,
+  commit: CommitChunks = commitAtomic,
+): Promise<Stored> {
+  const bytes = v8.serialize(value);
+  // Stored as its compact copy: KV would write a view's whole underlying buffer, where
+  // v8.serialize (and so this size) counts only the viewed bytes.
+  if (bytes.byteLength < INLINE_BYTES) return { inline: v8.deserialize(bytes) };
+  return { blob: await writeBlob(kv, runId, new Uint8Array(bytes), owner, commit) };
+}
+
+/**
+ * The synchronous part of {@linkcode encodeValue}: a value stored inline without measuring
+ * it exactly, or undefined when it may be too large for that (then `encodeValue` measures
+ * it, and stores it inline or as a blob).
+ *
+ * @throws {NonRetryableError} when the value cannot be serialized
+ */
+export function encodeSmall(kv: Deno.Kv, value: unknown): Stored | undefined {
+  // Numbers, booleans, null, undefined and short strings always serialize and are small:
+  // no probe, no size estimate.
+  const type = typeof value;
+  if (
+    value === null || type === "number" || type === "boolean" || type === "undefined" ||
+    (type === "string" && 10 + 2 * (value as string).length < INLINE_ESTIMATE)
+  ) {
+    return { inline: value };
+  }
+  try {
+    // Building (never committing) a mutation serializes the value, which rejects
+    // functions, symbols and other values KV cannot store, with the offending value named.
+    kv.atomic().set(["kvflow", "probe"], value);
+  } catch (error) {
+    throw new NonRetryableError(
+      `Output is not serializable: ${error instanceof Error ? error.message : String(error)}` +
+        " (return plain data: objects, arrays, strings, numbers, dates, Uint8Array)",
+    );
+  }
+  if (estimateSize(value, INLINE_ESTIMATE) < INLINE_ESTIMATE) return { inline: value };
+  return undefined;
+}
+
+/** Reads back a value stored by {@linkcode encodeValue}. */
+export async function decodeValue(kv: Deno.Kv, runId: string, stored: Stored): Promise<unknown> {
+  if ("inline" in stored) return stored.inline;
+  return v8.deserialize(await readBlob(kv, runId, stored.blob));
+}
+
+/**
+ * Writes bytes as chunks under a new blob id, in as many commits as the limits need; the
+ * first also writes the blob's pending marker for `owner`, which the commit that makes
+ * `owner` refer to the blob must delete. When a commit fails, the chunks of earlier
+ * commits and the marker are deleted as far as `commit` still allows; what it refuses is
+ * left to {@linkcode reclaimBlobs}.
+ *
+ * @throws {NonRetryableError} when the bytes exceed {@linkcode MAX_VALUE_BYTES}
+ * @throws {Error} when `commit` refuses a commit, or what it throws
+ */
+export async function writeBlob(
+  kv: Deno.Kv,
+  runId: string,
+  bytes: Uint8Array,
+  owner: BlobOwner,
+  commit: CommitChunks = commitAtomic,
+): Promise<BlobRef> {
+  if (bytes.byteLength > MAX_VALUE_BYTES) {
+    throw new NonRetryableError(
+      `Value too large to store: ${bytes.byteLength} bytes (limit ${MAX_VALUE_BYTES})`,
+    );
+  }
+  const id = crypto.randomUUID();
+  const chunks = Math.max(1, Math.ceil(bytes.byteLength / CHUNK_BYTES));
+  for (let first = 0; first < chunks; first += CHUNKS_PER_COMMIT) {
+    const op = kv.atomic();
+    if (first === 0) {
+      op.set(keys.blobPending(runId, id), { ...owner, chunks } satisfies PendingBlob);
+    }
+    for (let i = first; i < Math.min(chunks, first + CHUNKS_PER_COMMIT); i++) {
+      op.set(keys.blobChunk(runId, id, i), bytes.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES));
+    }
+    let result: Deno.KvCommitResult | Deno.KvCommitError;
+    try {
+      result = await commit(op);
+    } catch (error) {
+      await dropBlob(kv, runId, id, first, commit);
+      throw error;
+    }
+    if (!result.ok) {
+      await dropBlob(kv, runId, id, first, commit);
+      throw new Error(`Could not store chunks of blob ${id}: the write was refused`);
+    }
+  }
+  return { id, size: bytes.byteLength, chunks };
+}
+
+/** Deletes the first `written` chunks and the marker of a blob that could not be written whole. */
+async function dropBlob(
+  kv: Deno.Kv,
+  runId: string,
+  id: string,
+  written: number,
+  commit: CommitChunks,
+): Promise<void> {
+  if (written === 0) return;
+  try {
+    if (await deleteChunks(kv, runId, id, written, commit)) {
+      await commit(kv.atomic().delete(keys.blobPending(runId, id)));
+    }
+  } catch {
+    // A full disk refuses this too: the marker stays, and a later sweep reclaims the chunks.
+  }
+}
+
+/**
+ * Deletes chunks 0 to `count - 1` of a blob (those never written cost nothing), in commits
+ * within KV's limits.
+ *
+ * @returns false when `commit` refused one: the rest of the chunks are left in place
+ */
+async function deleteChunks(
+  kv: Deno.Kv,
+  runId: string,
+  id: string,
+  count: number,
+  commit: CommitChunks,
+): Promise<boolean> {
+  let op = kv.atomic();
+  let deletes = 0;
+  let keyBytes = 0;
+  for (let i = 0; i < count; i++) {
+    const key = keys.blobChunk(runId, id, i);
+    const size = keys.keySize(key);
+    if (deletes === DELETES_PER_COMMIT || keyBytes + size > DELETE_KEY_BYTES) {
+      if (!(await commit(op)).ok) return false;
+      op = kv.atomic();
+      deletes = 0;
+      keyBytes = 0;
+    }
+    op.delete(key);
+    deletes++;
+    keyBytes += size;
+  }
+  return deletes === 0 || (await commit(op)).ok;
+}
+
+/**
+ * Reclaims a run's pending blobs: deletes the chunks of each blob its marker's owner does
+ * not refer to, then the marker (a marker whose blob is referred to, because the commit
+ * that referred to it was cut short before deleting it, is just deleted).
+ *
+ * Call it only where no writer can still make an owner refer to a pending blob: right
+ * after a claim, fenced by the new lease (earlier holders are fenced out), or on an ended
+ * run, fenced by its unchanged record. `commit` adds that fence; once it refuses a
+ * commit, the sweep stops and leaves the rest to a later one.
+ *
+ * @returns how many blobs' chunks it deleted
+ * @throws what `commit` throws
+ */
+export async function reclaimBlobs(
+  kv: Deno.Kv,
+  runId: string,
+  commit: CommitChunks,
+): Promise<number> {
+  let reclaimed = 0;
+  for await (const marker of kv.list<PendingBlob>({ prefix: keys.blobPendingPrefix(runId) })) {
+    const id = marker.key[marker.key.length - 1] as string;
+    const owner = await kv.get(ownerKey(runId, marker.value));
+    if (!refersTo(owner.value, marker.value, id)) {
+      if (!(await deleteChunks(kv, runId, id, marker.value.chunks, commit))) return reclaimed;
+      reclaimed++;
+    }
+    const op = kv.atomic().check(marker, owner).delete(marker.key);
+    if (!(await commit(op)).ok) return reclaimed;
+  }
+  return reclaimed;
+}
+
+/** The key of the record that refers to a blob of `owner` once it is checkpointed. */
+function ownerKey(runId: string, owner: BlobOwner): Deno.KvKey {
+  if ("artifact" in owner) return keys.artifact(runId, owner.artifact);
+  return owner.item < 0 ? keys.step(runId, owner.step) : keys.item(runId, owner.step, owner.item);
+}
+
+/** Whether a stored owner record (a task record or artifact metadata) refers to blob `id`. */
+function refersTo(record: unknown, owner: BlobOwner, id: string): boolean {
+  if (record === null) return false;
+  if ("artifact" in owner) return (record as ArtifactMeta).blob?.id === id;
+  const output = (record as TaskRecord).output;
+  return output !== undefined && "blob" in output && output.blob.id === id;
+}
+
+/**
+ * Reads a blob's bytes back.
+ *
+ * @throws {Error} when chunks are missing
+ */
+export async function readBlob(kv: Deno.Kv, runId: string, ref: BlobRef): Promise<Uint8Array> {
+  const out = new Uint8Array(ref.size);
+  let offset = 0;
+  let count = 0;
+  for await (const entry of kv.list<Uint8Array>({ prefix: keys.blobPrefix(runId, ref.id) })) {
+    out.set(entry.value, offset);
+    offset += entry.value.byteLength;
+    count++;
+  }
+  if (count !== ref.chunks || offset !== ref.size) {
+    throw new Error(
+      `Blob ${ref.id} of run ${runId} is incomplete: ${count}/${ref.chunks} chunks, ${offset}/${ref.size} bytes`,
+    );
+  }
+  return out;
+}
+
+/**
+ * A quick upper estimate of a value's serialized size that stops once it passes `limit`.
+ * Strings count two bytes a character, so the estimate is never below the real size.
+ */
+function estimateSize(value: unknown, limit: number): number {
+  let total = 0;
+  const stack: unknown[] = [value];
+  const seen = new Set<object>();
+  while (stack.length > 0 && total < limit) {
+    const v = stack.pop();
+    total += 10;
+    if (typeof v === "string") total += v.length * 2;
+    else if (typeof v === "bigint") total += v.toString(16).length;
+    else if (v === null || typeof v !== "object" || v instanceof Date) continue;
+    else if (seen.has(v)) continue;
+    // what KV stores of these is not enumerable: an error's message, stack and cause, and
+    // a pattern's source
+    else if (v instanceof Error) {
+      seen.add(v);
+      total += 2 * (v.name.length + v.message.length + (v.stack?.length ?? 0));
+      stack.push(v.cause);
+    } else if (v instanceof RegExp) total += 2 * v.source.length;
+    // KV stores a view's whole buffer, not just the viewed bytes
+    else if (ArrayBuffer.isView(v)) total += v.buffer.byteLength;
+    else if (v instanceof ArrayBuffer) total += v.byteLength;
+    else if (v instanceof Map) {
+      seen.add(v);
+      for (const [k, x] of v) stack.push(k, x);
+    } else if (v instanceof Set) {
+      seen.add(v);
+      for (const x of v) stack.push(x);
+    } else {
+      seen.add(v);
+      for (const k in v) {
+        total += k.length * 2;
+        stack.push((v as Record<string, unknown>)[k]);
+      }
+    }
+  }
+  return total;
+}
