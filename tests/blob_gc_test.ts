@@ -10,7 +10,8 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step, Store } from "../lib/mod.ts";
 import { commitAtomic } from "../lib/kv/commit.ts";
-import { CHUNK_BYTES, type PendingBlob, writeBlob } from "../lib/kv/values.ts";
+import { type PendingBlob, writeBlob } from "../lib/kv/values.ts";
+import { CHUNK_BYTES } from "../lib/kv/limits.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { Sandbox } from "./_harness.ts";
 import { auditBlobs, delay } from "./helpers.ts";

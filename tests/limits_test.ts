@@ -26,12 +26,13 @@ import {
 import * as keys from "../lib/kv/keys.ts";
 import { Metrics } from "../lib/http/metrics.ts";
 import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/definition.ts";
-import { CHUNK_BYTES, MAX_VALUE_BYTES } from "../lib/kv/values.ts";
 import {
-  MAX_IDEMPOTENCY_KEY_LENGTH,
-  MAX_RUN_ID_LENGTH,
+  CHUNK_BYTES,
+  KV_KEY_BYTES,
   MAX_RUN_RECORD_BYTES,
-} from "../lib/store/store.ts";
+  MAX_VALUE_BYTES,
+} from "../lib/kv/limits.ts";
+import { MAX_IDEMPOTENCY_KEY_LENGTH, MAX_RUN_ID_LENGTH } from "../lib/store/store.ts";
 import { bigOutput, MiB, pattern, sha256 } from "./fixtures/limits_big.ts";
 import { ROOT } from "./_harness.ts";
 import { allDue, auditBlobs, tempKv, waitFor } from "./helpers.ts";
@@ -516,8 +517,8 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
   );
   const sizes = Object.entries(built).map(([k, key]) => [k, keys.keySize(key)] as const);
   const [longest, bytes] = sizes.reduce((a, b) => (b[1] > a[1] ? b : a));
-  console.log(`longest key: ${longest}, ${bytes} bytes of ${keys.MAX_KEY_BYTES}`);
-  assert.ok(bytes <= keys.MAX_KEY_BYTES);
+  console.log(`longest key: ${longest}, ${bytes} bytes of ${KV_KEY_BYTES}`);
+  assert.ok(bytes <= KV_KEY_BYTES);
 
   await using engine = await openEngine({ path: ":memory:", pipelines: [] });
   const op = engine.kv.atomic();
@@ -525,9 +526,9 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
   assert.ok((await op.commit()).ok, "KV takes every one of them");
   // keySize is KV's own count: a key of exactly 2,048 bytes is taken, one more is refused
   const base: Deno.KvKey = ["kvflow", "€".repeat(600), 1];
-  const fill = "x".repeat(keys.MAX_KEY_BYTES - keys.keySize([...base, ""]));
+  const fill = "x".repeat(KV_KEY_BYTES - keys.keySize([...base, ""]));
   const exact = [...base, fill];
-  assert.equal(keys.keySize(exact), keys.MAX_KEY_BYTES);
+  assert.equal(keys.keySize(exact), KV_KEY_BYTES);
   await engine.kv.set(exact, 1);
   await assert.rejects(
     engine.kv.set([...base, `${fill}x`], 1),

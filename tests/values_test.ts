@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { z } from "zod";
 import { type ArtifactRef, openEngine, pipeline, step } from "../lib/mod.ts";
-import { CHUNK_BYTES } from "../lib/kv/values.ts";
+import { CHUNK_BYTES } from "../lib/kv/limits.ts";
 
 const MiB = 1024 * 1024;
 

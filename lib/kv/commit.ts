@@ -6,16 +6,10 @@
 import v8 from "node:v8";
 import { kvUnavailable } from "../model/errors.ts";
 import { keySize } from "./keys.ts";
+import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS } from "./limits.ts";
 
 /** A key to set to a value, or to delete when the value is null. */
 export type KvWrite = readonly [key: Deno.KvKey, value: unknown];
-
-/** Writes per batch of {@linkcode splitWrites}: KV allows 1,000 mutations a commit. */
-const BATCH_WRITES = 900;
-/** Key bytes per batch of {@linkcode splitWrites}: KV allows 80 KiB a commit. */
-const BATCH_KEY_BYTES = 60_000;
-/** Keys and values per batch of {@linkcode splitWrites}: KV allows 800 KiB a commit. */
-const BATCH_BYTES = 600_000;
 
 /**
  * Splits groups of writes (task records, markers) into batches that each fit one KV
@@ -42,7 +36,7 @@ export function splitWrites(groups: Iterable<readonly KvWrite[]>): KvWrite[][] {
     const batch = batches[batches.length - 1];
     if (
       batch.length > 0 &&
-      (batch.length + group.length > BATCH_WRITES || keyBytes + groupKeys > BATCH_KEY_BYTES ||
+      (batch.length + group.length > BATCH_MUTATIONS || keyBytes + groupKeys > BATCH_KEY_BYTES ||
         bytes + groupBytes > BATCH_BYTES)
     ) {
       batches.push([...group]);

@@ -10,9 +10,6 @@
 
 const ROOT = "kvflow";
 
-/** The most bytes one key may take: Deno KV refuses a longer key. */
-export const MAX_KEY_BYTES = 2048;
-
 /**
  * A key's size as KV counts it against its limits (2 KiB a key, 80 KiB of keys a commit):
  * exact for strings and numbers, an upper bound for other parts.

@@ -24,6 +24,7 @@
 import * as keys from "./keys.ts";
 import { keySize } from "./keys.ts";
 import { commitAtomic } from "./commit.ts";
+import { BATCH_KEY_BYTES } from "./limits.ts";
 import { KvUnavailableError, UsageError } from "../model/errors.ts";
 import { COUNTED, type Store } from "../store/store.ts";
 
@@ -136,7 +137,7 @@ async function countRuns(
     const key = keys.runsByPipelineStatus(p, status, createdAt, runId);
     const size = 2 * keySize(key);
     // KV allows 80 KiB of keys a commit: long pipeline names and ids fill it first
-    if (batch.length >= perCommit || batchKeyBytes + size > 60_000) {
+    if (batch.length >= perCommit || batchKeyBytes + size > BATCH_KEY_BYTES) {
       counted += await commitCounts(kv, batch);
       batch = [];
       batchKeyBytes = 0;

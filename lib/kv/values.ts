@@ -16,22 +16,20 @@ import v8 from "node:v8";
 import { NonRetryableError } from "../model/errors.ts";
 import * as keys from "./keys.ts";
 import { commitAtomic } from "./commit.ts";
+import {
+  BATCH_KEY_BYTES,
+  BATCH_MUTATIONS,
+  CHUNK_BYTES,
+  CHUNKS_PER_COMMIT,
+  MAX_VALUE_BYTES,
+} from "./limits.ts";
 import type { BlobRef, Stored, TaskRecord } from "../model/run_state.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 
-/** Bytes per chunk: under the 64 KiB value limit with room for the encoding. */
-export const CHUNK_BYTES = 60_000;
-/** Chunks per commit: under the 800 KiB commit limit. */
-const CHUNKS_PER_COMMIT = 12;
 /** Estimated size under which a value is stored inline without measuring it exactly. */
 const INLINE_ESTIMATE = 24_000;
 /** Exact serialized size under which a value is stored inline. */
 const INLINE_BYTES = 48_000;
-/** Largest value kvflow stores, inline or chunked. */
-export const MAX_VALUE_BYTES = 256 * 1024 * 1024;
-/** Chunk deletions per commit, and their key bytes: under KV's 1,000 and 80 KiB. */
-const DELETES_PER_COMMIT = 900;
-const DELETE_KEY_BYTES = 60_000;
 
 /**
  * What refers to a blob once it is checkpointed: a step's output (item -1), an item's
@@ -205,7 +203,7 @@ async function deleteChunks(
   for (let i = 0; i < count; i++) {
     const key = keys.blobChunk(runId, id, i);
     const size = keys.keySize(key);
-    if (deletes === DELETES_PER_COMMIT || keyBytes + size > DELETE_KEY_BYTES) {
+    if (deletes === BATCH_MUTATIONS || keyBytes + size > BATCH_KEY_BYTES) {
       if (!(await commit(op)).ok) return false;
       op = kv.atomic();
       deletes = 0;

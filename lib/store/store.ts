@@ -9,6 +9,7 @@ import type { Pipeline, Trigger } from "../define/definition.ts";
 import { UsageError } from "../model/errors.ts";
 import v8 from "node:v8";
 import * as keys from "../kv/keys.ts";
+import { MAX_RUN_RECORD_BYTES } from "../kv/limits.ts";
 import {
   type AttemptRecord,
   cancelTask,
@@ -798,12 +799,6 @@ export const MAX_RUN_ID_LENGTH = 200;
 const RUN_ID = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,${MAX_RUN_ID_LENGTH - 1}}$`);
 /** Most characters of an idempotency key; with a pipeline's name its KV key stays short. */
 export const MAX_IDEMPOTENCY_KEY_LENGTH = 255;
-/**
- * Most bytes a new run record may take in KV (a value may take 64 KiB): the rest is room
- * for what a run adds later, such as its error.
- */
-export const MAX_RUN_RECORD_BYTES = 48 * 1024;
-
 /** A value for a one-line message: quoted, and cut after 80 characters. */
 function quoteClipped(value: string): string {
   return value.length <= 80

@@ -34,6 +34,13 @@ import { commitAtomic } from "../../kv/commit.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import {
+  BATCH_BYTES,
+  BATCH_KEY_BYTES,
+  BATCH_MUTATIONS,
+  KV_KEY_BYTES,
+  KV_VALUE_BYTES,
+} from "../../kv/limits.ts";
+import {
   decodeValue,
   encodeMeasured,
   encodeSmall,
@@ -214,10 +221,6 @@ interface Write {
 const MAX_LOG_LINES = 500;
 const MAX_LOG_BYTES = 32_000;
 const MAX_FIELDS_BYTES = 4_000;
-const COMMIT_BYTES = 600_000;
-const COMMIT_MUTATIONS = 900;
-/** Key bytes per commit: KV allows 80 KiB; the rest is room for the run ops' index keys. */
-const COMMIT_KEY_BYTES = 60_000;
 
 /** Executes one claimed run. */
 export class RunDriver {
@@ -1225,9 +1228,9 @@ export class RunDriver {
     for (const w of writes) {
       const batch = batches[batches.length - 1];
       if (
-        batch.length >= COMMIT_MUTATIONS ||
+        batch.length >= BATCH_MUTATIONS ||
         (batch.length > 0 &&
-          (bytes + w.size > COMMIT_BYTES || keyBytes + w.keyBytes > COMMIT_KEY_BYTES))
+          (bytes + w.size > BATCH_BYTES || keyBytes + w.keyBytes > BATCH_KEY_BYTES))
       ) {
         batches.push([w]);
         bytes = w.size;
@@ -1522,10 +1525,6 @@ export class RunDriver {
     else this.#resolve(outcome);
   }
 }
-
-/** Bytes KV takes in one value, and in one key. */
-const KV_VALUE_BYTES = 65_536;
-const KV_KEY_BYTES = 2048;
 
 /** What broke a KV limit: a task's result, its attempt's record, or the commit as a whole. */
 type LimitCause = "result" | "attempt" | "commit";

@@ -1,0 +1,39 @@
+/**
+ * Every size limit that shapes how kvflow writes to Deno KV, in one place: the limits KV
+ * itself enforces, and the budgets kvflow keeps under them so that a commit always has
+ * room for what must join it (a run record of up to 64 KiB and its index moves).
+ *
+ * Nothing else in kvflow writes one of these numbers.
+ *
+ * @module
+ */
+
+/** The most bytes one key may take: KV refuses a longer key. */
+export const KV_KEY_BYTES = 2048;
+/** The most bytes one value may take, structured-serialized. */
+export const KV_VALUE_BYTES = 65_536;
+/** Mutations (sets, deletes, enqueues) KV allows in one atomic commit. */
+export const KV_COMMIT_MUTATIONS = 1000;
+/** Bytes of keys and values KV allows in one atomic commit (800 KiB). */
+export const KV_COMMIT_BYTES = 800 * 1024;
+/** Bytes of keys KV allows in one atomic commit (80 KiB). */
+export const KV_COMMIT_KEY_BYTES = 80 * 1024;
+
+/** Mutations kvflow puts in one commit of task records, markers or deletions. */
+export const BATCH_MUTATIONS = 900;
+/** Key bytes kvflow puts in one such commit; the rest is room for a run's index keys. */
+export const BATCH_KEY_BYTES = 60_000;
+/** Key and value bytes kvflow puts in one such commit. */
+export const BATCH_BYTES = 600_000;
+
+/** Bytes per chunk of a large value: under the value limit with room for the encoding. */
+export const CHUNK_BYTES = 60_000;
+/** Chunks written per commit: 12 × 60,000 bytes stay under {@linkcode BATCH_BYTES}'s room. */
+export const CHUNKS_PER_COMMIT = 12;
+/** The largest value kvflow stores, inline or in chunks. */
+export const MAX_VALUE_BYTES = 256 * 1024 * 1024;
+/**
+ * The most bytes a new run record may take (a value may take 64 KiB): the rest is room
+ * for what a run adds later, such as its error.
+ */
+export const MAX_RUN_RECORD_BYTES = 48 * 1024;
