@@ -6,7 +6,7 @@
 import v8 from "node:v8";
 import { kvUnavailable } from "../model/errors.ts";
 import { keySize } from "./keys.ts";
-import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS } from "./limits.ts";
+import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS, KV_COMMIT_CHECKS } from "./limits.ts";
 
 /** A key to set to a value, or to delete when the value is null. */
 export type KvWrite = readonly [key: Deno.KvKey, value: unknown];
@@ -160,10 +160,10 @@ export class GroupCommitter {
   constructor(kv: Deno.Kv, limits: Partial<GroupLimits> = {}) {
     this.#kv = kv;
     this.#limits = {
-      checks: 100,
-      mutations: 900,
-      bytes: 600_000,
-      keyBytes: 64 * 1024,
+      checks: KV_COMMIT_CHECKS,
+      mutations: BATCH_MUTATIONS,
+      bytes: BATCH_BYTES,
+      keyBytes: BATCH_KEY_BYTES,
       group: true,
       ...limits,
     };

@@ -12,6 +12,8 @@
 export const KV_KEY_BYTES = 2048;
 /** The most bytes one value may take, structured-serialized. */
 export const KV_VALUE_BYTES = 65_536;
+/** Checks KV allows in one atomic commit (local KV; a remote KV server allows 10). */
+export const KV_COMMIT_CHECKS = 100;
 /** Mutations (sets, deletes, enqueues) KV allows in one atomic commit. */
 export const KV_COMMIT_MUTATIONS = 1000;
 /** Bytes of keys and values KV allows in one atomic commit (800 KiB). */
@@ -28,7 +30,10 @@ export const BATCH_BYTES = 600_000;
 
 /** Bytes per chunk of a large value: under the value limit with room for the encoding. */
 export const CHUNK_BYTES = 60_000;
-/** Chunks written per commit: 12 × 60,000 bytes stay under {@linkcode BATCH_BYTES}'s room. */
+/**
+ * Chunks written per commit. A chunk commit stands alone (nothing joins it), so its
+ * 12 × 60,000 bytes only need to fit under {@linkcode KV_COMMIT_BYTES}.
+ */
 export const CHUNKS_PER_COMMIT = 12;
 /** The largest value kvflow stores, inline or in chunks. */
 export const MAX_VALUE_BYTES = 256 * 1024 * 1024;
