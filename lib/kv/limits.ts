@@ -12,8 +12,10 @@
 export const KV_KEY_BYTES = 2048;
 /** The most bytes one value may take, structured-serialized. */
 export const KV_VALUE_BYTES = 65_536;
-/** Checks KV allows in one atomic commit (local KV; a remote KV server allows 10). */
+/** Checks KV allows in one atomic commit: local KV. */
 export const KV_COMMIT_CHECKS = 100;
+/** Checks a remote KV server (KV Connect, Deno Deploy) allows in one atomic commit. */
+export const REMOTE_KV_COMMIT_CHECKS = 10;
 /** Mutations (sets, deletes, enqueues) KV allows in one atomic commit. */
 export const KV_COMMIT_MUTATIONS = 1000;
 /** Bytes of keys and values KV allows in one atomic commit (800 KiB). */
