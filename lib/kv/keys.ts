@@ -28,6 +28,15 @@ export function keySize(key: Deno.KvKey): number {
       size += 2;
       for (let i = 0; i < part.length; i++) {
         const c = part.charCodeAt(i);
+        if (c >= 0xd800 && c < 0xdc00 && i + 1 < part.length) {
+          const next = part.charCodeAt(i + 1);
+          if (next >= 0xdc00 && next < 0xe000) {
+            // a surrogate pair is one character outside the BMP: four bytes of UTF-8
+            size += 4;
+            i++;
+            continue;
+          }
+        }
         size += c === 0 ? 2 : c < 0x80 ? 1 : c < 0x800 ? 2 : 3;
       }
     } else if (part instanceof Uint8Array) size += 2 + 2 * part.byteLength;

@@ -49,6 +49,23 @@ Deno.test("keySize() agrees with KV: a key it counts at 2,048 bytes is stored, o
   }
 });
 
+Deno.test("keySize() counts a character outside the BMP as its four UTF-8 bytes", async () => {
+  assert.equal(keySize(["😀"]), 2 + new TextEncoder().encode("😀").byteLength);
+  // a lone surrogate counts as three bytes, as its replacement character takes
+  assert.equal(keySize(["\ud800"]), 2 + 3);
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const base = ["kvflow", 7];
+    const room = KV_KEY_BYTES - keySize([...base, ""]);
+    const exact = [...base, "😀".repeat(Math.floor(room / 4)) + "a".repeat(room % 4)];
+    assert.equal(keySize(exact), KV_KEY_BYTES);
+    await kv.set(exact, 1);
+    await assert.rejects(() => kv.set([...base, exact[2] + "a"], 1), /key too large/i);
+  } finally {
+    kv.close();
+  }
+});
+
 Deno.test("keySize() never under-counts: any key it counts within 2,048 bytes is one KV stores", async () => {
   const kv = await Deno.openKv(":memory:");
   try {
