@@ -7,7 +7,8 @@
  */
 import { fileURLToPath } from "node:url";
 import type { LedgerLine } from "./fixtures/_probe.ts";
-import { type RunRecord, Store } from "../lib/mod.ts";
+import type { RunRecord } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 
 export type { LedgerLine };
 

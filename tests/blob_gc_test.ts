@@ -8,7 +8,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { openEngine, pipeline, step, Store } from "../lib/mod.ts";
+import { openEngine, pipeline, step } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 import { commitAtomic } from "../lib/kv/commit.ts";
 import { type PendingBlob, writeBlob } from "../lib/kv/values.ts";
 import { CHUNK_BYTES } from "../lib/kv/limits.ts";

@@ -20,9 +20,9 @@ import {
   pipeline,
   type RunRecord,
   step,
-  Store,
   UsageError,
 } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { Metrics } from "../lib/http/metrics.ts";
 import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/definition.ts";

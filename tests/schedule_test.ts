@@ -6,15 +6,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import {
-  type Engine,
-  openEngine,
-  pipeline,
-  type ScheduleOptions,
-  step,
-  tickRunId,
-  ticksBetween,
-} from "../lib/mod.ts";
+import { type Engine, openEngine, pipeline, type ScheduleOptions, step } from "../lib/mod.ts";
+import { tickRunId, ticksBetween } from "../lib/engine/scheduler.ts";
 import { TestClock } from "../lib/testing/mod.ts";
 import { deferred } from "./helpers.ts";
 
