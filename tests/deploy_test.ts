@@ -11,7 +11,7 @@ import { DatabaseSync } from "node:sqlite";
 import * as keys from "../lib/kv/keys.ts";
 import type { RunRecord } from "../lib/mod.ts";
 import type { ScheduleState } from "../lib/engine/scheduler.ts";
-import { FIXTURE_CLI, lines, MAIN, poll, type Proc, Sandbox } from "./_harness.ts";
+import { FIXTURE_CLI, lines, MAIN, poll, type Proc, Sandbox } from "./_support/harness.ts";
 
 const TOKEN = "deploy-test-token";
 
