@@ -2,7 +2,9 @@
  * kvflow: durable typed pipelines on Deno KV.
  *
  * Define steps and pipelines, then run them with the CLI (`deno task run <pipeline>`)
- * or from code with {@linkcode openEngine}.
+ * or from code with {@linkcode openEngine}. Only what pipeline authors and embedders use is
+ * exported here; the engine's parts (store, worker, driver, KV commits) are imported by path
+ * by kvflow's own CLI, service and tests, and may change.
  *
  * @example
  * ```ts

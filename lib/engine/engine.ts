@@ -50,7 +50,8 @@ export class Engine {
    */
   readonly store: Store;
   /**
-   * Claims and drives runs. For the CLI, the HTTP service and tests; not public API.
+   * Claims and drives runs: `engine.worker.start()` works runs in this process. Its other
+   * members are for the CLI, the HTTP service and tests; not public API.
    *
    * @internal
    */
