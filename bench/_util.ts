@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { type RunRecord, Store } from "../lib/mod.ts";
+import type { RunRecord } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 
 /**
  * Time limit of one section, ms (`KVFLOW_BENCH_TIMEOUT_MS` overrides it); a section past it

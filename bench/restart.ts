@@ -9,7 +9,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { Store } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 import { fileFloor } from "./floor.ts";
 import { RESTART, RESTART_PARK_AT, RESTART_STEPS } from "./pipelines.ts";
 import { fmt, log, median, sleep } from "./_util.ts";

@@ -2,7 +2,9 @@
  * kvflow: durable typed pipelines on Deno KV.
  *
  * Define steps and pipelines, then run them with the CLI (`deno task run <pipeline>`)
- * or from code with {@linkcode openEngine}.
+ * or from code with {@linkcode openEngine}. Only what pipeline authors and embedders use is
+ * exported here; the engine's parts (store, worker, driver, KV commits) are imported by path
+ * by kvflow's own CLI, service and tests, and may change.
  *
  * @example
  * ```ts
@@ -16,6 +18,7 @@
  *
  * @module
  */
+// Defining pipelines: steps, their options and the context a step runs with.
 export {
   type AnyStep,
   type ArtifactOptions,
@@ -45,6 +48,16 @@ export {
   type Trigger,
 } from "./define/definition.ts";
 export { type Duration } from "./define/duration.ts";
+
+// Running them: open an engine, trigger runs, listen to what happens.
+export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
+export { type WorkerOptions } from "./engine/worker.ts";
+export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
+export { type Clock } from "./engine/clock.ts";
+export { type CreateRunInput } from "./store/store.ts";
+export { type AlertEmail } from "./alerts/alerts.ts";
+
+// Errors a caller catches.
 export {
   type ErrorInfo,
   type KvProblem,
@@ -52,11 +65,11 @@ export {
   NonRetryableError,
   UsageError,
 } from "./model/errors.ts";
-export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
+
+// What a run leaves behind: the records a caller reads.
 export {
   type AttemptRecord,
   type BlobRef,
-  type Lease,
   type LogLine,
   type RunRecord,
   type RunStatus,
@@ -64,43 +77,5 @@ export {
   type Stored,
   type TaskRecord,
 } from "./model/run_state.ts";
-export {
-  type Claim,
-  type CreateRunInput,
-  type ListRunsOptions,
-  type RunPage,
-  Store,
-  type StoreOptions,
-} from "./store/store.ts";
-export { type ExecuteResult, Worker, type WorkerOptions } from "./engine/worker.ts";
-export {
-  type AttemptInfo,
-  type DriverOptions,
-  type Outcome,
-  RunDriver,
-  type RunEvent,
-} from "./engine/driver/driver.ts";
-export { Slots, type SlotWaiter } from "./engine/step_limit.ts";
-export { type Clock, systemClock } from "./engine/clock.ts";
-export {
-  backfillTicks,
-  nextTicks,
-  previousTicks,
-  Scheduler,
-  type ScheduleState,
-  type ScheduleView,
-  scheduleView,
-  tickDate,
-  type TickDecision,
-  tickRunId,
-  ticksBetween,
-} from "./engine/scheduler.ts";
-export { commitAtomic, type CommitBatch, GroupCommitter, type GroupLimits } from "./kv/commit.ts";
-export {
-  type AlertChannels,
-  type AlertEmail,
-  type AlertRecord,
-  type ChannelState,
-  type DeliverOptions,
-} from "./alerts/alerts.ts";
 export { type ArtifactMeta } from "./model/artifacts.ts";
+export { type AlertRecord, type ChannelState } from "./alerts/alerts.ts";

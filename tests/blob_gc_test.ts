@@ -8,13 +8,14 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { openEngine, pipeline, step, Store } from "../lib/mod.ts";
+import { openEngine, pipeline, step } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 import { commitAtomic } from "../lib/kv/commit.ts";
 import { type PendingBlob, writeBlob } from "../lib/kv/values.ts";
 import { CHUNK_BYTES } from "../lib/kv/limits.ts";
 import * as keys from "../lib/kv/keys.ts";
-import { Sandbox } from "./_harness.ts";
-import { auditBlobs, delay } from "./helpers.ts";
+import { Sandbox } from "./_support/harness.ts";
+import { auditBlobs, delay } from "./_support/helpers.ts";
 
 /** A blob being written: its pending marker, and the index of its last chunk so far. */
 type Writing = PendingBlob & { id: string; top: number };

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { openEngine, pipeline, step, UsageError } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
 import type { RunRecord } from "../lib/model/run_state.ts";
-import { aborted, deferred, dueTimes, waitFor } from "./helpers.ts";
+import { aborted, deferred, dueTimes, waitFor } from "./_support/helpers.ts";
 
 Deno.test("cancel() aborts a running step's signal and ends the run cancelled", async () => {
   const inside = deferred();

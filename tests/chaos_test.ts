@@ -15,15 +15,11 @@
 import assert from "node:assert/strict";
 import { Cron } from "croner";
 import * as keys from "../lib/kv/keys.ts";
-import {
-  type AttemptRecord,
-  type RunRecord,
-  type ScheduleState,
-  Store,
-  type TaskRecord,
-} from "../lib/mod.ts";
+import type { AttemptRecord, RunRecord, TaskRecord } from "../lib/mod.ts";
+import type { ScheduleState } from "../lib/engine/scheduler.ts";
+import { Store } from "../lib/store/store.ts";
 import { TERMINAL } from "../lib/model/run_state.ts";
-import { FIXTURE_CLI, poll, type Proc, Sandbox } from "./_harness.ts";
+import { FIXTURE_CLI, poll, type Proc, Sandbox } from "./_support/harness.ts";
 import chaos, { type ChaosRow, openLedger } from "./fixtures/chaos.ts";
 
 const STORM_MS = 1000 * Number(Deno.env.get("KVFLOW_CHAOS_SECONDS") ?? 60);

@@ -21,8 +21,8 @@ import { UsageError } from "../lib/mod.ts";
 import { RUN_STATUSES } from "../lib/model/run_state.ts";
 import { validateParams } from "../lib/store/store.ts";
 import { pipelines } from "../pipelines/mod.ts";
-import { type Exit, Sandbox } from "./_harness.ts";
-import { kvSnapshot, propertyOptions, SEED } from "./_property.ts";
+import { type Exit, Sandbox } from "./_support/harness.ts";
+import { kvSnapshot, propertyOptions, SEED } from "./_support/property.ts";
 
 const COMMANDS: Command[] = [
   "run",

@@ -5,7 +5,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { FIXTURE_CLI, lines, runIdOf, Sandbox } from "./_harness.ts";
+import { FIXTURE_CLI, lines, runIdOf, Sandbox } from "./_support/harness.ts";
 
 Deno.test("run example exits 0 and prints a line per step and 'succeeded'", async () => {
   await using box = await Sandbox.create();

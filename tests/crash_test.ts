@@ -5,7 +5,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { FIXTURE_CLI, lines, ROOT, runIdOf, Sandbox } from "./_harness.ts";
+import { FIXTURE_CLI, lines, ROOT, runIdOf, Sandbox } from "./_support/harness.ts";
 
 Deno.test("SIGKILL mid-step: resume takes over the dead lease at once and re-runs only that step, same idempotency key", async () => {
   await using box = await Sandbox.create();

@@ -11,7 +11,7 @@ import { chromium } from "playwright-core";
 import { type Engine, openEngine, pipeline, step } from "../lib/mod.ts";
 import { dashboard, mayReadRequest } from "../lib/dashboard/mod.tsx";
 import { app, serve } from "../lib/http/service.ts";
-import { tempKv, waitFor } from "./helpers.ts";
+import { tempKv, waitFor } from "./_support/helpers.ts";
 
 const TOKEN = "dashboard-test-token-8c1f2e";
 const CHROMIUM = Deno.env.get("KVFLOW_CHROMIUM") ?? "/usr/bin/chromium";

@@ -9,8 +9,9 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import * as keys from "../lib/kv/keys.ts";
-import type { RunRecord, ScheduleState } from "../lib/mod.ts";
-import { FIXTURE_CLI, lines, MAIN, poll, type Proc, Sandbox } from "./_harness.ts";
+import type { RunRecord } from "../lib/mod.ts";
+import type { ScheduleState } from "../lib/engine/scheduler.ts";
+import { FIXTURE_CLI, lines, MAIN, poll, type Proc, Sandbox } from "./_support/harness.ts";
 
 const TOKEN = "deploy-test-token";
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
-import { allDue, deferred, dueTimes, tempKv, waitFor } from "./helpers.ts";
+import { allDue, deferred, dueTimes, tempKv, waitFor } from "./_support/helpers.ts";
 
 const RETRY_MS = 300;
 

@@ -8,7 +8,7 @@ import {
   step,
   UsageError,
 } from "../lib/mod.ts";
-import { aborted, allDue } from "./helpers.ts";
+import { aborted, allDue } from "./_support/helpers.ts";
 
 Deno.test("a 50-step chain runs inline, in order, one attempt per step", async () => {
   const order: number[] = [];

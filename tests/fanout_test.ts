@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
-import { tempKv } from "./helpers.ts";
+import { tempKv } from "./_support/helpers.ts";
 
 function invoicePipeline(state: { broken: Set<number>; calls: number[]; maxRunning: number }) {
   let running = 0;

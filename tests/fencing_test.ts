@@ -11,9 +11,17 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { FIXTURE_CLI, type LedgerLine, lines, poll, type Proc, Sandbox } from "./_harness.ts";
-import type { AttemptRecord, Lease } from "../lib/mod.ts";
-import { auditBlobs } from "./helpers.ts";
+import {
+  FIXTURE_CLI,
+  type LedgerLine,
+  lines,
+  poll,
+  type Proc,
+  Sandbox,
+} from "./_support/harness.ts";
+import type { AttemptRecord } from "../lib/mod.ts";
+import type { Lease } from "../lib/model/run_state.ts";
+import { auditBlobs } from "./_support/helpers.ts";
 
 const ENV = { KVFLOW_LEASE_MS: "1000", KVFLOW_POLL_MS: "100" };
 

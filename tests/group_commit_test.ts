@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type CommitBatch, GroupCommitter } from "../lib/mod.ts";
+import { type CommitBatch, GroupCommitter } from "../lib/kv/commit.ts";
 
 function batch(key: string, value: number, leaseStamp: string | null): CommitBatch {
   return {

@@ -13,7 +13,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { FIXTURE_CLI, lines, Proc, ROOT, Sandbox } from "./_harness.ts";
+import { FIXTURE_CLI, lines, Proc, ROOT, Sandbox } from "./_support/harness.ts";
 
 /** Worker A's user (nobody) and worker B's, two users who cannot see each other's pids. */
 const UID_A = 65534;

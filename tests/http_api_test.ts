@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { world } from "./_http.ts";
-import { type Service, startService } from "./_http.ts";
-import { delay } from "./helpers.ts";
+import { world } from "./_support/http.ts";
+import { type Service, startService } from "./_support/http.ts";
+import { delay } from "./_support/helpers.ts";
 
 const TOKEN = "s3cret-write-token-for-tests";
 const READ_TOKEN = "r3ad-only-token-for-tests";
@@ -499,7 +499,7 @@ Deno.test("a server error is a 500 with a reference and no internals; health tur
   const kv = await Deno.openKv(":memory:");
   const { openEngine } = await import("../lib/mod.ts");
   const { serve } = await import("../lib/http/service.ts");
-  const { testPipelines } = await import("./_http.ts");
+  const { testPipelines } = await import("./_support/http.ts");
   const engine = await openEngine({ kv, pipelines: testPipelines(), queues: true });
   const logs: string[] = [];
   const { promise, resolve } = Promise.withResolvers<void>();

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { type Service, startService, world } from "./_http.ts";
+import { type Service, startService, world } from "./_support/http.ts";
 
 const TOKEN = "fuzz-token-0123456789";
 const REQUESTS = 3000;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import SwaggerParser from "@apidevtools/swagger-parser";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { z } from "zod";
-import { Contract, type OpenApi, startService } from "./_http.ts";
+import { Contract, type OpenApi, startService } from "./_support/http.ts";
 import { RunListQuerySchema, RunStatusSchema, TriggerRequestSchema } from "../lib/http/schemas.ts";
 import { RUN_STATUSES } from "../lib/model/run_state.ts";
 

@@ -11,8 +11,8 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { z } from "zod";
 import { type Pipeline, pipeline, step } from "../lib/mod.ts";
-import { type Service, startService, testPipelines, world } from "./_http.ts";
-import { kvSnapshot, propertyOptions, SEED } from "./_property.ts";
+import { type Service, startService, testPipelines, world } from "./_support/http.ts";
+import { kvSnapshot, propertyOptions, SEED } from "./_support/property.ts";
 
 const TOKEN = "property-token-0123456789";
 

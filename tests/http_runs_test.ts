@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import type { RunRecord } from "../lib/mod.ts";
-import { type Service, startService } from "./_http.ts";
+import { type Service, startService } from "./_support/http.ts";
 
 interface Page {
   runs: RunRecord[];

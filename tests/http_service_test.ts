@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import * as keys from "../lib/kv/keys.ts";
-import type { Lease } from "../lib/mod.ts";
-import { startService, world } from "./_http.ts";
-import { Sandbox } from "./_harness.ts";
+import type { Lease } from "../lib/model/run_state.ts";
+import { startService, world } from "./_support/http.ts";
+import { Sandbox } from "./_support/harness.ts";
 
 const SAMPLE =
   /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?[0-9.e+]+$/;

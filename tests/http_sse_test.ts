@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { Pipeline } from "../lib/mod.ts";
-import { type Service, startService, testPipelines } from "./_http.ts";
-import { FIXTURE_CLI, Sandbox } from "./_harness.ts";
+import { type Service, startService, testPipelines } from "./_support/http.ts";
+import { FIXTURE_CLI, Sandbox } from "./_support/harness.ts";
 import five from "./fixtures/five.ts";
 
 /** One server-sent event, or a comment line. */

@@ -12,11 +12,12 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { lines, Proc, ROOT, runIdOf, Sandbox } from "./_harness.ts";
-import { type AnyStep, KvUnavailableError, openEngine, pipeline, step, Store } from "../lib/mod.ts";
+import { lines, Proc, ROOT, runIdOf, Sandbox } from "./_support/harness.ts";
+import { type AnyStep, KvUnavailableError, openEngine, pipeline, step } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 import { runAlerts } from "../lib/alerts/alerts.ts";
 import * as keys from "../lib/kv/keys.ts";
-import { auditBlobs } from "./helpers.ts";
+import { auditBlobs } from "./_support/helpers.ts";
 
 /** A tmpfs mounted on a temp dir; unmounted and removed when disposed. */
 interface Mount extends AsyncDisposable {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
 import takeover, { calls, hooks } from "./fixtures/takeover_pipeline.ts";
 import type { Command } from "./fixtures/engine_worker.ts";
-import { allDue, deferred, delay, tempKv, waitFor } from "./helpers.ts";
+import { allDue, deferred, delay, tempKv, waitFor } from "./_support/helpers.ts";
 
 const LEASE_MS = 200;
 

@@ -20,9 +20,9 @@ import {
   pipeline,
   type RunRecord,
   step,
-  Store,
   UsageError,
 } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { Metrics } from "../lib/http/metrics.ts";
 import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/definition.ts";
@@ -34,8 +34,8 @@ import {
 } from "../lib/kv/limits.ts";
 import { MAX_IDEMPOTENCY_KEY_LENGTH, MAX_RUN_ID_LENGTH } from "../lib/store/store.ts";
 import { bigOutput, MiB, pattern, sha256 } from "./fixtures/limits_big.ts";
-import { ROOT } from "./_harness.ts";
-import { allDue, auditBlobs, tempKv, waitFor } from "./helpers.ts";
+import { ROOT } from "./_support/harness.ts";
+import { allDue, auditBlobs, tempKv, waitFor } from "./_support/helpers.ts";
 
 /** KV's own limits of one atomic commit. */
 const KV_COMMIT = { mutations: 1000, bytes: 800 * 1024, keyBytes: 80 * 1024 };

@@ -7,8 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import { poll, runIdOf, Sandbox } from "./_harness.ts";
-import { filesIn, ledgerRows, spawnFresh, startSmtp } from "./_nightly.ts";
+import { poll, runIdOf, Sandbox } from "./_support/harness.ts";
+import { filesIn, ledgerRows, spawnFresh, startSmtp } from "./_support/nightly.ts";
 import { computeCommissions } from "../pipelines/nightly/commissions.ts";
 import { readNight } from "../pipelines/nightly/pull_sales.ts";
 import { createSampleStore } from "../pipelines/nightly/sample_store.ts";

@@ -11,7 +11,7 @@ import { DatabaseSync } from "node:sqlite";
 import { simpleParser } from "mailparser";
 import { testPipeline } from "../lib/testing/mod.ts";
 import nightly from "../pipelines/nightly/mod.ts";
-import { filesIn, NightlyWorld, pdfToText, startSmtp } from "./_nightly.ts";
+import { filesIn, NightlyWorld, pdfToText, startSmtp } from "./_support/nightly.ts";
 import type { Commission } from "../pipelines/nightly/commissions.ts";
 import type { Night } from "../pipelines/nightly/pull_sales.ts";
 import type { Report } from "../pipelines/nightly/reports.ts";

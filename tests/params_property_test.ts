@@ -11,7 +11,7 @@ import fc from "fast-check";
 import { z } from "zod";
 import { openEngine, type Pipeline, pipeline, step, UsageError } from "../lib/mod.ts";
 import { validateParams } from "../lib/store/store.ts";
-import { kvSnapshot, propertyOptions, SEED } from "./_property.ts";
+import { kvSnapshot, propertyOptions, SEED } from "./_support/property.ts";
 
 function echoPipeline(name: string, params?: z.ZodType): Pipeline<unknown> {
   const echo = step("echo", (_inputs, ctx) => ctx.run.params);

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { testPipeline } from "../lib/testing/mod.ts";
 import nightly from "../pipelines/nightly/mod.ts";
-import { NightlyWorld } from "./_nightly.ts";
+import { NightlyWorld } from "./_support/nightly.ts";
 
 Deno.test("a mail server outage fails the run once, and resume sends only what is left", async () => {
   await using _world = await NightlyWorld.create(); // sample store and out dir in a temp dir

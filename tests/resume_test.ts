@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type AnyStep, openEngine, type Pipeline, pipeline, step, UsageError } from "../lib/mod.ts";
-import { tempKv } from "./helpers.ts";
+import { tempKv } from "./_support/helpers.ts";
 
 interface World {
   broken: boolean;

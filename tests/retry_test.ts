@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { NonRetryableError, openEngine, pipeline, step } from "../lib/mod.ts";
 import { resolveRetry, retryDelay } from "../lib/define/definition.ts";
-import { aborted, deferred, sleep, tempKv } from "./helpers.ts";
+import { aborted, deferred, sleep, tempKv } from "./_support/helpers.ts";
 
 Deno.test("retryDelay() doubles per attempt, takes jitter off, and caps at maxDelay", () => {
   const retry = resolveRetry({ delay: "100ms", maxDelay: "1s", jitter: 0 });

@@ -11,8 +11,8 @@ import { openEngine, type RunRecord, type RunStatus } from "../lib/mod.ts";
 import { RUN_STATUSES } from "../lib/model/run_state.ts";
 import { Store } from "../lib/store/store.ts";
 import { migrate, SCHEMA_VERSION } from "../lib/kv/migrations.ts";
-import { demoPipeline, type Service, startService, world } from "./_http.ts";
-import { tempKv, waitFor } from "./helpers.ts";
+import { demoPipeline, type Service, startService, world } from "./_support/http.ts";
+import { tempKv, waitFor } from "./_support/helpers.ts";
 
 /** `kvflow_runs` of a scrape, as `pipeline/status` → count, zeros left out. */
 async function scrapeRuns(url: string): Promise<Map<string, number>> {

@@ -9,8 +9,9 @@
  */
 import assert from "node:assert/strict";
 import * as keys from "../lib/kv/keys.ts";
-import type { RunRecord, ScheduleState } from "../lib/mod.ts";
-import { FIXTURE_CLI, lines, poll, type Proc, Sandbox } from "./_harness.ts";
+import type { RunRecord } from "../lib/mod.ts";
+import type { ScheduleState } from "../lib/engine/scheduler.ts";
+import { FIXTURE_CLI, lines, poll, type Proc, Sandbox } from "./_support/harness.ts";
 import five from "./fixtures/five.ts";
 
 const SECOND = 1000;

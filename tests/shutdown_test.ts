@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
 import { MAX_CRASHES } from "../lib/model/run_state.ts";
-import { deferred, dueTimes, sleep, tempKv } from "./helpers.ts";
+import { deferred, dueTimes, sleep, tempKv } from "./_support/helpers.ts";
 
 function twoSteps(state: { firstCalls: number; secondCalls: number; firstMs: number }) {
   const inside = deferred();

@@ -43,11 +43,25 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
 export class Engine {
   /** The KV database. */
   readonly kv: Deno.Kv;
-  /** Reads and changes runs. */
+  /**
+   * Reads and changes runs. For the CLI, the HTTP service and tests; not public API.
+   *
+   * @internal
+   */
   readonly store: Store;
-  /** Claims and drives runs. */
+  /**
+   * Claims and drives runs: `engine.worker.start()` works runs in this process. Its other
+   * members are for the CLI, the HTTP service and tests; not public API.
+   *
+   * @internal
+   */
   readonly worker: Worker;
-  /** Creates the runs of due schedule ticks. */
+  /**
+   * Creates the runs of due schedule ticks. For the CLI, the HTTP service and tests; not
+   * public API.
+   *
+   * @internal
+   */
   readonly scheduler: Scheduler;
   /** The pipelines, by name. */
   readonly pipelines: Map<string, Pipeline<unknown>>;

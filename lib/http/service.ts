@@ -7,7 +7,7 @@
  */
 import { type Context, Hono } from "hono";
 import type { Engine } from "../engine/engine.ts";
-import { type ApiRoute, apiRoutes } from "./routes.ts";
+import { type ApiRoute, apiRoutes } from "./routes/mod.ts";
 import { dashboard, mayReadRequest } from "../dashboard/mod.tsx";
 import { Auth, type Tokens } from "./auth.ts";
 import { errorJson, errorResponse, HttpError, quote } from "./errors.ts";

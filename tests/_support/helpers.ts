@@ -4,7 +4,7 @@
  *
  * @module
  */
-import * as keys from "../lib/kv/keys.ts";
+import * as keys from "../../lib/kv/keys.ts";
 
 /** A temporary directory holding a KV file; removed when disposed. */
 export interface TempKv extends AsyncDisposable {

@@ -14,8 +14,8 @@ import {
   type Pipeline,
   pipeline,
   step,
-} from "../lib/mod.ts";
-import { serve, type ServeOptions, type Server } from "../lib/http/service.ts";
+} from "../../lib/mod.ts";
+import { serve, type ServeOptions, type Server } from "../../lib/http/service.ts";
 import { delay, type TempKv, tempKv } from "./helpers.ts";
 import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
 

@@ -6,13 +6,14 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { LedgerLine } from "./fixtures/_probe.ts";
-import { type RunRecord, Store } from "../lib/mod.ts";
+import type { LedgerLine } from "../fixtures/_probe.ts";
+import type { RunRecord } from "../../lib/mod.ts";
+import { Store } from "../../lib/store/store.ts";
 
 export type { LedgerLine };
 
 /** The repository root. */
-export const ROOT = fileURLToPath(new URL("../", import.meta.url));
+export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 /** The real CLI. */
 export const MAIN = "main.ts";
 /** The CLI with the fixture pipelines registered (for `worker` processes). */

@@ -11,10 +11,10 @@ import { DatabaseSync } from "node:sqlite";
 import { SMTPServer } from "smtp-server";
 // @ts-types="@types/mailparser"
 import { type ParsedMail, simpleParser } from "mailparser";
-import { type Engine, openEngine, type RunRecord } from "../lib/mod.ts";
-import { MAIN, Proc, ROOT } from "./_harness.ts";
-import nightly from "../pipelines/nightly/mod.ts";
-import { createSampleStore } from "../pipelines/nightly/sample_store.ts";
+import { type Engine, openEngine, type RunRecord } from "../../lib/mod.ts";
+import { MAIN, Proc, ROOT } from "./harness.ts";
+import nightly from "../../pipelines/nightly/mod.ts";
+import { createSampleStore } from "../../pipelines/nightly/sample_store.ts";
 
 /** A temp dir with a sample store and an out dir, an engine, and the environment to match. */
 export class NightlyWorld implements AsyncDisposable {
