@@ -68,7 +68,7 @@ async function rss(path: string, runs: number): Promise<RssReport> {
     },
   });
   try {
-    engine.worker.start();
+    engine.start();
     await sleep(300);
     await collect();
     const idle = memory();

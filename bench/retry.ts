@@ -77,7 +77,7 @@ export async function retry(path: string, sizes: RetrySizes): Promise<RetryResul
   let stop = false;
   try {
     const floor = await commitFloor(engine.kv, sizes.floorCommits);
-    engine.worker.start();
+    engine.start();
     const t0 = performance.now();
     // Other runs arriving at a steady rate, whatever the engine makes of them.
     const background = (async () => {

@@ -477,7 +477,7 @@ class Cli {
       throw new UsageError(`Invalid port ${JSON.stringify(this.#flags.port)}: use 0 to 65535`);
     }
     const engine = await this.#open(this.#context.pipelines);
-    engine.worker.start();
+    engine.start();
     serving = engine;
     // loaded only here: the HTTP service and dashboard are slow to import
     const { serve } = await import("../http/service.ts");
@@ -495,7 +495,7 @@ class Cli {
 
   async worker(): Promise<number> {
     const engine = await this.#open(this.#context.pipelines);
-    engine.worker.start();
+    engine.start();
     serving = engine;
     this.#err(`kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`);
     await this.#untilSignal(engine);

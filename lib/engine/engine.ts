@@ -50,8 +50,8 @@ export class Engine {
    */
   readonly store: Store;
   /**
-   * Claims and drives runs: `engine.worker.start()` works runs in this process. Its other
-   * members are for the CLI, the HTTP service and tests; not public API.
+   * Claims and drives runs ({@linkcode Engine.start} starts it). For the CLI, the HTTP
+   * service and tests; not public API.
    *
    * @internal
    */
@@ -110,6 +110,16 @@ export class Engine {
         for (const listener of this.#listeners) listener({ type: "alert", alert });
       },
     });
+  }
+
+  /**
+   * Works runs in this process until {@linkcode Engine.close}: claims due runs and drives
+   * them, takes over runs whose worker died, and sweeps the due-index every `pollMs`.
+   * Without it, the engine only creates and reads runs (and {@linkcode Engine.runToEnd}
+   * drives one run to its end).
+   */
+  start(): void {
+    this.worker.start();
   }
 
   /**

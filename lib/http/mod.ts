@@ -10,7 +10,7 @@
  * import nightly from "./pipelines/nightly/mod.ts";
  *
  * const engine = await openEngine({ pipelines: [nightly] });
- * engine.worker.start();
+ * engine.start();
  * serve(engine, { port: 8000, token: Deno.env.get("KVFLOW_TOKEN") });
  * ```
  *

@@ -280,7 +280,7 @@ export function app(engine: Engine, options: ServiceOptions = {}): Hono {
  * import { openEngine } from "../engine/engine.ts";
  * import { serve } from "./service.ts";
  * const engine = await openEngine({ pipelines: [] });
- * engine.worker.start();
+ * engine.start();
  * const server = serve(engine, { port: 8000, token: Deno.env.get("KVFLOW_TOKEN") });
  * ```
  *
