@@ -13,7 +13,7 @@ import { KvUnavailableError, UsageError } from "../model/errors.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "../model/run_state.ts";
-import { validateParams } from "../store/store.ts";
+import { validateParams } from "../model/params.ts";
 import { runAlerts } from "../alerts/alerts.ts";
 import { workerSettingsFromEnv } from "../kv/open.ts";
 import { formatMs } from "../define/duration.ts";
