@@ -81,6 +81,11 @@ export function onStopSignal(handler: () => void): () => void {
   };
 }
 
+/** Standard output, for asking whether it is a terminal. */
+export function stdout(): { isTerminal(): boolean } {
+  return Deno.stdout;
+}
+
 /** Ends this process at once with `code`. */
 export function exit(code: number): never {
   Deno.exit(code);
