@@ -1,7 +1,8 @@
 /**
  * The store: reading runs, and the changes that people and workers make to them from
  * outside a running driver — create, claim, resume, rerun, cancel. {@linkcode Store} is
- * a thin front: reads are in `queries.ts`, changes in `commands.ts` and `cancel.ts`.
+ * a thin front: reads are in `queries.ts`, changes in `commands.ts`,
+ * `requeue.ts` and `cancel.ts`.
  *
  * @module
  */
@@ -13,13 +14,14 @@ import { type Clock, systemClock } from "../engine/clock.ts";
 import * as queries from "./queries.ts";
 import * as commands from "./commands.ts";
 import { cancel } from "./cancel.ts";
+import * as requeue from "./requeue.ts";
 import type { Claim, CreateRunInput } from "./commands.ts";
 import type { ListRunsOptions, RunPage } from "./queries.ts";
 
 export type { Claim, CreateRunInput } from "./commands.ts";
 export type { ListRunsOptions, RunPage } from "./queries.ts";
 
-/** A queue message: a hint to look at a run. */
+/** A queue message that wakes a run: "look at this run". */
 export interface RunHint {
   /** Marks the message as kvflow's. */
   kvflow: "run";
@@ -86,8 +88,8 @@ export class Store {
 
   /**
    * Adds to `op` the creation of `run`: a check that its id is new, the record, its
-   * indexes, its count by pipeline and status, its due-index entry and a queue hint (at
-   * most 9 mutations).
+   * indexes, its count by pipeline and status, its due-index entry and a queue message that
+   * wakes it (at most 9 mutations).
    */
   addRunCreation(op: Deno.AtomicOperation, run: RunRecord): void {
     commands.addRunCreation(this, op, run);
@@ -204,7 +206,7 @@ export class Store {
    * @throws {UsageError} on a succeeded run, or a changed graph without `force`
    */
   async resume(run: RunRecord, pipeline: Pipeline<unknown>, force = false): Promise<RunRecord> {
-    return await commands.resume(this, run, pipeline, force);
+    return await requeue.resume(this, run, pipeline, force);
   }
 
   /**
@@ -219,7 +221,7 @@ export class Store {
     from: string,
     force = false,
   ): Promise<RunRecord> {
-    return await commands.rerun(this, run, pipeline, from, force);
+    return await requeue.rerun(this, run, pipeline, from, force);
   }
 
   /**
