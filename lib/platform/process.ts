@@ -66,11 +66,10 @@ export function isDeadLocalHolder(held: ProcessRef, me: ProcessRef): boolean {
 }
 
 /** The signals that stop a long-running command gracefully. */
-export const STOP_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
+const STOP_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
 
 /**
- * Calls `handler` on each {@linkcode STOP_SIGNALS} signal until the returned function is
- * called.
+ * Calls `handler` on each SIGINT and SIGTERM until the returned function is called.
  *
  * @returns a function that removes the listeners
  */

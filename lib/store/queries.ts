@@ -1,6 +1,8 @@
 /**
  * Reading runs: records, steps, items, attempts, outputs, artifacts, pages of runs,
- * leases, and the due-index a worker sweeps. Plain functions over an open KV database.
+ * leases, and the due-index a worker sweeps. Plain functions over an open KV database;
+ * the one write, in {@linkcode dueRuns}, drops due-index entries that disagree with their
+ * run.
  *
  * @module
  */
