@@ -7,16 +7,19 @@
  */
 import { heartbeat, main } from "./lib/cli/cli.ts";
 import { pipelines } from "./pipelines/mod.ts";
+import { onDeploy } from "./lib/platform/env.ts";
+import { everyMinute } from "./lib/platform/cron.ts";
+import { exit } from "./lib/platform/process.ts";
 
-if (Deno.env.get("DENO_DEPLOY") === "true") {
-  // Deploy registers crons only while the module is first evaluated, before Deno.serve.
+if (onDeploy()) {
+  // Deploy registers crons only while the module is first evaluated, before serving.
   const { startDeploy } = await import("./lib/engine/deploy.ts");
   const deployment = await startDeploy(pipelines);
-  Deno.cron("kvflow heartbeat", "* * * * *", () => deployment.heartbeat());
+  everyMinute("kvflow heartbeat", () => deployment.heartbeat());
   deployment.serve();
 } else if (import.meta.main) {
   if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {
-    Deno.cron("kvflow heartbeat", "* * * * *", heartbeat);
+    everyMinute("kvflow heartbeat", heartbeat);
   }
-  Deno.exit(await main(Deno.args, { pipelines }));
+  exit(await main(Deno.args, { pipelines }));
 }

@@ -25,7 +25,8 @@ import * as keys from "../lib/kv/keys.ts";
 import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../lib/model/run_state.ts";
 import type { AlertRecord } from "../lib/alerts/alerts.ts";
 import type { ArtifactMeta } from "../lib/model/artifacts.ts";
-import { COUNTED, newRunId } from "../lib/store/store.ts";
+import { COUNTED } from "../lib/kv/indexes.ts";
+import { newRunId } from "../lib/model/run_id.ts";
 import { SCHEMA_VERSION } from "../lib/kv/migrations.ts";
 import example from "../pipelines/example/mod.ts";
 

@@ -19,7 +19,7 @@ import {
 } from "../lib/cli/cli.ts";
 import { UsageError } from "../lib/mod.ts";
 import { RUN_STATUSES } from "../lib/model/run_state.ts";
-import { validateParams } from "../lib/store/store.ts";
+import { validateParams } from "../lib/model/params.ts";
 import { pipelines } from "../pipelines/mod.ts";
 import { type Exit, Sandbox } from "./_support/harness.ts";
 import { kvSnapshot, propertyOptions, SEED } from "./_support/property.ts";

@@ -32,7 +32,7 @@ import {
   MAX_RUN_RECORD_BYTES,
   MAX_VALUE_BYTES,
 } from "../lib/kv/limits.ts";
-import { MAX_IDEMPOTENCY_KEY_LENGTH, MAX_RUN_ID_LENGTH } from "../lib/store/store.ts";
+import { MAX_IDEMPOTENCY_KEY_LENGTH, MAX_RUN_ID_LENGTH } from "../lib/model/run_id.ts";
 import { bigOutput, MiB, pattern, sha256 } from "./fixtures/limits_big.ts";
 import { ROOT } from "./_support/harness.ts";
 import { allDue, auditBlobs, tempKv, waitFor } from "./_support/helpers.ts";

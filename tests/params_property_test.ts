@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { z } from "zod";
 import { openEngine, type Pipeline, pipeline, step, UsageError } from "../lib/mod.ts";
-import { validateParams } from "../lib/store/store.ts";
+import { validateParams } from "../lib/model/params.ts";
 import { kvSnapshot, propertyOptions, SEED } from "./_support/property.ts";
 
 function echoPipeline(name: string, params?: z.ZodType): Pipeline<unknown> {

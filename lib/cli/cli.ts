@@ -13,9 +13,11 @@ import { KvUnavailableError, UsageError } from "../model/errors.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "../model/run_state.ts";
-import { validateParams } from "../store/store.ts";
+import { validateParams } from "../model/params.ts";
 import { runAlerts } from "../alerts/alerts.ts";
-import { workerSettingsFromEnv } from "../kv/open.ts";
+import { workerSettingsFromEnv } from "../engine/settings.ts";
+import { env } from "../platform/env.ts";
+import { exit, onStopSignal, stdout } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
 import { scheduleView } from "../engine/scheduler.ts";
 
@@ -88,7 +90,7 @@ export type Flags = {
 let serving: Engine | undefined;
 
 /**
- * The `Deno.cron` heartbeat of `serve` and `worker`: checks schedules and due runs once.
+ * The cron heartbeat of `serve` and `worker`: checks schedules and due runs once.
  * (They also check on their own short timer; the heartbeat is the clock that survives
  * on platforms that stop idle processes.)
  */
@@ -144,7 +146,7 @@ export async function main(args: string[], context: CliContext): Promise<number>
       return EXIT.usage;
     }
     err(`kvflow: ${oneLine(error instanceof Error ? error.message : String(error))}`);
-    if (Deno.env.get("KVFLOW_DEBUG") && error instanceof Error) err(error.stack ?? "");
+    if (env("KVFLOW_DEBUG") && error instanceof Error) err(error.stack ?? "");
     return EXIT.failed;
   }
 }
@@ -262,7 +264,7 @@ class Cli {
     this.#args = args;
     this.#out = out;
     this.#err = err;
-    this.#paint = paintFor(Deno.stdout);
+    this.#paint = paintFor(stdout());
   }
 
   async run(): Promise<number> {
@@ -472,7 +474,7 @@ class Cli {
   }
 
   async serve(): Promise<number> {
-    const port = Number(this.#flags.port ?? Deno.env.get("PORT") ?? 8000);
+    const port = Number(this.#flags.port ?? env("PORT") ?? 8000);
     if (!Number.isInteger(port) || port < 0 || port > 65535) {
       throw new UsageError(`Invalid port ${JSON.stringify(this.#flags.port)}: use 0 to 65535`);
     }
@@ -483,8 +485,8 @@ class Cli {
     const { serve } = await import("../http/service.ts");
     const server = serve(engine, {
       port,
-      token: Deno.env.get("KVFLOW_TOKEN") || undefined,
-      readToken: Deno.env.get("KVFLOW_READ_TOKEN") || undefined,
+      token: env("KVFLOW_TOKEN") || undefined,
+      readToken: env("KVFLOW_READ_TOKEN") || undefined,
       log: this.#err,
     });
     // Requests and event streams end before the engine closes under them.
@@ -508,17 +510,16 @@ class Cli {
     const { promise, resolve } = Promise.withResolvers<void>();
     let stopping = false;
     const onSignal = () => {
-      if (stopping) Deno.exit(EXIT.interrupted);
+      if (stopping) exit(EXIT.interrupted);
       stopping = true;
       this.#err("kvflow: stopping: finishing running steps (signal again to exit at once)");
       resolve();
     };
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    for (const s of signals) Deno.addSignalListener(s, onSignal);
+    const stopListening = onStopSignal(onSignal);
     await promise;
     await beforeClose?.();
-    await engine.close(Number(Deno.env.get("KVFLOW_GRACE_MS") ?? 10_000));
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    await engine.close(Number(env("KVFLOW_GRACE_MS") ?? 10_000));
+    stopListening();
   }
 
   async #foreground(engine: Engine, run: RunRecord): Promise<number> {
@@ -526,12 +527,11 @@ class Cli {
     this.#out(`▶ run ${run.id} · ${run.pipeline} · ${run.logicalDate} · ${run.trigger}`);
     const interrupt = new AbortController();
     const onSignal = () => {
-      if (interrupt.signal.aborted) Deno.exit(EXIT.interrupted);
+      if (interrupt.signal.aborted) exit(EXIT.interrupted);
       interrupt.abort();
       engine.worker.interrupt("Interrupted by signal (Ctrl-C)");
     };
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    for (const s of signals) Deno.addSignalListener(s, onSignal);
+    const stopListening = onStopSignal(onSignal);
     try {
       const end = await engine.runToEnd(run.id, { signal: interrupt.signal });
       await engine.worker.settleAlerts();
@@ -560,7 +560,7 @@ class Cli {
       );
       return EXIT.failed;
     } finally {
-      for (const s of signals) Deno.removeSignalListener(s, onSignal);
+      stopListening();
     }
   }
 

@@ -9,6 +9,7 @@ import { formatMs } from "../define/duration.ts";
 import type { RunEvent } from "../engine/driver/driver.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../model/run_state.ts";
 import type { Pipeline } from "../define/definition.ts";
+import { env } from "../platform/env.ts";
 
 const MARK: Record<string, string> = {
   pending: "·",
@@ -33,7 +34,7 @@ export interface Paint {
 
 /** A {@linkcode Paint} for `stream`: ANSI colours on a terminal unless `NO_COLOR` is set. */
 export function paintFor(stream: { isTerminal(): boolean }): Paint {
-  const on = stream.isTerminal() && !Deno.env.get("NO_COLOR");
+  const on = stream.isTerminal() && !env("NO_COLOR");
   const wrap = (code: number) => (text: string) => on ? `\x1b[${code}m${text}\x1b[0m` : text;
   return { ok: wrap(32), bad: wrap(31), warn: wrap(33), dim: wrap(2) };
 }

@@ -10,13 +10,15 @@
 import type { Pipeline } from "../define/definition.ts";
 import { type Engine, openEngine } from "./engine.ts";
 import { app } from "../http/service.ts";
-import { workerSettingsFromEnv } from "../kv/open.ts";
+import { workerSettingsFromEnv } from "./settings.ts";
+import { env } from "../platform/env.ts";
+import { startServer } from "../platform/serve.ts";
 
 /** A started deployment. */
 export interface Deployment {
   /** The engine. */
   engine: Engine;
-  /** The heartbeat: call it from `Deno.cron` every minute. */
+  /** The heartbeat: call it from the platform's cron every minute. */
   heartbeat(): Promise<void>;
   /** Starts serving HTTP. */
   serve(): Deno.HttpServer;
@@ -30,7 +32,7 @@ export interface Deployment {
  * @returns the deployment, ready for its heartbeat and HTTP
  */
 export async function startDeploy(pipelines: readonly Pipeline<unknown>[]): Promise<Deployment> {
-  const setting = Deno.env.get("KVFLOW_QUEUES");
+  const setting = env("KVFLOW_QUEUES");
   const engine = await openEngine({
     pipelines,
     queues: setting === "on" ? true : setting === "off" ? false : undefined,
@@ -53,7 +55,7 @@ async function startDeployWithout(pipelines: readonly Pipeline<unknown>[]): Prom
 }
 
 function deployment(engine: Engine): Deployment {
-  let token = Deno.env.get("KVFLOW_TOKEN") || undefined;
+  let token = env("KVFLOW_TOKEN") || undefined;
   if (!token) {
     // A deployment is public: without a token, nobody may trigger, resume or cancel.
     console.error("kvflow: KVFLOW_TOKEN is not set: the HTTP API is read-only");
@@ -63,11 +65,11 @@ function deployment(engine: Engine): Deployment {
     engine,
     heartbeat: () => engine.heartbeat(50_000),
     serve: () =>
-      Deno.serve(
-        { port: Number(Deno.env.get("PORT") ?? 8000) },
+      startServer(
+        { port: Number(env("PORT") ?? 8000) },
         app(engine, {
           token,
-          readToken: Deno.env.get("KVFLOW_READ_TOKEN") || undefined,
+          readToken: env("KVFLOW_READ_TOKEN") || undefined,
           expectWorker: false,
         }).fetch,
       ),

@@ -1,5 +1,5 @@
 /**
- * Schedules: the engine, not `Deno.cron`, decides which ticks are due. `Deno.cron` is
+ * Schedules: the engine, not Deno's cron, decides which ticks are due. Deno's cron is
  * UTC-only, fires in every process, and forgets missed ticks; so each pipeline's schedule
  * state (the last tick handled) lives in KV, due ticks are computed with croner in the
  * schedule's time zone, and each tick's run has an id derived from (pipeline, tick),

@@ -21,6 +21,7 @@ import type { Lease, RunRecord } from "../model/run_state.ts";
 import { TERMINAL } from "../model/run_state.ts";
 import type { RunHint, Store } from "../store/store.ts";
 import { Slots } from "./step_limit.ts";
+import { hostname, pid } from "../platform/process.ts";
 
 /** Options of a {@linkcode Worker}. */
 export interface WorkerOptions {
@@ -101,8 +102,8 @@ export class Worker {
     this.#o = { maxRuns: 16, leaseMs: 15_000, pollMs: 1000, holdMs: 5000, ...options };
     this.#slots = new Slots(options.maxSteps ?? 64);
     const host = hostname();
-    this.id = `${host}:${Deno.pid}:${crypto.randomUUID().slice(0, 8)}`;
-    this.#holder = { owner: this.id, host, pid: Deno.pid };
+    this.id = `${host}:${pid()}:${crypto.randomUUID().slice(0, 8)}`;
+    this.#holder = { owner: this.id, host, pid: pid() };
   }
 
   /** Runs being driven by this worker now. */
@@ -356,27 +357,5 @@ export class Worker {
     }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
       .finally(() => this.#deliveries.delete(delivery));
     this.#deliveries.add(delivery);
-  }
-}
-
-/**
- * The host as leases record it: the host name, and on Linux the process-id namespace, the
- * boot id and the user id, so that "on this host" (where a holder whose pid is gone is
- * known dead) means: the same boot of the same machine, the same pid namespace, and a
- * user whose processes this one can see even under `/proc` mounted with `hidepid`.
- */
-function hostname(): string {
-  let name = "unknown-host";
-  try {
-    name = Deno.hostname();
-  } catch {
-    // no permission to read it: leases then never count as local
-  }
-  if (Deno.build.os !== "linux") return name;
-  try {
-    const boot = Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
-    return `${name}/${Deno.readLinkSync("/proc/self/ns/pid")}/boot:${boot}/uid:${Deno.uid()}`;
-  } catch {
-    return name;
   }
 }

@@ -15,6 +15,7 @@ import type { Engine, EngineEvent } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
 import { RUN_STATUSES, TERMINAL } from "../model/run_state.ts";
 import type { AlertRecord } from "../alerts/alerts.ts";
+import { residentMemoryBytes } from "../platform/process.ts";
 
 /** Options of {@linkcode Metrics}. */
 export interface MetricsOptions {
@@ -173,7 +174,7 @@ export class Metrics {
       out.push(`${g.name} ${g.read()}`);
     }
     family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
-    out.push(`process_resident_memory_bytes ${Deno.memoryUsage().rss}`);
+    out.push(`process_resident_memory_bytes ${residentMemoryBytes()}`);
     return out.join("\n") + "\n";
   }
 

@@ -16,6 +16,7 @@ import { Metrics } from "./metrics.ts";
 import { openApiDocument } from "./openapi.ts";
 import type { HealthSchema } from "./schemas.ts";
 import type { z } from "zod";
+import { startServer } from "../platform/serve.ts";
 
 /** Options of {@linkcode HttpService}. */
 export interface ServiceOptions extends Tokens {
@@ -60,7 +61,7 @@ const DEFAULT_MAX_BODY = 64 * 1024;
 
 /** The Hono app of one engine, with the resources it holds (event streams, metrics). */
 export class HttpService {
-  /** The app: pass `app.fetch` to `Deno.serve`. */
+  /** The app: pass `app.fetch` to an HTTP server. */
   readonly app: Hono;
   /** The service's metrics. */
   readonly metrics: Metrics;
@@ -292,7 +293,7 @@ export function serve(engine: Engine, options: ServeOptions): Server {
   const service = new HttpService(engine, options);
   const hostname = options.token ? "0.0.0.0" : "127.0.0.1";
   const log = options.log ?? ((line: string) => console.error(line));
-  const server = Deno.serve({
+  const server = startServer({
     port: options.port,
     hostname,
     onListen: ({ port }) => {

@@ -26,7 +26,8 @@ import { keySize } from "./keys.ts";
 import { commitAtomic } from "./commit.ts";
 import { BATCH_KEY_BYTES } from "./limits.ts";
 import { KvUnavailableError, UsageError } from "../model/errors.ts";
-import { COUNTED, type Store } from "../store/store.ts";
+import { COUNTED } from "./indexes.ts";
+import type { Store } from "../store/store.ts";
 
 /** The schema version this kvflow writes. A database without a version is at 1. */
 export const SCHEMA_VERSION = 2;

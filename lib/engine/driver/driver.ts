@@ -71,7 +71,8 @@ import {
   succeedTask,
   type TaskRecord,
 } from "../../model/run_state.ts";
-import { type Claim, moveDue, moveStatus, type Store } from "../../store/store.ts";
+import type { Claim, Store } from "../../store/store.ts";
+import { moveDue, moveStatus } from "../../kv/indexes.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "../../model/artifacts.ts";
 import type { AlertRecord } from "../../alerts/alerts.ts";
 import type { Slots } from "../step_limit.ts";

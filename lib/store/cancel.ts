@@ -1,0 +1,116 @@
+/**
+ * Cancelling a run: it ends and loses its lease in one commit, then its unfinished steps
+ * and items are marked in as many commits as KV's limits need.
+ *
+ * @module
+ */
+import { UsageError } from "../model/errors.ts";
+import { isRunId, unknownRun } from "../model/run_id.ts";
+import { cancelTask, type Lease, type RunRecord, TERMINAL } from "../model/run_state.ts";
+import * as keys from "../kv/keys.ts";
+import { moveDue, moveStatus } from "../kv/indexes.ts";
+import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";
+import { reclaimRunBlobs } from "./commands.ts";
+import { getItems, getSteps } from "./queries.ts";
+import type { Store } from "./store.ts";
+
+/**
+ * Cancels an active run: takes its lease away (so its worker can write nothing more and
+ * aborts its running steps), marks unfinished steps, and ends the run `cancelled`.
+ *
+ * @throws {UsageError} when the run already ended
+ */
+export async function cancel(
+  store: Store,
+  runId: string,
+  reason = "Cancelled by request",
+): Promise<RunRecord> {
+  if (!isRunId(runId)) throw unknownRun(runId);
+  for (let tries = 0; tries < 5; tries++) {
+    const [runEntry, leaseEntry] = await store.kv.getMany<[RunRecord, Lease]>([
+      keys.run(runId),
+      keys.lease(runId),
+    ]);
+    const run = runEntry.value;
+    if (!run) throw unknownRun(runId);
+    if (TERMINAL.has(run.status)) {
+      // A cancel that stopped between its two parts left tasks open: this one ends them.
+      if (run.status === "cancelled") {
+        await cancelTasks(store, run, runEntry.versionstamp, reason).catch(() => {});
+      }
+      throw new UsageError(`Run ${runId} already ${run.status}: nothing to cancel`, "conflict");
+    }
+    const now = store.clock.now();
+    const next: RunRecord = {
+      ...run,
+      status: "cancelled",
+      endedAt: now,
+      dueAt: null,
+      error: { step: null, message: reason },
+    };
+    // The run ends and loses its lease in one commit, checked against both, with its
+    // running and retrying tasks marked when they fit (nearly always): a reader sees the
+    // run active or cancelled, never between, and its worker is fenced out from then on.
+    const marks = splitWrites(await cancelWrites(store, next, reason));
+    const op = store.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId));
+    op.set(keys.run(runId), next);
+    moveDue(op, run, next);
+    moveStatus(op, run, next);
+    if (marks.length === 1) addWrites(op, marks[0]);
+    const result = await commitAtomic(op);
+    if (!result.ok) continue;
+    // What did not fit, and what the worker wrote between the read above and the commit
+    // (a step it started then), is marked now that nothing more of its lands. The run is
+    // cancelled whatever happens here; a later cancel ends what this one could not.
+    await cancelTasks(store, next, result.versionstamp, reason).catch(() => {});
+    // Chunks its worker was writing when the lease went are of no use now.
+    await reclaimRunBlobs(store, runId).catch(() => {});
+    return next;
+  }
+  throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
+}
+
+/** The writes that mark the running and retrying steps and items of a run cancelled. */
+async function cancelWrites(store: Store, run: RunRecord, reason: string): Promise<KvWrite[][]> {
+  const now = run.endedAt ?? store.clock.now();
+  const writes: KvWrite[][] = [];
+  for (const [name, record] of await getSteps(store.kv, run.id)) {
+    if (record.items !== undefined) {
+      for (const [index, item] of await getItems(store.kv, run.id, name)) {
+        if (item.status === "running" || item.status === "retrying") {
+          writes.push([[keys.item(run.id, name, index), cancelTask(item, now, reason)]]);
+        }
+      }
+    }
+    if (record.status === "running" || record.status === "retrying") {
+      writes.push([[keys.step(run.id, name), cancelTask(record, now, reason)]]);
+    }
+  }
+  return writes;
+}
+
+/**
+ * Marks the running and retrying steps and items of a cancelled run, in as many commits
+ * as KV's limits need (a fan-out may have thousands). Each commit checks the run record
+ * as the commit before left it and writes it again unchanged, so a resume or rerun
+ * started meanwhile (which does the same, see `requeue` in commands.ts) and this marking cannot
+ * interleave their batches: once the other has committed, this one stops, and the
+ * records are the other's to reset.
+ */
+async function cancelTasks(
+  store: Store,
+  run: RunRecord,
+  versionstamp: string,
+  reason: string,
+): Promise<void> {
+  const writes = await cancelWrites(store, run, reason);
+  if (writes.length === 0) return;
+  let fence = { key: keys.run(run.id), versionstamp };
+  for (const batch of splitWrites(writes)) {
+    const op = store.kv.atomic().check(fence).set(keys.run(run.id), run);
+    addWrites(op, batch);
+    const result = await commitAtomic(op);
+    if (!result.ok) return;
+    fence = { key: keys.run(run.id), versionstamp: result.versionstamp };
+  }
+}

@@ -1,0 +1,246 @@
+/**
+ * The changes that people and workers make to runs from outside a running driver: create
+ * and claim, and reclaiming the blobs of an ended run (resume and rerun are in
+ * `requeue.ts`, cancel in `cancel.ts`). Each change is one atomic commit that also moves
+ * the run's indexes and its due-index entry.
+ *
+ * @module
+ */
+import v8 from "node:v8";
+import type { Pipeline, Trigger } from "../define/definition.ts";
+import { UsageError } from "../model/errors.ts";
+import { validateParams } from "../model/params.ts";
+import { checkIdempotencyKey, checkRunId, newRunId } from "../model/run_id.ts";
+import { type Lease, recordedGraph, type RunRecord, TERMINAL } from "../model/run_state.ts";
+import * as keys from "../kv/keys.ts";
+import { MAX_RUN_RECORD_BYTES } from "../kv/limits.ts";
+import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
+import { reclaimBlobs } from "../kv/values.ts";
+import { commitAtomic } from "../kv/commit.ts";
+import { isDeadLocalHolder } from "../platform/process.ts";
+import type { Store } from "./store.ts";
+
+/** What {@linkcode createRun} needs. */
+export interface CreateRunInput {
+  /** Params, validated against the pipeline's schema. */
+  params?: unknown;
+  /** `YYYY-MM-DD`; default today (UTC). */
+  logicalDate?: string;
+  /** How it was started. Default `cli`. */
+  trigger?: Trigger;
+  /** A fixed id, e.g. derived from a schedule tick; creation fails if it exists. */
+  id?: string;
+  /** The module the pipeline came from, when it is not in the registry. */
+  module?: string;
+  /**
+   * A client's `Idempotency-Key`: stored with the run in the same commit, so a second
+   * create with the same key (per pipeline) fails with `conflict`; find the first run
+   * with `runForIdempotencyKey`.
+   */
+  idempotencyKey?: string;
+  /** The schedule tick the run belongs to, ms since the epoch. */
+  tick?: number;
+}
+
+/** A claimed run: the records a driver starts from. */
+export interface Claim {
+  /** The run, as the claim wrote it. */
+  run: RunRecord;
+  /** The lease the claim wrote. */
+  lease: Lease;
+  /** Versionstamp of the lease entry: every checkpoint checks it. */
+  leaseVersion: string;
+}
+
+/**
+ * Creates a queued run with validated params and a due-index entry for now.
+ *
+ * @throws {UsageError} on params that fail the schema or a malformed date
+ */
+export async function createRun(
+  store: Store,
+  pipeline: Pipeline<unknown>,
+  input: CreateRunInput = {},
+): Promise<RunRecord> {
+  const run = newRun(store, pipeline, input);
+  if (input.idempotencyKey !== undefined) checkIdempotencyKey(input.idempotencyKey);
+  const op = store.kv.atomic();
+  addRunCreation(store, op, run);
+  if (input.idempotencyKey !== undefined) {
+    const key = keys.idempotency(run.pipeline, input.idempotencyKey);
+    op.check({ key, versionstamp: null }).set(key, run.id);
+  }
+  const result = await commitAtomic(op).catch((error) => {
+    // KV refuses a value over 64 KiB; of the run record, params are what a user sent.
+    if (!/too large/i.test(String(error))) throw error;
+    throw new UsageError(
+      `Invalid params for '${pipeline.name}': too large to store with the run (${
+        error instanceof Error ? error.message : String(error)
+      })`,
+      "invalid_params",
+    );
+  });
+  if (!result.ok) {
+    throw new UsageError(
+      input.idempotencyKey === undefined
+        ? `Run ${run.id} already exists`
+        : `Run ${run.id} or idempotency key already exists`,
+      "conflict",
+    );
+  }
+  return run;
+}
+
+/**
+ * A new run record, queued and due now, with validated params.
+ *
+ * @throws {UsageError} on params that fail the schema or are too large to store, a
+ * malformed date, or an id that is not a valid run id
+ */
+export function newRun(
+  store: Store,
+  pipeline: Pipeline<unknown>,
+  input: CreateRunInput = {},
+): RunRecord {
+  if (input.id !== undefined) checkRunId(input.id);
+  const params = validateParams(pipeline, input.params ?? {});
+  const now = store.clock.now();
+  const logicalDate = input.logicalDate ?? new Date(now).toISOString().slice(0, 10);
+  checkDate(logicalDate);
+  const run: RunRecord = {
+    id: input.id ?? newRunId(now),
+    pipeline: pipeline.name,
+    version: pipeline.version,
+    graph: recordedGraph(pipeline),
+    params,
+    logicalDate,
+    tick: input.tick ?? null,
+    trigger: input.trigger ?? "cli",
+    ...(input.module ? { module: input.module } : {}),
+    status: "queued",
+    createdAt: now,
+    startedAt: null,
+    endedAt: null,
+    dueAt: now,
+    error: null,
+    failures: 0,
+    takeovers: 0,
+  };
+  // Refused here, not by KV in the middle of the run: the record grows later (an error
+  // message of up to 4,000 characters), and every change rewrites it whole.
+  const size = v8.serialize(run).byteLength;
+  if (size > MAX_RUN_RECORD_BYTES) {
+    throw new UsageError(
+      `Invalid params for '${pipeline.name}': too large to store with the run (the run ` +
+        `record would take ${size} bytes, at most ${MAX_RUN_RECORD_BYTES}; pass large ` +
+        `inputs by reference, such as a URL or a file name)`,
+      "invalid_params",
+    );
+  }
+  return run;
+}
+
+/**
+ * Adds to `op` the creation of `run`: a check that its id is new, the record, its
+ * indexes, its count by pipeline and status, its due-index entry and a queue message that
+ * wakes it (at most 9 mutations).
+ */
+export function addRunCreation(store: Store, op: Deno.AtomicOperation, run: RunRecord): void {
+  addRunIndexes(op, run);
+  store.wake(op, run.id, 0);
+}
+
+/**
+ * Claims a run for a worker: succeeds when the run is active and unleased (or its lease
+ * expired, or its holder is a dead process on this host) and, for a waiting run, its
+ * retry is due. The commit writes the lease, a due-index entry at the lease deadline
+ * (so a crash of this worker still leaves a wake-up), and the run as `running`.
+ *
+ * @returns the claim, or null when another worker has it or there is nothing to do
+ */
+export async function claim(
+  store: Store,
+  runId: string,
+  holder: Omit<Lease, "deadline">,
+  leaseMs: number,
+): Promise<Claim | null> {
+  const [runEntry, leaseEntry] = await store.kv.getMany<[RunRecord, Lease]>([
+    keys.run(runId),
+    keys.lease(runId),
+  ]);
+  const run = runEntry.value;
+  if (!run) return null;
+  const now = store.clock.now();
+  if (TERMINAL.has(run.status)) {
+    if (run.dueAt !== null) await dropStaleDue(store, runEntry as Deno.KvEntry<RunRecord>);
+    return null;
+  }
+  const held = leaseEntry.value;
+  const takeover = held !== null;
+  if (held && held.deadline > now && !isDeadLocalHolder(held, holder)) return null;
+  if (run.status === "waiting" && run.dueAt !== null && run.dueAt > now) return null;
+  const lease: Lease = { ...holder, deadline: now + leaseMs };
+  const claimed: RunRecord = {
+    ...run,
+    status: "running",
+    startedAt: run.startedAt ?? now,
+    dueAt: lease.deadline,
+    takeovers: run.takeovers + (takeover ? 1 : 0),
+  };
+  // Claims of different runs touch disjoint keys: they may share a commit.
+  const result = await store.committer.commit({
+    checks: 2,
+    mutations: 14,
+    bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
+    apply: (op) => {
+      op.check(runEntry, leaseEntry)
+        .set(keys.lease(runId), lease)
+        .set(keys.run(runId), claimed);
+      // A cross-process total for the metrics endpoint.
+      if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
+      moveDue(op, run, claimed);
+      moveStatus(op, run, claimed);
+    },
+  });
+  if (!result.ok) return null;
+  // A run claimed before may hold blobs that an earlier holder wrote and never
+  // checkpointed: the new lease fences that holder out, so this claim may reclaim them.
+  if (run.startedAt !== null) {
+    const fence = { key: keys.lease(runId), versionstamp: result.versionstamp };
+    // Best effort: what a full disk leaves now, the next claim or the run's end reclaims.
+    await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(fence))).catch(() => {});
+  }
+  return { run: claimed, lease, leaseVersion: result.versionstamp };
+}
+
+/**
+ * Reclaims the blobs of an ended run that nothing refers to: chunks a worker wrote but
+ * never checkpointed (it was killed, lost its lease, or the disk filled up), or that a
+ * rerun dropped. An ended run has no lease, so no worker can refer to them any more;
+ * each commit checks that the run is still ended. An active run is left to its holder.
+ *
+ * @returns how many blobs it deleted
+ */
+export async function reclaimRunBlobs(store: Store, runId: string): Promise<number> {
+  // Most runs have no pending blob: one read of an empty range, then done.
+  const pending = store.kv.list({ prefix: keys.blobPendingPrefix(runId) }, { limit: 1 });
+  if ((await pending.next()).done) return 0;
+  const entry = await store.kv.get<RunRecord>(keys.run(runId));
+  if (!entry.value || !TERMINAL.has(entry.value.status)) return 0;
+  return await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(entry)));
+}
+
+async function dropStaleDue(store: Store, entry: Deno.KvEntry<RunRecord>): Promise<void> {
+  const run = entry.value;
+  const fixed = { ...run, dueAt: null };
+  const op = store.kv.atomic().check(entry).set(keys.run(run.id), fixed);
+  moveDue(op, run, fixed);
+  await commitAtomic(op);
+}
+function checkDate(date: string): void {
+  // An out-of-range month or day ("2026-13-01") is an Invalid Date, whose toISOString throws.
+  const parsed = new Date(`${date}T00:00:00Z`);
+  const ok = /^\d{4}-\d{2}-\d{2}$/.test(date) && !Number.isNaN(parsed.getTime()) &&
+    parsed.toISOString().slice(0, 10) === date;
+  if (!ok) throw new UsageError(`Invalid date ${JSON.stringify(date)}: use YYYY-MM-DD`);
+}
