@@ -10,6 +10,7 @@ import type { Pipeline } from "../define/definition.ts";
 import type { AttemptRecord, Lease, RunRecord, TaskRecord } from "../model/run_state.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { GroupCommitter } from "../kv/commit.ts";
+import { KV_COMMIT_CHECKS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
 import { type Clock, systemClock } from "../engine/clock.ts";
 import * as queries from "./queries.ts";
 import * as commands from "./commands.ts";
@@ -60,9 +61,9 @@ export class Store {
     this.kv = kv;
     this.queues = options.queues ?? true;
     this.clock = options.clock ?? systemClock;
-    // remote KV allows 10 checks per commit; local files and memory allow 100
+    // without queues this is remote KV (Deploy, KV Connect), which allows fewer checks
     this.committer = new GroupCommitter(kv, {
-      checks: this.queues ? 100 : 10,
+      checks: this.queues ? KV_COMMIT_CHECKS : REMOTE_KV_COMMIT_CHECKS,
       group: options.groupCommit ?? true,
     });
   }
