@@ -20,33 +20,35 @@
  */
 // Defining pipelines: steps, their options and the context a step runs with.
 export {
-  type AnyStep,
   type ArtifactOptions,
   type ArtifactRef,
-  type FanOut,
-  type FanOutOptions,
-  type Inputs,
   type ItemContext,
   type Logger,
-  type Needs,
-  type NoNeeds,
-  type OutputOf,
+  type RunInfo,
+  type StepContext,
+  type Trigger,
+} from "./define/context.ts";
+export {
   type Pipeline,
   pipeline,
   type PipelineDefaults,
   type PipelineOptions,
-  type ResolvedRetry,
-  type RetryPolicy,
-  type RunInfo,
-  type Schedule,
-  type ScheduleOptions,
+} from "./define/pipeline.ts";
+export { type ResolvedRetry, type RetryPolicy } from "./define/retry.ts";
+export { type Schedule, type ScheduleOptions } from "./define/schedule.ts";
+export {
+  type AnyStep,
+  type FanOut,
+  type FanOutOptions,
+  type Inputs,
+  type Needs,
+  type NoNeeds,
+  type OutputOf,
   type Schema,
   type Step,
   step,
-  type StepContext,
   type StepOptions,
-  type Trigger,
-} from "./define/definition.ts";
+} from "./define/step.ts";
 export { type Duration } from "./define/duration.ts";
 
 // Running them: open an engine, trigger runs, listen to what happens.

@@ -25,7 +25,7 @@ import {
 import { Store } from "../lib/store/store.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { Metrics } from "../lib/http/metrics.ts";
-import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/definition.ts";
+import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/step.ts";
 import {
   CHUNK_BYTES,
   KV_KEY_BYTES,

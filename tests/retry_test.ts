@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { NonRetryableError, openEngine, pipeline, step } from "../lib/mod.ts";
-import { resolveRetry, retryDelay } from "../lib/define/definition.ts";
+import { resolveRetry, retryDelay } from "../lib/define/retry.ts";
 import { aborted, deferred, sleep, tempKv } from "./_support/helpers.ts";
 
 Deno.test("retryDelay() doubles per attempt, takes jitter off, and caps at maxDelay", () => {

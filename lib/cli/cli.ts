@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { KvUnavailableError, UsageError } from "../model/errors.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";

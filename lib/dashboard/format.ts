@@ -4,7 +4,7 @@
  * @module
  */
 import { z } from "zod";
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import type { AttemptRecord, RunRecord, StepStatus, TaskRecord } from "../model/run_state.ts";
 import { TERMINAL } from "../model/run_state.ts";
 import type { ErrorInfo } from "../model/errors.ts";

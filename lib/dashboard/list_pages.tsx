@@ -6,7 +6,7 @@
  * @module
  */
 import type { JSX } from "hono/jsx/jsx-runtime";
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import type { RunRecord, RunStatus } from "../model/run_state.ts";
 import { RUN_STATUSES } from "../model/run_state.ts";
 import {

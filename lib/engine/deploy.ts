@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { type Engine, openEngine } from "./engine.ts";
 import { app } from "../http/service.ts";
 import { workerSettingsFromEnv } from "./settings.ts";

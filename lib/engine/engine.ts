@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "../model/errors.ts";
 import { openKv } from "../kv/open.ts";
 import { type CreateRunInput, Store } from "../store/store.ts";

@@ -9,7 +9,8 @@
  * @module
  */
 import { Cron } from "croner";
-import type { Pipeline, Schedule } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
+import type { Schedule } from "../define/schedule.ts";
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import type { RunRecord } from "../model/run_state.ts";

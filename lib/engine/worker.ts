@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import {
   type AlertEmail,
   type AlertRecord,

@@ -6,7 +6,7 @@
  * @module
  */
 import { z } from "zod";
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import type { Engine } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../model/run_state.ts";

@@ -10,7 +10,7 @@
  */
 import { z } from "zod";
 import type { RunStatus, StepStatus } from "../model/run_state.ts";
-import type { Trigger } from "../define/definition.ts";
+import type { Trigger } from "../define/context.ts";
 
 /** Schemas of responses, by component name. */
 export const responseSchemas: z.core.$ZodRegistry<{ id: string }> = z.registry<{ id: string }>();

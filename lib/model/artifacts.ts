@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { ArtifactRef } from "../define/definition.ts";
+import type { ArtifactRef } from "../define/context.ts";
 import { UsageError } from "./errors.ts";
 import type { BlobRef } from "./run_state.ts";
 

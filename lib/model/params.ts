@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "./errors.ts";
 
 /**

@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { diffGraphs, type Pipeline, type Trigger } from "../define/definition.ts";
+import { type Trigger } from "../define/context.ts";
+import { diffGraphs, type Pipeline } from "../define/pipeline.ts";
 import type { ErrorInfo } from "./errors.ts";
 import { UsageError } from "./errors.ts";
 

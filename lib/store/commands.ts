@@ -7,7 +7,8 @@
  * @module
  */
 import v8 from "node:v8";
-import type { Pipeline, Trigger } from "../define/definition.ts";
+import type { Trigger } from "../define/context.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "../model/errors.ts";
 import { validateParams } from "../model/params.ts";
 import { checkIdempotencyKey, checkRunId, newRunId } from "../model/run_id.ts";

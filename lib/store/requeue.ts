@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "../model/errors.ts";
 import {
   planRerun,

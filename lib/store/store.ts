@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Pipeline } from "../define/definition.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import type { AttemptRecord, Lease, RunRecord, TaskRecord } from "../model/run_state.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { GroupCommitter } from "../kv/commit.ts";

@@ -27,7 +27,8 @@
  *
  * @module
  */
-import type { Pipeline, Trigger } from "../define/definition.ts";
+import type { Trigger } from "../define/context.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import type { Clock } from "../engine/clock.ts";
 import type { AttemptInfo } from "../engine/driver/driver.ts";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { resolveRetry, retryDelay } from "../../lib/define/definition.ts";
-import type { ResolvedRetry } from "../../lib/define/definition.ts";
+import { resolveRetry, retryDelay } from "../../lib/define/retry.ts";
+import type { ResolvedRetry } from "../../lib/define/retry.ts";
 
 const policy = (over: Partial<ResolvedRetry> = {}): ResolvedRetry => ({
   attempts: 5,

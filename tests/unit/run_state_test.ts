@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { pipeline, step } from "../../lib/define/definition.ts";
+import { pipeline } from "../../lib/define/pipeline.ts";
+import { step } from "../../lib/define/step.ts";
 import type { ErrorInfo } from "../../lib/model/errors.ts";
 import { UsageError } from "../../lib/model/errors.ts";
 import {

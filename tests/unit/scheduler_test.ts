@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Schedule } from "../../lib/define/definition.ts";
+import type { Schedule } from "../../lib/define/schedule.ts";
 import {
   nextTicks,
   previousTicks,

@@ -11,17 +11,18 @@
  * @module
  */
 import type {
-  AnyStep,
   ArtifactOptions,
   ArtifactRef,
   ItemContext,
-  Pipeline,
-  ResolvedRetry,
   RunInfo,
   StepContext,
-} from "../../define/definition.ts";
+} from "../../define/context.ts";
+import type { Pipeline } from "../../define/pipeline.ts";
+import type { ResolvedRetry } from "../../define/retry.ts";
+import type { AnyStep } from "../../define/step.ts";
 import v8 from "node:v8";
-import { MAX_ITEMS, MAX_TIMEOUT_MS, resolveRetry, retryDelay } from "../../define/definition.ts";
+import { resolveRetry, retryDelay } from "../../define/retry.ts";
+import { MAX_ITEMS, MAX_TIMEOUT_MS } from "../../define/step.ts";
 import { toMs } from "../../define/duration.ts";
 import {
   type ErrorInfo,

@@ -1,0 +1,200 @@
+/**
+ * Defining pipelines: {@linkcode pipeline} checks the step graph when its module
+ * loads, so a cycle or a typo fails at import, not at 3 AM.
+ *
+ * @module
+ */
+import type { Duration } from "./duration.ts";
+import { DEFAULT_RETRY, type ResolvedRetry, resolveRetry, type RetryPolicy } from "./retry.ts";
+import { resolveSchedule, type Schedule, type ScheduleOptions } from "./schedule.ts";
+import { type AnyStep, checkName, type Schema, toTimeoutMs } from "./step.ts";
+
+/** Pipeline-wide defaults for its steps. */
+export interface PipelineDefaults {
+  /** Default retry policy. */
+  retry?: RetryPolicy;
+  /** Default timeout per attempt. Default `"30m"`. */
+  timeout?: Duration;
+}
+
+/** Options of {@linkcode pipeline}. */
+export interface PipelineOptions<P> {
+  /** Runs it on a cron schedule; the engine keeps the schedule's state in KV. */
+  schedule?: ScheduleOptions;
+  /** What the pipeline does, for people. */
+  description?: string;
+  /** Zod schema of the params; validated when a run is created. Default: no params. */
+  params?: Schema<P>;
+  /** Every step of the pipeline. Order does not matter; `needs` decides it. */
+  steps: readonly AnyStep[];
+  /** Defaults for the steps' retry policy and timeout. */
+  defaults?: PipelineDefaults;
+  /** Steps (or fan-out items) of one run running at once. Default 8. */
+  concurrency?: number;
+}
+
+/** A checked pipeline definition. */
+export interface Pipeline<P = unknown> {
+  /** Marks the value as a pipeline. */
+  readonly kind: "pipeline";
+  /** Its name. */
+  readonly name: string;
+  /** What it does. */
+  readonly description?: string;
+  /** The params schema, if any. */
+  readonly params?: Schema<P>;
+  /** Steps in an order where every step comes after the steps it needs. */
+  readonly steps: readonly AnyStep[];
+  /** Steps by name. */
+  readonly byName: ReadonlyMap<string, AnyStep>;
+  /** The step graph: each step's name with the names of the steps it needs. */
+  readonly graph: Readonly<Record<string, readonly string[]>>;
+  /** A hash of the step graph; runs record it, resume compares it. */
+  readonly version: string;
+  /** Steps running at once per run. */
+  readonly concurrency: number;
+  /** The schedule, if the pipeline has one. */
+  readonly schedule: Schedule | null;
+  /** Resolved defaults. */
+  readonly defaults: { readonly retry: ResolvedRetry; readonly timeoutMs: number };
+}
+
+/**
+ * Defines a pipeline and checks its step graph.
+ *
+ * @example
+ * ```ts
+ * import { z } from "zod";
+ * import { pipeline } from "./pipeline.ts";
+ * const a = step("a", () => 1);
+ * const b = step("b", { needs: { a } }, ({ a }) => a + 1);
+ * export default pipeline("demo", {
+ *   params: z.object({ region: z.string().optional() }),
+ *   steps: [a, b],
+ * });
+ * ```
+ *
+ * @param name the pipeline's name
+ * @param options params schema, steps, defaults, concurrency
+ * @returns the checked pipeline
+ * @throws {TypeError} on a duplicate step name, a step needing a step not listed, or a cycle
+ */
+export function pipeline<P = Record<string, never>>(
+  name: string,
+  options: PipelineOptions<P>,
+): Pipeline<P> {
+  checkName("pipeline", name);
+  if (!options || !Array.isArray(options.steps) || options.steps.length === 0) {
+    throw new TypeError(`Invalid pipeline '${name}': steps must be a non-empty list of steps`);
+  }
+  const byName = new Map<string, AnyStep>();
+  for (const [index, s] of options.steps.entries()) {
+    if (!s || s.kind !== "step") {
+      throw new TypeError(`Invalid pipeline '${name}': steps[${index}] is not a step`);
+    }
+    const seen = byName.get(s.name);
+    if (seen) {
+      throw new TypeError(
+        `Invalid pipeline '${name}': two steps are named '${s.name}'${
+          seen === s ? " (the same step is listed twice)" : ""
+        }`,
+      );
+    }
+    byName.set(s.name, s);
+  }
+  for (const s of byName.values()) {
+    for (const need of Object.values(s.needs)) {
+      if (byName.get(need.name) !== need) {
+        throw new TypeError(
+          `Invalid pipeline '${name}': step '${s.name}' needs '${need.name}', which is not in its steps list`,
+        );
+      }
+    }
+  }
+  const steps = topologicalOrder(name, byName);
+  const retry = resolveRetry(options.defaults?.retry, DEFAULT_RETRY, `pipeline '${name}'`);
+  const timeoutMs = options.defaults?.timeout === undefined
+    ? 30 * 60_000
+    : toTimeoutMs(options.defaults.timeout, `default timeout of pipeline '${name}'`);
+  const concurrency = options.concurrency ?? 8;
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new RangeError(
+      `Invalid pipeline '${name}': concurrency must be a positive integer, got ${concurrency}`,
+    );
+  }
+  const graph: Record<string, string[]> = {};
+  for (const s of steps) graph[s.name] = Object.values(s.needs).map((n) => n.name).sort();
+  return Object.freeze({
+    kind: "pipeline" as const,
+    name,
+    description: options.description,
+    params: options.params,
+    steps,
+    byName,
+    graph,
+    version: graphVersion(graph, steps),
+    concurrency,
+    schedule: options.schedule ? resolveSchedule(name, options.schedule) : null,
+    defaults: { retry, timeoutMs },
+  });
+}
+
+function topologicalOrder(pipelineName: string, byName: Map<string, AnyStep>): AnyStep[] {
+  const order: AnyStep[] = [];
+  const state = new Map<string, "visiting" | "done">();
+  const visit = (s: AnyStep, path: string[]) => {
+    const mark = state.get(s.name);
+    if (mark === "done") return;
+    if (mark === "visiting") {
+      const cycle = [...path.slice(path.indexOf(s.name)), s.name].join(" -> ");
+      throw new TypeError(`Invalid pipeline '${pipelineName}': steps form a cycle: ${cycle}`);
+    }
+    state.set(s.name, "visiting");
+    for (const need of Object.values(s.needs)) visit(need, [...path, s.name]);
+    state.set(s.name, "done");
+    order.push(s);
+  };
+  for (const s of byName.values()) visit(s, []);
+  return order;
+}
+
+function graphVersion(graph: Record<string, string[]>, steps: AnyStep[]): string {
+  const canonical = JSON.stringify(
+    steps.map((s) => [s.name, graph[s.name], s.fanOut ? 1 : 0]).sort(),
+  );
+  let h1 = 0x811c9dc5, h2 = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < canonical.length; i++) {
+    const c = canonical.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 0x01000193);
+    h2 = Math.imul(h2 ^ c, 0x5bd1e995);
+  }
+  return (h1 >>> 0).toString(16).padStart(8, "0") + (h2 >>> 0).toString(16).padStart(8, "0");
+}
+
+/**
+ * Explains how a pipeline's step graph differs from the one a run recorded.
+ *
+ * @param recorded the graph the run was created with
+ * @param current the pipeline's graph now
+ * @returns one line per difference; empty when the graphs are equal
+ */
+export function diffGraphs(
+  recorded: Readonly<Record<string, readonly string[]>>,
+  current: Readonly<Record<string, readonly string[]>>,
+): string[] {
+  const lines: string[] = [];
+  for (const name of Object.keys(current)) {
+    if (!(name in recorded)) lines.push(`step '${name}' was added`);
+  }
+  for (const name of Object.keys(recorded)) {
+    if (!(name in current)) lines.push(`step '${name}' was removed`);
+    else if (recorded[name].join() !== current[name].join()) {
+      lines.push(
+        `step '${name}' needed [${recorded[name].join(", ")}], now needs [${
+          current[name].join(", ")
+        }]`,
+      );
+    }
+  }
+  return lines;
+}
