@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
 import { Store } from "../lib/store/store.ts";
 import { commitAtomic } from "../lib/kv/commit.ts";
-import { type PendingBlob, writeBlob } from "../lib/kv/values.ts";
+import { type PendingBlob, writeBlob } from "../lib/kv/blobs.ts";
 import { CHUNK_BYTES } from "../lib/kv/limits.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { Sandbox } from "./_support/harness.ts";

@@ -478,6 +478,7 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     runCount: keys.runCount(name, "cancelled"),
     runCountPrefix: keys.runCountPrefix(),
     schema: keys.schema(),
+    probe: keys.probe(),
     lease: keys.lease(runId),
     leasePrefix: keys.leasePrefix(),
     due: keys.due(at, runId),

@@ -118,6 +118,14 @@ export function runCountPrefix(): Deno.KvKey {
   return [ROOT, "run_count"];
 }
 
+/**
+ * A key no commit ever writes: building a mutation on it checks that a value can be
+ * stored, without storing it.
+ */
+export function probe(): Deno.KvKey {
+  return [ROOT, "probe"];
+}
+
 /** The schema version of the database: which migrations it has had. */
 export function schema(): Deno.KvKey {
   return [ROOT, "schema"];

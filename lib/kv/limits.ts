@@ -37,6 +37,10 @@ export const CHUNK_BYTES = 60_000;
  * 12 × 60,000 bytes only need to fit under {@linkcode KV_COMMIT_BYTES}.
  */
 export const CHUNKS_PER_COMMIT = 12;
+/** Estimated size under which a value is stored inline without measuring it exactly. */
+export const INLINE_ESTIMATE = 24_000;
+/** Exact serialized size under which a value is stored inline, not as a blob. */
+export const INLINE_BYTES = 48_000;
 /** The largest value kvflow stores, inline or in chunks. */
 export const MAX_VALUE_BYTES = 256 * 1024 * 1024;
 /**

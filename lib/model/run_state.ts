@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type Trigger } from "../define/context.ts";
+import type { Trigger } from "../define/context.ts";
 import { diffGraphs, type Pipeline } from "../define/pipeline.ts";
 import type { ErrorInfo } from "./errors.ts";
 import { UsageError } from "./errors.ts";

@@ -16,7 +16,7 @@ import { type Lease, recordedGraph, type RunRecord, TERMINAL } from "../model/ru
 import * as keys from "../kv/keys.ts";
 import { MAX_RUN_RECORD_BYTES } from "../kv/limits.ts";
 import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
-import { reclaimBlobs } from "../kv/values.ts";
+import { reclaimBlobs } from "../kv/blobs.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { Store } from "./store.ts";

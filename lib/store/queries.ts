@@ -11,7 +11,8 @@ import { UsageError } from "../model/errors.ts";
 import { isRunId, unknownRun } from "../model/run_id.ts";
 import type { AttemptRecord, Lease, RunRecord, RunStatus, TaskRecord } from "../model/run_state.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
-import { decodeValue, readBlob } from "../kv/values.ts";
+import { readBlob } from "../kv/blobs.ts";
+import { decodeValue } from "../kv/values.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 

@@ -19,7 +19,7 @@ import {
 } from "../model/run_state.ts";
 import * as keys from "../kv/keys.ts";
 import { moveDue, moveStatus } from "../kv/indexes.ts";
-import type { PendingBlob } from "../kv/values.ts";
+import type { PendingBlob } from "../kv/blobs.ts";
 import { addWrites, commitAtomic, splitWrites } from "../kv/commit.ts";
 import { reclaimRunBlobs } from "./commands.ts";
 import { getItems, getSteps } from "./queries.ts";

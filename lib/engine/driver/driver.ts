@@ -41,13 +41,8 @@ import {
   KV_KEY_BYTES,
   KV_VALUE_BYTES,
 } from "../../kv/limits.ts";
-import {
-  decodeValue,
-  encodeMeasured,
-  encodeSmall,
-  type PendingBlob,
-  writeBlob,
-} from "../../kv/values.ts";
+import { type PendingBlob, writeBlob } from "../../kv/blobs.ts";
+import { decodeValue, encodeMeasured, encodeSmall } from "../../kv/values.ts";
 import {
   type AttemptRecord,
   attemptRecord,
