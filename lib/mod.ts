@@ -80,7 +80,7 @@ export {
   RunDriver,
   type RunEvent,
 } from "./engine/driver/driver.ts";
-export { Slots, type SlotWaiter } from "./engine/step_limit.ts";
+export { StepLimit, type StepLimitWaiter } from "./engine/step_limit.ts";
 export { type Clock, systemClock } from "./engine/clock.ts";
 export {
   backfillTicks,

@@ -322,7 +322,7 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
         if (earlier) return replay(earlier);
         throw error;
       }
-      engine.worker.poke(run.id);
+      engine.worker.wake(run.id);
       return json(runJson(run), 201, { location: runLocation(run.id) });
     }),
 
@@ -346,7 +346,7 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
         );
       }
       const next = await store.resume(run, pipelineOfRun(run), body.force ?? false);
-      engine.worker.poke(run.id);
+      engine.worker.wake(run.id);
       return json(runJson(next));
     }),
 
@@ -378,7 +378,7 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
         );
       }
       const next = await store.rerun(run, pipeline, body.from, body.force ?? false);
-      engine.worker.poke(run.id);
+      engine.worker.wake(run.id);
       return json(runJson(next));
     }),
 

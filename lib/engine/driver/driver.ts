@@ -74,7 +74,7 @@ import {
 import { type Claim, moveDue, moveStatus, type Store } from "../../store/store.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "../../model/artifacts.ts";
 import type { AlertRecord } from "../../alerts/alerts.ts";
-import type { Slots } from "../step_limit.ts";
+import type { StepLimit } from "../step_limit.ts";
 import type { Clock } from "../clock.ts";
 import { MinHeap } from "./min_heap.ts";
 
@@ -138,8 +138,8 @@ export interface DriverOptions {
   leaseMs: number;
   /** Retries due within this many ms keep the lease and wait in process. */
   holdMs: number;
-  /** Step slots shared by every run of the worker. */
-  slots: Slots;
+  /** The worker's step limit, shared by every run it drives. */
+  stepLimit: StepLimit;
   /** Which alert channels are configured, so a failure queues their delivery. */
   channels: { webhook: boolean; email: boolean };
   /** Called after each change is durable. */
@@ -443,7 +443,7 @@ export class RunDriver {
       return;
     }
     const now = this.#clock.now();
-    const { pipeline, slots } = this.#o;
+    const { pipeline, stepLimit } = this.#o;
     let capacity = pipeline.concurrency - this.#running.size;
     let starved = false;
     // Runs once per finished step: plain loops over the open slots only, no allocation. A
@@ -487,7 +487,7 @@ export class RunDriver {
         if (!def.fanOut) {
           if (!isReady(slot.record, now)) continue;
           if (capacity <= 0) continue;
-          if (!slots.tryAcquire()) {
+          if (!stepLimit.tryAcquire()) {
             starved = true;
             continue;
           }
@@ -506,7 +506,7 @@ export class RunDriver {
           const retry = nextRetry(fan) <= now ? fan.retries.peek()!.index : undefined;
           const index = retry ?? fan.fresh[fan.freshAt];
           if (index === undefined) break;
-          if (!slots.tryAcquire()) {
+          if (!stepLimit.tryAcquire()) {
             starved = true;
             break;
           }
@@ -532,7 +532,7 @@ export class RunDriver {
     open.length = kept;
     if (starved) {
       this.#waitingForSlot = true;
-      slots.waitFor(this);
+      stepLimit.waitFor(this);
     }
     if (this.#running.size === 0 && !starved && !expanding) {
       this.#settle(now);
@@ -812,7 +812,7 @@ export class RunDriver {
       // as one still running at the end of the grace period is.
       this.#running.delete(task.key);
       if (slot.fan) slot.fan.running--;
-      this.#o.slots.release();
+      this.#o.stepLimit.release();
       const now = this.#clock.now();
       this.#setTask(slot, index, releaseTask(record, now));
       this.#writeAttempt(
@@ -875,7 +875,7 @@ export class RunDriver {
     }
     if (this.#running.get(task.key) !== task) return;
     this.#running.delete(task.key);
-    this.#o.slots.release();
+    this.#o.stepLimit.release();
     if (this.#stopped) return;
     const now = this.#clock.now();
     this.#writeAttempt(attemptRecord(
@@ -1441,7 +1441,7 @@ export class RunDriver {
   #abortRunning(reason: string): void {
     for (const task of this.#running.values()) {
       abortTask(task, new Error(reason));
-      this.#o.slots.release();
+      this.#o.stepLimit.release();
     }
     this.#running.clear();
   }
@@ -1520,7 +1520,7 @@ export class RunDriver {
     clearTimeout(this.#timeoutTimer);
     this.#timeoutTimer = undefined;
     this.#cancelHold?.();
-    this.#o.slots.forget(this);
+    this.#o.stepLimit.forget(this);
     if (this.#unavailable) this.#reject(this.#unavailable);
     else this.#resolve(outcome);
   }
