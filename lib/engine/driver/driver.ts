@@ -21,10 +21,7 @@ import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import { decodeValue, encodeMeasured, encodeSmall } from "../../kv/values.ts";
 import {
-  type AttemptRecord,
   attemptRecord,
-  crashError,
-  crashTask,
   failAttempt,
   isReady,
   pendingTask,
@@ -39,7 +36,7 @@ import {
   succeedTask,
   type TaskRecord,
 } from "../../model/run_state.ts";
-import { type Claim, moveDue, moveStatus, type Store } from "../../store/store.ts";
+import type { Claim, Store } from "../../store/store.ts";
 import type { AlertRecord } from "../../alerts/alerts.ts";
 import type { StepLimit } from "../step_limit.ts";
 import type { Clock } from "../clock.ts";
@@ -52,13 +49,12 @@ import {
   untilAborted,
   withinTimeout,
 } from "./attempt.ts";
-import { Checkpoints, type RunEvent, taskBytes, type Write } from "./checkpoints.ts";
+import { Checkpoints, type RunEvent, type Write } from "./checkpoints.ts";
 import { Artifacts, type ContextHost, stepContext } from "./context.ts";
 import {
   fanOpen,
   fanOutputs,
   firstFailedItem,
-  mostAttempts,
   newFan,
   nextItem,
   takeItem,
@@ -73,6 +69,7 @@ import {
   type StepNode,
 } from "./graph.ts";
 import { LeaseRenewal } from "./lease.ts";
+import { RunRecords } from "./records.ts";
 import { blame, fitAttempt, limitError, storedTasks } from "./refusal.ts";
 
 export type { RunEvent } from "./checkpoints.ts";
@@ -145,7 +142,8 @@ export class RunDriver {
   readonly #kv: Deno.Kv;
   readonly #clock: Clock;
   #state: State = "driving";
-  #run: RunRecord;
+  readonly #runId: string;
+  readonly #records: RunRecords;
   readonly #graph = new StepGraph();
   readonly #attempts = new Attempts();
   readonly #checkpoints: Checkpoints;
@@ -172,7 +170,7 @@ export class RunDriver {
     const { store, claim } = options;
     this.#kv = store.kv;
     this.#clock = store.clock;
-    this.#run = claim.run;
+    this.#runId = claim.run.id;
     this.#checkpoints = new Checkpoints(
       { store, record: claim.run, leaseVersion: claim.leaseVersion },
       {
@@ -184,6 +182,10 @@ export class RunDriver {
         onEvent: options.onEvent,
       },
     );
+    this.#records = new RunRecords(claim.run, {
+      checkpoints: this.#checkpoints,
+      graph: this.#graph,
+    });
     this.#lease = new LeaseRenewal(
       {
         kv: this.#kv,
@@ -195,8 +197,8 @@ export class RunDriver {
       {
         acting: () => this.#acting(),
         renew: (lease) => {
-          this.#checkpoints.write(keys.lease(this.#run.id), lease, 256);
-          this.#changeRun({ ...this.#run, dueAt: lease.deadline });
+          this.#checkpoints.write(keys.lease(this.#runId), lease, 256);
+          this.#records.changeRun({ ...this.#records.run, dueAt: lease.deadline });
           this.#checkpoints.flush().catch(this.#onFlushError);
         },
         lost: () => this.#end("lost"),
@@ -207,7 +209,7 @@ export class RunDriver {
       () => this.#state === "lost",
     );
     this.#contextHost = {
-      run: () => this.#run,
+      run: () => this.#records.run,
       store,
       clock: this.#clock,
       artifacts,
@@ -221,23 +223,23 @@ export class RunDriver {
 
   /** The run id. */
   get runId(): string {
-    return this.#run.id;
+    return this.#runId;
   }
 
   /** Loads the run's steps and starts driving it. */
   async start(): Promise<void> {
     const { pipeline, store } = this.#options;
-    const stored = await store.getSteps(this.#run.id);
+    const stored = await store.getSteps(this.#runId);
     const now = this.#clock.now();
     for (const def of pipeline.steps) {
       const retry = resolveRetry(def.retry, pipeline.defaults.retry, `step '${def.name}'`);
       const timeoutMs = def.timeout === undefined
         ? pipeline.defaults.timeoutMs
         : toMs(def.timeout, `timeout of step '${def.name}'`);
-      const key = keys.step(this.#run.id, def.name);
+      const key = keys.step(this.#runId, def.name);
       let record = stored.get(def.name) ?? pendingTask();
       if (record.status === "running" && !def.fanOut) {
-        record = this.#recoverCrash(def.name, -1, record, now);
+        record = this.#records.recoverCrash(def.name, -1, record, now);
         this.#checkpoints.write(key, record);
       }
       // Steps come in topological order, so the nodes of its needs exist already.
@@ -250,7 +252,7 @@ export class RunDriver {
         keyBytes: keySize(key),
       });
     }
-    this.#checkpoints.emit({ type: "run", run: this.#run });
+    this.#checkpoints.emit({ type: "run", run: this.#records.run });
     this.#lease.start();
     this.#pump();
   }
@@ -274,21 +276,21 @@ export class RunDriver {
       const { node, index } = attempt;
       const record = index < 0 ? node.record : node.fan!.records.get(index)!;
       const failed: TaskRecord = { ...record, status: "failed", endedAt: now, error };
-      this.#setTask(node, index, failed);
-      this.#writeAttempt(
+      this.#records.setTask(node, index, failed);
+      this.#records.writeAttempt(
         attemptRecord(node.def.name, index, record, "interrupted", failed.error, [], now),
       );
     }
     for (const node of this.#graph.order) {
       if (node.fan && node.record.status === "running") {
-        this.#setStep(node, { ...node.record, status: "failed", endedAt: now, error });
+        this.#records.setStep(node, { ...node.record, status: "failed", endedAt: now, error });
       }
     }
     this.#abortRunning(reason);
     this.#recordEnd("failed", { step: null, message: reason }, false);
     await this.#checkpoints.flush().catch(() => {});
     if (this.#checkpoints.wroteChunks) {
-      await this.#options.store.reclaimBlobs(this.#run.id).catch(() => {});
+      await this.#options.store.reclaimBlobs(this.#runId).catch(() => {});
     }
     this.#end("interrupted");
   }
@@ -312,13 +314,13 @@ export class RunDriver {
     const now = this.#clock.now();
     for (const { node, index } of this.#attempts.running.values()) {
       const record = index < 0 ? node.record : node.fan!.records.get(index)!;
-      this.#handBack(node, index, record, now);
+      this.#records.handBack(node, index, record, now);
     }
     this.#abortRunning("Worker shutting down");
-    this.#changeRun({ ...this.#run, status: "queued", dueAt: now });
+    this.#records.changeRun({ ...this.#records.run, status: "queued", dueAt: now });
     this.#checkpoints.runOp((op) => {
-      op.delete(keys.lease(this.#run.id));
-      this.#options.store.hint(op, this.#run.id, 0);
+      op.delete(keys.lease(this.#runId));
+      this.#options.store.hint(op, this.#runId, 0);
     });
     await this.#checkpoints.flush().catch(() => {});
     this.#end("released");
@@ -351,7 +353,7 @@ export class RunDriver {
         this.#unavailable = cause.error;
       } else if (cause) {
         console.error(
-          `kvflow: run ${this.#run.id}: could not write to KV: ${toErrorInfo(cause.error).message}`,
+          `kvflow: run ${this.#runId}: could not write to KV: ${toErrorInfo(cause.error).message}`,
         );
       }
       this.#abortRunning("Run cancelled or taken over by another worker");
@@ -360,7 +362,7 @@ export class RunDriver {
       (outcome === "succeeded" || outcome === "failed") && this.#checkpoints.wroteChunks
     ) {
       this.#checkpoints.wroteChunks = false;
-      this.#options.store.reclaimBlobs(this.#run.id).catch(() => {})
+      this.#options.store.reclaimBlobs(this.#runId).catch(() => {})
         .finally(() => this.#end(outcome));
       return;
     } else {
@@ -401,10 +403,10 @@ export class RunDriver {
         this.#wakeAt(nextAt);
         return;
       }
-      this.#changeRun({ ...this.#run, status: "waiting", dueAt: nextAt });
+      this.#records.changeRun({ ...this.#records.run, status: "waiting", dueAt: nextAt });
       this.#checkpoints.runOp((op) => {
-        op.delete(keys.lease(this.#run.id));
-        this.#options.store.hint(op, this.#run.id, nextAt - this.#clock.now());
+        op.delete(keys.lease(this.#runId));
+        this.#options.store.hint(op, this.#runId, nextAt - this.#clock.now());
       });
       this.#stopActing();
       this.#checkpoints.afterCommit(() => this.#end("waiting"));
@@ -419,40 +421,13 @@ export class RunDriver {
     this.#checkpoints.afterCommit(() => this.#end("failed"));
   }
 
-  /** Queues the run's final record, its lease's deletion and, for a failure, its alert. */
+  /** Queues the run's end (and, for a failure, its alert) and acts no more. */
   #recordEnd(status: "succeeded" | "failed", error: RunRecord["error"], alert: boolean): void {
     const now = this.#clock.now();
-    const next: RunRecord = {
-      ...this.#run,
-      status,
-      endedAt: now,
-      dueAt: null,
-      error,
-      failures: this.#run.failures + (status === "failed" ? 1 : 0),
-    };
-    this.#changeRun(next);
-    this.#checkpoints.runOp((op) => op.delete(keys.lease(this.#run.id)));
+    const channels = alert ? this.#options.channels : undefined;
+    const stored = this.#records.end(status, error, { now, alert: channels });
     this.#stopActing();
-    if (!alert) return;
-    const failedStep = error?.step ? this.#graph.node(error.step) : undefined;
-    const { channels } = this.#options;
-    const record: AlertRecord = {
-      runId: next.id,
-      pipeline: next.pipeline,
-      seq: next.failures,
-      at: now,
-      step: error?.step ?? null,
-      attempts: failedStep?.fan ? mostAttempts(failedStep.fan) : failedStep?.record.attempt ?? 0,
-      message: error?.message ?? "Run failed",
-      logicalDate: next.logicalDate,
-      webhook: channels.webhook ? "pending" : "none",
-      email: channels.email ? "pending" : "none",
-    };
-    this.#checkpoints.write(keys.alert(next.id, record.seq), record);
-    if (channels.webhook || channels.email) {
-      this.#checkpoints.write(keys.alertOutbox(next.id, record.seq), now);
-    }
-    this.#checkpoints.afterCommit(() => this.#options.onAlert?.(record));
+    if (stored) this.#checkpoints.afterCommit(() => this.#options.onAlert?.(stored));
   }
 
   // ---- scheduling -------------------------------------------------------------------
@@ -485,7 +460,7 @@ export class RunDriver {
         const needs = readiness(node);
         if (needs === "blocked") {
           if (status === "pending") {
-            this.#setStep(node, skipTask(node.record, now, blockingNeed(node)!.def.name));
+            this.#records.setStep(node, skipTask(node.record, now, blockingNeed(node)!.def.name));
             node.open = false;
           }
           continue;
@@ -559,7 +534,7 @@ export class RunDriver {
       // records, back at pending: their attempt history goes on after the earlier attempts.
       const rerun = node.record.items === undefined && node.record.generation > 0;
       const stored = node.record.items !== undefined || rerun
-        ? await this.#options.store.getItems(this.#run.id, name)
+        ? await this.#options.store.getItems(this.#runId, name)
         : new Map<number, TaskRecord>();
       if (node.record.items !== undefined && node.record.items !== values.length) {
         throw new NonRetryableError(
@@ -578,16 +553,16 @@ export class RunDriver {
           continue;
         }
         if (record.status === "running") {
-          record = this.#recoverCrash(name, i, record, now);
-          this.#checkpoints.write(keys.item(this.#run.id, name, i), record);
+          record = this.#records.recoverCrash(name, i, record, now);
+          this.#checkpoints.write(keys.item(this.#runId, name, i), record);
         }
         trackItem(fan, i, record);
         if (record.status === "succeeded") {
-          fan.outputs.set(i, await decodeValue(this.#kv, this.#run.id, record.output!));
+          fan.outputs.set(i, await decodeValue(this.#kv, this.#runId, record.output!));
         }
       }
       node.fan = fan;
-      this.#setStep(node, {
+      this.#records.setStep(node, {
         ...node.record,
         status: "running",
         items: values.length,
@@ -597,7 +572,7 @@ export class RunDriver {
       this.#checkFanDone(node);
     } catch (error) {
       const info = toErrorInfo(error);
-      this.#setStep(node, {
+      this.#records.setStep(node, {
         ...node.record,
         status: "failed",
         endedAt: this.#clock.now(),
@@ -614,7 +589,7 @@ export class RunDriver {
       ? node.record
       : node.fan!.records.get(index) ?? pendingTask(node.record.generation);
     const record = startAttempt(before, now);
-    this.#setTask(node, index, record);
+    this.#records.setTask(node, index, record);
     const attempt = this.#attempts.add(node, index, record);
     if (node.fan) node.fan.running++;
     // The body starts only once the commit that records its start is durable.
@@ -634,7 +609,7 @@ export class RunDriver {
       attempts.delete(attempt);
       if (node.fan) node.fan.running--;
       this.#options.stepLimit.release();
-      this.#handBack(node, index, record, this.#clock.now());
+      this.#records.handBack(node, index, record, this.#clock.now());
       this.#pump();
       return;
     }
@@ -650,8 +625,8 @@ export class RunDriver {
       const { beforeAttempt } = this.#options;
       if (beforeAttempt) {
         await beforeAttempt({
-          runId: this.#run.id,
-          pipeline: this.#run.pipeline,
+          runId: this.#runId,
+          pipeline: this.#records.run.pipeline,
           step: name,
           item: index,
           attempt: record.attempt,
@@ -666,7 +641,7 @@ export class RunDriver {
       // small values (the usual case) without an await
       const stored = encodeSmall(this.#kv, value) ?? await encodeMeasured(
         this.#kv,
-        this.#run.id,
+        this.#runId,
         value,
         { step: name, item: index },
         (op) => this.#checkpoints.commitChunks(op),
@@ -683,7 +658,7 @@ export class RunDriver {
     this.#options.stepLimit.release();
     if (!this.#acting()) return;
     const now = this.#clock.now();
-    this.#writeAttempt(attemptRecord(
+    this.#records.writeAttempt(attemptRecord(
       name,
       index,
       record,
@@ -702,16 +677,16 @@ export class RunDriver {
     const size = result.ok && "inline" in result.stored ? 50_000 : 1024;
     if (result.ok && "blob" in result.stored) {
       // the checkpoint refers to the blob: it is no longer pending
-      this.#checkpoints.write(keys.blobPending(this.#run.id, result.stored.blob.id), null, 256);
+      this.#checkpoints.write(keys.blobPending(this.#runId, result.stored.blob.id), null, 256);
     }
     if (index < 0) {
       if (result.ok) node.output = { value: result.value };
-      this.#setTask(node, index, done, size);
+      this.#records.setTask(node, index, done, size);
     } else {
       const fan = node.fan!;
       fan.running--;
       if (result.ok) fan.outputs.set(index, result.value);
-      this.#setTask(node, index, done, size);
+      this.#records.setTask(node, index, done, size);
       this.#checkFanDone(node);
     }
     this.#pump();
@@ -723,12 +698,12 @@ export class RunDriver {
     const total = fan.values.length;
     if (fan.counts.succeeded === total) {
       node.output = { value: fanOutputs(fan) };
-      this.#setStep(node, succeedTask(node.record, this.#clock.now()));
+      this.#records.setStep(node, succeedTask(node.record, this.#clock.now()));
       return;
     }
     if (!fanOpen(fan) && fan.counts.failed > 0) {
       const [item, failed] = firstFailedItem(fan)!;
-      this.#setStep(node, {
+      this.#records.setStep(node, {
         ...node.record,
         status: "failed",
         endedAt: this.#clock.now(),
@@ -752,8 +727,8 @@ export class RunDriver {
   async #output(node: StepNode): Promise<unknown> {
     if (node.output) return node.output.value;
     const value = node.record.output
-      ? await decodeValue(this.#kv, this.#run.id, node.record.output)
-      : await this.#options.store.getOutput(this.#run.id, node.def.name);
+      ? await decodeValue(this.#kv, this.#runId, node.record.output)
+      : await this.#options.store.getOutput(this.#runId, node.def.name);
     node.output = { value };
     return value;
   }
@@ -762,105 +737,6 @@ export class RunDriver {
   #abortRunning(reason: string): void {
     const stepLimit = this.#options.stepLimit;
     for (let n = this.#attempts.abortAll(reason); n > 0; n--) stepLimit.release();
-  }
-
-  // ---- durable state ----------------------------------------------------------------
-
-  #recoverCrash(step: string, item: number, record: TaskRecord, now: number): TaskRecord {
-    const error = crashError(record.attempt);
-    this.#writeAttempt(attemptRecord(step, item, record, "crashed", error, [], now));
-    return crashTask(record, now);
-  }
-
-  /** Records an attempt that was started, or still running, as handed back by a stop. */
-  #handBack(node: StepNode, index: number, record: TaskRecord, now: number): void {
-    this.#setTask(node, index, releaseTask(record, now));
-    this.#writeAttempt(attemptRecord(
-      node.def.name,
-      index,
-      record,
-      "interrupted",
-      releaseError(record.attempt),
-      [],
-      now,
-    ));
-  }
-
-  #setTask(node: StepNode, index: number, record: TaskRecord, size = 1024): void {
-    if (index < 0) {
-      this.#setStep(node, record, size);
-      return;
-    }
-    trackItem(node.fan!, index, record);
-    this.#checkpoints.write(
-      keys.item(this.#run.id, node.def.name, index),
-      record,
-      taskBytes(record, size),
-    );
-    this.#checkpoints.emit({
-      type: "task",
-      runId: this.#run.id,
-      step: node.def.name,
-      item: index,
-      status: record.status,
-      attempt: record.attempt,
-      nextAt: record.nextAt,
-      error: record.error,
-      durationMs: record.endedAt && record.startedAt
-        ? record.endedAt - record.startedAt
-        : undefined,
-      startedAt: record.startedAt,
-      endedAt: record.endedAt,
-    });
-  }
-
-  #setStep(node: StepNode, record: TaskRecord, size = 1024): void {
-    node.record = record;
-    // the steps that need it may act now (run, or be skipped)
-    if (isEnded(record.status)) this.#graph.openDependents(node);
-    this.#checkpoints.writeKeyed(
-      node.keyId,
-      node.key,
-      node.keyBytes,
-      record,
-      taskBytes(record, size),
-    );
-    this.#checkpoints.emit({
-      type: "task",
-      runId: this.#run.id,
-      step: node.def.name,
-      item: -1,
-      status: record.status,
-      attempt: record.attempt,
-      items: record.items,
-      nextAt: record.nextAt,
-      error: record.error,
-      durationMs: record.endedAt && record.startedAt
-        ? record.endedAt - record.startedAt
-        : undefined,
-      startedAt: record.startedAt,
-      endedAt: record.endedAt,
-    });
-  }
-
-  #writeAttempt(attempt: AttemptRecord): void {
-    this.#checkpoints.writeAttempt(attempt, this.#graph.node(attempt.step));
-  }
-
-  #changeRun(next: RunRecord): void {
-    const before = this.#run;
-    this.#run = next;
-    // params and graph are what make a run record large (up to the 64 KiB value limit)
-    this.#checkpoints.write(
-      keys.run(next.id),
-      next,
-      1024 + 2 * (JSON.stringify(next.params).length + JSON.stringify(next.graph ?? {}).length),
-    );
-    this.#checkpoints.runOp((op) => {
-      moveDue(op, before, next);
-      moveStatus(op, before, next);
-    });
-    this.#checkpoints.emit({ type: "run", run: next });
   }
 
   /**
@@ -878,12 +754,12 @@ export class RunDriver {
    */
   async #refuse(limit: string, refused: Write[], uncommitted: Write[]): Promise<void> {
     const found = blame(refused, uncommitted);
-    if (!found) throw new Error(`KV refused a commit of run ${this.#run.id}: ${limit}`);
+    if (!found) throw new Error(`KV refused a commit of run ${this.#runId}: ${limit}`);
     this.#state = "refusing";
-    this.#abortRunning(`A checkpoint of run ${this.#run.id} broke a KV limit`);
+    this.#abortRunning(`A checkpoint of run ${this.#runId} broke a KV limit`);
     this.#checkpoints.discard();
     const { culprits, logs, crashed } = found;
-    const runId = this.#run.id;
+    const runId = this.#runId;
     const now = this.#clock.now();
     const store = this.#options.store;
     const stored = await storedTasks(store, runId);
@@ -910,7 +786,7 @@ export class RunDriver {
           error,
         };
         delete failed.output;
-        if (item < 0 || node.fan) this.#setTask(node, item, failed);
+        if (item < 0 || node.fan) this.#records.setTask(node, item, failed);
         else this.#checkpoints.write(keys.item(runId, step, item), failed);
         // a fan-out step's own record has no attempts
         if (record.status === "running" && record.items === undefined) {
@@ -923,21 +799,21 @@ export class RunDriver {
             logs.get(key) ?? [],
             now,
           );
-          this.#writeAttempt(fitAttempt(attempt, now));
+          this.#records.writeAttempt(fitAttempt(attempt, now));
         }
       } else if (record.status === "running" && record.items === undefined && !crashed.has(key)) {
         this.#checkpoints.write(
           item < 0 ? keys.step(runId, step) : keys.item(runId, step, item),
           releaseTask(record, now),
         );
-        this.#writeAttempt(
+        this.#records.writeAttempt(
           attemptRecord(step, item, record, "interrupted", releaseError(record.attempt), [], now),
         );
       }
     }
     // The run as KV holds it: what this driver changed since went with the refused commits.
-    this.#run = runEntry.value ?? this.#run;
-    this.#changeRun({ ...this.#run, status: "queued", dueAt: now });
+    const inKvRun = runEntry.value ?? this.#records.run;
+    this.#records.changeRun({ ...inKvRun, status: "queued", dueAt: now }, inKvRun);
     this.#checkpoints.runOp((op) => {
       op.delete(keys.lease(runId));
       store.hint(op, runId, 0);
