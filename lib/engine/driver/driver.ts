@@ -25,8 +25,6 @@ import {
   failAttempt,
   isReady,
   pendingTask,
-  releaseError,
-  releaseTask,
   resetTask,
   type RunRecord,
   skipTask,
@@ -45,7 +43,6 @@ import {
   type Attempt,
   Attempts,
   checkOutput,
-  taskKey,
   untilAborted,
   withinTimeout,
 } from "./attempt.ts";
@@ -70,7 +67,7 @@ import {
 } from "./graph.ts";
 import { LeaseRenewal } from "./lease.ts";
 import { RunRecords } from "./records.ts";
-import { blame, fitAttempt, limitError, storedTasks } from "./refusal.ts";
+import { blame, queueHandBack } from "./refusal.ts";
 
 export type { RunEvent } from "./checkpoints.ts";
 
@@ -758,66 +755,15 @@ export class RunDriver {
     this.#state = "refusing";
     this.#abortRunning(`A checkpoint of run ${this.#runId} broke a KV limit`);
     this.#checkpoints.discard();
-    const { culprits, logs, crashed } = found;
-    const runId = this.#runId;
-    const now = this.#clock.now();
-    const store = this.#options.store;
-    const stored = await storedTasks(store, runId);
-    // A culprit KV has no record of yet (never the case for a task that ran) fails all the same.
-    const inKv = new Set(stored.map(({ step, item }) => taskKey(step, item)));
-    for (const [key, { step, item }] of culprits) {
-      const node = this.#graph.node(step);
-      const record = item < 0 ? node?.record : node?.fan?.records.get(item);
-      if (!inKv.has(key) && record) stored.push({ step, item, record });
-    }
-    const runEntry = await this.#kv.get<RunRecord>(keys.run(runId));
-    for (const { step, item, record } of stored) {
-      const node = this.#graph.node(step);
-      const key = taskKey(step, item);
-      const culprit = culprits.get(key);
-      if (!node) continue;
-      if (culprit) {
-        const error = limitError({ step, item }, { limit, what: culprit.what });
-        const failed: TaskRecord = {
-          ...record,
-          status: "failed",
-          endedAt: now,
-          nextAt: null,
-          error,
-        };
-        delete failed.output;
-        if (item < 0 || node.fan) this.#records.setTask(node, item, failed);
-        else this.#checkpoints.write(keys.item(runId, step, item), failed);
-        // a fan-out step's own record has no attempts
-        if (record.status === "running" && record.items === undefined) {
-          const attempt = attemptRecord(
-            step,
-            item,
-            record,
-            "failed",
-            error,
-            logs.get(key) ?? [],
-            now,
-          );
-          this.#records.writeAttempt(fitAttempt(attempt, now));
-        }
-      } else if (record.status === "running" && record.items === undefined && !crashed.has(key)) {
-        this.#checkpoints.write(
-          item < 0 ? keys.step(runId, step) : keys.item(runId, step, item),
-          releaseTask(record, now),
-        );
-        this.#records.writeAttempt(
-          attemptRecord(step, item, record, "interrupted", releaseError(record.attempt), [], now),
-        );
-      }
-    }
-    // The run as KV holds it: what this driver changed since went with the refused commits.
-    const inKvRun = runEntry.value ?? this.#records.run;
-    this.#records.changeRun({ ...inKvRun, status: "queued", dueAt: now }, inKvRun);
-    this.#checkpoints.runOp((op) => {
-      op.delete(keys.lease(runId));
-      store.hint(op, runId, 0);
-    });
+    await queueHandBack(
+      {
+        store: this.#options.store,
+        graph: this.#graph,
+        records: this.#records,
+        checkpoints: this.#checkpoints,
+      },
+      { limit, blame: found, now: this.#clock.now() },
+    );
     await this.#checkpoints.commit();
     this.#end("released");
   }

@@ -5,7 +5,9 @@
  * only run the step again until its crashes ran out. Instead the tasks whose records broke
  * the limit fail at once, not retryably, with an error that names the limit and the task;
  * attempts still running are handed back as on a graceful stop; and the run goes back to
- * queued. This module finds the culprits and words their errors; the driver writes them.
+ * queued, so the next claim carries on from what KV holds. Nothing of the refused commit
+ * or of those after it is kept. This module finds the culprits and queues the hand-back;
+ * the driver commits it, fenced by the lease like every commit.
  *
  * @module
  */
@@ -13,10 +15,20 @@ import v8 from "node:v8";
 import type { ErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { KV_KEY_BYTES, KV_VALUE_BYTES } from "../../kv/limits.ts";
-import type { AttemptRecord, LogLine, TaskRecord } from "../../model/run_state.ts";
+import {
+  type AttemptRecord,
+  attemptRecord,
+  type LogLine,
+  releaseError,
+  releaseTask,
+  type RunRecord,
+  type TaskRecord,
+} from "../../model/run_state.ts";
 import type { Store } from "../../store/store.ts";
 import { taskKey } from "./attempt.ts";
-import type { Write } from "./checkpoints.ts";
+import type { Checkpoints, Write } from "./checkpoints.ts";
+import type { StepGraph } from "./graph.ts";
+import type { RunRecords } from "./records.ts";
 
 /** What broke a KV limit: a task's result, its attempt's record, or the commit as a whole. */
 export type LimitCause = "result" | "attempt" | "commit";
@@ -61,6 +73,80 @@ export function blame(refused: Write[], uncommitted: Write[]): Blame | undefined
     if (attempt.status === "crashed") crashed.add(taskKey(task.step, task.item));
   }
   return { culprits, logs, crashed };
+}
+
+/**
+ * Queues the hand-back of a run whose commit KV refused, from what KV holds (the queue
+ * must be empty): the blamed tasks fail, not retryably; attempts still running are handed
+ * back as on a graceful stop; the run goes back to queued, due now, without its lease.
+ *
+ * @param run the run's store, step graph, records and checkpoint queue
+ * @param refusal KV's words for the limit, who is to blame, and the time
+ */
+export async function queueHandBack(
+  run: { store: Store; graph: StepGraph; records: RunRecords; checkpoints: Checkpoints },
+  refusal: { limit: string; blame: Blame; now: number },
+): Promise<void> {
+  const { store, graph, records, checkpoints } = run;
+  const { limit, now } = refusal;
+  const { culprits, logs, crashed } = refusal.blame;
+  const runId = records.run.id;
+  const stored = await storedTasks(store, runId);
+  // A culprit KV has no record of yet (never the case for a task that ran) fails all the same.
+  const inKv = new Set(stored.map(({ step, item }) => taskKey(step, item)));
+  for (const [key, { step, item }] of culprits) {
+    const node = graph.node(step);
+    const record = item < 0 ? node?.record : node?.fan?.records.get(item);
+    if (!inKv.has(key) && record) stored.push({ step, item, record });
+  }
+  const runEntry = await store.kv.get<RunRecord>(keys.run(runId));
+  for (const { step, item, record } of stored) {
+    const node = graph.node(step);
+    const key = taskKey(step, item);
+    const culprit = culprits.get(key);
+    if (!node) continue;
+    if (culprit) {
+      const error = limitError({ step, item }, { limit, what: culprit.what });
+      const failed: TaskRecord = {
+        ...record,
+        status: "failed",
+        endedAt: now,
+        nextAt: null,
+        error,
+      };
+      delete failed.output;
+      if (item < 0 || node.fan) records.setTask(node, item, failed);
+      else checkpoints.write(keys.item(runId, step, item), failed);
+      // a fan-out step's own record has no attempts
+      if (record.status === "running" && record.items === undefined) {
+        const attempt = attemptRecord(
+          step,
+          item,
+          record,
+          "failed",
+          error,
+          logs.get(key) ?? [],
+          now,
+        );
+        records.writeAttempt(fitAttempt(attempt, now));
+      }
+    } else if (record.status === "running" && record.items === undefined && !crashed.has(key)) {
+      checkpoints.write(
+        item < 0 ? keys.step(runId, step) : keys.item(runId, step, item),
+        releaseTask(record, now),
+      );
+      records.writeAttempt(
+        attemptRecord(step, item, record, "interrupted", releaseError(record.attempt), [], now),
+      );
+    }
+  }
+  // The run as KV holds it: what this driver changed since went with the refused commits.
+  const inKvRun = runEntry.value ?? records.run;
+  records.changeRun({ ...inKvRun, status: "queued", dueAt: now }, inKvRun);
+  checkpoints.runOp((op) => {
+    op.delete(keys.lease(runId));
+    store.hint(op, runId, 0);
+  });
 }
 
 /** Every task record KV holds for a run: its steps' and their items'. */
