@@ -146,7 +146,7 @@ export class RunDriver {
   readonly #checkpoints: Checkpoints;
   readonly #lease: LeaseRenewal;
   readonly #contextHost: ContextHost;
-  #cancelHold: (() => void) | undefined;
+  #cancelWake: (() => void) | undefined;
   #resolve!: (outcome: Outcome) => void;
   #reject!: (error: KvUnavailableError) => void;
   /** Why KV refused a write, when it did: `done` rejects with it. */
@@ -251,12 +251,7 @@ export class RunDriver {
     }
     this.#checkpoints.emit({ type: "run", run: this.#records.run });
     this.#lease.start();
-    this.#pump();
-  }
-
-  /** Looks at the run again: a step may start (the step limit freed up, a retry is due). */
-  wake(): void {
-    this.#pump();
+    this.wake();
   }
 
   /**
@@ -300,8 +295,7 @@ export class RunDriver {
    * interrupted, not as a crash (only a worker that dies leaves a step `running`).
    */
   async release(graceMs: number): Promise<void> {
-    if (!this.#acting()) return;
-    this.#state = "draining";
+    if (!this.#drain()) return;
     const deadline = Date.now() + graceMs;
     while (this.#attempts.size > 0 && Date.now() < deadline && this.#state === "draining") {
       await new Promise((r) => setTimeout(r, 20));
@@ -330,9 +324,21 @@ export class RunDriver {
     return this.#state === "driving" || this.#state === "draining";
   }
 
+  /** Starts a graceful stop, unless it acts no more. */
+  #drain(): boolean {
+    if (!this.#acting()) return false;
+    this.#state = "draining";
+    return true;
+  }
+
   /** Acts no more: the run's end is queued, or about to be. */
   #stopActing(): void {
     if (this.#acting()) this.#state = "ending";
+  }
+
+  /** Hands the run back after a refusal: a refusal of that hand-back is final. */
+  #startRefusing(): void {
+    this.#state = "refusing";
   }
 
   /**
@@ -367,7 +373,7 @@ export class RunDriver {
     }
     this.#lease.stop();
     this.#attempts.stop();
-    this.#cancelHold?.();
+    this.#cancelWake?.();
     this.#options.stepLimit.forget(this);
     if (this.#unavailable) this.#reject(this.#unavailable);
     else this.#resolve(outcome);
@@ -376,14 +382,15 @@ export class RunDriver {
   /** What a flush nobody awaits does when KV failed its writes. */
   readonly #onFlushError = (error: unknown): void => this.#end("lost", { error });
 
-  /** Pumps again at `at` on the engine's clock (one pending wake-up at a time). */
+  /** Wakes again at `at` on the engine's clock (one pending wake-up at a time). */
   #wakeAt(at: number): void {
-    this.#cancelHold?.();
-    // a timer cannot wait longer than MAX_TIMEOUT_MS; waking early only pumps again
+    this.#cancelWake?.();
+    // a timer cannot wait longer than MAX_TIMEOUT_MS; waking early only looks again
     const delay = Math.min(at - this.#clock.now(), MAX_TIMEOUT_MS);
-    this.#cancelHold = this.#clock.after(delay, this.#woken);
+    this.#cancelWake = this.#clock.after(delay, this.#woken);
   }
 
+  /** `wake`, made once for the wake-up timer. */
   readonly #woken = (): void => this.wake();
 
   /** Nothing runs and nothing can start now: the run succeeded, waits, or failed. */
@@ -429,7 +436,12 @@ export class RunDriver {
 
   // ---- scheduling -------------------------------------------------------------------
 
-  #pump(): void {
+  /**
+   * Looks at the run again and starts the steps that are ready: after a result, once the
+   * step limit frees up, when a retry is due. The one way to wake a driver; it ends the
+   * run when nothing runs and nothing can start.
+   */
+  wake(): void {
     const state = this.#state;
     if (state === "draining") {
       // shutting down: start nothing new, but make finished results durable
@@ -578,7 +590,7 @@ export class RunDriver {
     } finally {
       node.expanding = false;
     }
-    this.#pump();
+    this.wake();
   }
 
   #startAttempt(node: StepNode, index: number, now: number): void {
@@ -607,7 +619,7 @@ export class RunDriver {
       if (node.fan) node.fan.running--;
       this.#options.stepLimit.release();
       this.#records.handBack(node, index, record, this.#clock.now());
-      this.#pump();
+      this.wake();
       return;
     }
     let result: { ok: true; value: unknown; stored: Stored } | {
@@ -686,7 +698,7 @@ export class RunDriver {
       this.#records.setTask(node, index, done, size);
       this.#checkFanDone(node);
     }
-    this.#pump();
+    this.wake();
   }
 
   /** Ends a fan-out step whose items all succeeded, or that has failed items and no more to run. */
@@ -752,7 +764,7 @@ export class RunDriver {
   async #refuse(limit: string, refused: Write[], uncommitted: Write[]): Promise<void> {
     const found = blame(refused, uncommitted);
     if (!found) throw new Error(`KV refused a commit of run ${this.#runId}: ${limit}`);
-    this.#state = "refusing";
+    this.#startRefusing();
     this.#abortRunning(`A checkpoint of run ${this.#runId} broke a KV limit`);
     this.#checkpoints.discard();
     await queueHandBack(
