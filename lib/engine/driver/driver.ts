@@ -13,9 +13,9 @@
  * @module
  */
 import type { Pipeline } from "../../define/definition.ts";
-import { MAX_ITEMS, MAX_TIMEOUT_MS, resolveRetry, retryDelay } from "../../define/definition.ts";
+import { MAX_TIMEOUT_MS, resolveRetry, retryDelay } from "../../define/definition.ts";
 import { toMs } from "../../define/duration.ts";
-import { KvUnavailableError, NonRetryableError, toErrorInfo } from "../../model/errors.ts";
+import { KvUnavailableError, toErrorInfo } from "../../model/errors.ts";
 import type { ErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
@@ -25,7 +25,6 @@ import {
   failAttempt,
   isReady,
   pendingTask,
-  resetTask,
   type RunRecord,
   skipTask,
   spentAttempts,
@@ -38,25 +37,10 @@ import type { Claim, Store } from "../../store/store.ts";
 import type { AlertRecord } from "../../alerts/alerts.ts";
 import type { StepLimit } from "../step_limit.ts";
 import type { Clock } from "../clock.ts";
-import {
-  abortAttempt,
-  type Attempt,
-  Attempts,
-  checkOutput,
-  untilAborted,
-  withinTimeout,
-} from "./attempt.ts";
+import { abortAttempt, type Attempt, Attempts, checkOutput, untilAborted } from "./attempt.ts";
 import { Checkpoints, type RunEvent, type Write } from "./checkpoints.ts";
 import { Artifacts, type ContextHost, stepContext } from "./context.ts";
-import {
-  fanOpen,
-  fanOutputs,
-  firstFailedItem,
-  newFan,
-  nextItem,
-  takeItem,
-  trackItem,
-} from "./fan_out.ts";
+import { fanOpen, fanOutputs, firstFailedItem, nextItem, takeItem } from "./fan_out.ts";
 import {
   blockingNeed,
   isEnded,
@@ -65,6 +49,7 @@ import {
   StepGraph,
   type StepNode,
 } from "./graph.ts";
+import { expandItems } from "./items.ts";
 import { LeaseRenewal } from "./lease.ts";
 import { RunRecords } from "./records.ts";
 import { blame, queueHandBack } from "./refusal.ts";
@@ -522,59 +507,22 @@ export class RunDriver {
 
   async #expand(node: StepNode): Promise<void> {
     node.expanding = true;
-    const name = node.def.name;
     try {
-      const inputs = await this.#inputs(node);
-      const values = await withinTimeout(
-        Promise.resolve(node.def.fanOut!.items(inputs)),
-        node.timeoutMs,
-        `items of step '${name}' did not return within ${node.timeoutMs} ms (the step's timeout)`,
-      );
-      if (!Array.isArray(values)) {
-        throw new NonRetryableError(`items of step '${name}' must return an array`);
-      }
-      if (values.length > MAX_ITEMS) {
-        // refused before any item is written: nothing of the fan-out is half done
-        throw new NonRetryableError(
-          `items of step '${name}' returned ${values.length} items: a fan-out step may have at most ${MAX_ITEMS} (batch the items, or split the list over several steps)`,
-        );
-      }
-      // A rerun clears the step's item count (its list may change) but keeps its items'
-      // records, back at pending: their attempt history goes on after the earlier attempts.
-      const rerun = node.record.items === undefined && node.record.generation > 0;
-      const stored = node.record.items !== undefined || rerun
-        ? await this.#options.store.getItems(this.#runId, name)
-        : new Map<number, TaskRecord>();
-      if (node.record.items !== undefined && node.record.items !== values.length) {
-        throw new NonRetryableError(
-          `items of step '${name}' returned ${values.length} items, but this run recorded ${node.record.items}: items must depend on the step's inputs only`,
-        );
-      }
-      if (!this.#acting()) return;
-      const now = this.#clock.now();
-      const fan = newFan(values);
-      for (let i = 0; i < values.length; i++) {
-        let record = stored.get(i);
-        if (rerun && record) record = resetTask(record, node.record.generation);
-        if (!record || record.status === "pending") {
-          if (record) trackItem(fan, i, record);
-          fan.fresh.push(i);
-          continue;
-        }
-        if (record.status === "running") {
-          record = this.#records.recoverCrash(name, i, record, now);
-          this.#checkpoints.write(keys.item(this.#runId, name, i), record);
-        }
-        trackItem(fan, i, record);
-        if (record.status === "succeeded") {
-          fan.outputs.set(i, await decodeValue(this.#kv, this.#runId, record.output!));
-        }
-      }
+      const expanded = await expandItems(node, {
+        inputs: await this.#inputs(node),
+        store: this.#options.store,
+        clock: this.#clock,
+        records: this.#records,
+        checkpoints: this.#checkpoints,
+        acting: () => this.#acting(),
+      });
+      if (!expanded) return;
+      const { fan, now } = expanded;
       node.fan = fan;
       this.#records.setStep(node, {
         ...node.record,
         status: "running",
-        items: values.length,
+        items: fan.values.length,
         startedAt: node.record.startedAt ?? now,
         attempt: Math.max(node.record.attempt, 1),
       });
