@@ -4,11 +4,12 @@
  * retries, and ends the run — succeeded, failed (with its alert), waiting for a later
  * retry, or handed back.
  *
- * It owns the run's lifecycle and nothing else; its parts each do one job: the step graph
- * and what may act ({@link ./graph.ts}), fan-out items ({@link ./fan_out.ts}), running
- * attempts ({@link ./attempt.ts}) and what their bodies get ({@link ./context.ts}), the
- * checkpoint queue ({@link ./checkpoints.ts}), KV refusals ({@link ./refusal.ts}) and
- * lease renewal ({@link ./lease.ts}).
+ * `RunDriver` owns the run's lifecycle (one state, see `State`) and the order of things;
+ * each of its parts does one job: the step graph and which step may act (`graph.ts`,
+ * pure), fan-out items (`fan_out.ts`, pure; `items.ts` expands them), running attempts
+ * (`attempt.ts`) and what their bodies get (`context.ts`), the run's records
+ * (`records.ts`), the checkpoint queue (`checkpoints.ts`), KV refusals (`refusal.ts`)
+ * and lease renewal (`lease.ts`).
  *
  * @module
  */
