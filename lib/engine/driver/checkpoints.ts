@@ -80,7 +80,10 @@ export class Checkpoints {
   #afterCommit: (() => void)[] = [];
   #committing: Promise<void> | null = null;
   #queued: Promise<void> | null = null;
-  /** Whether chunks were committed: only then may the run end with pending blobs. */
+  /**
+   * Whether chunks were committed since the driver last reclaimed the run's pending
+   * blobs: only then may the run end with pending blobs of its own.
+   */
   wroteChunks = false;
 
   /**

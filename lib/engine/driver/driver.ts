@@ -350,7 +350,7 @@ export class RunDriver {
     } else if (
       (outcome === "succeeded" || outcome === "failed") && this.#checkpoints.wroteChunks
     ) {
-      this.#checkpoints.wroteChunks = false;
+      this.#checkpoints.wroteChunks = false; // reclaimed once, just below
       this.#options.store.reclaimBlobs(this.#runId).catch(() => {})
         .finally(() => this.#end(outcome));
       return;
