@@ -79,7 +79,7 @@ async function rss(path: string, runs: number): Promise<RssReport> {
         { length: Math.min(16, runs - i) },
         () => engine.store.createRun(PARKED),
       );
-      for (const run of await Promise.all(batch)) engine.worker.poke(run.id);
+      for (const run of await Promise.all(batch)) engine.worker.wake(run.id);
     }
     const deadline = Date.now() + 120_000;
     while (parking.entered < runs) {

@@ -32,7 +32,7 @@ Deno.test("GET /metrics: runs by pipeline and status, step durations, retries, a
   const orphan = await s.engine.store.createRun(s.engine.pipeline("demo"));
   const lease: Lease = { owner: "gone:1:x", host: "elsewhere", pid: 1, deadline: Date.now() - 1 };
   await s.engine.kv.set(keys.lease(orphan.id), lease);
-  s.engine.worker.poke(orphan.id);
+  s.engine.worker.wake(orphan.id);
   await s.waitForStatus(orphan.id, ["succeeded"]);
 
   const response = await fetch(`${s.url}/metrics`);

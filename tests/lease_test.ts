@@ -194,8 +194,8 @@ Deno.test("racing workers and duplicate hints run each step body exactly once", 
   const run = await one.store.createRun(p);
 
   for (let i = 0; i < 20; i++) {
-    one.worker.poke(run.id);
-    two.worker.poke(run.id);
+    one.worker.wake(run.id);
+    two.worker.wake(run.id);
   }
   const results = await Promise.all([
     one.worker.execute(run.id),
@@ -203,7 +203,7 @@ Deno.test("racing workers and duplicate hints run each step body exactly once", 
     one.worker.execute(run.id),
     two.worker.execute(run.id),
   ]);
-  // the pokes already hold the run in each worker, or lost the claim
+  // the wakes already hold the run in each worker, or lost the claim
   assert.ok(results.every((r) => r === "busy" || r === "skipped"), results.join());
   const ended = await Promise.all([one.runToEnd(run.id), two.runToEnd(run.id)]);
   assert.deepEqual(ended.map((r) => r.status), ["succeeded", "succeeded"]);
@@ -212,8 +212,8 @@ Deno.test("racing workers and duplicate hints run each step body exactly once", 
   assert.deepEqual(attempts.map((x) => [x.step, x.n]), [["a", 1], ["b", 1], ["c", 1], ["d", 1]]);
   assert.equal(ended[0].takeovers, 0);
   // more hints after the end change nothing
-  one.worker.poke(run.id);
-  two.worker.poke(run.id);
+  one.worker.wake(run.id);
+  two.worker.wake(run.id);
   await waitFor(
     "the late hints to be handled",
     () => one.worker.activeRuns + two.worker.activeRuns === 0,

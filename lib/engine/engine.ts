@@ -98,7 +98,7 @@ export class Engine {
       pipelines: this.pipelines,
       beforeSweep: async () => {
         for (const d of await this.scheduler.tick()) {
-          if (d.outcome === "created") this.worker.poke(d.runId!);
+          if (d.outcome === "created") this.worker.wake(d.runId!);
         }
       },
       onEvent: (event) => {
@@ -154,7 +154,7 @@ export class Engine {
   /** Creates a run and hands it to this engine's worker at once. */
   async trigger(pipeline: string, input: CreateRunInput = {}): Promise<RunRecord> {
     const run = await this.store.createRun(this.pipeline(pipeline), input);
-    this.worker.poke(run.id);
+    this.worker.wake(run.id);
     return run;
   }
 

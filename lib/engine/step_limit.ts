@@ -1,26 +1,26 @@
 /**
- * A worker's bound on steps running at once, shared by all the runs it drives. A run
- * that finds no free slot waits to be woken when one frees up.
+ * A worker's step limit: how many steps may run at once, shared by all the runs it drives.
+ * A run that finds the limit reached waits to be woken when a step ends.
  *
  * @module
  */
 
-/** Something that waits for a free slot. */
-export interface SlotWaiter {
-  /** Called when a slot may be free. */
+/** Something that waits for the step limit to let one more step run. */
+export interface StepLimitWaiter {
+  /** Called when a step may start again. */
   wake(): void;
 }
 
-/** A counting bound with a wake-up list. */
-export class Slots {
+/** A counting bound on running steps, with a wake-up list. */
+export class StepLimit {
   readonly #max: number;
   #used = 0;
-  readonly #waiters = new Set<SlotWaiter>();
+  readonly #waiters = new Set<StepLimitWaiter>();
 
   /**
    * Creates the bound.
    *
-   * @param max slots in all
+   * @param max steps that may run at once
    */
   constructor(max: number) {
     if (!Number.isInteger(max) || max < 1) {
@@ -29,19 +29,19 @@ export class Slots {
     this.#max = max;
   }
 
-  /** Slots in use. */
+  /** Steps running now. */
   get used(): number {
     return this.#used;
   }
 
-  /** Takes a slot if one is free. */
+  /** Counts one more running step, if the limit allows it. */
   tryAcquire(): boolean {
     if (this.#used >= this.#max) return false;
     this.#used++;
     return true;
   }
 
-  /** Frees a slot and wakes the waiters. */
+  /** Counts one step less and wakes the waiters. */
   release(): void {
     this.#used--;
     if (this.#waiters.size === 0) return;
@@ -51,12 +51,12 @@ export class Slots {
   }
 
   /** Registers a waiter to wake on the next release. */
-  waitFor(waiter: SlotWaiter): void {
+  waitFor(waiter: StepLimitWaiter): void {
     this.#waiters.add(waiter);
   }
 
   /** Forgets a waiter that no longer waits. */
-  forget(waiter: SlotWaiter): void {
+  forget(waiter: StepLimitWaiter): void {
     this.#waiters.delete(waiter);
   }
 }

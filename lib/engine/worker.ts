@@ -19,8 +19,8 @@ import {
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
 import type { Lease, RunRecord } from "../model/run_state.ts";
 import { TERMINAL } from "../model/run_state.ts";
-import type { RunHint, Store } from "../store/store.ts";
-import { Slots } from "./step_limit.ts";
+import type { Store, WakeMessage } from "../store/store.ts";
+import { StepLimit } from "./step_limit.ts";
 import { hostname, pid } from "../platform/process.ts";
 
 /** Options of a {@linkcode Worker}. */
@@ -68,10 +68,10 @@ export class Worker {
   /** This worker's id, stored in the leases it holds. */
   readonly id: string;
   readonly #store: Store;
-  readonly #o:
+  readonly #options:
     & Required<Pick<WorkerOptions, "maxRuns" | "leaseMs" | "pollMs" | "holdMs">>
     & WorkerOptions;
-  readonly #slots: Slots;
+  readonly #stepLimit: StepLimit;
   readonly #holder: Omit<Lease, "deadline">;
   readonly #active = new Map<string, RunDriver | null>();
   readonly #timers = new Map<string, () => void>();
@@ -99,8 +99,8 @@ export class Worker {
    */
   constructor(store: Store, options: WorkerOptions) {
     this.#store = store;
-    this.#o = { maxRuns: 16, leaseMs: 15_000, pollMs: 1000, holdMs: 5000, ...options };
-    this.#slots = new Slots(options.maxSteps ?? 64);
+    this.#options = { maxRuns: 16, leaseMs: 15_000, pollMs: 1000, holdMs: 5000, ...options };
+    this.#stepLimit = new StepLimit(options.maxSteps ?? 64);
     const host = hostname();
     this.id = `${host}:${pid()}:${crypto.randomUUID().slice(0, 8)}`;
     this.#holder = { owner: this.id, host, pid: pid() };
@@ -128,14 +128,14 @@ export class Worker {
   start(): void {
     if (this.#store.queues) {
       this.#listening = this.#store.kv.listenQueue((message: unknown) => {
-        const hint = message as RunHint;
-        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.poke(hint.runId);
+        const hint = message as WakeMessage;
+        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.wake(hint.runId);
       });
     }
     const tick = () => {
       if (this.#stop.signal.aborted) return;
       this.#runSweep().finally(() => {
-        if (!this.#stop.signal.aborted) this.#sweepTimer = setTimeout(tick, this.#o.pollMs);
+        if (!this.#stop.signal.aborted) this.#sweepTimer = setTimeout(tick, this.#options.pollMs);
       });
     };
     this.#sweepTimer = setTimeout(tick, 0);
@@ -146,35 +146,35 @@ export class Worker {
    * holder on this host died, and every few sweeps at undelivered alerts.
    */
   async sweep(): Promise<void> {
-    if (this.#o.beforeSweep) {
-      await this.#o.beforeSweep().catch((error) => {
+    if (this.#options.beforeSweep) {
+      await this.#options.beforeSweep().catch((error) => {
         if (!this.#stop.signal.aborted) {
           console.error(`kvflow: schedules: ${error instanceof Error ? error.message : error}`);
         }
       });
     }
-    const free = this.#o.maxRuns - this.#active.size;
+    const free = this.#options.maxRuns - this.#active.size;
     if (free > 0) {
       const now = this.#store.clock.now();
       for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
       const limit = free + this.#active.size + this.#foreign.size;
       const due = await this.#store.dueRuns(now, limit);
-      let poked = 0;
+      let woken = 0;
       for (const runId of due) {
-        if (!this.#active.has(runId) && !this.#foreign.has(runId) && poked < free) {
-          this.poke(runId);
-          poked++;
+        if (!this.#active.has(runId) && !this.#foreign.has(runId) && woken < free) {
+          this.wake(runId);
+          woken++;
         }
       }
       if (due.length === limit) this.#backlog = true;
       // Runs held by a dead process of this host: due only when their leases run out.
-      for (const runId of await this.#store.orphanedRuns(this.#holder, free - poked)) {
-        if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.poke(runId);
+      for (const runId of await this.#store.orphanedRuns(this.#holder, free - woken)) {
+        if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.wake(runId);
       }
     } else {
       this.#backlog = true;
     }
-    if ((this.#o.alertWebhook || this.#o.alertEmail) && this.#sweeps++ % 5 === 0) {
+    if ((this.#options.alertWebhook || this.#options.alertEmail) && this.#sweeps++ % 5 === 0) {
       for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) {
         this.#deliver(runId, seq);
       }
@@ -183,7 +183,7 @@ export class Worker {
   }
 
   /** Looks at a run soon: claims it if it has work and this worker has room. */
-  poke(runId: string): void {
+  wake(runId: string): void {
     if (this.#stop.signal.aborted || this.#active.has(runId)) return;
     this.execute(runId).catch((error) =>
       console.error(`kvflow: run ${runId}: ${error instanceof Error ? error.message : error}`)
@@ -198,7 +198,7 @@ export class Worker {
   async execute(runId: string): Promise<ExecuteResult> {
     if (this.#stop.signal.aborted) return "skipped";
     if (this.#active.has(runId)) return "busy";
-    if (this.#active.size >= this.#o.maxRuns) {
+    if (this.#active.size >= this.#options.maxRuns) {
       this.#backlog = true;
       return "full";
     }
@@ -206,8 +206,8 @@ export class Worker {
     try {
       const run = await this.#store.getRun(runId);
       if (!run) return "skipped";
-      const pipeline = this.#o.pipelines.get(run.pipeline) ??
-        await this.#o.resolvePipeline?.(run).catch((error) => {
+      const pipeline = this.#options.pipelines.get(run.pipeline) ??
+        await this.#options.resolvePipeline?.(run).catch((error) => {
           console.error(
             `kvflow: run ${runId}: cannot load pipeline '${run.pipeline}' from ${run.module}: ${
               error instanceof Error ? error.message : error
@@ -222,18 +222,21 @@ export class Worker {
         return "unknown-pipeline";
       }
       if (this.#stop.signal.aborted) return "skipped";
-      const claim = await this.#store.claim(runId, this.#holder, this.#o.leaseMs);
+      const claim = await this.#store.claim(runId, this.#holder, this.#options.leaseMs);
       if (!claim) return "skipped";
       const driver = new RunDriver({
         store: this.#store,
         pipeline,
         claim,
-        leaseMs: this.#o.leaseMs,
-        holdMs: this.#o.holdMs,
-        slots: this.#slots,
-        channels: { webhook: Boolean(this.#o.alertWebhook), email: Boolean(this.#o.alertEmail) },
-        onEvent: this.#o.onEvent,
-        beforeAttempt: this.#o.beforeAttempt,
+        leaseMs: this.#options.leaseMs,
+        holdMs: this.#options.holdMs,
+        stepLimit: this.#stepLimit,
+        channels: {
+          webhook: Boolean(this.#options.alertWebhook),
+          email: Boolean(this.#options.alertEmail),
+        },
+        onEvent: this.#options.onEvent,
+        beforeAttempt: this.#options.beforeAttempt,
         onAlert: (alert) => this.#alert(alert),
       });
       this.#active.set(runId, driver);
@@ -338,22 +341,24 @@ export class Worker {
       runId,
       this.#store.clock.after(delay, () => {
         this.#timers.delete(runId);
-        this.poke(runId);
+        this.wake(runId);
       }),
     );
   }
 
   #alert(alert: AlertRecord): void {
-    (this.#o.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
-    if (this.#o.alertWebhook || this.#o.alertEmail) this.#deliver(alert.runId, alert.seq);
+    (this.#options.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
+    if (this.#options.alertWebhook || this.#options.alertEmail) {
+      this.#deliver(alert.runId, alert.seq);
+    }
   }
 
   #deliver(runId: string, seq: number): void {
     const delivery = deliverAlert(this.#store.kv, runId, seq, {
-      webhook: this.#o.alertWebhook,
-      email: this.#o.alertEmail,
+      webhook: this.#options.alertWebhook,
+      email: this.#options.alertEmail,
       owner: this.id,
-      backoff: this.#o.alertBackoff,
+      backoff: this.#options.alertBackoff,
     }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
       .finally(() => this.#deliveries.delete(delivery));
     this.#deliveries.add(delivery);

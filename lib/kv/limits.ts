@@ -23,6 +23,9 @@ export const KV_COMMIT_BYTES = 800 * 1024;
 /** Bytes of keys KV allows in one atomic commit (80 KiB). */
 export const KV_COMMIT_KEY_BYTES = 80 * 1024;
 
+/** The longest delay of a queue message (30 days). */
+export const KV_ENQUEUE_DELAY_MS = 30 * 86_400_000;
+
 /** Mutations kvflow puts in one commit of task records, markers or deletions. */
 export const BATCH_MUTATIONS = 900;
 /** Key bytes kvflow puts in one such commit; the rest is room for a run's index keys. */

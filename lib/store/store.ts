@@ -10,7 +10,7 @@ import type { Pipeline } from "../define/pipeline.ts";
 import type { AttemptRecord, Lease, RunRecord, TaskRecord } from "../model/run_state.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { GroupCommitter } from "../kv/commit.ts";
-import { KV_COMMIT_CHECKS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
+import { KV_COMMIT_CHECKS, KV_ENQUEUE_DELAY_MS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
 import { type Clock, systemClock } from "../engine/clock.ts";
 import * as queries from "./queries.ts";
 import * as commands from "./commands.ts";
@@ -23,7 +23,7 @@ export type { Claim, CreateRunInput } from "./commands.ts";
 export type { ListRunsOptions, RunPage } from "./queries.ts";
 
 /** A queue message that wakes a run: "look at this run". */
-export interface RunHint {
+export interface WakeMessage {
   /** Marks the message as kvflow's. */
   kvflow: "run";
   /** The run to look at. */
@@ -262,17 +262,8 @@ export class Store {
   /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */
   wake(op: Deno.AtomicOperation, runId: string, delayMs: number): void {
     if (!this.queues) return;
-    op.enqueue({ kvflow: "run", runId } satisfies RunHint, {
-      delay: Math.max(0, Math.min(delayMs, 30 * 86_400_000 - 1)),
+    op.enqueue({ kvflow: "run", runId } satisfies WakeMessage, {
+      delay: Math.max(0, Math.min(delayMs, KV_ENQUEUE_DELAY_MS - 1)),
     });
-  }
-
-  /**
-   * The former name of {@linkcode Store.wake}.
-   *
-   * @deprecated use {@linkcode Store.wake}
-   */
-  hint(op: Deno.AtomicOperation, runId: string, delayMs: number): void {
-    this.wake(op, runId, delayMs);
   }
 }

@@ -102,7 +102,7 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
         if (earlier) return replay(earlier);
         throw error;
       }
-      engine.worker.poke(run.id);
+      engine.worker.wake(run.id);
       return json(runJson(run), 201, { location: runLocation(run.id) });
     }),
 
@@ -126,7 +126,7 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
         );
       }
       const next = await store.resume(run, pipelineOfRun(engine, run), body.force ?? false);
-      engine.worker.poke(run.id);
+      engine.worker.wake(run.id);
       return json(runJson(next));
     }),
 
@@ -158,7 +158,7 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
         );
       }
       const next = await store.rerun(run, pipeline, body.from, body.force ?? false);
-      engine.worker.poke(run.id);
+      engine.worker.wake(run.id);
       return json(runJson(next));
     }),
 

@@ -1,0 +1,71 @@
+/**
+ * Lease renewal: while the driver acts on a run it renews the run's lease before a third
+ * of it is spent, and in between looks whether another worker took the run over (a
+ * cancel deletes the lease too), so that a lost run stops at once, not at its next commit.
+ *
+ * @module
+ */
+import * as keys from "../../kv/keys.ts";
+import type { Lease } from "../../model/run_state.ts";
+import type { Clock } from "../clock.ts";
+
+/** What renewal tells its driver, and asks it. */
+export interface LeaseHooks {
+  /** Whether the driver still acts on the run. */
+  acting(): boolean;
+  /** Writes the lease with its new deadline (with the checkpoints, fenced like them). */
+  renew(lease: Lease): void;
+  /** The lease is someone else's now, or gone. */
+  lost(): void;
+}
+
+/** Renews one run's lease while its driver acts on it. */
+export class LeaseRenewal {
+  readonly #kv: Deno.Kv;
+  readonly #clock: Clock;
+  readonly #key: Deno.KvKey;
+  readonly #leaseMs: number;
+  readonly #hooks: LeaseHooks;
+  #lease: Lease;
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  /**
+   * Creates the renewal of a claimed run's lease.
+   *
+   * @param claim the run's id, its lease, its length, and where it is stored
+   */
+  constructor(
+    claim: { kv: Deno.Kv; clock: Clock; runId: string; lease: Lease; leaseMs: number },
+    hooks: LeaseHooks,
+  ) {
+    this.#kv = claim.kv;
+    this.#clock = claim.clock;
+    this.#key = keys.lease(claim.runId);
+    this.#lease = claim.lease;
+    this.#leaseMs = claim.leaseMs;
+    this.#hooks = hooks;
+  }
+
+  /** Starts looking at the lease, a few times per lease length. */
+  start(): void {
+    this.#timer = setInterval(() => this.#tick(), Math.min(1000, this.#leaseMs / 4));
+  }
+
+  /** Stops. */
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  #tick(): void {
+    if (!this.#hooks.acting()) return;
+    const now = this.#clock.now();
+    if (this.#lease.deadline - now < (this.#leaseMs * 2) / 3) {
+      this.#lease = { ...this.#lease, deadline: now + this.#leaseMs };
+      this.#hooks.renew(this.#lease);
+      return;
+    }
+    this.#kv.get<Lease>(this.#key).then((entry) => {
+      if (this.#hooks.acting() && entry.value?.owner !== this.#lease.owner) this.#hooks.lost();
+    }).catch(() => {});
+  }
+}

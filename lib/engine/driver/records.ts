@@ -1,0 +1,198 @@
+/**
+ * What the driver records of its run: the run record, its steps' and items' task
+ * records and their attempts, queued as checkpoint writes with the events that tell of
+ * them. The records' contents come from `model/run_state.ts`; this module keeps the
+ * driver's copy in memory in step with what it queues.
+ *
+ * @module
+ */
+import type { AlertRecord } from "../../alerts/alerts.ts";
+import * as keys from "../../kv/keys.ts";
+import {
+  type AttemptRecord,
+  attemptRecord,
+  crashError,
+  crashTask,
+  releaseError,
+  releaseTask,
+  type RunRecord,
+  type TaskRecord,
+} from "../../model/run_state.ts";
+import { moveDue, moveStatus } from "../../kv/indexes.ts";
+import { type Checkpoints, taskBytes } from "./checkpoints.ts";
+import { isEnded, type StepGraph, type StepNode } from "./graph.ts";
+import { mostAttempts, trackItem } from "./fan_out.ts";
+
+/** A run's records, as the driver changes them. */
+export class RunRecords {
+  #run: RunRecord;
+  readonly #checkpoints: Checkpoints;
+  readonly #graph: StepGraph;
+
+  /**
+   * Starts from the run as claimed.
+   *
+   * @param parts the queue the records are written to and the graph of the run's steps
+   */
+  constructor(run: RunRecord, parts: { checkpoints: Checkpoints; graph: StepGraph }) {
+    this.#run = run;
+    this.#checkpoints = parts.checkpoints;
+    this.#graph = parts.graph;
+  }
+
+  /** The run as last changed. */
+  get run(): RunRecord {
+    return this.#run;
+  }
+
+  /** Records the task of `node` (item `index`, or -1 for the step) as `record`. */
+  setTask(node: StepNode, index: number, record: TaskRecord, size = 1024): void {
+    if (index < 0) {
+      this.setStep(node, record, size);
+      return;
+    }
+    trackItem(node.fan!, index, record);
+    this.#checkpoints.write(
+      keys.item(this.#run.id, node.def.name, index),
+      record,
+      taskBytes(record, size),
+    );
+    this.#checkpoints.emit({
+      type: "task",
+      runId: this.#run.id,
+      step: node.def.name,
+      item: index,
+      status: record.status,
+      attempt: record.attempt,
+      nextAt: record.nextAt,
+      error: record.error,
+      durationMs: record.endedAt && record.startedAt
+        ? record.endedAt - record.startedAt
+        : undefined,
+      startedAt: record.startedAt,
+      endedAt: record.endedAt,
+    });
+  }
+
+  /** Records a step as `record`; once it ended, the steps that need it may act. */
+  setStep(node: StepNode, record: TaskRecord, size = 1024): void {
+    node.record = record;
+    // the steps that need it may act now (run, or be skipped)
+    if (isEnded(record.status)) this.#graph.openDependents(node);
+    this.#checkpoints.writeKeyed(
+      node.keyId,
+      node.key,
+      node.keyBytes,
+      record,
+      taskBytes(record, size),
+    );
+    this.#checkpoints.emit({
+      type: "task",
+      runId: this.#run.id,
+      step: node.def.name,
+      item: -1,
+      status: record.status,
+      attempt: record.attempt,
+      items: record.items,
+      nextAt: record.nextAt,
+      error: record.error,
+      durationMs: record.endedAt && record.startedAt
+        ? record.endedAt - record.startedAt
+        : undefined,
+      startedAt: record.startedAt,
+      endedAt: record.endedAt,
+    });
+  }
+
+  /** Records an attempt. */
+  writeAttempt(attempt: AttemptRecord): void {
+    this.#checkpoints.writeAttempt(attempt, this.#graph.node(attempt.step));
+  }
+
+  /**
+   * Records the run as `next`, moving its indexes and due entry from `from` (the run as
+   * last changed, unless the driver knows better what KV holds).
+   */
+  changeRun(next: RunRecord, from: RunRecord = this.#run): void {
+    this.#run = next;
+    // params and graph are what make a run record large (up to the 64 KiB value limit)
+    this.#checkpoints.write(
+      keys.run(next.id),
+      next,
+      1024 + 2 * (JSON.stringify(next.params).length + JSON.stringify(next.graph ?? {}).length),
+    );
+    this.#checkpoints.runOp((op) => {
+      moveDue(op, from, next);
+      moveStatus(op, from, next);
+    });
+    this.#checkpoints.emit({ type: "run", run: next });
+  }
+
+  /**
+   * Records the crash of an attempt that a dead holder left running.
+   *
+   * @returns the task's record after the crash
+   */
+  recoverCrash(step: string, item: number, record: TaskRecord, now: number): TaskRecord {
+    const error = crashError(record.attempt);
+    this.writeAttempt(attemptRecord(step, item, record, "crashed", error, [], now));
+    return crashTask(record, now);
+  }
+
+  /** Records an attempt that was started, or still running, as handed back by a stop. */
+  handBack(node: StepNode, index: number, record: TaskRecord, now: number): void {
+    this.setTask(node, index, releaseTask(record, now));
+    this.writeAttempt(attemptRecord(
+      node.def.name,
+      index,
+      record,
+      "interrupted",
+      releaseError(record.attempt),
+      [],
+      now,
+    ));
+  }
+
+  /**
+   * Records the run's end and its lease's deletion; with `alert`, a failure's alert too,
+   * and its delivery when a channel is configured.
+   *
+   * @returns the alert, when there is one
+   */
+  end(
+    status: "succeeded" | "failed",
+    error: RunRecord["error"],
+    at: { now: number; alert?: { webhook: boolean; email: boolean } },
+  ): AlertRecord | undefined {
+    const { now, alert } = at;
+    const next: RunRecord = {
+      ...this.#run,
+      status,
+      endedAt: now,
+      dueAt: null,
+      error,
+      failures: this.#run.failures + (status === "failed" ? 1 : 0),
+    };
+    this.changeRun(next);
+    this.#checkpoints.runOp((op) => op.delete(keys.lease(next.id)));
+    if (!alert) return undefined;
+    const failedStep = error?.step ? this.#graph.node(error.step) : undefined;
+    const record: AlertRecord = {
+      runId: next.id,
+      pipeline: next.pipeline,
+      seq: next.failures,
+      at: now,
+      step: error?.step ?? null,
+      attempts: failedStep?.fan ? mostAttempts(failedStep.fan) : failedStep?.record.attempt ?? 0,
+      message: error?.message ?? "Run failed",
+      logicalDate: next.logicalDate,
+      webhook: alert.webhook ? "pending" : "none",
+      email: alert.email ? "pending" : "none",
+    };
+    this.#checkpoints.write(keys.alert(next.id, record.seq), record);
+    if (alert.webhook || alert.email) {
+      this.#checkpoints.write(keys.alertOutbox(next.id, record.seq), now);
+    }
+    return record;
+  }
+}
