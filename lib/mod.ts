@@ -56,6 +56,7 @@ export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engi
 export { type WorkerOptions } from "./engine/worker.ts";
 export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
 export { type Clock } from "./engine/clock.ts";
+export { type Kv } from "./kv/kv.ts";
 export { type CreateRunInput } from "./store/store.ts";
 export { type AlertEmail } from "./alerts/alerts.ts";
 

@@ -8,6 +8,7 @@
  */
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
+import type { Kv } from "../kv/kv.ts";
 
 /** Delivery state of one alert channel. */
 export type ChannelState = "none" | "pending" | "sent" | "failed";
@@ -94,7 +95,7 @@ const CLAIM_MS = 60_000;
  * @returns the alert afterwards, or null when there is no such alert
  */
 export async function deliverAlert(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   seq: number,
   options: DeliverOptions,
@@ -258,7 +259,7 @@ async function sendEmail(
 
 /** Alerts waiting in the outbox for at least `minAgeMs`. */
 export async function pendingAlerts(
-  kv: Deno.Kv,
+  kv: Kv,
   minAgeMs: number,
 ): Promise<{ runId: string; seq: number }[]> {
   const out: { runId: string; seq: number }[] = [];
@@ -272,7 +273,7 @@ export async function pendingAlerts(
 }
 
 /** The alerts stored with a run. */
-export async function runAlerts(kv: Deno.Kv, runId: string): Promise<AlertRecord[]> {
+export async function runAlerts(kv: Kv, runId: string): Promise<AlertRecord[]> {
   const out: AlertRecord[] = [];
   for await (const e of kv.list<AlertRecord>({ prefix: keys.alertPrefix(runId) })) {
     out.push(e.value);

@@ -12,7 +12,8 @@ import { type Engine, openEngine } from "./engine.ts";
 import { app } from "../http/service.ts";
 import { workerSettingsFromEnv } from "./settings.ts";
 import { env } from "../platform/env.ts";
-import { startServer } from "../platform/serve.ts";
+import { type HttpServer, startServer } from "../platform/serve.ts";
+import type { Kv } from "../kv/kv.ts";
 
 /** A started deployment. */
 export interface Deployment {
@@ -21,7 +22,7 @@ export interface Deployment {
   /** The heartbeat: call it from the platform's cron every minute. */
   heartbeat(): Promise<void>;
   /** Starts serving HTTP. */
-  serve(): Deno.HttpServer;
+  serve(): HttpServer;
 }
 
 /**
@@ -77,7 +78,7 @@ function deployment(engine: Engine): Deployment {
 }
 
 /** Whether `kv.enqueue` works here: the current Deno Deploy and KV Connect have no queues. */
-async function hasQueues(kv: Deno.Kv): Promise<boolean> {
+async function hasQueues(kv: Kv): Promise<boolean> {
   try {
     await kv.enqueue({ kvflow: "probe" });
     return true;

@@ -15,6 +15,7 @@ import { type Clock, systemClock } from "./clock.ts";
 import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { type AlertRecord, alertText } from "../alerts/alerts.ts";
 import { migrate } from "../kv/migrations.ts";
+import type { Kv } from "../kv/kv.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
 export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
@@ -27,7 +28,7 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
   /** KV location: a file path, `:memory:` or a URL. Default: `KVFLOW_KV_PATH` or `./data/kvflow.kv`. */
   path?: string;
   /** An already open KV to use instead of `path`; the engine does not close it. */
-  kv?: Deno.Kv;
+  kv?: Kv;
   /** Whether the KV has queues. Default: detected from the location. */
   queues?: boolean;
   /** The clock that decides when work is due. Default: wall time. */
@@ -42,7 +43,7 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
 /** An open engine. Close it when done. */
 export class Engine {
   /** The KV database. */
-  readonly kv: Deno.Kv;
+  readonly kv: Kv;
   /**
    * Reads and changes runs. For the CLI, the HTTP service and tests; not public API.
    *
@@ -77,7 +78,7 @@ export class Engine {
    * @param options pipelines and worker options
    * @param ownsKv whether closing the engine closes the database
    */
-  constructor(kv: Deno.Kv, queues: boolean, options: EngineOptions, ownsKv: boolean) {
+  constructor(kv: Kv, queues: boolean, options: EngineOptions, ownsKv: boolean) {
     this.kv = kv;
     this.#ownsKv = ownsKv;
     this.store = new Store(kv, {

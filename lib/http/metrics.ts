@@ -16,6 +16,7 @@ import * as keys from "../kv/keys.ts";
 import { RUN_STATUSES, TERMINAL } from "../model/run_state.ts";
 import type { AlertRecord } from "../alerts/alerts.ts";
 import { residentMemoryBytes } from "../platform/process.ts";
+import type { KvU64 } from "../kv/kv.ts";
 
 /** Options of {@linkcode Metrics}. */
 export interface MetricsOptions {
@@ -109,7 +110,7 @@ export class Metrics {
   async render(): Promise<string> {
     const [runs, takeovers, counts] = await Promise.all([
       this.#runCounts(),
-      this.#engine.kv.get<Deno.KvU64>(keys.counter("lease_takeovers")),
+      this.#engine.kv.get<KvU64>(keys.counter("lease_takeovers")),
       this.#alertCounts(),
     ]);
     const out: string[] = [];
@@ -212,7 +213,7 @@ export class Metrics {
   async #runCounts(): Promise<{ at: number; counts: Map<string, Map<string, bigint>> }> {
     const at = Date.now();
     const counts = new Map<string, Map<string, bigint>>();
-    for await (const e of this.#engine.kv.list<Deno.KvU64>({ prefix: keys.runCountPrefix() })) {
+    for await (const e of this.#engine.kv.list<KvU64>({ prefix: keys.runCountPrefix() })) {
       const [, , pipeline, status] = e.key as [string, string, string, string];
       let byStatus = counts.get(pipeline);
       if (!byStatus) counts.set(pipeline, byStatus = new Map());

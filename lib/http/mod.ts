@@ -18,3 +18,4 @@
  */
 export { serve, type ServeOptions, type Server, type ServiceOptions } from "./service.ts";
 export { type Tokens } from "./auth.ts";
+export { type NetAddr } from "../platform/serve.ts";

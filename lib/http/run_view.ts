@@ -14,6 +14,7 @@ import type { ArtifactMeta } from "../model/artifacts.ts";
 import { type AlertRecord, runAlerts } from "../alerts/alerts.ts";
 import { nextTicks, type ScheduleState } from "../engine/scheduler.ts";
 import type { PipelineJson, RunDetail, RunJson, StepJson } from "./schemas.ts";
+import type { Kv } from "../kv/kv.ts";
 
 type AttemptJson = StepJson["attempts"][number];
 type ItemJson = NonNullable<StepJson["items"]>[number];
@@ -252,7 +253,7 @@ function alertJson(a: AlertRecord): RunDetail["alerts"][number] {
 
 /** Every fan-out item of a run, by step and index, in one list. */
 async function listItems(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
 ): Promise<Map<string, Map<number, TaskRecord>>> {
   const out = new Map<string, Map<number, TaskRecord>>();

@@ -16,7 +16,7 @@ import { Metrics } from "./metrics.ts";
 import { openApiDocument } from "./openapi.ts";
 import type { HealthSchema } from "./schemas.ts";
 import type { z } from "zod";
-import { startServer } from "../platform/serve.ts";
+import { type NetAddr, startServer } from "../platform/serve.ts";
 
 /** Options of {@linkcode HttpService}. */
 export interface ServiceOptions extends Tokens {
@@ -50,7 +50,7 @@ export interface ServeOptions extends ServiceOptions {
 /** A running service, as {@linkcode serve} returns it. */
 export interface Server extends AsyncDisposable {
   /** Where it listens. */
-  readonly addr: Deno.NetAddr;
+  readonly addr: NetAddr;
   /** Resolves once the server has stopped. */
   readonly finished: Promise<void>;
   /** Ends the event streams, then stops accepting requests and waits for open ones. */

@@ -24,6 +24,7 @@ import {
 } from "./limits.ts";
 import type { BlobRef, TaskRecord } from "../model/run_state.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
+import type { AtomicOperation, Kv, KvCommitError, KvCommitResult, KvKey } from "./kv.ts";
 
 /**
  * What refers to a blob once it is checkpointed: a step's output (item -1), an item's
@@ -39,8 +40,8 @@ export type PendingBlob = BlobOwner & { chunks: number };
  * write (its lease is gone). Default: {@linkcode commitAtomic}, unfenced.
  */
 export type CommitChunks = (
-  op: Deno.AtomicOperation,
-) => Promise<Deno.KvCommitResult | Deno.KvCommitError>;
+  op: AtomicOperation,
+) => Promise<KvCommitResult | KvCommitError>;
 
 /**
  * Writes bytes as chunks under a new blob id, in as many commits as the limits need; the
@@ -53,7 +54,7 @@ export type CommitChunks = (
  * @throws {Error} when `commit` refuses a commit, or what it throws
  */
 export async function writeBlob(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   bytes: Uint8Array,
   owner: BlobOwner,
@@ -74,7 +75,7 @@ export async function writeBlob(
     for (let i = first; i < Math.min(chunks, first + CHUNKS_PER_COMMIT); i++) {
       op.set(keys.blobChunk(runId, id, i), bytes.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES));
     }
-    let result: Deno.KvCommitResult | Deno.KvCommitError;
+    let result: KvCommitResult | KvCommitError;
     try {
       result = await commit(op);
     } catch (error) {
@@ -91,7 +92,7 @@ export async function writeBlob(
 
 /** Deletes the first `written` chunks and the marker of a blob that could not be written whole. */
 async function dropBlob(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   id: string,
   written: number,
@@ -114,7 +115,7 @@ async function dropBlob(
  * @returns false when `commit` refused one: the rest of the chunks are left in place
  */
 async function deleteChunks(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   id: string,
   count: number,
@@ -153,7 +154,7 @@ async function deleteChunks(
  * @throws what `commit` throws
  */
 export async function reclaimBlobs(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   commit: CommitChunks,
 ): Promise<number> {
@@ -172,7 +173,7 @@ export async function reclaimBlobs(
 }
 
 /** The key of the record that refers to a blob of `owner` once it is checkpointed. */
-function ownerKey(runId: string, owner: BlobOwner): Deno.KvKey {
+function ownerKey(runId: string, owner: BlobOwner): KvKey {
   if ("artifact" in owner) return keys.artifact(runId, owner.artifact);
   return owner.item < 0 ? keys.step(runId, owner.step) : keys.item(runId, owner.step, owner.item);
 }
@@ -190,7 +191,7 @@ function refersTo(record: unknown, owner: BlobOwner, id: string): boolean {
  *
  * @throws {Error} when chunks are missing
  */
-export async function readBlob(kv: Deno.Kv, runId: string, ref: BlobRef): Promise<Uint8Array> {
+export async function readBlob(kv: Kv, runId: string, ref: BlobRef): Promise<Uint8Array> {
   const out = new Uint8Array(ref.size);
   let offset = 0;
   let count = 0;

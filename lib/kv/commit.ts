@@ -7,9 +7,10 @@ import v8 from "node:v8";
 import { kvUnavailable } from "../model/errors.ts";
 import { keySize } from "./keys.ts";
 import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS, KV_COMMIT_CHECKS } from "./limits.ts";
+import type { AtomicOperation, Kv, KvCommitError, KvCommitResult, KvKey } from "./kv.ts";
 
 /** A key to set to a value, or to delete when the value is null. */
-export type KvWrite = readonly [key: Deno.KvKey, value: unknown];
+export type KvWrite = readonly [key: KvKey, value: unknown];
 
 /**
  * Splits groups of writes (task records, markers) into batches that each fit one KV
@@ -52,7 +53,7 @@ export function splitWrites(groups: Iterable<readonly KvWrite[]>): KvWrite[][] {
 }
 
 /** Adds writes to an atomic operation: a set, or a delete for a null value. */
-export function addWrites(op: Deno.AtomicOperation, writes: readonly KvWrite[]): void {
+export function addWrites(op: AtomicOperation, writes: readonly KvWrite[]): void {
   for (const [key, value] of writes) {
     if (value === null) op.delete(key);
     else op.set(key, value);
@@ -76,8 +77,8 @@ export const LOCKED_RETRY_MS = 5000;
  * @throws whatever else the commit throws, once retrying does not help
  */
 export async function commitAtomic(
-  op: Deno.AtomicOperation,
-): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  op: AtomicOperation,
+): Promise<KvCommitResult | KvCommitError> {
   const deadline = Date.now() + LOCKED_RETRY_MS;
   for (let tries = 1;; tries++) {
     try {
@@ -94,7 +95,7 @@ export async function commitAtomic(
 /** One caller's part of a group commit: its checks and mutations, and their size. */
 export interface CommitBatch {
   /** Adds the batch's checks and mutations to `op`. */
-  apply(op: Deno.AtomicOperation): void;
+  apply(op: AtomicOperation): void;
   /** Number of checks it adds. */
   checks: number;
   /** Number of mutations (and enqueues) it adds. */
@@ -124,7 +125,7 @@ export interface GroupLimits {
 
 interface Queued {
   batch: CommitBatch;
-  resolve(result: Deno.KvCommitResult | Deno.KvCommitError): void;
+  resolve(result: KvCommitResult | KvCommitError): void;
   reject(error: unknown): void;
 }
 
@@ -144,7 +145,7 @@ interface Queued {
  * nobody.
  */
 export class GroupCommitter {
-  readonly #kv: Deno.Kv;
+  readonly #kv: Kv;
   readonly #limits: GroupLimits;
   #queue: Queued[] = [];
   #inFlight = false;
@@ -157,7 +158,7 @@ export class GroupCommitter {
    * @param kv the database
    * @param limits per-commit limits; defaults fit local KV
    */
-  constructor(kv: Deno.Kv, limits: Partial<GroupLimits> = {}) {
+  constructor(kv: Kv, limits: Partial<GroupLimits> = {}) {
     this.#kv = kv;
     this.#limits = {
       checks: KV_COMMIT_CHECKS,
@@ -170,7 +171,7 @@ export class GroupCommitter {
   }
 
   /** Commits a batch, alone or with others; resolves with its own result. */
-  commit(batch: CommitBatch): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  commit(batch: CommitBatch): Promise<KvCommitResult | KvCommitError> {
     this.stats.batches++;
     if (!this.#limits.group) {
       this.stats.commits++;
@@ -184,7 +185,7 @@ export class GroupCommitter {
       // Alone: straight to KV, as without a committer; those that come meanwhile queue.
       this.#inFlight = true;
       this.stats.commits++;
-      let commit: Promise<Deno.KvCommitResult | Deno.KvCommitError>;
+      let commit: Promise<KvCommitResult | KvCommitError>;
       try {
         const op = this.#kv.atomic();
         batch.apply(op);
@@ -246,7 +247,7 @@ export class GroupCommitter {
     if (group.length === 1) return await this.#commitAlone(group[0]);
     this.stats.commits++;
     this.stats.grouped++;
-    let result: Deno.KvCommitResult | Deno.KvCommitError | undefined;
+    let result: KvCommitResult | KvCommitError | undefined;
     try {
       const op = this.#kv.atomic();
       for (const q of group) q.batch.apply(op);

@@ -9,6 +9,7 @@
  */
 import * as keys from "./keys.ts";
 import { type RunRecord, TERMINAL } from "../model/run_state.ts";
+import type { AtomicOperation } from "./kv.ts";
 
 /** Value of a {@linkcode keys.runsByPipelineStatus} entry whose run is in its count. */
 export const COUNTED = 1;
@@ -21,7 +22,7 @@ const MINUS_ONE = (1n << 64n) - 1n;
  * indexes, its count by pipeline and status, and its due-index entry (at most 8
  * mutations).
  */
-export function addRunIndexes(op: Deno.AtomicOperation, run: RunRecord): void {
+export function addRunIndexes(op: AtomicOperation, run: RunRecord): void {
   const at = run.createdAt;
   op.check({ key: keys.run(run.id), versionstamp: null })
     .set(keys.run(run.id), run)
@@ -36,7 +37,7 @@ export function addRunIndexes(op: Deno.AtomicOperation, run: RunRecord): void {
 }
 
 /** Adds to `op` the due-index move from `before.dueAt` to `after.dueAt`. */
-export function moveDue(op: Deno.AtomicOperation, before: RunRecord, after: RunRecord): void {
+export function moveDue(op: AtomicOperation, before: RunRecord, after: RunRecord): void {
   if (before.dueAt === after.dueAt) return;
   if (before.dueAt !== null) op.delete(keys.due(before.dueAt, before.id));
   if (after.dueAt !== null) op.set(keys.due(after.dueAt, after.id), after.id);
@@ -48,7 +49,7 @@ export function moveDue(op: Deno.AtomicOperation, before: RunRecord, after: RunR
  * change goes through here or {@linkcode addRunIndexes}, so the counts change in the
  * commits that move the index entries and never drift from them.
  */
-export function moveStatus(op: Deno.AtomicOperation, before: RunRecord, after: RunRecord): void {
+export function moveStatus(op: AtomicOperation, before: RunRecord, after: RunRecord): void {
   if (before.status === after.status) return;
   op.delete(keys.runsByStatus(before.status, before.createdAt, before.id));
   op.set(keys.runsByStatus(after.status, after.createdAt, after.id), after.pipeline);

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import type { KvKey } from "./kv.ts";
 
 const ROOT = "kvflow";
 
@@ -17,7 +18,7 @@ const ROOT = "kvflow";
  * @param key the key
  * @returns its encoded size in bytes
  */
-export function keySize(key: Deno.KvKey): number {
+export function keySize(key: KvKey): number {
   let size = 0;
   for (const part of key) {
     if (typeof part === "number") size += 9;
@@ -46,37 +47,37 @@ export function keySize(key: Deno.KvKey): number {
 }
 
 /** The run record. */
-export function run(runId: string): Deno.KvKey {
+export function run(runId: string): KvKey {
   return [ROOT, "run", runId];
 }
 
 /** Index of all runs by creation time. */
-export function runsByTime(createdAt: number, runId: string): Deno.KvKey {
+export function runsByTime(createdAt: number, runId: string): KvKey {
   return [ROOT, "runs_by_time", createdAt, runId];
 }
 
 /** Prefix of {@linkcode runsByTime}. */
-export function runsByTimePrefix(): Deno.KvKey {
+export function runsByTimePrefix(): KvKey {
   return [ROOT, "runs_by_time"];
 }
 
 /** Index of a pipeline's runs by creation time. */
-export function runsByPipeline(pipeline: string, createdAt: number, runId: string): Deno.KvKey {
+export function runsByPipeline(pipeline: string, createdAt: number, runId: string): KvKey {
   return [ROOT, "runs_by_pipeline", pipeline, createdAt, runId];
 }
 
 /** Prefix of {@linkcode runsByPipeline} for one pipeline. */
-export function runsByPipelinePrefix(pipeline: string): Deno.KvKey {
+export function runsByPipelinePrefix(pipeline: string): KvKey {
   return [ROOT, "runs_by_pipeline", pipeline];
 }
 
 /** Index of runs by status, then creation time. */
-export function runsByStatus(status: string, createdAt: number, runId: string): Deno.KvKey {
+export function runsByStatus(status: string, createdAt: number, runId: string): KvKey {
   return [ROOT, "runs_by_status", status, createdAt, runId];
 }
 
 /** Prefix of {@linkcode runsByStatus} for one status. */
-export function runsByStatusPrefix(status: string): Deno.KvKey {
+export function runsByStatusPrefix(status: string): KvKey {
   return [ROOT, "runs_by_status", status];
 }
 
@@ -91,17 +92,17 @@ export function runsByPipelineStatus(
   status: string,
   createdAt: number,
   runId: string,
-): Deno.KvKey {
+): KvKey {
   return [ROOT, "runs_by_pipeline_status", pipeline, status, createdAt, runId];
 }
 
 /** Prefix of {@linkcode runsByPipelineStatus} for one pipeline and status. */
-export function runsByPipelineStatusPrefix(pipeline: string, status: string): Deno.KvKey {
+export function runsByPipelineStatusPrefix(pipeline: string, status: string): KvKey {
   return [ROOT, "runs_by_pipeline_status", pipeline, status];
 }
 
 /** Prefix of {@linkcode runsByPipeline} for every pipeline. */
-export function allRunsByPipelinePrefix(): Deno.KvKey {
+export function allRunsByPipelinePrefix(): KvKey {
   return [ROOT, "runs_by_pipeline"];
 }
 
@@ -109,12 +110,12 @@ export function allRunsByPipelinePrefix(): Deno.KvKey {
  * How many runs of a pipeline have a status: a `Deno.KvU64` summed in every commit that
  * creates a run or moves its status, the commit that also moves its index entries.
  */
-export function runCount(pipeline: string, status: string): Deno.KvKey {
+export function runCount(pipeline: string, status: string): KvKey {
   return [ROOT, "run_count", pipeline, status];
 }
 
 /** Prefix of every {@linkcode runCount}. */
-export function runCountPrefix(): Deno.KvKey {
+export function runCountPrefix(): KvKey {
   return [ROOT, "run_count"];
 }
 
@@ -122,67 +123,67 @@ export function runCountPrefix(): Deno.KvKey {
  * A key no commit ever writes: building a mutation on it checks that a value can be
  * stored, without storing it.
  */
-export function probe(): Deno.KvKey {
+export function probe(): KvKey {
   return [ROOT, "probe"];
 }
 
 /** The schema version of the database: which migrations it has had. */
-export function schema(): Deno.KvKey {
+export function schema(): KvKey {
   return [ROOT, "schema"];
 }
 
 /** The lease of a run: who may write its checkpoints, and until when. */
-export function lease(runId: string): Deno.KvKey {
+export function lease(runId: string): KvKey {
   return [ROOT, "lease", runId];
 }
 
 /** Prefix of every {@linkcode lease}. */
-export function leasePrefix(): Deno.KvKey {
+export function leasePrefix(): KvKey {
   return [ROOT, "lease"];
 }
 
 /** An entry of the due-index: this run needs a look at time `at` (ms since epoch). */
-export function due(at: number, runId: string): Deno.KvKey {
+export function due(at: number, runId: string): KvKey {
   return [ROOT, "due", at, runId];
 }
 
 /** Prefix of the due-index. */
-export function duePrefix(): Deno.KvKey {
+export function duePrefix(): KvKey {
   return [ROOT, "due"];
 }
 
 /** The state of one step of a run. */
-export function step(runId: string, stepName: string): Deno.KvKey {
+export function step(runId: string, stepName: string): KvKey {
   return [ROOT, "step", runId, stepName];
 }
 
 /** Prefix of every step state of a run. */
-export function stepPrefix(runId: string): Deno.KvKey {
+export function stepPrefix(runId: string): KvKey {
   return [ROOT, "step", runId];
 }
 
 /** The state of one item of a fan-out step. */
-export function item(runId: string, stepName: string, index: number): Deno.KvKey {
+export function item(runId: string, stepName: string, index: number): KvKey {
   return [ROOT, "item", runId, stepName, index];
 }
 
 /** Prefix of the items of one fan-out step. */
-export function itemPrefix(runId: string, stepName: string): Deno.KvKey {
+export function itemPrefix(runId: string, stepName: string): KvKey {
   return [ROOT, "item", runId, stepName];
 }
 
 /** Prefix of every item of a run. */
-export function itemRunPrefix(runId: string): Deno.KvKey {
+export function itemRunPrefix(runId: string): KvKey {
   return [ROOT, "item", runId];
 }
 
 /** One attempt of a step (item -1) or of a fan-out item. */
-export function attempt(runId: string, stepName: string, item: number, n: number): Deno.KvKey {
+export function attempt(runId: string, stepName: string, item: number, n: number): KvKey {
   return [ROOT, "attempt", runId, stepName, item, n];
 }
 
 /** Prefix of every attempt of a run. */
-export function attemptPrefix(runId: string): Deno.KvKey {
+export function attemptPrefix(runId: string): KvKey {
   return [ROOT, "attempt", runId];
 }
 
@@ -190,7 +191,7 @@ export function attemptPrefix(runId: string): Deno.KvKey {
  * The task a key holds the state ({@linkcode step}, {@linkcode item}) or an attempt
  * ({@linkcode attempt}) of, or null for any other key.
  */
-export function taskOf(key: Deno.KvKey): { step: string; item: number; attempt: boolean } | null {
+export function taskOf(key: KvKey): { step: string; item: number; attempt: boolean } | null {
   if (key[0] !== ROOT) return null;
   if (key[1] === "step") return { step: key[3] as string, item: -1, attempt: false };
   if (key[1] === "item") return { step: key[3] as string, item: key[4] as number, attempt: false };
@@ -201,12 +202,12 @@ export function taskOf(key: Deno.KvKey): { step: string; item: number; attempt: 
 }
 
 /** One chunk of a large value or artifact. */
-export function blobChunk(runId: string, blobId: string, index: number): Deno.KvKey {
+export function blobChunk(runId: string, blobId: string, index: number): KvKey {
   return [ROOT, "blob", runId, blobId, index];
 }
 
 /** Prefix of one blob's chunks. */
-export function blobPrefix(runId: string, blobId: string): Deno.KvKey {
+export function blobPrefix(runId: string, blobId: string): KvKey {
   return [ROOT, "blob", runId, blobId];
 }
 
@@ -216,71 +217,71 @@ export function blobPrefix(runId: string, blobId: string): Deno.KvKey {
  * when a rerun or a new artifact of the same name drops the reference. Whatever such a
  * marker still names once no writer can refer to the blob any more is reclaimed.
  */
-export function blobPending(runId: string, blobId: string): Deno.KvKey {
+export function blobPending(runId: string, blobId: string): KvKey {
   return [ROOT, "blob_pending", runId, blobId];
 }
 
 /** Prefix of a run's {@linkcode blobPending} markers. */
-export function blobPendingPrefix(runId: string): Deno.KvKey {
+export function blobPendingPrefix(runId: string): KvKey {
   return [ROOT, "blob_pending", runId];
 }
 
 /** An artifact's metadata, by name. */
-export function artifact(runId: string, name: string): Deno.KvKey {
+export function artifact(runId: string, name: string): KvKey {
   return [ROOT, "artifact", runId, name];
 }
 
 /** Prefix of a run's artifacts. */
-export function artifactPrefix(runId: string): Deno.KvKey {
+export function artifactPrefix(runId: string): KvKey {
   return [ROOT, "artifact", runId];
 }
 
 /** The alert of a run's `seq`-th failure. */
-export function alert(runId: string, seq: number): Deno.KvKey {
+export function alert(runId: string, seq: number): KvKey {
   return [ROOT, "alert", runId, seq];
 }
 
 /** Prefix of a run's alerts. */
-export function alertPrefix(runId: string): Deno.KvKey {
+export function alertPrefix(runId: string): KvKey {
   return [ROOT, "alert", runId];
 }
 
 /** An alert whose webhook has not been delivered yet. */
-export function alertOutbox(runId: string, seq: number): Deno.KvKey {
+export function alertOutbox(runId: string, seq: number): KvKey {
   return [ROOT, "alert_outbox", runId, seq];
 }
 
 /** Prefix of the alert outbox. */
-export function alertOutboxPrefix(): Deno.KvKey {
+export function alertOutboxPrefix(): KvKey {
   return [ROOT, "alert_outbox"];
 }
 
 /** The run that an `Idempotency-Key` created for a pipeline; written with the run. */
-export function idempotency(pipeline: string, key: string): Deno.KvKey {
+export function idempotency(pipeline: string, key: string): KvKey {
   return [ROOT, "idempotency", pipeline, key];
 }
 
 /** A cross-process counter (a `Deno.KvU64` summed atomically), such as lease takeovers. */
-export function counter(name: string): Deno.KvKey {
+export function counter(name: string): KvKey {
   return [ROOT, "counter", name];
 }
 
 /** Prefix of every run's alerts. */
-export function allAlertsPrefix(): Deno.KvKey {
+export function allAlertsPrefix(): KvKey {
   return [ROOT, "alert"];
 }
 
 /** A run of a pipeline that is queued, running or waiting: counted by overlap policies. */
-export function activeRun(pipeline: string, runId: string): Deno.KvKey {
+export function activeRun(pipeline: string, runId: string): KvKey {
   return [ROOT, "active", pipeline, runId];
 }
 
 /** Prefix of {@linkcode activeRun} for one pipeline. */
-export function activeRunPrefix(pipeline: string): Deno.KvKey {
+export function activeRunPrefix(pipeline: string): KvKey {
   return [ROOT, "active", pipeline];
 }
 
 /** A pipeline's schedule state: the last tick it handled. */
-export function schedule(pipeline: string): Deno.KvKey {
+export function schedule(pipeline: string): KvKey {
   return [ROOT, "schedule", pipeline];
 }

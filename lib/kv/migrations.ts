@@ -28,6 +28,7 @@ import { BATCH_KEY_BYTES } from "./limits.ts";
 import { KvUnavailableError, UsageError } from "../model/errors.ts";
 import { COUNTED } from "./indexes.ts";
 import type { Store } from "../store/store.ts";
+import type { Kv, KvEntry, KvEntryMaybe, KvKey, KvListIterator } from "./kv.ts";
 
 /** The schema version this kvflow writes. A database without a version is at 1. */
 export const SCHEMA_VERSION = 2;
@@ -82,7 +83,7 @@ export async function migrate(store: Store): Promise<MigrationResult> {
 
 async function migrateRuns(
   store: Store,
-  entry: Deno.KvEntryMaybe<number>,
+  entry: KvEntryMaybe<number>,
   from: number,
 ): Promise<MigrationResult> {
   const { kv } = store;
@@ -97,8 +98,8 @@ async function migrateRuns(
 
 /** A run to count: its two index entries as read. */
 interface Uncounted {
-  byPipeline: Deno.KvEntry<string>;
-  byStatus: { key: Deno.KvKey; versionstamp: string | null };
+  byPipeline: KvEntry<string>;
+  byStatus: { key: KvKey; versionstamp: string | null };
 }
 
 /**
@@ -107,7 +108,7 @@ interface Uncounted {
  * pipeline and status is missing or unmarked: reads in large pages, no read per run.
  */
 async function countRuns(
-  kv: Deno.Kv,
+  kv: Kv,
   perCommit: number,
   finishedElsewhere: () => Promise<boolean>,
 ): Promise<number> {
@@ -150,7 +151,7 @@ async function countRuns(
 }
 
 /** Counts a batch in one commit, or, when something in it changed since it was read, run by run. */
-async function commitCounts(kv: Deno.Kv, batch: Uncounted[]): Promise<number> {
+async function commitCounts(kv: Kv, batch: Uncounted[]): Promise<number> {
   if (batch.length === 0) return 0;
   if (await commitOnce(kv, batch)) return batch.length;
   let counted = 0;
@@ -158,9 +159,9 @@ async function commitCounts(kv: Deno.Kv, batch: Uncounted[]): Promise<number> {
   return counted;
 }
 
-async function commitOnce(kv: Deno.Kv, batch: Uncounted[]): Promise<boolean> {
+async function commitOnce(kv: Kv, batch: Uncounted[]): Promise<boolean> {
   const op = kv.atomic();
-  const sums = new Map<string, { key: Deno.KvKey; n: bigint }>();
+  const sums = new Map<string, { key: KvKey; n: bigint }>();
   for (const { byPipeline, byStatus } of batch) {
     op.check(byPipeline, byStatus).set(byStatus.key, COUNTED);
     const key = keys.runCount(byPipeline.key[2] as string, byPipeline.value);
@@ -172,7 +173,7 @@ async function commitOnce(kv: Deno.Kv, batch: Uncounted[]): Promise<boolean> {
 }
 
 /** Counts one run afresh, unless it is counted already; 1 when this process counted it. */
-async function countOne(kv: Deno.Kv, byPipelineKey: Deno.KvKey): Promise<number> {
+async function countOne(kv: Kv, byPipelineKey: KvKey): Promise<number> {
   const [, , pipeline, createdAt, runId] = byPipelineKey as [
     string,
     string,
@@ -186,7 +187,7 @@ async function countOne(kv: Deno.Kv, byPipelineKey: Deno.KvKey): Promise<number>
     const key = keys.runsByPipelineStatus(pipeline, byPipeline.value, createdAt, runId);
     const byStatus = await kv.get(key);
     if (byStatus.value === COUNTED) return 0;
-    const uncounted = { byPipeline: byPipeline as Deno.KvEntry<string>, byStatus };
+    const uncounted = { byPipeline: byPipeline as KvEntry<string>, byStatus };
     if (await commitOnce(kv, [uncounted])) return 1;
   }
   throw new UsageError(
@@ -197,16 +198,16 @@ async function countOne(kv: Deno.Kv, byPipelineKey: Deno.KvKey): Promise<number>
 
 /** Reads one index by pipeline and status forward, a page at a time, to find entries in order. */
 class IndexStream {
-  readonly #entries: Deno.KvListIterator<unknown>;
+  readonly #entries: KvListIterator<unknown>;
   /** The entry read last; undefined before the first read, null at the end. */
-  #head: Deno.KvEntry<unknown> | null | undefined;
+  #head: KvEntry<unknown> | null | undefined;
 
-  constructor(kv: Deno.Kv, prefix: Deno.KvKey) {
+  constructor(kv: Kv, prefix: KvKey) {
     this.#entries = kv.list({ prefix }, { batchSize: 500 });
   }
 
   /** The entry of a run, or null; runs must be asked for in creation order. */
-  async find(createdAt: number, runId: string): Promise<Deno.KvEntry<unknown> | null> {
+  async find(createdAt: number, runId: string): Promise<KvEntry<unknown> | null> {
     while (true) {
       if (this.#head === undefined) {
         const next = await this.#entries.next();

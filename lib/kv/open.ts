@@ -7,11 +7,12 @@
  */
 import { kvUnavailable, KvUnavailableError } from "../model/errors.ts";
 import { env, onDeploy as isDeploy } from "../platform/env.ts";
+import type { Kv } from "./kv.ts";
 
 /** An open KV database and what it can do. */
 export interface OpenedKv {
   /** The database. */
-  kv: Deno.Kv;
+  kv: Kv;
   /** Where it is, for messages. */
   location: string;
   /** Whether `kv.enqueue` works here. */

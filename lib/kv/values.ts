@@ -12,6 +12,7 @@ import { commitAtomic } from "./commit.ts";
 import { INLINE_BYTES, INLINE_ESTIMATE } from "./limits.ts";
 import type { Stored } from "../model/run_state.ts";
 import { type BlobOwner, type CommitChunks, readBlob, writeBlob } from "./blobs.ts";
+import type { Kv } from "./kv.ts";
 
 /**
  * Stores a step's output, inline or as a blob pending for `owner` (see
@@ -20,7 +21,7 @@ import { type BlobOwner, type CommitChunks, readBlob, writeBlob } from "./blobs.
  * @throws {NonRetryableError} when the value cannot be serialized or is too large
  */
 export async function encodeValue(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   value: unknown,
   owner: BlobOwner,
@@ -34,7 +35,7 @@ export async function encodeValue(
  * large to store inline unmeasured: measures it exactly, and stores it inline or as a blob.
  */
 export async function encodeMeasured(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   value: unknown,
   owner: BlobOwner,
@@ -54,7 +55,7 @@ export async function encodeMeasured(
  *
  * @throws {NonRetryableError} when the value cannot be serialized
  */
-export function encodeSmall(kv: Deno.Kv, value: unknown): Stored | undefined {
+export function encodeSmall(kv: Kv, value: unknown): Stored | undefined {
   // Numbers, booleans, null, undefined and short strings always serialize and are small:
   // no probe, no size estimate.
   const type = typeof value;
@@ -79,7 +80,7 @@ export function encodeSmall(kv: Deno.Kv, value: unknown): Stored | undefined {
 }
 
 /** Reads back a value stored by {@linkcode encodeValue}. */
-export async function decodeValue(kv: Deno.Kv, runId: string, stored: Stored): Promise<unknown> {
+export async function decodeValue(kv: Kv, runId: string, stored: Stored): Promise<unknown> {
   if ("inline" in stored) return stored.inline;
   return v8.deserialize(await readBlob(kv, runId, stored.blob));
 }

@@ -17,6 +17,12 @@ export interface ListenOptions {
   onListen?: (addr: { port: number }) => void;
 }
 
+/** A running HTTP server. */
+export type HttpServer = Deno.HttpServer<Deno.NetAddr>;
+
+/** Where a server listens: its host name and port. */
+export type NetAddr = Deno.NetAddr;
+
 /** A handler of HTTP requests. */
 export type FetchHandler = (request: Request) => Response | Promise<Response>;
 
@@ -30,6 +36,6 @@ export type FetchHandler = (request: Request) => Response | Promise<Response>;
 export function startServer(
   options: ListenOptions,
   handler: FetchHandler,
-): Deno.HttpServer<Deno.NetAddr> {
+): HttpServer {
   return Deno.serve(options, handler);
 }

@@ -20,6 +20,7 @@ import { reclaimBlobs } from "../kv/blobs.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { Store } from "./store.ts";
+import type { AtomicOperation, KvEntry } from "../kv/kv.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -146,7 +147,7 @@ export function newRun(
  * indexes, its count by pipeline and status, its due-index entry and a queue message that
  * wakes it (at most 9 mutations).
  */
-export function addRunCreation(store: Store, op: Deno.AtomicOperation, run: RunRecord): void {
+export function addRunCreation(store: Store, op: AtomicOperation, run: RunRecord): void {
   addRunIndexes(op, run);
   store.wake(op, run.id, 0);
 }
@@ -173,7 +174,7 @@ export async function claim(
   if (!run) return null;
   const now = store.clock.now();
   if (TERMINAL.has(run.status)) {
-    if (run.dueAt !== null) await dropStaleDue(store, runEntry as Deno.KvEntry<RunRecord>);
+    if (run.dueAt !== null) await dropStaleDue(store, runEntry as KvEntry<RunRecord>);
     return null;
   }
   const held = leaseEntry.value;
@@ -231,7 +232,7 @@ export async function reclaimRunBlobs(store: Store, runId: string): Promise<numb
   return await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(entry)));
 }
 
-async function dropStaleDue(store: Store, entry: Deno.KvEntry<RunRecord>): Promise<void> {
+async function dropStaleDue(store: Store, entry: KvEntry<RunRecord>): Promise<void> {
   const run = entry.value;
   const fixed = { ...run, dueAt: null };
   const op = store.kv.atomic().check(entry).set(keys.run(run.id), fixed);

@@ -15,6 +15,7 @@ import { readBlob } from "../kv/blobs.ts";
 import { decodeValue } from "../kv/values.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
+import type { Kv, KvEntryMaybe, KvListIterator } from "../kv/kv.ts";
 
 /** Filters of {@linkcode listRuns}. */
 export interface ListRunsOptions {
@@ -37,7 +38,7 @@ export interface RunPage {
 }
 
 /** How many runs of a pipeline are queued, running or waiting. */
-export async function countActive(kv: Deno.Kv, pipeline: string): Promise<number> {
+export async function countActive(kv: Kv, pipeline: string): Promise<number> {
   let count = 0;
   for await (const _ of kv.list({ prefix: keys.activeRunPrefix(pipeline) })) count++;
   return count;
@@ -45,7 +46,7 @@ export async function countActive(kv: Deno.Kv, pipeline: string): Promise<number
 
 /** The run an idempotency key created for a pipeline, or null when it created none. */
 export async function runForIdempotencyKey(
-  kv: Deno.Kv,
+  kv: Kv,
   pipeline: string,
   key: string,
 ): Promise<RunRecord | null> {
@@ -54,7 +55,7 @@ export async function runForIdempotencyKey(
 }
 
 /** A run, or null when there is none with that id. */
-export async function getRun(kv: Deno.Kv, runId: string): Promise<RunRecord | null> {
+export async function getRun(kv: Kv, runId: string): Promise<RunRecord | null> {
   if (!isRunId(runId)) return null;
   return (await kv.get<RunRecord>(keys.run(runId))).value;
 }
@@ -64,14 +65,14 @@ export async function getRun(kv: Deno.Kv, runId: string): Promise<RunRecord | nu
  *
  * @throws {UsageError} when there is no such run
  */
-export async function requireRun(kv: Deno.Kv, runId: string): Promise<RunRecord> {
+export async function requireRun(kv: Kv, runId: string): Promise<RunRecord> {
   const run = await getRun(kv, runId);
   if (!run) throw unknownRun(runId);
   return run;
 }
 
 /** The stored step records of a run, by step name. */
-export async function getSteps(kv: Deno.Kv, runId: string): Promise<Map<string, TaskRecord>> {
+export async function getSteps(kv: Kv, runId: string): Promise<Map<string, TaskRecord>> {
   const steps = new Map<string, TaskRecord>();
   for await (const e of kv.list<TaskRecord>({ prefix: keys.stepPrefix(runId) })) {
     steps.set(e.key[e.key.length - 1] as string, e.value);
@@ -81,7 +82,7 @@ export async function getSteps(kv: Deno.Kv, runId: string): Promise<Map<string, 
 
 /** The stored item records of a fan-out step, by index. */
 export async function getItems(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   step: string,
 ): Promise<Map<number, TaskRecord>> {
@@ -93,7 +94,7 @@ export async function getItems(
 }
 
 /** The stored attempts of a run, in step, item, attempt order. */
-export async function getAttempts(kv: Deno.Kv, runId: string): Promise<AttemptRecord[]> {
+export async function getAttempts(kv: Kv, runId: string): Promise<AttemptRecord[]> {
   const attempts: AttemptRecord[] = [];
   for await (const e of kv.list<AttemptRecord>({ prefix: keys.attemptPrefix(runId) })) {
     attempts.push(e.value);
@@ -102,7 +103,7 @@ export async function getAttempts(kv: Deno.Kv, runId: string): Promise<AttemptRe
 }
 
 /** The output of a succeeded step (for fan-out steps, the list of item outputs). */
-export async function getOutput(kv: Deno.Kv, runId: string, step: string): Promise<unknown> {
+export async function getOutput(kv: Kv, runId: string, step: string): Promise<unknown> {
   const record = (await kv.get<TaskRecord>(keys.step(runId, step))).value;
   if (!record || record.status !== "succeeded") {
     throw new UsageError(`Step '${step}' of run ${runId} has no output yet`, "not_found");
@@ -118,7 +119,7 @@ export async function getOutput(kv: Deno.Kv, runId: string, step: string): Promi
 }
 
 /** The artifacts a run has stored. */
-export async function getArtifacts(kv: Deno.Kv, runId: string): Promise<ArtifactMeta[]> {
+export async function getArtifacts(kv: Kv, runId: string): Promise<ArtifactMeta[]> {
   const out: ArtifactMeta[] = [];
   for await (const e of kv.list<ArtifactMeta>({ prefix: keys.artifactPrefix(runId) })) {
     out.push(e.value);
@@ -132,7 +133,7 @@ export async function getArtifacts(kv: Deno.Kv, runId: string): Promise<Artifact
  * @throws {UsageError} when the run has no artifact of that name
  */
 export async function readArtifact(
-  kv: Deno.Kv,
+  kv: Kv,
   runId: string,
   name: string,
 ): Promise<{ meta: ArtifactMeta; bytes: Uint8Array }> {
@@ -146,7 +147,7 @@ export async function readArtifact(
  *
  * @throws {UsageError} on a limit out of range or a bad cursor
  */
-export async function listRuns(kv: Deno.Kv, options: ListRunsOptions = {}): Promise<RunPage> {
+export async function listRuns(kv: Kv, options: ListRunsOptions = {}): Promise<RunPage> {
   const limit = options.limit ?? 20;
   if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
     throw new UsageError(`Invalid limit ${limit}: use an integer from 1 to 1000`);
@@ -165,7 +166,7 @@ export async function listRuns(kv: Deno.Kv, options: ListRunsOptions = {}): Prom
     ? keys.runsByPipelinePrefix(options.pipeline)
     : keys.runsByTimePrefix();
   const runs: RunRecord[] = [];
-  let iter: Deno.KvListIterator<unknown>;
+  let iter: KvListIterator<unknown>;
   try {
     iter = kv.list({ prefix }, {
       reverse: true,
@@ -195,7 +196,7 @@ export async function listRuns(kv: Deno.Kv, options: ListRunsOptions = {}): Prom
 }
 
 /** The lease of a run, with its versionstamp. */
-export async function getLease(kv: Deno.Kv, runId: string): Promise<Deno.KvEntryMaybe<Lease>> {
+export async function getLease(kv: Kv, runId: string): Promise<KvEntryMaybe<Lease>> {
   return await kv.get<Lease>(keys.lease(runId));
 }
 
@@ -205,7 +206,7 @@ export async function getLease(kv: Deno.Kv, runId: string): Promise<Deno.KvEntry
  * at all) is deleted instead of returned: left in place, every sweep would list it
  * again, and entries at the head of the index would hide the due work behind them.
  */
-export async function dueRuns(kv: Deno.Kv, now: number, limit: number): Promise<string[]> {
+export async function dueRuns(kv: Kv, now: number, limit: number): Promise<string[]> {
   const entries: [number, string][] = [];
   const iter = kv.list<string>({ prefix: keys.duePrefix(), end: keys.due(now + 1, "") }, {
     limit,
@@ -237,7 +238,7 @@ export async function dueRuns(kv: Deno.Kv, now: number, limit: number): Promise<
  * once instead of waiting out their leases.
  */
 export async function orphanedRuns(
-  kv: Deno.Kv,
+  kv: Kv,
   holder: Omit<Lease, "deadline">,
   limit: number,
 ): Promise<string[]> {
@@ -251,7 +252,7 @@ export async function orphanedRuns(
 }
 
 /** The earliest due-index entry's time, or null when nothing is due. */
-export async function nextDue(kv: Deno.Kv): Promise<number | null> {
+export async function nextDue(kv: Kv): Promise<number | null> {
   for await (const e of kv.list({ prefix: keys.duePrefix() }, { limit: 1 })) {
     return e.key[2] as number;
   }

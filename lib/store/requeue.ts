@@ -24,6 +24,7 @@ import { addWrites, commitAtomic, splitWrites } from "../kv/commit.ts";
 import { reclaimRunBlobs } from "./commands.ts";
 import { getItems, getSteps } from "./queries.ts";
 import type { Store } from "./store.ts";
+import type { AtomicOperation, KvKey } from "../kv/kv.ts";
 
 /**
  * Puts a failed or cancelled run back in the queue: failed and skipped steps return to
@@ -81,7 +82,7 @@ async function requeue(
   };
   // Groups of writes that go in one commit: a reset that drops an output stored as a blob
   // comes with the blob's pending marker, so the next claim reclaims it.
-  const writes: [Deno.KvKey, unknown][][] = [];
+  const writes: [KvKey, unknown][][] = [];
   for (const reset of resets) {
     const owner = { step: reset.step, item: -1 };
     writes.push(resetWrites(run.id, owner, steps.get(reset.step), reset.record));
@@ -110,7 +111,7 @@ async function requeue(
   // again unchanged, so a cancel still marking this run's tasks (see `cancel.ts`) and this
   // requeue cannot interleave their batches: whichever commits second stops.
   const batches = splitWrites(writes);
-  let fence: { key: Deno.KvKey; versionstamp: string | null } = runEntry;
+  let fence: { key: KvKey; versionstamp: string | null } = runEntry;
   for (const [i, batch] of batches.entries()) {
     const op = store.kv.atomic().check(fence);
     addWrites(op, batch);
@@ -127,7 +128,7 @@ async function requeue(
 
 function finishRequeue(
   store: Store,
-  op: Deno.AtomicOperation,
+  op: AtomicOperation,
   run: RunRecord,
   next: RunRecord,
 ): void {
@@ -146,7 +147,7 @@ function resetWrites(
   owner: { step: string; item: number },
   before: TaskRecord | undefined,
   after: TaskRecord,
-): [Deno.KvKey, unknown][] {
+): [KvKey, unknown][] {
   const key = owner.item < 0
     ? keys.step(runId, owner.step)
     : keys.item(runId, owner.step, owner.item);

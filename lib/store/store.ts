@@ -18,6 +18,7 @@ import { cancel } from "./cancel.ts";
 import * as requeue from "./requeue.ts";
 import type { Claim, CreateRunInput } from "./commands.ts";
 import type { ListRunsOptions, RunPage } from "./queries.ts";
+import type { AtomicOperation, Kv, KvEntryMaybe } from "../kv/kv.ts";
 
 export type { Claim, CreateRunInput } from "./commands.ts";
 export type { ListRunsOptions, RunPage } from "./queries.ts";
@@ -43,7 +44,7 @@ export interface StoreOptions {
 /** Reads and changes runs in one KV database. */
 export class Store {
   /** The KV database. */
-  readonly kv: Deno.Kv;
+  readonly kv: Kv;
   /** Whether `kv.enqueue` wake-ups are sent. */
   readonly queues: boolean;
   /** Shares one KV commit among checkpoints of different runs made at the same moment. */
@@ -57,7 +58,7 @@ export class Store {
    * @param kv an open KV database
    * @param options whether the KV has queues
    */
-  constructor(kv: Deno.Kv, options: StoreOptions = {}) {
+  constructor(kv: Kv, options: StoreOptions = {}) {
     this.kv = kv;
     this.queues = options.queues ?? true;
     this.clock = options.clock ?? systemClock;
@@ -92,7 +93,7 @@ export class Store {
    * indexes, its count by pipeline and status, its due-index entry and a queue message that
    * wakes it (at most 9 mutations).
    */
-  addRunCreation(op: Deno.AtomicOperation, run: RunRecord): void {
+  addRunCreation(op: AtomicOperation, run: RunRecord): void {
     commands.addRunCreation(this, op, run);
   }
 
@@ -167,7 +168,7 @@ export class Store {
   }
 
   /** The lease of a run, with its versionstamp. */
-  async getLease(runId: string): Promise<Deno.KvEntryMaybe<Lease>> {
+  async getLease(runId: string): Promise<KvEntryMaybe<Lease>> {
     return await queries.getLease(this.kv, runId);
   }
 
@@ -260,7 +261,7 @@ export class Store {
   }
 
   /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */
-  wake(op: Deno.AtomicOperation, runId: string, delayMs: number): void {
+  wake(op: AtomicOperation, runId: string, delayMs: number): void {
     if (!this.queues) return;
     op.enqueue({ kvflow: "run", runId } satisfies WakeMessage, {
       delay: Math.max(0, Math.min(delayMs, KV_ENQUEUE_DELAY_MS - 1)),

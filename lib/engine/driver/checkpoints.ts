@@ -16,6 +16,7 @@ import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS } from "../../kv/limits.t
 import type { AttemptRecord, RunRecord, StepStatus, TaskRecord } from "../../model/run_state.ts";
 import type { Store } from "../../store/store.ts";
 import type { StepNode } from "./graph.ts";
+import type { AtomicOperation, KvCommitError, KvCommitResult, KvKey } from "../../kv/kv.ts";
 
 /** A change the driver made durable, for progress lines and live views. */
 export type RunEvent =
@@ -41,7 +42,7 @@ export type RunEvent =
 
 /** A pending write of the queue. */
 export interface Write {
-  key: Deno.KvKey;
+  key: KvKey;
   value: unknown;
   /** Estimated bytes it adds to a commit: its value, and its key twice (as KV counts). */
   size: number;
@@ -69,13 +70,13 @@ export class Checkpoints {
   readonly #store: Store;
   readonly #runId: string;
   readonly #hooks: CheckpointHooks;
-  readonly #lease: Deno.KvKey;
+  readonly #lease: KvKey;
   /** The lease's versionstamp that every commit checks. */
   #leaseVersion: string;
   /** Bytes of the run's largest index key, to count its run ops' keys. */
   readonly #indexKeyBytes: number;
   #writes = new Map<string, Write>();
-  #runOps: ((op: Deno.AtomicOperation) => void)[] = [];
+  #runOps: ((op: AtomicOperation) => void)[] = [];
   #events: RunEvent[] = [];
   #afterCommit: (() => void)[] = [];
   #committing: Promise<void> | null = null;
@@ -106,12 +107,12 @@ export class Checkpoints {
   }
 
   /** Queues a write (`null` deletes), `size` bytes at least besides its key. */
-  write(key: Deno.KvKey, value: unknown, size = 1024): void {
+  write(key: KvKey, value: unknown, size = 1024): void {
     this.writeKeyed(JSON.stringify(key), key, keySize(key), value, size);
   }
 
   /** `write` with the key's id in the queue (its JSON for any key) and size known. */
-  writeKeyed(id: string, key: Deno.KvKey, keyBytes: number, value: unknown, size: number): void {
+  writeKeyed(id: string, key: KvKey, keyBytes: number, value: unknown, size: number): void {
     this.#writes.set(id, { key, value, size: size + 2 * keyBytes, keyBytes });
   }
 
@@ -138,7 +139,7 @@ export class Checkpoints {
   }
 
   /** Queues mutations of the run's indexes, due entry or lease, for the last batch. */
-  runOp(apply: (op: Deno.AtomicOperation) => void): void {
+  runOp(apply: (op: AtomicOperation) => void): void {
     this.#runOps.push(apply);
   }
 
@@ -200,11 +201,11 @@ export class Checkpoints {
    * checkpoint, and in turn with the checkpoints so that the lease versionstamp it checks
    * is the current one: a worker that lost its lease writes no chunk either.
    */
-  commitChunks(op: Deno.AtomicOperation): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  commitChunks(op: AtomicOperation): Promise<KvCommitResult | KvCommitError> {
     if (this.#committing) {
       return this.#committing.then(noop, noop).then(() => this.commitChunks(op));
     }
-    const commit = (async (): Promise<Deno.KvCommitResult | Deno.KvCommitError> => {
+    const commit = (async (): Promise<KvCommitResult | KvCommitError> => {
       if (!this.#hooks.acting()) return { ok: false };
       this.wroteChunks = true;
       op.check({ key: this.#lease, versionstamp: this.#leaseVersion });
@@ -262,7 +263,7 @@ export class Checkpoints {
         batchKeyBytes += w.keyBytes;
         if (w.key[1] === "lease") leaseWritten = true;
       }
-      let result: Deno.KvCommitResult | Deno.KvCommitError;
+      let result: KvCommitResult | KvCommitError;
       try {
         result = await this.#store.committer.commit({
           checks: 1,

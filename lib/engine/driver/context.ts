@@ -27,6 +27,7 @@ import type { Store } from "../../store/store.ts";
 import type { Clock } from "../clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import type { Attempt } from "./attempt.ts";
+import type { Kv } from "../../kv/kv.ts";
 
 const MAX_LOG_LINES = 500;
 const MAX_LOG_BYTES = 32_000;
@@ -103,7 +104,7 @@ export function stepContext(
 
 /** The artifacts a run's attempts store, through its checkpoint queue. */
 export class Artifacts {
-  readonly #kv: Deno.Kv;
+  readonly #kv: Kv;
   readonly #runId: string;
   readonly #clock: Clock;
   readonly #checkpoints: Checkpoints;
@@ -117,7 +118,7 @@ export class Artifacts {
    * @param lost whether the run was lost, so that a stored artifact may not be durable
    */
   constructor(
-    run: { kv: Deno.Kv; runId: string; clock: Clock; checkpoints: Checkpoints },
+    run: { kv: Kv; runId: string; clock: Clock; checkpoints: Checkpoints },
     lost: () => boolean,
   ) {
     this.#kv = run.kv;

@@ -55,6 +55,7 @@ import { expandItems } from "./items.ts";
 import { LeaseRenewal } from "./lease.ts";
 import { RunRecords } from "./records.ts";
 import { blame, queueHandBack } from "./refusal.ts";
+import type { Kv } from "../../kv/kv.ts";
 
 export type { RunEvent } from "./checkpoints.ts";
 
@@ -123,7 +124,7 @@ type State = "driving" | "draining" | "ending" | "refusing" | "lost" | "ended";
 /** Executes one claimed run. */
 export class RunDriver {
   readonly #options: DriverOptions;
-  readonly #kv: Deno.Kv;
+  readonly #kv: Kv;
   readonly #clock: Clock;
   #state: State = "driving";
   readonly #runId: string;

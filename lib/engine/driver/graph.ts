@@ -9,6 +9,7 @@ import type { ResolvedRetry } from "../../define/retry.ts";
 import type { AnyStep } from "../../define/step.ts";
 import type { StepStatus, TaskRecord } from "../../model/run_state.ts";
 import { type FanState, nextRetry } from "./fan_out.ts";
+import type { KvKey } from "../../kv/kv.ts";
 
 /** A step of the run, with what the driver knows about it. */
 export interface StepNode {
@@ -24,7 +25,7 @@ export interface StepNode {
   /** Whether it is in that list now (a walk drops those no longer open at its end). */
   listed: boolean;
   /** Its step record's key, with its id in the checkpoint queue and its size (made once). */
-  key: Deno.KvKey;
+  key: KvKey;
   keyId: string;
   keyBytes: number;
   /** The size of its attempt records' keys, once known. */

@@ -8,6 +8,7 @@
 import * as keys from "../../kv/keys.ts";
 import type { Lease } from "../../model/run_state.ts";
 import type { Clock } from "../clock.ts";
+import type { Kv, KvKey } from "../../kv/kv.ts";
 
 /** What renewal tells its driver, and asks it. */
 export interface LeaseHooks {
@@ -21,9 +22,9 @@ export interface LeaseHooks {
 
 /** Renews one run's lease while its driver acts on it. */
 export class LeaseRenewal {
-  readonly #kv: Deno.Kv;
+  readonly #kv: Kv;
   readonly #clock: Clock;
-  readonly #key: Deno.KvKey;
+  readonly #key: KvKey;
   readonly #leaseMs: number;
   readonly #hooks: LeaseHooks;
   #lease: Lease;
@@ -35,7 +36,7 @@ export class LeaseRenewal {
    * @param claim the run's id, its lease, its length, and where it is stored
    */
   constructor(
-    claim: { kv: Deno.Kv; clock: Clock; runId: string; lease: Lease; leaseMs: number },
+    claim: { kv: Kv; clock: Clock; runId: string; lease: Lease; leaseMs: number },
     hooks: LeaseHooks,
   ) {
     this.#kv = claim.kv;
