@@ -79,6 +79,6 @@ export {
   type StepStatus,
   type Stored,
   type TaskRecord,
-} from "./model/run_state.ts";
+} from "./model/records.ts";
 export { type ArtifactMeta } from "./model/artifacts.ts";
 export { type AlertRecord, type ChannelState } from "./alerts/alerts.ts";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step, UsageError } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
-import type { RunRecord } from "../lib/model/run_state.ts";
+import type { RunRecord } from "../lib/model/records.ts";
 import { aborted, deferred, dueTimes, waitFor } from "./_support/helpers.ts";
 
 Deno.test("cancel() aborts a running step's signal and ends the run cancelled", async () => {

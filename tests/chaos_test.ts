@@ -18,7 +18,7 @@ import * as keys from "../lib/kv/keys.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../lib/mod.ts";
 import type { ScheduleState } from "../lib/engine/scheduler.ts";
 import { Store } from "../lib/store/store.ts";
-import { TERMINAL } from "../lib/model/run_state.ts";
+import { TERMINAL } from "../lib/model/records.ts";
 import { FIXTURE_CLI, poll, type Proc, Sandbox } from "./_support/harness.ts";
 import chaos, { type ChaosRow, openLedger } from "./fixtures/chaos.ts";
 

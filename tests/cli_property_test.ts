@@ -18,7 +18,7 @@ import {
   parseParams,
 } from "../lib/cli/cli.ts";
 import { UsageError } from "../lib/mod.ts";
-import { RUN_STATUSES } from "../lib/model/run_state.ts";
+import { RUN_STATUSES } from "../lib/model/records.ts";
 import { validateParams } from "../lib/model/params.ts";
 import { pipelines } from "../pipelines/mod.ts";
 import { type Exit, Sandbox } from "./_support/harness.ts";

@@ -20,7 +20,7 @@ import {
   Sandbox,
 } from "./_support/harness.ts";
 import type { AttemptRecord } from "../lib/mod.ts";
-import type { Lease } from "../lib/model/run_state.ts";
+import type { Lease } from "../lib/model/records.ts";
 import { auditBlobs } from "./_support/helpers.ts";
 
 const ENV = { KVFLOW_LEASE_MS: "1000", KVFLOW_POLL_MS: "100" };

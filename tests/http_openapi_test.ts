@@ -4,7 +4,7 @@ import { Ajv2020 } from "ajv/dist/2020.js";
 import { z } from "zod";
 import { Contract, type OpenApi, startService } from "./_support/http.ts";
 import { RunListQuerySchema, RunStatusSchema, TriggerRequestSchema } from "../lib/http/schemas.ts";
-import { RUN_STATUSES } from "../lib/model/run_state.ts";
+import { RUN_STATUSES } from "../lib/model/records.ts";
 
 const ROUTES = [
   "GET /api/pipelines",

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import * as keys from "../lib/kv/keys.ts";
-import type { Lease } from "../lib/model/run_state.ts";
+import type { Lease } from "../lib/model/records.ts";
 import { startService, world } from "./_support/http.ts";
 import { Sandbox } from "./_support/harness.ts";
 

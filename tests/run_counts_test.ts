@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import * as keys from "../lib/kv/keys.ts";
 import { openEngine, type RunRecord, type RunStatus } from "../lib/mod.ts";
-import { RUN_STATUSES } from "../lib/model/run_state.ts";
+import { RUN_STATUSES } from "../lib/model/records.ts";
 import { Store } from "../lib/store/store.ts";
 import { migrate, SCHEMA_VERSION } from "../lib/kv/migrations.ts";
 import { demoPipeline, type Service, startService, world } from "./_support/http.ts";

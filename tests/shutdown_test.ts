@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
-import { MAX_CRASHES } from "../lib/model/run_state.ts";
+import { MAX_CRASHES } from "../lib/model/transitions.ts";
 import { deferred, dueTimes, sleep, tempKv } from "./_support/helpers.ts";
 
 function twoSteps(state: { firstCalls: number; secondCalls: number; firstMs: number }) {

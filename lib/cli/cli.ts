@@ -12,7 +12,7 @@ import type { Pipeline } from "../define/pipeline.ts";
 import { KvUnavailableError, UsageError } from "../model/errors.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";
-import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "../model/run_state.ts";
+import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "../model/records.ts";
 import { validateParams } from "../model/params.ts";
 import { runAlerts } from "../alerts/alerts.ts";
 import { workerSettingsFromEnv } from "../engine/settings.ts";

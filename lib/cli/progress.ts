@@ -7,7 +7,7 @@
  */
 import { formatMs } from "../define/duration.ts";
 import type { RunEvent } from "../engine/driver/driver.ts";
-import type { AttemptRecord, RunRecord, TaskRecord } from "../model/run_state.ts";
+import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
 import type { Pipeline } from "../define/pipeline.ts";
 import { env } from "../platform/env.ts";
 

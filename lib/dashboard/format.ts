@@ -5,8 +5,8 @@
  */
 import { z } from "zod";
 import type { Pipeline } from "../define/pipeline.ts";
-import type { AttemptRecord, RunRecord, StepStatus, TaskRecord } from "../model/run_state.ts";
-import { TERMINAL } from "../model/run_state.ts";
+import type { AttemptRecord, RunRecord, StepStatus, TaskRecord } from "../model/records.ts";
+import { TERMINAL } from "../model/records.ts";
 import type { ErrorInfo } from "../model/errors.ts";
 
 /** The icon shown with each run, step and attempt status. */

@@ -8,9 +8,9 @@
 import type { Child, PropsWithChildren } from "hono/jsx";
 import type { JSX } from "hono/jsx/jsx-runtime";
 import type { Pipeline } from "../define/pipeline.ts";
-import type { RunRecord, StepStatus, TaskRecord } from "../model/run_state.ts";
+import type { RunRecord, StepStatus, TaskRecord } from "../model/records.ts";
 import { nextTicks } from "../engine/scheduler.ts";
-import { TERMINAL } from "../model/run_state.ts";
+import { TERMINAL } from "../model/records.ts";
 import { CSS, JS } from "./assets.ts";
 import {
   clip,

@@ -7,8 +7,8 @@
  */
 import type { JSX } from "hono/jsx/jsx-runtime";
 import type { Pipeline } from "../define/pipeline.ts";
-import type { RunRecord, RunStatus } from "../model/run_state.ts";
-import { RUN_STATUSES } from "../model/run_state.ts";
+import type { RunRecord, RunStatus } from "../model/records.ts";
+import { RUN_STATUSES } from "../model/records.ts";
 import {
   Badge,
   type Frame,

@@ -7,8 +7,8 @@
  * @module
  */
 import type { JSX } from "hono/jsx/jsx-runtime";
-import type { AttemptRecord, RunRecord, TaskRecord } from "../model/run_state.ts";
-import { TERMINAL } from "../model/run_state.ts";
+import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
+import { TERMINAL } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import type { AlertRecord } from "../alerts/alerts.ts";
 import type { ErrorInfo } from "../model/errors.ts";

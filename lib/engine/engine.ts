@@ -8,7 +8,7 @@ import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "../model/errors.ts";
 import { openKv } from "../kv/open.ts";
 import { type CreateRunInput, Store } from "../store/store.ts";
-import { type RunRecord, TERMINAL } from "../model/run_state.ts";
+import { type RunRecord, TERMINAL } from "../model/records.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver/driver.ts";
 import { type Clock, systemClock } from "./clock.ts";

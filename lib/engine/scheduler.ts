@@ -13,7 +13,7 @@ import type { Pipeline } from "../define/pipeline.ts";
 import type { Schedule } from "../define/schedule.ts";
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
-import type { RunRecord } from "../model/run_state.ts";
+import type { RunRecord } from "../model/records.ts";
 import type { Store } from "../store/store.ts";
 import { UsageError } from "../model/errors.ts";
 

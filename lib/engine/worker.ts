@@ -17,8 +17,8 @@ import {
   pendingAlerts,
 } from "../alerts/alerts.ts";
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
-import type { Lease, RunRecord } from "../model/run_state.ts";
-import { TERMINAL } from "../model/run_state.ts";
+import type { Lease, RunRecord } from "../model/records.ts";
+import { TERMINAL } from "../model/records.ts";
 import type { Store, WakeMessage } from "../store/store.ts";
 import { StepLimit } from "./step_limit.ts";
 import { hostname, pid } from "../platform/process.ts";

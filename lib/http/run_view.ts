@@ -9,7 +9,7 @@ import { z } from "zod";
 import type { Pipeline } from "../define/pipeline.ts";
 import type { Engine } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
-import type { AttemptRecord, RunRecord, TaskRecord } from "../model/run_state.ts";
+import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { type AlertRecord, runAlerts } from "../alerts/alerts.ts";
 import { nextTicks, type ScheduleState } from "../engine/scheduler.ts";

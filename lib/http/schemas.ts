@@ -9,7 +9,7 @@
  * @module
  */
 import { z } from "zod";
-import type { RunStatus, StepStatus } from "../model/run_state.ts";
+import type { RunStatus, StepStatus } from "../model/records.ts";
 import type { Trigger } from "../define/context.ts";
 
 /** Schemas of responses, by component name. */

@@ -12,7 +12,7 @@
  */
 import type { Engine, EngineEvent } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
-import { type RunRecord, type TaskRecord, TERMINAL } from "../model/run_state.ts";
+import { type RunRecord, type TaskRecord, TERMINAL } from "../model/records.ts";
 import type { StepEvent } from "./schemas.ts";
 import { runJson } from "./run_view.ts";
 

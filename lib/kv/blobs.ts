@@ -22,7 +22,7 @@ import {
   CHUNKS_PER_COMMIT,
   MAX_VALUE_BYTES,
 } from "./limits.ts";
-import type { BlobRef, TaskRecord } from "../model/run_state.ts";
+import type { BlobRef, TaskRecord } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import type { AtomicOperation, Kv, KvCommitError, KvCommitResult, KvKey } from "./kv.ts";
 

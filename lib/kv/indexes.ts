@@ -8,7 +8,7 @@
  * @module
  */
 import * as keys from "./keys.ts";
-import { type RunRecord, TERMINAL } from "../model/run_state.ts";
+import { type RunRecord, TERMINAL } from "../model/records.ts";
 import type { AtomicOperation } from "./kv.ts";
 
 /** Value of a {@linkcode keys.runsByPipelineStatus} entry whose run is in its count. */

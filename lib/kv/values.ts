@@ -10,7 +10,7 @@ import { NonRetryableError } from "../model/errors.ts";
 import * as keys from "./keys.ts";
 import { commitAtomic } from "./commit.ts";
 import { INLINE_BYTES, INLINE_ESTIMATE } from "./limits.ts";
-import type { Stored } from "../model/run_state.ts";
+import type { Stored } from "../model/records.ts";
 import { type BlobOwner, type CommitChunks, readBlob, writeBlob } from "./blobs.ts";
 import type { Kv } from "./kv.ts";
 

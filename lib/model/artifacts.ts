@@ -6,7 +6,7 @@
  */
 import type { ArtifactRef } from "../define/context.ts";
 import { UsageError } from "./errors.ts";
-import type { BlobRef } from "./run_state.ts";
+import type { BlobRef } from "./records.ts";
 
 /** What kvflow stores about an artifact. */
 export interface ArtifactMeta {

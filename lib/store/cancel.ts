@@ -6,7 +6,8 @@
  */
 import { UsageError } from "../model/errors.ts";
 import { isRunId, unknownRun } from "../model/run_id.ts";
-import { cancelTask, type Lease, type RunRecord, TERMINAL } from "../model/run_state.ts";
+import { type Lease, type RunRecord, TERMINAL } from "../model/records.ts";
+import { cancelTask } from "../model/transitions.ts";
 import * as keys from "../kv/keys.ts";
 import { moveDue, moveStatus } from "../kv/indexes.ts";
 import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";

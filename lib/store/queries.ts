@@ -9,7 +9,7 @@
 import * as keys from "../kv/keys.ts";
 import { UsageError } from "../model/errors.ts";
 import { isRunId, unknownRun } from "../model/run_id.ts";
-import type { AttemptRecord, Lease, RunRecord, RunStatus, TaskRecord } from "../model/run_state.ts";
+import type { AttemptRecord, Lease, RunRecord, RunStatus, TaskRecord } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { readBlob } from "../kv/blobs.ts";
 import { decodeValue } from "../kv/values.ts";

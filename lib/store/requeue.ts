@@ -7,16 +7,9 @@
  */
 import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "../model/errors.ts";
-import {
-  planRerun,
-  planResume,
-  recordedGraph,
-  resetTask,
-  type RunRecord,
-  type StepReset,
-  type TaskRecord,
-  TERMINAL,
-} from "../model/run_state.ts";
+import { planRerun, planResume, recordedGraph, type StepReset } from "../model/plans.ts";
+import { type RunRecord, type TaskRecord, TERMINAL } from "../model/records.ts";
+import { resetTask } from "../model/transitions.ts";
 import * as keys from "../kv/keys.ts";
 import { moveDue, moveStatus } from "../kv/indexes.ts";
 import type { PendingBlob } from "../kv/blobs.ts";

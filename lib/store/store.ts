@@ -7,7 +7,7 @@
  * @module
  */
 import type { Pipeline } from "../define/pipeline.ts";
-import type { AttemptRecord, Lease, RunRecord, TaskRecord } from "../model/run_state.ts";
+import type { AttemptRecord, Lease, RunRecord, TaskRecord } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { GroupCommitter } from "../kv/commit.ts";
 import { KV_COMMIT_CHECKS, KV_ENQUEUE_DELAY_MS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";

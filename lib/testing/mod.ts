@@ -36,7 +36,7 @@ import { NonRetryableError } from "../model/errors.ts";
 import type { AlertRecord } from "../alerts/alerts.ts";
 import { runAlerts } from "../alerts/alerts.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
-import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../model/run_state.ts";
+import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../model/records.ts";
 
 /**
  * A clock that moves only when told to, or — in auto mode, the default — jumps straight

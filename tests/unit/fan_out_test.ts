@@ -1,6 +1,7 @@
 /** Fan-out bookkeeping: pure, no KV. */
 import assert from "node:assert/strict";
-import { pendingTask, type StepStatus, type TaskRecord } from "../../lib/model/run_state.ts";
+import type { StepStatus, TaskRecord } from "../../lib/model/records.ts";
+import { pendingTask } from "../../lib/model/transitions.ts";
 import {
   fanOpen,
   fanOutputs,

@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { resolveRetry } from "../../lib/define/retry.ts";
 import { type AnyStep, step } from "../../lib/define/step.ts";
-import { pendingTask, type StepStatus, type TaskRecord } from "../../lib/model/run_state.ts";
+import type { StepStatus, TaskRecord } from "../../lib/model/records.ts";
+import { pendingTask } from "../../lib/model/transitions.ts";
 import {
   blockingNeed,
   isEnded,

@@ -8,7 +8,7 @@
 import type { AnyStep } from "../../define/step.ts";
 import { MAX_TIMEOUT_MS } from "../../define/step.ts";
 import { NonRetryableError } from "../../model/errors.ts";
-import type { LogLine, TaskRecord } from "../../model/run_state.ts";
+import type { LogLine, TaskRecord } from "../../model/records.ts";
 import type { StepNode } from "./graph.ts";
 
 /** A running attempt of a step or fan-out item. */

@@ -13,7 +13,7 @@ import { commitAtomic } from "../../kv/commit.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS } from "../../kv/limits.ts";
-import type { AttemptRecord, RunRecord, StepStatus, TaskRecord } from "../../model/run_state.ts";
+import type { AttemptRecord, RunRecord, StepStatus, TaskRecord } from "../../model/records.ts";
 import type { Store } from "../../store/store.ts";
 import type { StepNode } from "./graph.ts";
 import type { AtomicOperation, KvCommitError, KvCommitResult, KvKey } from "../../kv/kv.ts";

@@ -16,12 +16,8 @@ import v8 from "node:v8";
 import { toErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { type PendingBlob, writeBlob } from "../../kv/blobs.ts";
-import {
-  type BlobRef,
-  idempotencyKey,
-  type LogLine,
-  type RunRecord,
-} from "../../model/run_state.ts";
+import type { BlobRef, LogLine, RunRecord } from "../../model/records.ts";
+import { idempotencyKey } from "../../model/transitions.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "../../model/artifacts.ts";
 import type { Store } from "../../store/store.ts";
 import type { Clock } from "../clock.ts";

@@ -22,19 +22,17 @@ import type { ErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import { decodeValue, encodeMeasured, encodeSmall } from "../../kv/values.ts";
+import type { RunRecord, Stored, TaskRecord } from "../../model/records.ts";
 import {
   attemptRecord,
   failAttempt,
   isReady,
   pendingTask,
-  type RunRecord,
   skipTask,
   spentAttempts,
   startAttempt,
-  type Stored,
   succeedTask,
-  type TaskRecord,
-} from "../../model/run_state.ts";
+} from "../../model/transitions.ts";
 import type { Claim, Store } from "../../store/store.ts";
 import type { AlertRecord } from "../../alerts/alerts.ts";
 import type { StepLimit } from "../step_limit.ts";

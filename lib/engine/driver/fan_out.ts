@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { StepStatus, TaskRecord } from "../../model/run_state.ts";
+import type { StepStatus, TaskRecord } from "../../model/records.ts";
 import { MinHeap } from "./min_heap.ts";
 
 /** The items of one fan-out step, as this driver knows them. */

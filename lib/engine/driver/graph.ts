@@ -7,7 +7,7 @@
  */
 import type { ResolvedRetry } from "../../define/retry.ts";
 import type { AnyStep } from "../../define/step.ts";
-import type { StepStatus, TaskRecord } from "../../model/run_state.ts";
+import type { StepStatus, TaskRecord } from "../../model/records.ts";
 import { type FanState, nextRetry } from "./fan_out.ts";
 import type { KvKey } from "../../kv/kv.ts";
 

@@ -6,7 +6,7 @@
  * @module
  */
 import * as keys from "../../kv/keys.ts";
-import type { Lease } from "../../model/run_state.ts";
+import type { Lease } from "../../model/records.ts";
 import type { Clock } from "../clock.ts";
 import type { Kv, KvKey } from "../../kv/kv.ts";
 

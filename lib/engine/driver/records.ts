@@ -1,23 +1,21 @@
 /**
  * What the driver records of its run: the run record, its steps' and items' task
  * records and their attempts, queued as checkpoint writes with the events that tell of
- * them. The records' contents come from `model/run_state.ts`; this module keeps the
+ * them. The records' contents come from `model/transitions.ts`; this module keeps the
  * driver's copy in memory in step with what it queues.
  *
  * @module
  */
 import type { AlertRecord } from "../../alerts/alerts.ts";
 import * as keys from "../../kv/keys.ts";
+import type { AttemptRecord, RunRecord, TaskRecord } from "../../model/records.ts";
 import {
-  type AttemptRecord,
   attemptRecord,
   crashError,
   crashTask,
   releaseError,
   releaseTask,
-  type RunRecord,
-  type TaskRecord,
-} from "../../model/run_state.ts";
+} from "../../model/transitions.ts";
 import { moveDue, moveStatus } from "../../kv/indexes.ts";
 import { type Checkpoints, taskBytes } from "./checkpoints.ts";
 import { isEnded, type StepGraph, type StepNode } from "./graph.ts";

@@ -15,15 +15,8 @@ import v8 from "node:v8";
 import type { ErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { KV_KEY_BYTES, KV_VALUE_BYTES } from "../../kv/limits.ts";
-import {
-  type AttemptRecord,
-  attemptRecord,
-  type LogLine,
-  releaseError,
-  releaseTask,
-  type RunRecord,
-  type TaskRecord,
-} from "../../model/run_state.ts";
+import type { AttemptRecord, LogLine, RunRecord, TaskRecord } from "../../model/records.ts";
+import { attemptRecord, releaseError, releaseTask } from "../../model/transitions.ts";
 import type { Store } from "../../store/store.ts";
 import { taskKey } from "./attempt.ts";
 import type { Checkpoints, Write } from "./checkpoints.ts";

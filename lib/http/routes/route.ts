@@ -9,7 +9,7 @@ import type { Context } from "hono";
 import type { z } from "zod";
 import type { Engine } from "../../engine/engine.ts";
 import type { Pipeline } from "../../define/pipeline.ts";
-import type { RunRecord } from "../../model/run_state.ts";
+import type { RunRecord } from "../../model/records.ts";
 import type { HealthSchema } from "../schemas.ts";
 import type { RouteDoc } from "../openapi.ts";
 import { HttpError, quote } from "../errors.ts";

@@ -6,7 +6,7 @@
  */
 import type { Engine } from "../../engine/engine.ts";
 import { UsageError } from "../../model/errors.ts";
-import { type RunRecord, TERMINAL } from "../../model/run_state.ts";
+import { type RunRecord, TERMINAL } from "../../model/records.ts";
 import { validateParams } from "../../model/params.ts";
 import type { Pipeline } from "../../define/pipeline.ts";
 import {

@@ -3,6 +3,8 @@ import { pipeline } from "../../lib/define/pipeline.ts";
 import { step } from "../../lib/define/step.ts";
 import type { ErrorInfo } from "../../lib/model/errors.ts";
 import { UsageError } from "../../lib/model/errors.ts";
+import { planRerun, planResume, type StepReset } from "../../lib/model/plans.ts";
+import type { RunRecord, RunStatus, TaskRecord } from "../../lib/model/records.ts";
 import {
   cancelTask,
   crashTask,
@@ -11,18 +13,12 @@ import {
   isReady,
   MAX_CRASHES,
   pendingTask,
-  planRerun,
-  planResume,
   releaseTask,
-  type RunRecord,
-  type RunStatus,
   skipTask,
   spentAttempts,
   startAttempt,
-  type StepReset,
   succeedTask,
-  type TaskRecord,
-} from "../../lib/model/run_state.ts";
+} from "../../lib/model/transitions.ts";
 
 const T0 = Date.UTC(2026, 11, 4, 3, 0, 0);
 const boom: ErrorInfo = { name: "Error", message: "boom", retryable: true };

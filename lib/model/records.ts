@@ -1,0 +1,167 @@
+/**
+ * What kvflow stores about runs, steps, items and attempts: the records and their
+ * statuses, as plain data. How each may change is `transitions.ts`.
+ *
+ * @module
+ */
+import type { Trigger } from "../define/context.ts";
+import type { ErrorInfo } from "./errors.ts";
+
+/** A run's status. */
+export type RunStatus = "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
+
+/** A step's (or fan-out item's) status. */
+export type StepStatus = "pending" | "running" | "retrying" | "succeeded" | "failed" | "skipped";
+
+/** Run statuses after which nothing happens until a person resumes or reruns. */
+export const TERMINAL: ReadonlySet<RunStatus> = new Set(["succeeded", "failed", "cancelled"]);
+
+/** Every run status, in the order a run usually passes them. */
+export const RUN_STATUSES: readonly RunStatus[] = [
+  "queued",
+  "running",
+  "waiting",
+  "succeeded",
+  "failed",
+  "cancelled",
+];
+
+/** The stored record of a run. */
+export interface RunRecord {
+  /** Sortable by creation time. */
+  id: string;
+  /** Pipeline name. */
+  pipeline: string;
+  /** Hash of the pipeline's step graph when the run was created (or last forced). */
+  version: string;
+  /**
+   * The step graph the version hashes, to explain a change; null when it is too large
+   * to keep in the run record (thousands of steps).
+   */
+  graph: Record<string, string[]> | null;
+  /** Validated params. */
+  params: Record<string, unknown>;
+  /** `YYYY-MM-DD`. */
+  logicalDate: string;
+  /** For a scheduled or backfilled run: its schedule tick, ms since the epoch. */
+  tick?: number | null;
+  /** How it was started. */
+  trigger: Trigger;
+  /** The module the pipeline was loaded from, when it is not in the registry. */
+  module?: string;
+  /** Status. */
+  status: RunStatus;
+  /** Creation time, ms since epoch. */
+  createdAt: number;
+  /** First time a worker started it. */
+  startedAt: number | null;
+  /** When it last reached a terminal status. */
+  endedAt: number | null;
+  /** The time of this run's entry in the due-index, or null when it has none. */
+  dueAt: number | null;
+  /** Why it failed or was cancelled. */
+  error: { step: string | null; message: string } | null;
+  /** How many times it has failed; numbers its alerts. */
+  failures: number;
+  /** How many times a worker took it over from an expired lease. */
+  takeovers: number;
+}
+
+/** Who may write a run's checkpoints, and until when. */
+export interface Lease {
+  /** The worker's id. */
+  owner: string;
+  /** Host of the worker, to detect a dead local holder early. */
+  host: string;
+  /** Process id of the worker. */
+  pid: number;
+  /** Ms since epoch after which any worker may take the run over. */
+  deadline: number;
+}
+
+/** A reference to bytes stored in chunks. */
+export interface BlobRef {
+  /** Unique within the run. */
+  id: string;
+  /** Total bytes. */
+  size: number;
+  /** Number of chunks. */
+  chunks: number;
+}
+
+/** A value as stored: inline when small, else serialized into a blob. */
+export type Stored = { inline: unknown } | { blob: BlobRef };
+
+/** The stored state of one step (or of one fan-out item). */
+export interface TaskRecord {
+  /** Status. */
+  status: StepStatus;
+  /** Attempts started so far. */
+  attempt: number;
+  /** Bumped by each rerun; part of the idempotency key. */
+  generation: number;
+  /**
+   * Attempts made before the last resume or rerun reset `attempt`; attempt records are
+   * numbered from here, so a resume adds to the history instead of overwriting it.
+   */
+  base?: number;
+  /** When the current or last attempt started. */
+  startedAt: number | null;
+  /** When it reached its last status. */
+  endedAt: number | null;
+  /** When a retry is due. */
+  nextAt: number | null;
+  /** The last error. */
+  error: ErrorInfo | null;
+  /** The output, once succeeded (absent for fan-out steps: their items hold it). */
+  output?: Stored;
+  /** For a fan-out step: how many items its list had. */
+  items?: number;
+  /**
+   * Attempts that ended because their worker died (crash, kill or lost lease) since the
+   * last resume or rerun. They do not spend the retry policy's attempts: a step whose
+   * worker died runs again even with `attempts: 1`, up to `MAX_CRASHES` times.
+   */
+  crashes?: number;
+  /**
+   * Attempts that a gracefully stopping worker aborted and handed back (see
+   * `releaseTask`) since the last resume or rerun. Like crashes they do not spend
+   * the retry policy's attempts; unlike crashes they have no cap: a rolling restart is
+   * not the step's fault.
+   */
+  released?: number;
+}
+
+/** One line logged by a step. */
+export interface LogLine {
+  /** Ms since epoch. */
+  at: number;
+  /** Level. */
+  level: "debug" | "info" | "warn" | "error";
+  /** Message. */
+  message: string;
+  /** Structured fields. */
+  fields?: Record<string, unknown>;
+}
+
+/** The stored record of one attempt. */
+export interface AttemptRecord {
+  /** Step name. */
+  step: string;
+  /** Fan-out item index, or -1. */
+  item: number;
+  /** Position in the task's whole history, from 1: resumes and reruns continue it. */
+  n: number;
+  /** The attempt number `ctx.attempt` had: from 1 after each resume or rerun. */
+  attempt: number;
+  /** How it ended. */
+  status: "succeeded" | "failed" | "crashed" | "interrupted";
+  /** Start, ms since epoch. */
+  startedAt: number;
+  /** End, ms since epoch (for a crash: when the crash was found). */
+  endedAt: number;
+  /** Error, unless it succeeded. */
+  error: ErrorInfo | null;
+  /** Log lines. */
+  logs: LogLine[];
+}
