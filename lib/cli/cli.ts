@@ -14,7 +14,7 @@ import { type Engine, openEngine } from "../engine/engine.ts";
 import { type Paint, paintFor, progressPrinter, runLines, statusLines } from "./progress.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, TERMINAL } from "../model/records.ts";
 import { validateParams } from "../model/params.ts";
-import { runAlerts } from "../alerts/alerts.ts";
+import { runAlerts } from "../alerts/alert.ts";
 import { workerSettingsFromEnv } from "../engine/settings.ts";
 import { env } from "../platform/env.ts";
 import { exit, onStopSignal, stdout } from "../platform/process.ts";
