@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import * as keys from "../lib/kv/keys.ts";
 import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../lib/model/records.ts";
-import type { AlertRecord } from "../lib/alerts/alerts.ts";
+import type { AlertRecord } from "../lib/alerts/alert.ts";
 import type { ArtifactMeta } from "../lib/model/artifacts.ts";
 import { COUNTED } from "../lib/kv/indexes.ts";
 import { newRunId } from "../lib/model/run_id.ts";

@@ -58,7 +58,7 @@ export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
 export { type Clock } from "./engine/clock.ts";
 export { type Kv } from "./kv/kv.ts";
 export { type CreateRunInput } from "./store/store.ts";
-export { type AlertEmail } from "./alerts/alerts.ts";
+export { type AlertEmail } from "./alerts/deliver.ts";
 
 // Errors a caller catches.
 export {
@@ -81,4 +81,4 @@ export {
   type TaskRecord,
 } from "./model/records.ts";
 export { type ArtifactMeta } from "./model/artifacts.ts";
-export { type AlertRecord, type ChannelState } from "./alerts/alerts.ts";
+export { type AlertRecord, type ChannelState } from "./alerts/alert.ts";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { SMTPServer } from "smtp-server";
 import { openEngine, pipeline, step } from "../lib/mod.ts";
-import { runAlerts } from "../lib/alerts/alerts.ts";
+import { runAlerts } from "../lib/alerts/alert.ts";
 
 interface Mail {
   from: string;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Hono } from "hono";
 import { type AlertRecord, openEngine, pipeline, step } from "../lib/mod.ts";
-import { runAlerts } from "../lib/alerts/alerts.ts";
+import { runAlerts } from "../lib/alerts/alert.ts";
 import * as keys from "../lib/kv/keys.ts";
 
 function exhaustingPipeline(state: { broken: boolean; calls: Record<string, number> }) {

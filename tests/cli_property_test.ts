@@ -8,15 +8,9 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import {
-  type Command,
-  EXIT,
-  type Flags,
-  main,
-  parseCommand,
-  type ParsedCommand,
-  parseParams,
-} from "../lib/cli/cli.ts";
+import { EXIT, main } from "../lib/cli/cli.ts";
+import { type Command, type Flags, parseCommand, type ParsedCommand } from "../lib/cli/parse.ts";
+import { parseParams } from "../lib/cli/params.ts";
 import { UsageError } from "../lib/mod.ts";
 import { RUN_STATUSES } from "../lib/model/records.ts";
 import { validateParams } from "../lib/model/params.ts";

@@ -15,7 +15,7 @@ import assert from "node:assert/strict";
 import { lines, Proc, ROOT, runIdOf, Sandbox } from "./_support/harness.ts";
 import { type AnyStep, KvUnavailableError, openEngine, pipeline, step } from "../lib/mod.ts";
 import { Store } from "../lib/store/store.ts";
-import { runAlerts } from "../lib/alerts/alerts.ts";
+import { runAlerts } from "../lib/alerts/alert.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { auditBlobs } from "./_support/helpers.ts";
 

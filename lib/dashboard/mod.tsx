@@ -14,7 +14,7 @@ import { bodyLimit } from "hono/body-limit";
 import { getCookie, setCookie } from "hono/cookie";
 import type { Engine } from "../engine/engine.ts";
 import { UsageError } from "../model/errors.ts";
-import { runAlerts } from "../alerts/alerts.ts";
+import { runAlerts } from "../alerts/alert.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, type TaskRecord } from "../model/records.ts";
 import { CSS, JS } from "./assets.ts";
 import { ASSET_VERSION, ErrorPage, type Frame, LoginPage } from "./layout.tsx";

@@ -10,7 +10,7 @@ import type { JSX } from "hono/jsx/jsx-runtime";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
-import type { AlertRecord } from "../alerts/alerts.ts";
+import type { AlertRecord } from "../alerts/alert.ts";
 import type { ErrorInfo } from "../model/errors.ts";
 import {
   Badge,

@@ -13,7 +13,7 @@ import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver/driver.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
-import { type AlertRecord, alertText } from "../alerts/alerts.ts";
+import { type AlertRecord, alertText } from "../alerts/alert.ts";
 import { migrate } from "../kv/migrations.ts";
 import type { Kv } from "../kv/kv.ts";
 

@@ -5,7 +5,7 @@
  * @module
  */
 import { UsageError } from "../model/errors.ts";
-import type { AlertEmail } from "../alerts/alerts.ts";
+import type { AlertEmail } from "../alerts/deliver.ts";
 import { env } from "../platform/env.ts";
 
 /** Worker settings every entrypoint (CLI, Deploy) reads from the environment. */

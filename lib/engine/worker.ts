@@ -9,13 +9,8 @@
  * @module
  */
 import type { Pipeline } from "../define/pipeline.ts";
-import {
-  type AlertEmail,
-  type AlertRecord,
-  alertText,
-  deliverAlert,
-  pendingAlerts,
-} from "../alerts/alerts.ts";
+import { type AlertRecord, alertText } from "../alerts/alert.ts";
+import { type AlertEmail, deliverAlert, pendingAlerts } from "../alerts/deliver.ts";
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
 import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";

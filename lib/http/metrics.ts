@@ -14,7 +14,7 @@
 import type { Engine, EngineEvent } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
 import { RUN_STATUSES, TERMINAL } from "../model/records.ts";
-import type { AlertRecord } from "../alerts/alerts.ts";
+import type { AlertRecord } from "../alerts/alert.ts";
 import { residentMemoryBytes } from "../platform/process.ts";
 import type { KvU64 } from "../kv/kv.ts";
 

@@ -11,7 +11,7 @@ import type { Engine } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
-import { type AlertRecord, runAlerts } from "../alerts/alerts.ts";
+import { type AlertRecord, runAlerts } from "../alerts/alert.ts";
 import { nextTicks, type ScheduleState } from "../engine/scheduler.ts";
 import type { PipelineJson, RunDetail, RunJson, StepJson } from "./schemas.ts";
 import type { Kv } from "../kv/kv.ts";

@@ -33,8 +33,8 @@ import { type Engine, openEngine } from "../engine/engine.ts";
 import type { Clock } from "../engine/clock.ts";
 import type { AttemptInfo } from "../engine/driver/driver.ts";
 import { NonRetryableError } from "../model/errors.ts";
-import type { AlertRecord } from "../alerts/alerts.ts";
-import { runAlerts } from "../alerts/alerts.ts";
+import type { AlertRecord } from "../alerts/alert.ts";
+import { runAlerts } from "../alerts/alert.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../model/records.ts";
 

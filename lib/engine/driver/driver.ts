@@ -34,7 +34,7 @@ import {
   succeedTask,
 } from "../../model/transitions.ts";
 import type { Claim, Store } from "../../store/store.ts";
-import type { AlertRecord } from "../../alerts/alerts.ts";
+import type { AlertRecord } from "../../alerts/alert.ts";
 import type { StepLimit } from "../step_limit.ts";
 import type { Clock } from "../clock.ts";
 import { abortAttempt, type Attempt, Attempts, checkOutput, untilAborted } from "./attempt.ts";

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { AlertRecord } from "../../alerts/alerts.ts";
+import type { AlertRecord } from "../../alerts/alert.ts";
 import * as keys from "../../kv/keys.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../../model/records.ts";
 import {

@@ -1,0 +1,119 @@
+/**
+ * The commands that read: `status`, `runs`, and `pipelines`, as text or as JSON.
+ *
+ * @module
+ */
+import type { RunStatus } from "../model/records.ts";
+import { runAlerts } from "../alerts/alert.ts";
+import { scheduleView } from "../engine/scheduler.ts";
+import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
+import { runLines, statusLines } from "./progress.ts";
+
+/** `status`: a run, its steps and attempts, as text or with `--json` as JSON with its alerts. */
+export async function status(invocation: Invocation): Promise<number> {
+  const runId = invocation.args[0];
+  const engine = await openCliEngine(invocation, invocation.context.pipelines);
+  try {
+    const run = await engine.store.requireRun(runId);
+    const steps = await engine.store.getSteps(runId);
+    const attempts = await engine.store.getAttempts(runId);
+    const pipeline = engine.pipelines.get(run.pipeline);
+    if (invocation.flags.json) {
+      const names = pipeline ? pipeline.steps.map((s) => s.name) : Object.keys(run.graph ?? {});
+      invocation.out(JSON.stringify(
+        {
+          ...run,
+          steps: names.map((name) => {
+            const record = steps.get(name);
+            return {
+              name,
+              status: record?.status ?? "pending",
+              attempts: record?.attempt ?? 0,
+              error: record?.error ?? null,
+              startedAt: record?.startedAt ?? null,
+              endedAt: record?.endedAt ?? null,
+              nextAt: record?.nextAt ?? null,
+              items: record?.items ?? null,
+            };
+          }),
+          attempts: attempts.map(({ logs, ...a }) => ({ ...a, logs: logs.length })),
+          alerts: await runAlerts(engine.kv, runId),
+        },
+        null,
+        2,
+      ));
+    } else {
+      for (const line of statusLines(run, pipeline, steps, attempts, invocation.paint)) {
+        invocation.out(line);
+      }
+    }
+    return EXIT.ok;
+  } finally {
+    await engine.close();
+  }
+}
+
+/** `runs`: the latest runs, filtered by pipeline and status. */
+export async function runs(invocation: Invocation): Promise<number> {
+  const status = invocation.flags.status;
+  const limit = invocation.flags.limit === undefined ? 20 : Number(invocation.flags.limit);
+  const engine = await openCliEngine(invocation, []);
+  try {
+    const page = await engine.store.listRuns({
+      pipeline: invocation.flags.pipeline,
+      status: status as RunStatus | undefined,
+      limit,
+    });
+    if (invocation.flags.json) invocation.out(JSON.stringify(page.runs, null, 2));
+    else for (const line of runLines(page.runs, invocation.paint)) invocation.out(line);
+    return EXIT.ok;
+  } finally {
+    await engine.close();
+  }
+}
+
+/** `pipelines`: the registered pipelines, their steps and schedules. */
+export async function pipelines(invocation: Invocation): Promise<number> {
+  const engine = await openCliEngine(invocation, invocation.context.pipelines);
+  try {
+    const now = engine.store.clock.now();
+    const list = [];
+    for (const p of invocation.context.pipelines) {
+      list.push({
+        name: p.name,
+        description: p.description ?? null,
+        version: p.version,
+        steps: p.steps.map((s) => ({
+          name: s.name,
+          needs: p.graph[s.name],
+          fanOut: Boolean(s.fanOut),
+        })),
+        schedule: await scheduleView(engine.scheduler, p, now),
+      });
+    }
+    if (invocation.flags.json) {
+      invocation.out(JSON.stringify(list, null, 2));
+      return EXIT.ok;
+    }
+    for (const p of list) {
+      invocation.out(`${p.name}${p.description ? ` — ${p.description}` : ""}`);
+      const s = p.schedule;
+      invocation.out(
+        s
+          ? `  schedule  ${s.cron} (${s.timezone}), catch-up ${s.catchup}, overlap ${s.overlap}` +
+            `\n  last tick ${s.lastTick ?? "none yet"}\n  next      ${s.next.join(", ")}`
+          : "  schedule  none (runs when triggered)",
+      );
+      for (const step of p.steps) {
+        invocation.out(
+          `  · ${step.name}${step.fanOut ? " (fan-out)" : ""}${
+            step.needs.length ? ` ← ${step.needs.join(", ")}` : ""
+          }`,
+        );
+      }
+    }
+    return EXIT.ok;
+  } finally {
+    await engine.close();
+  }
+}

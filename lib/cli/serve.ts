@@ -1,0 +1,110 @@
+/**
+ * The long-running commands: `serve` and `worker` drive runs until a signal, `backfill`
+ * drives a range of logical dates to their ends.
+ *
+ * @module
+ */
+import type { Engine } from "../engine/engine.ts";
+import { UsageError } from "../model/errors.ts";
+import { env } from "../platform/env.ts";
+import { exit, onStopSignal } from "../platform/process.ts";
+import { formatMs } from "../define/duration.ts";
+import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
+
+/** The engine of a running `serve` or `worker`, for the cron heartbeat. */
+let serving: Engine | undefined;
+
+/**
+ * The cron heartbeat of `serve` and `worker`: checks schedules and due runs once.
+ * (They also check on their own short timer; the heartbeat is the clock that survives
+ * on platforms that stop idle processes.)
+ */
+export async function heartbeat(): Promise<void> {
+  await serving?.worker.sweep();
+}
+
+/** `backfill`: a run for each logical date of a range, driven to their ends here. */
+export async function backfill(invocation: Invocation): Promise<number> {
+  const name = invocation.args[0];
+  const maxActive = invocation.flags["max-active"] === undefined
+    ? undefined
+    : Number(invocation.flags["max-active"]);
+  const engine = await openCliEngine(invocation, invocation.context.pipelines);
+  const started = Date.now();
+  try {
+    const runs = await engine.backfill(name, invocation.flags.from!, invocation.flags.to!, {
+      maxActive,
+      onProgress: (done, total, run, created) =>
+        invocation.out(
+          `  ${done}/${total} ${run.logicalDate} ${run.id} ${run.status}${
+            created ? "" : " (existed)"
+          }`,
+        ),
+    });
+    const failed = runs.filter((r) => r.status !== "succeeded");
+    invocation.out(
+      `backfill of ${name} ${invocation.flags.from}..${invocation.flags.to}: ${runs.length} runs, ${
+        runs.length - failed.length
+      } succeeded, ${failed.length} not, in ${formatMs(Date.now() - started)}`,
+    );
+    for (const r of failed) invocation.out(`  resume with: deno task resume ${r.id}`);
+    return failed.length === 0 ? EXIT.ok : EXIT.failed;
+  } finally {
+    await engine.close();
+  }
+}
+
+/** `serve`: the worker with the HTTP service and dashboard, until a signal. */
+export async function serve(invocation: Invocation): Promise<number> {
+  const port = Number(invocation.flags.port ?? env("PORT") ?? 8000);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new UsageError(`Invalid port ${JSON.stringify(invocation.flags.port)}: use 0 to 65535`);
+  }
+  const engine = await openCliEngine(invocation, invocation.context.pipelines);
+  engine.start();
+  serving = engine;
+  // loaded only here: the HTTP service and dashboard are slow to import
+  const { serve: serveHttp } = await import("../http/service.ts");
+  const server = serveHttp(engine, {
+    port,
+    token: env("KVFLOW_TOKEN") || undefined,
+    readToken: env("KVFLOW_READ_TOKEN") || undefined,
+    log: invocation.err,
+  });
+  // Requests and event streams end before the engine closes under them.
+  await untilSignal(invocation, engine, () => server.shutdown());
+  serving = undefined;
+  return EXIT.ok;
+}
+
+/** `worker`: claims and drives runs until a signal. */
+export async function worker(invocation: Invocation): Promise<number> {
+  const engine = await openCliEngine(invocation, invocation.context.pipelines);
+  engine.start();
+  serving = engine;
+  invocation.err(`kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`);
+  await untilSignal(invocation, engine);
+  serving = undefined;
+  return EXIT.ok;
+}
+
+/** Waits for SIGINT/SIGTERM, then stops gracefully; a second signal exits at once. */
+async function untilSignal(
+  invocation: Invocation,
+  engine: Engine,
+  beforeClose?: () => Promise<void>,
+): Promise<void> {
+  const { promise, resolve } = Promise.withResolvers<void>();
+  let stopping = false;
+  const onSignal = () => {
+    if (stopping) exit(EXIT.interrupted);
+    stopping = true;
+    invocation.err("kvflow: stopping: finishing running steps (signal again to exit at once)");
+    resolve();
+  };
+  const stopListening = onStopSignal(onSignal);
+  await promise;
+  await beforeClose?.();
+  await engine.close(Number(env("KVFLOW_GRACE_MS") ?? 10_000));
+  stopListening();
+}
