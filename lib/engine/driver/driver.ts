@@ -213,6 +213,8 @@ export class RunDriver {
   async start(): Promise<void> {
     const { pipeline, store } = this.#options;
     const stored = await store.getSteps(this.#runId);
+    // released or interrupted while loading (a worker stopping at once): it has left
+    if (!this.#acting()) return;
     const now = this.#clock.now();
     for (const def of pipeline.steps) {
       const retry = resolveRetry(def.retry, pipeline.defaults.retry, `step '${def.name}'`);
@@ -324,7 +326,8 @@ export class RunDriver {
 
   /** Hands the run back after a refusal: a refusal of that hand-back is final. */
   #startRefusing(): void {
-    this.#state = "refusing";
+    // a lost driver stays lost: its hand-back commit fails its lease check anyway
+    if (this.#state !== "lost" && this.#state !== "ended") this.#state = "refusing";
   }
 
   /**
@@ -517,7 +520,8 @@ export class RunDriver {
         checkpoints: this.#checkpoints,
         acting: () => this.#acting(),
       });
-      if (!expanded) return;
+      // lost or interrupted while expanding: the step is no longer this driver's to record
+      if (!expanded || !this.#acting()) return;
       const { fan, now } = expanded;
       node.fan = fan;
       this.#records.setStep(node, {
