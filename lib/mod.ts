@@ -57,7 +57,7 @@ export { type WorkerOptions } from "./engine/worker.ts";
 export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
 export { type Clock } from "./engine/clock.ts";
 export { type Kv } from "./kv/kv.ts";
-export { type CreateRunInput } from "./store/store.ts";
+export { type CreateRunInput, type ListRunsOptions, type RunPage } from "./store/store.ts";
 export { type AlertEmail } from "./alerts/deliver.ts";
 
 // Errors a caller catches.

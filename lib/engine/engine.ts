@@ -7,7 +7,7 @@
 import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "../model/errors.ts";
 import { openKv } from "../kv/open.ts";
-import { type CreateRunInput, Store } from "../store/store.ts";
+import { type CreateRunInput, type ListRunsOptions, type RunPage, Store } from "../store/store.ts";
 import { type RunRecord, TERMINAL } from "../model/records.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver/driver.ts";
@@ -121,6 +121,31 @@ export class Engine {
    */
   start(): void {
     this.worker.start();
+  }
+
+  /** A run, or null when there is none with that id (in any process's runs). */
+  async getRun(runId: string): Promise<RunRecord | null> {
+    return await this.store.getRun(runId);
+  }
+
+  /**
+   * Runs newest first, optionally of one pipeline and one status, a page at a time.
+   *
+   * @throws {UsageError} on a limit out of range or a bad cursor
+   */
+  async listRuns(options: ListRunsOptions = {}): Promise<RunPage> {
+    return await this.store.listRuns(options);
+  }
+
+  /**
+   * The checkpointed output of a step of a run (for a fan-out step, the list of its items'
+   * outputs), read back from KV however large it was.
+   *
+   * @throws {UsageError} when the run does not exist or the step has not succeeded
+   */
+  async output(runId: string, step: string): Promise<unknown> {
+    await this.store.requireRun(runId);
+    return await this.store.getOutput(runId, step);
   }
 
   /**
