@@ -13,7 +13,7 @@ import { moveDue, moveStatus } from "../kv/indexes.ts";
 import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";
 import { reclaimRunBlobs } from "./commands.ts";
 import { getItems, getSteps } from "./queries.ts";
-import type { Store } from "./store.ts";
+import type { StoreParts } from "./parts.ts";
 
 /**
  * Cancels an active run: takes its lease away (so its worker can write nothing more and
@@ -22,7 +22,7 @@ import type { Store } from "./store.ts";
  * @throws {UsageError} when the run already ended
  */
 export async function cancel(
-  store: Store,
+  store: StoreParts,
   runId: string,
   reason = "Cancelled by request",
 ): Promise<RunRecord> {
@@ -72,7 +72,11 @@ export async function cancel(
 }
 
 /** The writes that mark the running and retrying steps and items of a run cancelled. */
-async function cancelWrites(store: Store, run: RunRecord, reason: string): Promise<KvWrite[][]> {
+async function cancelWrites(
+  store: StoreParts,
+  run: RunRecord,
+  reason: string,
+): Promise<KvWrite[][]> {
   const now = run.endedAt ?? store.clock.now();
   const writes: KvWrite[][] = [];
   for (const [name, record] of await getSteps(store.kv, run.id)) {
@@ -99,7 +103,7 @@ async function cancelWrites(store: Store, run: RunRecord, reason: string): Promi
  * records are the other's to reset.
  */
 async function cancelTasks(
-  store: Store,
+  store: StoreParts,
   run: RunRecord,
   versionstamp: string,
   reason: string,

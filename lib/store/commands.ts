@@ -20,7 +20,7 @@ import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
 import { reclaimBlobs } from "../kv/blobs.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
-import type { Store } from "./store.ts";
+import type { StoreParts } from "./parts.ts";
 import type { AtomicOperation, KvEntry } from "../kv/kv.ts";
 
 /** What {@linkcode createRun} needs. */
@@ -61,7 +61,7 @@ export interface Claim {
  * @throws {UsageError} on params that fail the schema or a malformed date
  */
 export async function createRun(
-  store: Store,
+  store: StoreParts,
   pipeline: Pipeline<unknown>,
   input: CreateRunInput = {},
 ): Promise<RunRecord> {
@@ -101,7 +101,7 @@ export async function createRun(
  * malformed date, or an id that is not a valid run id
  */
 export function newRun(
-  store: Store,
+  store: StoreParts,
   pipeline: Pipeline<unknown>,
   input: CreateRunInput = {},
 ): RunRecord {
@@ -148,7 +148,7 @@ export function newRun(
  * indexes, its count by pipeline and status, its due-index entry and a queue message that
  * wakes it (at most 9 mutations).
  */
-export function addRunCreation(store: Store, op: AtomicOperation, run: RunRecord): void {
+export function addRunCreation(store: StoreParts, op: AtomicOperation, run: RunRecord): void {
   addRunIndexes(op, run);
   store.wake(op, run.id, 0);
 }
@@ -162,7 +162,7 @@ export function addRunCreation(store: Store, op: AtomicOperation, run: RunRecord
  * @returns the claim, or null when another worker has it or there is nothing to do
  */
 export async function claim(
-  store: Store,
+  store: StoreParts,
   runId: string,
   holder: Omit<Lease, "deadline">,
   leaseMs: number,
@@ -224,7 +224,7 @@ export async function claim(
  *
  * @returns how many blobs it deleted
  */
-export async function reclaimRunBlobs(store: Store, runId: string): Promise<number> {
+export async function reclaimRunBlobs(store: StoreParts, runId: string): Promise<number> {
   // Most runs have no pending blob: one read of an empty range, then done.
   const pending = store.kv.list({ prefix: keys.blobPendingPrefix(runId) }, { limit: 1 });
   if ((await pending.next()).done) return 0;
@@ -233,7 +233,7 @@ export async function reclaimRunBlobs(store: Store, runId: string): Promise<numb
   return await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(entry)));
 }
 
-async function dropStaleDue(store: Store, entry: KvEntry<RunRecord>): Promise<void> {
+async function dropStaleDue(store: StoreParts, entry: KvEntry<RunRecord>): Promise<void> {
   const run = entry.value;
   const fixed = { ...run, dueAt: null };
   const op = store.kv.atomic().check(entry).set(keys.run(run.id), fixed);

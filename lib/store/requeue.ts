@@ -16,7 +16,7 @@ import type { PendingBlob } from "../kv/blobs.ts";
 import { addWrites, commitAtomic, splitWrites } from "../kv/commit.ts";
 import { reclaimRunBlobs } from "./commands.ts";
 import { getItems, getSteps } from "./queries.ts";
-import type { Store } from "./store.ts";
+import type { StoreParts } from "./parts.ts";
 import type { AtomicOperation, KvKey } from "../kv/kv.ts";
 
 /**
@@ -27,7 +27,7 @@ import type { AtomicOperation, KvKey } from "../kv/kv.ts";
  * @throws {UsageError} on a succeeded run, or a changed graph without `force`
  */
 export async function resume(
-  store: Store,
+  store: StoreParts,
   run: RunRecord,
   pipeline: Pipeline<unknown>,
   force = false,
@@ -44,7 +44,7 @@ export async function resume(
  * @throws {UsageError} on an active run, an unknown step or a changed graph without `force`
  */
 export async function rerun(
-  store: Store,
+  store: StoreParts,
   run: RunRecord,
   pipeline: Pipeline<unknown>,
   from: string,
@@ -55,7 +55,7 @@ export async function rerun(
 }
 
 async function requeue(
-  store: Store,
+  store: StoreParts,
   run: RunRecord,
   pipeline: Pipeline<unknown>,
   resets: StepReset[],
@@ -120,7 +120,7 @@ async function requeue(
 }
 
 function finishRequeue(
-  store: Store,
+  store: StoreParts,
   op: AtomicOperation,
   run: RunRecord,
   next: RunRecord,

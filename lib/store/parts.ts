@@ -1,0 +1,24 @@
+/**
+ * What the store's commands (`commands.ts`, `requeue.ts`, `cancel.ts`) use of the store: its
+ * KV, its clock, its group committer, and how to wake a run. The `Store` front has them all;
+ * the commands depend on this, not on the front, so the folder reads from the bottom up.
+ *
+ * @module
+ */
+import type { AtomicOperation, Kv } from "../kv/kv.ts";
+import type { GroupCommitter } from "../kv/commit.ts";
+import type { Clock } from "../engine/clock.ts";
+
+/** The parts of a store its commands use. */
+export interface StoreParts {
+  /** The KV database. */
+  readonly kv: Kv;
+  /** Whether queue messages wake runs (the KV has queues). */
+  readonly queues: boolean;
+  /** Shares one KV commit among checkpoints and claims of different runs. */
+  readonly committer: GroupCommitter;
+  /** The clock that decides when work is due. */
+  readonly clock: Clock;
+  /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */
+  wake(op: AtomicOperation, runId: string, delayMs: number): void;
+}
