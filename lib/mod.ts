@@ -55,7 +55,7 @@ export { type Duration } from "./define/duration.ts";
 export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
 export { type WorkerOptions } from "./engine/worker.ts";
 export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
-export { type Clock } from "./engine/clock.ts";
+export { type Clock } from "./model/clock.ts";
 export { type Kv } from "./kv/kv.ts";
 export { type CreateRunInput, type ListRunsOptions, type RunPage } from "./store/store.ts";
 export { type AlertEmail } from "./alerts/deliver.ts";

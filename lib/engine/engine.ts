@@ -11,7 +11,7 @@ import { type CreateRunInput, type ListRunsOptions, type RunPage, Store } from "
 import { type RunRecord, TERMINAL } from "../model/records.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver/driver.ts";
-import { type Clock, systemClock } from "./clock.ts";
+import { type Clock, systemClock } from "../model/clock.ts";
 import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { type AlertRecord, alertText } from "../alerts/alert.ts";
 import { migrate } from "../kv/migrations.ts";

@@ -51,8 +51,3 @@ export const MAX_VALUE_BYTES = 256 * 1024 * 1024;
  * for what a run adds later, such as its error.
  */
 export const MAX_RUN_RECORD_BYTES = 48 * 1024;
-/**
- * Characters of step-graph JSON a run record keeps, so that resume can say what changed;
- * a larger graph is not recorded (its version still is), leaving the record its room.
- */
-export const MAX_RECORDED_GRAPH_CHARS = 24_000;

@@ -27,8 +27,15 @@ import { commitAtomic } from "./commit.ts";
 import { BATCH_KEY_BYTES } from "./limits.ts";
 import { KvUnavailableError, UsageError } from "../model/errors.ts";
 import { COUNTED } from "./indexes.ts";
-import type { Store } from "../store/store.ts";
 import type { Kv, KvEntry, KvEntryMaybe, KvKey, KvListIterator } from "./kv.ts";
+
+/** The database a migration works on, and whether it has queues. */
+export interface MigrationTarget {
+  /** The KV database. */
+  readonly kv: Kv;
+  /** Whether the KV has queues. */
+  readonly queues: boolean;
+}
 
 /** The schema version this kvflow writes. A database without a version is at 1. */
 export const SCHEMA_VERSION = 2;
@@ -54,7 +61,7 @@ const LOOK_EVERY = 5000;
  * @returns the versions before and after, and how many runs this process counted
  * @throws {UsageError} when a newer kvflow wrote the database
  */
-export async function migrate(store: Store): Promise<MigrationResult> {
+export async function migrate(store: MigrationTarget): Promise<MigrationResult> {
   const { kv } = store;
   const entry = await kv.get<number>(keys.schema());
   const from = entry.value ?? 1;
@@ -82,7 +89,7 @@ export async function migrate(store: Store): Promise<MigrationResult> {
 }
 
 async function migrateRuns(
-  store: Store,
+  store: MigrationTarget,
   entry: KvEntryMaybe<number>,
   from: number,
 ): Promise<MigrationResult> {

@@ -6,9 +6,15 @@
  */
 import { diffGraphs, type Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "./errors.ts";
-import { MAX_RECORDED_GRAPH_CHARS } from "../kv/limits.ts";
 import { type RunRecord, type TaskRecord, TERMINAL } from "./records.ts";
 import { pendingTask, resetTask } from "./transitions.ts";
+
+/**
+ * Characters of step-graph JSON a run record keeps, so that resume can say what changed; a
+ * larger graph is not recorded (its version still is), leaving the record room under the
+ * value limit.
+ */
+const MAX_RECORDED_GRAPH_CHARS = 24_000;
 
 /** The graph a run records: the pipeline's, unless it is too large for a KV value. */
 export function recordedGraph(pipeline: Pipeline<unknown>): Record<string, string[]> | null {

@@ -7,7 +7,7 @@
  */
 import type { AtomicOperation, Kv } from "../kv/kv.ts";
 import type { GroupCommitter } from "../kv/commit.ts";
-import type { Clock } from "../engine/clock.ts";
+import type { Clock } from "../model/clock.ts";
 
 /** The parts of a store its commands use. */
 export interface StoreParts {

@@ -11,7 +11,7 @@ import type { AttemptRecord, Lease, RunRecord, TaskRecord } from "../model/recor
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { GroupCommitter } from "../kv/commit.ts";
 import { KV_COMMIT_CHECKS, KV_ENQUEUE_DELAY_MS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
-import { type Clock, systemClock } from "../engine/clock.ts";
+import { type Clock, systemClock } from "../model/clock.ts";
 import * as queries from "./queries.ts";
 import * as commands from "./commands.ts";
 import { cancel } from "./cancel.ts";

@@ -30,7 +30,7 @@
 import type { Trigger } from "../define/context.ts";
 import type { Pipeline } from "../define/pipeline.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
-import type { Clock } from "../engine/clock.ts";
+import type { Clock } from "../model/clock.ts";
 import type { AttemptInfo } from "../engine/driver/driver.ts";
 import { NonRetryableError } from "../model/errors.ts";
 import type { AlertRecord } from "../alerts/alert.ts";

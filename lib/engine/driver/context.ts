@@ -20,7 +20,7 @@ import type { BlobRef, LogLine, RunRecord } from "../../model/records.ts";
 import { idempotencyKey } from "../../model/transitions.ts";
 import { type ArtifactMeta, artifactRef, checkArtifactName } from "../../model/artifacts.ts";
 import type { Store } from "../../store/store.ts";
-import type { Clock } from "../clock.ts";
+import type { Clock } from "../../model/clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import type { Attempt } from "./attempt.ts";
 import type { Kv } from "../../kv/kv.ts";

@@ -36,7 +36,7 @@ import {
 import type { Claim, Store } from "../../store/store.ts";
 import type { AlertRecord } from "../../alerts/alert.ts";
 import type { StepLimit } from "../step_limit.ts";
-import type { Clock } from "../clock.ts";
+import type { Clock } from "../../model/clock.ts";
 import { abortAttempt, type Attempt, Attempts, checkOutput, untilAborted } from "./attempt.ts";
 import { Checkpoints, type RunEvent, type Write } from "./checkpoints.ts";
 import { Artifacts, type ContextHost, stepContext } from "./context.ts";

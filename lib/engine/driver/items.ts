@@ -12,7 +12,7 @@ import { decodeValue } from "../../kv/values.ts";
 import type { TaskRecord } from "../../model/records.ts";
 import { resetTask } from "../../model/transitions.ts";
 import type { Store } from "../../store/store.ts";
-import type { Clock } from "../clock.ts";
+import type { Clock } from "../../model/clock.ts";
 import { withinTimeout } from "./attempt.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import { type FanState, newFan, trackItem } from "./fan_out.ts";

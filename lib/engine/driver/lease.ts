@@ -7,7 +7,7 @@
  */
 import * as keys from "../../kv/keys.ts";
 import type { Lease } from "../../model/records.ts";
-import type { Clock } from "../clock.ts";
+import type { Clock } from "../../model/clock.ts";
 import type { Kv, KvKey } from "../../kv/kv.ts";
 
 /** What renewal tells its driver, and asks it. */
