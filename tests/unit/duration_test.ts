@@ -61,3 +61,12 @@ Deno.test("formatMs() shows minutes and seconds under an hour, hours and minutes
   assert.equal(formatMs(3_720_000 + 59_000), "1h 2m");
   assert.equal(formatMs(26 * 3_600_000), "26h 0m");
 });
+
+Deno.test("formatMs() rounds to what it shows before it picks the form, so no form overflows", () => {
+  assert.equal(formatMs(999.6), "1.00s");
+  assert.equal(formatMs(9_996), "10.0s");
+  assert.equal(formatMs(59_999), "1m 0s");
+  assert.equal(formatMs(119_999), "2m 0s");
+  assert.equal(formatMs(3_599_999), "1h 0m");
+  assert.equal(formatMs(119_499), "1m 59s");
+});
