@@ -54,16 +54,8 @@ export function planResume(
   checkVersion(run, pipeline, force);
   const resets: StepReset[] = [];
   for (const s of pipeline.steps) {
-    const record = steps.get(s.name);
-    if (!record) {
-      resets.push({ step: s.name, record: pendingTask(), items: "none" });
-    } else if (record.status !== "succeeded") {
-      resets.push({
-        step: s.name,
-        record: resetTask(record),
-        items: "failed",
-      });
-    }
+    const reset = resumeReset(s.name, steps.get(s.name));
+    if (reset) resets.push(reset);
   }
   return resets;
 }
@@ -114,17 +106,22 @@ export function planRerun(
         },
         items: "all",
       });
-    } else if (!record) {
-      resets.push({ step: s.name, record: pendingTask(), items: "none" });
-    } else if (record.status !== "succeeded") {
-      resets.push({
-        step: s.name,
-        record: resetTask(record),
-        items: "failed",
-      });
+    } else {
+      const reset = resumeReset(s.name, record);
+      if (reset) resets.push(reset);
     }
   }
   return resets;
+}
+
+/**
+ * What resuming does to one step: a step never recorded starts pending, a step that did
+ * not succeed goes back to pending with its failed items, a succeeded one is kept (null).
+ */
+function resumeReset(step: string, record: TaskRecord | undefined): StepReset | null {
+  if (!record) return { step, record: pendingTask(), items: "none" };
+  if (record.status !== "succeeded") return { step, record: resetTask(record), items: "failed" };
+  return null;
 }
 
 /** Refuses to resume or rerun on a changed step graph, saying what changed, unless forced. */

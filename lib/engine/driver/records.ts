@@ -55,21 +55,7 @@ export class RunRecords {
       record,
       taskBytes(record, size),
     );
-    this.#checkpoints.emit({
-      type: "task",
-      runId: this.#run.id,
-      step: node.def.name,
-      item: index,
-      status: record.status,
-      attempt: record.attempt,
-      nextAt: record.nextAt,
-      error: record.error,
-      durationMs: record.endedAt && record.startedAt
-        ? record.endedAt - record.startedAt
-        : undefined,
-      startedAt: record.startedAt,
-      endedAt: record.endedAt,
-    });
+    this.#emitTask(node, index, record);
   }
 
   /** Records a step as `record`; once it ended, the steps that need it may act. */
@@ -84,14 +70,20 @@ export class RunRecords {
       record,
       taskBytes(record, size),
     );
+    this.#emitTask(node, -1, record);
+  }
+
+  /** Tells listeners that a task (item `index`, or -1 for the step) is now `record`. */
+  #emitTask(node: StepNode, index: number, record: TaskRecord): void {
     this.#checkpoints.emit({
       type: "task",
       runId: this.#run.id,
       step: node.def.name,
-      item: -1,
+      item: index,
       status: record.status,
       attempt: record.attempt,
-      items: record.items,
+      // a step knows its items' count; an item has none of its own
+      items: index < 0 ? record.items : undefined,
       nextAt: record.nextAt,
       error: record.error,
       durationMs: record.endedAt && record.startedAt
