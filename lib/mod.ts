@@ -50,6 +50,22 @@ export {
   type StepOptions,
 } from "./define/step.ts";
 export { type Duration } from "./define/duration.ts";
+export {
+  type Arrival,
+  type ArrivedEvent,
+  type EventSchemas,
+  invoke,
+  type InvokeEachOptions,
+  type InvokeOptions,
+  MAX_WAIT_MS,
+  type NoEvent,
+  type OnTimeout,
+  sleep,
+  type SleepOptions,
+  waitFor,
+  type WaitOptions,
+  zonedTime,
+} from "./define/wait.ts";
 
 // Running them: open an engine, trigger runs, listen to what happens.
 export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
@@ -81,4 +97,7 @@ export {
   type TaskRecord,
 } from "./model/records.ts";
 export { type ArtifactMeta } from "./model/artifacts.ts";
+export { type WaitState } from "./model/records.ts";
+export { type EventEffect, type EventRecord, type EventSource } from "./model/events.ts";
+export { type EventPage, type SendResult } from "./store/events.ts";
 export { type AlertRecord, type ChannelState } from "./alerts/alert.ts";

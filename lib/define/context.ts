@@ -6,7 +6,7 @@
  */
 
 /** How a run was started. */
-export type Trigger = "cli" | "http" | "schedule" | "backfill";
+export type Trigger = "cli" | "http" | "schedule" | "backfill" | "event" | "child";
 
 /** What a step knows about the run it belongs to. */
 export interface RunInfo {

@@ -7,7 +7,8 @@
 import type { Duration } from "./duration.ts";
 import { DEFAULT_RETRY, type ResolvedRetry, resolveRetry, type RetryPolicy } from "./retry.ts";
 import { resolveSchedule, type Schedule, type ScheduleOptions } from "./schedule.ts";
-import { type AnyStep, checkName, type Schema, toTimeoutMs } from "./step.ts";
+import { type AnyStep, checkName, type Schema, type Step, toTimeoutMs } from "./step.ts";
+import { checkEventName } from "./wait.ts";
 
 /** Pipeline-wide defaults for its steps. */
 export interface PipelineDefaults {
@@ -18,7 +19,7 @@ export interface PipelineDefaults {
 }
 
 /** Options of {@linkcode pipeline}. */
-export interface PipelineOptions<P> {
+export interface PipelineOptions<P, R = unknown> {
   /** Runs it on a cron schedule; the engine keeps the schedule's state in KV. */
   schedule?: ScheduleOptions;
   /** What the pipeline does, for people. */
@@ -27,6 +28,18 @@ export interface PipelineOptions<P> {
   params?: Schema<P>;
   /** Every step of the pipeline. Order does not matter; `needs` decides it. */
   steps: readonly AnyStep[];
+  /**
+   * The step whose output is the run's result: what a parent's {@linkcode invoke} step
+   * receives when this pipeline runs as its child. Default: none (the result is null).
+   */
+  result?: Step<R>;
+  /**
+   * Events that start a run, each with a function from the event's payload to the run's
+   * params (checked by `params`). One run per event id; a payload that gives invalid
+   * params is refused when it is sent.
+   */
+  // deno-lint-ignore no-explicit-any
+  on?: Readonly<Record<string, (data: any) => P>>;
   /** Defaults for the steps' retry policy and timeout. */
   defaults?: PipelineDefaults;
   /** Steps (or fan-out items) of one run running at once. Default 8. */
@@ -34,7 +47,7 @@ export interface PipelineOptions<P> {
 }
 
 /** A checked pipeline definition. */
-export interface Pipeline<P = unknown> {
+export interface Pipeline<P = unknown, R = unknown> {
   /** Marks the value as a pipeline. */
   readonly kind: "pipeline";
   /** Its name. */
@@ -45,6 +58,12 @@ export interface Pipeline<P = unknown> {
   readonly params?: Schema<P>;
   /** Steps in an order where every step comes after the steps it needs. */
   readonly steps: readonly AnyStep[];
+  /** The step whose output is the run's result, if any. */
+  readonly result?: Step<R>;
+  /** The events that start a run, each with its payload-to-params function. */
+  readonly on: ReadonlyMap<string, (data: unknown) => unknown>;
+  /** The pipelines its steps start as children (by {@linkcode invoke}). */
+  readonly children: readonly Pipeline<unknown, unknown>[];
   /** Steps by name. */
   readonly byName: ReadonlyMap<string, AnyStep>;
   /** The step graph: each step's name with the names of the steps it needs. */
@@ -79,10 +98,10 @@ export interface Pipeline<P = unknown> {
  * @returns the checked pipeline
  * @throws {TypeError} on a duplicate step name, a step needing a step not listed, or a cycle
  */
-export function pipeline<P = Record<string, never>>(
+export function pipeline<P = Record<string, never>, R = null>(
   name: string,
-  options: PipelineOptions<P>,
-): Pipeline<P> {
+  options: PipelineOptions<P, R>,
+): Pipeline<P, R> {
   checkName("pipeline", name);
   if (!options || !Array.isArray(options.steps) || options.steps.length === 0) {
     throw new TypeError(`Invalid pipeline '${name}': steps must be a non-empty list of steps`);
@@ -124,12 +143,36 @@ export function pipeline<P = Record<string, never>>(
   }
   const graph: Record<string, string[]> = {};
   for (const s of steps) graph[s.name] = Object.values(s.needs).map((n) => n.name).sort();
+  if (options.result !== undefined && byName.get(options.result?.name) !== options.result) {
+    throw new TypeError(
+      `Invalid pipeline '${name}': result must be one of its steps`,
+    );
+  }
+  const on = new Map<string, (data: unknown) => unknown>();
+  for (const [event, toParams] of Object.entries(options.on ?? {})) {
+    checkEventName(event, `event name in pipeline '${name}'`);
+    if (typeof toParams !== "function") {
+      throw new TypeError(
+        `Invalid pipeline '${name}': on["${event}"] must be a function from the payload to params`,
+      );
+    }
+    on.set(event, toParams);
+  }
+  const children: Pipeline<unknown, unknown>[] = [];
+  for (const s of steps) {
+    if (s.wait?.kind === "child" && !children.includes(s.wait.pipeline)) {
+      children.push(s.wait.pipeline);
+    }
+  }
   return Object.freeze({
     kind: "pipeline" as const,
     name,
     description: options.description,
     params: options.params,
     steps,
+    result: options.result,
+    on,
+    children,
     byName,
     graph,
     version: graphVersion(graph, steps),
@@ -160,7 +203,11 @@ function topologicalOrder(pipelineName: string, byName: Map<string, AnyStep>): A
 
 function graphVersion(graph: Record<string, string[]>, steps: AnyStep[]): string {
   const canonical = JSON.stringify(
-    steps.map((s) => [s.name, graph[s.name], s.fanOut ? 1 : 0]).sort(),
+    steps.map((s) =>
+      s.wait
+        ? [s.name, graph[s.name], s.fanOut ? 1 : 0, s.wait.kind]
+        : [s.name, graph[s.name], s.fanOut ? 1 : 0]
+    ).sort(),
   );
   let h1 = 0x811c9dc5, h2 = 0x01000193 ^ 0x5bd1e995;
   for (let i = 0; i < canonical.length; i++) {

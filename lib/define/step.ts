@@ -7,6 +7,7 @@
 import { type Duration, toMs } from "./duration.ts";
 import type { ItemContext, StepContext } from "./context.ts";
 import { resolveRetry, type RetryPolicy } from "./retry.ts";
+import type { WaitSpec } from "./wait.ts";
 
 /**
  * A schema that validates and types a value: a zod schema fits, as does anything with a
@@ -38,6 +39,8 @@ export interface Step<O> {
   readonly timeout?: Duration;
   /** Present when the step maps over a list of items. */
   readonly fanOut?: FanOut;
+  /** Present when the step waits (sleep, event, child run) instead of running a body. */
+  readonly wait?: WaitSpec;
   /** The function, as the engine calls it. */
   readonly run: (input: unknown, ctx: StepContext) => Promise<unknown>;
   /** Carries the output type; never set. */

@@ -16,6 +16,23 @@ import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { type AlertRecord, alertText } from "../alerts/alert.ts";
 import { migrate } from "../kv/migrations.ts";
 import type { Kv } from "../kv/kv.ts";
+import {
+  type EventPage,
+  type EventRegistry,
+  finishOutbox,
+  getEvent,
+  listEvents,
+  pruneEvents,
+  sendEvent,
+  type SendResult,
+} from "../store/events.ts";
+import {
+  DEFAULT_EVENT_RETENTION_MS,
+  type EventEffect,
+  type EventRecord,
+  type EventSource,
+} from "../model/events.ts";
+import { type Duration, toMs } from "../define/duration.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
 export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
@@ -38,6 +55,11 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
    * Default true; `KVFLOW_GROUP_COMMIT=off` turns it off for the CLI and Deploy.
    */
   groupCommit?: boolean;
+  /**
+   * How long sent events are kept (a wait that starts later finds them within it).
+   * Default 30 days.
+   */
+  eventRetention?: Duration;
 }
 
 /** An open engine. Close it when done. */
@@ -68,6 +90,9 @@ export class Engine {
   readonly pipelines: Map<string, Pipeline<unknown>>;
   readonly #ownsKv: boolean;
   readonly #listeners = new Set<(event: EngineEvent) => void>();
+  readonly #registry: EventRegistry;
+  readonly #eventRetentionMs: number;
+  #sweeps = 0;
   #closed = false;
 
   /**
@@ -93,6 +118,11 @@ export class Engine {
       }
       this.pipelines.set(p.name, p as Pipeline<unknown>);
     }
+    checkChildren(this.pipelines);
+    this.#registry = eventRegistry(this.pipelines);
+    this.#eventRetentionMs = options.eventRetention === undefined
+      ? DEFAULT_EVENT_RETENTION_MS
+      : toMs(options.eventRetention, "eventRetention");
     this.scheduler = new Scheduler(this.store, this.pipelines);
     this.worker = new Worker(this.store, {
       ...options,
@@ -100,6 +130,11 @@ export class Engine {
       beforeSweep: async () => {
         for (const d of await this.scheduler.tick()) {
           if (d.outcome === "created") this.worker.wake(d.runId!);
+        }
+        // deliveries a sender died before making; then, now and then, events past retention
+        await finishOutbox(this.store);
+        if (this.#sweeps++ % 60 === 0) {
+          await pruneEvents(this.store, this.store.clock.now() - this.#eventRetentionMs);
         }
       },
       onEvent: (event) => {
@@ -190,6 +225,51 @@ export class Engine {
    *
    * @returns the run as it ended (or as it was when `signal` aborted)
    */
+  /**
+   * Sends an event: stores it, ends the waits it matches (their runs continue at once in
+   * this process, or in whichever worker claims them) and starts the runs of the
+   * pipelines it triggers. With an `id`, a repeat stores nothing and wakes nobody.
+   *
+   * @example Approve the nightly run of 2026-11-01
+   * ```ts ignore
+   * await engine.send("nightly.approved", { date: "2026-11-01" }, { id: "approval-2026-11-01" });
+   * ```
+   *
+   * @param name the event's name
+   * @param data its payload: JSON data, at most 32 KiB
+   * @param options an `id` that makes the send idempotent
+   * @returns the stored event, the waits it ended and the runs it started
+   * @throws {UsageError} on a bad name, id or payload, or a payload a triggered pipeline
+   * refuses (nothing is stored then)
+   */
+  async send(
+    name: string,
+    data?: unknown,
+    options: { id?: string; source?: EventSource } = {},
+  ): Promise<SendResult> {
+    const result = await sendEvent(this.store, this.#registry, {
+      name,
+      data,
+      id: options.id,
+      source: options.source,
+    });
+    for (const w of result.woke) this.worker.notify(w.runId);
+    for (const run of result.started) this.worker.wake(run.id);
+    return result;
+  }
+
+  /** Lists stored events, newest first, with what each did to which runs. */
+  async listEvents(
+    options: { name?: string; limit?: number; cursor?: string } = {},
+  ): Promise<EventPage> {
+    return await listEvents(this.store, options);
+  }
+
+  /** One stored event with what it did, or null. */
+  async getEvent(id: string): Promise<(EventRecord & { effects: EventEffect[] }) | null> {
+    return await getEvent(this.store, id);
+  }
+
   async runToEnd(
     runId: string,
     options: { signal?: AbortSignal; followMs?: number } = {},
@@ -321,6 +401,65 @@ export class Engine {
  * @returns the open engine
  * @throws {UsageError} when the KV cannot be opened, or a newer kvflow wrote it
  */
+/**
+ * Checks that every pipeline a step invokes is registered, and that no pipeline invokes
+ * itself through others.
+ *
+ * @throws {TypeError} naming the step and pipeline, or the cycle
+ */
+function checkChildren(pipelines: ReadonlyMap<string, Pipeline<unknown>>): void {
+  for (const p of pipelines.values()) {
+    for (const s of p.steps) {
+      if (s.wait?.kind !== "child") continue;
+      if (!pipelines.has(s.wait.pipeline.name)) {
+        throw new TypeError(
+          `Pipeline '${p.name}': step '${s.name}' invokes pipeline '${s.wait.pipeline.name}', which is not registered`,
+        );
+      }
+    }
+  }
+  const state = new Map<string, "visiting" | "done">();
+  const visit = (name: string, path: string[]) => {
+    if (state.get(name) === "done") return;
+    if (state.get(name) === "visiting") {
+      const cycle = [...path.slice(path.indexOf(name)), name].join(" -> ");
+      throw new TypeError(`Pipelines invoke each other in a cycle: ${cycle}`);
+    }
+    state.set(name, "visiting");
+    for (const child of pipelines.get(name)?.children ?? []) visit(child.name, [...path, name]);
+    state.set(name, "done");
+  };
+  for (const name of pipelines.keys()) visit(name, []);
+}
+
+/** What the registered pipelines say about event names: correlation fields and triggers. */
+function eventRegistry(pipelines: ReadonlyMap<string, Pipeline<unknown>>): EventRegistry {
+  const fields = new Map<string, string[]>();
+  const triggers = new Map<
+    string,
+    { pipeline: Pipeline<unknown>; params: (data: unknown) => unknown }[]
+  >();
+  for (const p of pipelines.values()) {
+    for (const s of p.steps) {
+      if (s.wait?.kind !== "event") continue;
+      for (const name of Object.keys(s.wait.events)) {
+        const list = fields.get(name) ?? [];
+        if (!list.includes(s.wait.field)) list.push(s.wait.field);
+        fields.set(name, list);
+      }
+    }
+    for (const [name, params] of p.on) {
+      const list = triggers.get(name) ?? [];
+      list.push({ pipeline: p, params });
+      triggers.set(name, list);
+    }
+  }
+  return {
+    fields: (name) => fields.get(name) ?? [],
+    triggers: (name) => triggers.get(name) ?? [],
+  };
+}
+
 export async function openEngine(options: EngineOptions): Promise<Engine> {
   if (options.kv) {
     const engine = new Engine(options.kv, options.queues ?? true, options, false);

@@ -124,7 +124,7 @@ export class Worker {
     if (this.#store.queues) {
       this.#listening = this.#store.kv.listenQueue((message: unknown) => {
         const hint = message as WakeMessage;
-        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.wake(hint.runId);
+        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.notify(hint.runId);
       });
     }
     const tick = () => {
@@ -190,6 +190,17 @@ export class Worker {
    *
    * @returns how the run was left, or why it was not taken
    */
+  /**
+   * Something was delivered to a run (an event, a child's end): the driver holding it in
+   * this process reads its inbox; else the run is woken, which claims it when it is
+   * parked and its bell rang.
+   */
+  notify(runId: string): void {
+    const driver = this.#active.get(runId);
+    if (driver) driver.notify();
+    else this.wake(runId);
+  }
+
   async execute(runId: string): Promise<ExecuteResult> {
     if (this.#stop.signal.aborted) return "skipped";
     if (this.#active.has(runId)) return "busy";
@@ -249,6 +260,11 @@ export class Worker {
         );
       }
       if (outcome === "waiting") await this.#timeWakeUp(runId);
+      // a child that ended tells its parent here at once (a hint does across processes)
+      if ((outcome === "succeeded" || outcome === "failed") && run.parent) {
+        const parent = run.parent.runId;
+        queueMicrotask(() => this.notify(parent));
+      }
       return outcome;
     } finally {
       this.#active.delete(runId);

@@ -38,10 +38,10 @@ export const RunStatusSchema = response(
 /** Step and fan-out item statuses. */
 export const StepStatusSchema = response(
   "StepStatus",
-  z.enum(["pending", "running", "retrying", "succeeded", "failed", "skipped"]),
+  z.enum(["pending", "running", "retrying", "waiting", "succeeded", "failed", "skipped"]),
 );
 /** How a run was started. */
-export const TriggerSchema = z.enum(["cli", "http", "schedule", "backfill"]);
+export const TriggerSchema = z.enum(["cli", "http", "schedule", "backfill", "event", "child"]);
 
 // The enums above must list exactly kvflow's statuses and triggers.
 true satisfies (z.infer<typeof RunStatusSchema> extends RunStatus ? true : false);

@@ -285,3 +285,106 @@ export function activeRunPrefix(pipeline: string): KvKey {
 export function schedule(pipeline: string): KvKey {
   return [ROOT, "schedule", pipeline];
 }
+
+// ---- events and waits ----------------------------------------------------------------
+
+/** A stored event, by id. */
+export function event(id: string): KvKey {
+  return [ROOT, "event", id];
+}
+
+/** Index of events by time sent. */
+export function eventsByTime(at: number, id: string): KvKey {
+  return [ROOT, "events_by_time", at, id];
+}
+
+/** Prefix of {@linkcode eventsByTime}. */
+export function eventsByTimePrefix(): KvKey {
+  return [ROOT, "events_by_time"];
+}
+
+/**
+ * Index of events by name and correlation: the payload's `field` had `value` (field ""
+ * and value "" index every event of the name). A wait that starts looks here first.
+ */
+export function eventIndex(
+  name: string,
+  field: string,
+  value: string,
+  at: number,
+  id: string,
+): KvKey {
+  return [ROOT, "event_index", name, field, value, at, id];
+}
+
+/** Prefix of {@linkcode eventIndex} for one name and correlation. */
+export function eventIndexPrefix(name: string, field: string, value: string): KvKey {
+  return [ROOT, "event_index", name, field, value];
+}
+
+/**
+ * The head of one (name, field, value): every send bumps it and every wait that starts
+ * checks it, so an event and a wait that race on it are matched exactly once.
+ */
+export function eventHead(name: string, field: string, value: string): KvKey {
+  return [ROOT, "event_head", name, field, value];
+}
+
+/**
+ * A wait that an event may end: the run's step (and item) waits for `name` with this
+ * correlation. Written in the commit that starts the wait; deleted by the send that ends
+ * it, by its timeout, or by the run's cancel.
+ */
+export function waitEntry(
+  name: string,
+  field: string,
+  value: string,
+  runId: string,
+  step: string,
+  item: number,
+): KvKey {
+  return [ROOT, "wait", name, field, value, runId, step, item];
+}
+
+/** Prefix of {@linkcode waitEntry} for one name and correlation. */
+export function waitEntryPrefix(name: string, field: string, value: string): KvKey {
+  return [ROOT, "wait", name, field, value];
+}
+
+/** What a send or a child's end delivered to a waiting step (or item) of a run. */
+export function inbox(runId: string, step: string, item: number): KvKey {
+  return [ROOT, "inbox", runId, step, item];
+}
+
+/** Prefix of a run's {@linkcode inbox} entries. */
+export function inboxPrefix(runId: string): KvKey {
+  return [ROOT, "inbox", runId];
+}
+
+/**
+ * A run's bell: rung (rewritten) by every delivery to its inbox. A parked run records the
+ * bell's versionstamp; a different one makes it claimable before its due time.
+ */
+export function bell(runId: string): KvKey {
+  return [ROOT, "bell", runId];
+}
+
+/** What an event did to a run: woke a wait, started the run, or did not match its schema. */
+export function eventEffect(eventId: string, runId: string, step: string, item: number): KvKey {
+  return [ROOT, "event_effect", eventId, runId, step, item];
+}
+
+/** Prefix of one event's {@linkcode eventEffect} entries. */
+export function eventEffectPrefix(eventId: string): KvKey {
+  return [ROOT, "event_effect", eventId];
+}
+
+/** An event whose deliveries did not fit its first commit: a worker finishes them. */
+export function eventOutbox(id: string): KvKey {
+  return [ROOT, "event_outbox", id];
+}
+
+/** Prefix of {@linkcode eventOutbox}. */
+export function eventOutboxPrefix(): KvKey {
+  return [ROOT, "event_outbox"];
+}

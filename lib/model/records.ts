@@ -11,7 +11,14 @@ import type { ErrorInfo } from "./errors.ts";
 export type RunStatus = "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
 
 /** A step's (or fan-out item's) status. */
-export type StepStatus = "pending" | "running" | "retrying" | "succeeded" | "failed" | "skipped";
+export type StepStatus =
+  | "pending"
+  | "running"
+  | "retrying"
+  | "waiting"
+  | "succeeded"
+  | "failed"
+  | "skipped";
 
 /** Run statuses after which nothing happens until a person resumes or reruns. */
 export const TERMINAL: ReadonlySet<RunStatus> = new Set(["succeeded", "failed", "cancelled"]);
@@ -65,6 +72,40 @@ export interface RunRecord {
   failures: number;
   /** How many times a worker took it over from an expired lease. */
   takeovers: number;
+  /** For a child run: the parent's run, step and item whose wait it ends. */
+  parent?: { runId: string; step: string; item: number } | null;
+  /** For a run an event started: that event's id. */
+  event?: string | null;
+  /**
+   * The versionstamp of the run's bell (see `keys.bell`) when it was parked: a send or a
+   * child's end rings the bell, which makes a parked run claimable before its due time.
+   */
+  bellSeen?: string | null;
+  /** While parked with waiting steps: what the earliest of them waits for. */
+  waitingFor?: WaitState | null;
+}
+
+/** What a waiting step (status `waiting`) waits for, and until when. */
+export interface WaitState {
+  /** A sleep, an event or a child run. */
+  kind: "sleep" | "event" | "child";
+  /** The step, and the item for a fan-out child. */
+  step: string;
+  item: number;
+  /** When the wait began, ms since the epoch. */
+  since: number;
+  /** When the sleep ends or the timeout passes, ms since the epoch. */
+  until: number;
+  /** The awaited event names. */
+  events?: string[];
+  /** The payload field that must equal `value`, or "" for any event of the names. */
+  field?: string;
+  /** The correlation value, as a string. */
+  value?: string;
+  /** Events sent since then count (the run's creation, or the wait's window). */
+  after?: number;
+  /** The child run. */
+  child?: string;
 }
 
 /** Who may write a run's checkpoints, and until when. */
@@ -113,6 +154,15 @@ export interface TaskRecord {
   nextAt: number | null;
   /** The last error. */
   error: ErrorInfo | null;
+  /** While it waits (status `waiting`): what for, and until when. */
+  wait?: WaitState;
+  /**
+   * Set by a resume or rerun on a task that had ended: when. A wait step started again
+   * takes only events sent after it, not the one it took or timed out before.
+   */
+  after?: number;
+  /** A skipped task skipped by a wait's timeout (`onTimeout: "skip"`): not a failure. */
+  timedOut?: true;
   /** The output, once succeeded (absent for fan-out steps: their items hold it). */
   output?: Stored;
   /** For a fan-out step: how many items its list had. */

@@ -33,6 +33,7 @@ export function resetTask(task: TaskRecord, generation = task.generation): TaskR
     ...pendingTask(generation),
     base: (task.base ?? 0) + task.attempt,
     ...(task.items === undefined ? {} : { items: task.items }),
+    ...(task.endedAt === null ? {} : { after: task.endedAt }),
   };
 }
 
@@ -131,8 +132,9 @@ export function skipTask(task: TaskRecord, now: number, because: string): TaskRe
  * retryable error, so a resume runs it again.
  */
 export function cancelTask(task: TaskRecord, now: number, reason: string): TaskRecord {
+  const { wait: _, ...rest } = task;
   return {
-    ...task,
+    ...rest,
     status: "failed",
     endedAt: now,
     nextAt: null,

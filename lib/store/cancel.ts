@@ -14,6 +14,8 @@ import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit
 import { reclaimRunBlobs } from "./commands.ts";
 import { getItems, getSteps } from "./queries.ts";
 import type { StoreParts } from "./parts.ts";
+import { ring } from "./events.ts";
+import type { TaskRecord } from "../model/records.ts";
 
 /**
  * Cancels an active run: takes its lease away (so its worker can write nothing more and
@@ -52,12 +54,23 @@ export async function cancel(
     // The run ends and loses its lease in one commit, checked against both, with its
     // running and retrying tasks marked when they fit (nearly always): a reader sees the
     // run active or cancelled, never between, and its worker is fenced out from then on.
+    const children = await activeChildren(store, runId);
     const marks = splitWrites(await cancelWrites(store, next, reason));
     const op = store.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId));
     op.set(keys.run(runId), next);
     moveDue(op, run, next);
     moveStatus(op, run, next);
     if (marks.length === 1) addWrites(op, marks[0]);
+    // a cancelled child ends its parent's wait like any end of a child
+    if (run.parent) {
+      ring(store, op, run.parent.runId, run.parent.step, run.parent.item, {
+        kind: "child",
+        child: run.id,
+        status: "cancelled",
+        error: next.error,
+        dueAt: now,
+      });
+    }
     const result = await commitAtomic(op);
     if (!result.ok) continue;
     // What did not fit, and what the worker wrote between the read above and the commit
@@ -66,12 +79,42 @@ export async function cancel(
     await cancelTasks(store, next, result.versionstamp, reason).catch(() => {});
     // Chunks its worker was writing when the lease went are of no use now.
     await reclaimRunBlobs(store, runId).catch(() => {});
+    // Cancelling a parent cancels its children.
+    for (const child of children) {
+      await cancel(store, child, `Parent run ${runId} was cancelled`).catch(() => {});
+    }
     return next;
   }
   throw new UsageError(`Run ${runId} kept changing while being cancelled: try again`, "conflict");
 }
 
 /** The writes that mark the running and retrying steps and items of a run cancelled. */
+/** The child runs a run's waiting steps wait for. */
+async function activeChildren(store: StoreParts, runId: string): Promise<string[]> {
+  const children: string[] = [];
+  for (const [name, record] of await getSteps(store.kv, runId)) {
+    if (record.wait?.child) children.push(record.wait.child);
+    if (record.items !== undefined && record.wait === undefined) {
+      for (const item of (await getItems(store.kv, runId, name)).values()) {
+        if (item.wait?.child) children.push(item.wait.child);
+      }
+    }
+  }
+  return children;
+}
+
+/** The writes that end a waiting task's wait: its event entries go with it. */
+function endWait(record: TaskRecord, runId: string): KvWrite[] {
+  const wait = record.wait;
+  if (!wait || wait.kind !== "event") return [];
+  return wait.events!.map((name) =>
+    [
+      keys.waitEntry(name, wait.field!, wait.value!, runId, wait.step, wait.item),
+      null,
+    ] as KvWrite
+  );
+}
+
 async function cancelWrites(
   store: StoreParts,
   run: RunRecord,
@@ -82,13 +125,21 @@ async function cancelWrites(
   for (const [name, record] of await getSteps(store.kv, run.id)) {
     if (record.items !== undefined) {
       for (const [index, item] of await getItems(store.kv, run.id, name)) {
-        if (item.status === "running" || item.status === "retrying") {
-          writes.push([[keys.item(run.id, name, index), cancelTask(item, now, reason)]]);
+        if (item.status === "running" || item.status === "retrying" || item.status === "waiting") {
+          writes.push([
+            [keys.item(run.id, name, index), cancelTask(item, now, reason)],
+            ...endWait(item, run.id),
+          ]);
         }
       }
     }
-    if (record.status === "running" || record.status === "retrying") {
-      writes.push([[keys.step(run.id, name), cancelTask(record, now, reason)]]);
+    if (
+      record.status === "running" || record.status === "retrying" || record.status === "waiting"
+    ) {
+      writes.push([
+        [keys.step(run.id, name), cancelTask(record, now, reason)],
+        ...endWait(record, run.id),
+      ]);
     }
   }
   return writes;

@@ -21,6 +21,7 @@ import { reclaimBlobs } from "../kv/blobs.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { StoreParts } from "./parts.ts";
+import type { Delivery } from "../model/events.ts";
 import type { AtomicOperation, KvEntry } from "../kv/kv.ts";
 
 /** What {@linkcode createRun} needs. */
@@ -43,6 +44,10 @@ export interface CreateRunInput {
   idempotencyKey?: string;
   /** The schedule tick the run belongs to, ms since the epoch. */
   tick?: number;
+  /** For a run an event starts: the event's id. */
+  event?: string;
+  /** For a child run: the parent's run, step and item. */
+  parent?: { runId: string; step: string; item: number };
 }
 
 /** A claimed run: the records a driver starts from. */
@@ -128,6 +133,8 @@ export function newRun(
     error: null,
     failures: 0,
     takeovers: 0,
+    ...(input.event ? { event: input.event } : {}),
+    ...(input.parent ? { parent: input.parent } : {}),
   };
   // Refused here, not by KV in the middle of the run: the record grows later (an error
   // message of up to 4,000 characters), and every change rewrites it whole.
@@ -167,21 +174,28 @@ export async function claim(
   holder: Omit<Lease, "deadline">,
   leaseMs: number,
 ): Promise<Claim | null> {
-  const [runEntry, leaseEntry] = await store.kv.getMany<[RunRecord, Lease]>([
+  const [runEntry, leaseEntry, bellEntry] = await store.kv.getMany<[RunRecord, Lease, number]>([
     keys.run(runId),
     keys.lease(runId),
+    keys.bell(runId),
   ]);
   const run = runEntry.value;
   if (!run) return null;
   const now = store.clock.now();
   if (TERMINAL.has(run.status)) {
     if (run.dueAt !== null) await dropStaleDue(store, runEntry as KvEntry<RunRecord>);
+    // deliveries that came after it ended (a child's end, say) lead nowhere now
+    if (bellEntry.versionstamp !== null) await dropInbox(store, runId);
     return null;
   }
   const held = leaseEntry.value;
   const takeover = held !== null;
   if (held && held.deadline > now && !isDeadLocalHolder(held, holder)) return null;
-  if (run.status === "waiting" && run.dueAt !== null && run.dueAt > now) return null;
+  // A parked run is due at its time, or at once when a delivery rang its bell since.
+  if (
+    run.status === "waiting" && run.dueAt !== null && run.dueAt > now &&
+    bellEntry.versionstamp === (run.bellSeen ?? null)
+  ) return null;
   const lease: Lease = { ...holder, deadline: now + leaseMs };
   const claimed: RunRecord = {
     ...run,
@@ -189,6 +203,7 @@ export async function claim(
     startedAt: run.startedAt ?? now,
     dueAt: lease.deadline,
     takeovers: run.takeovers + (takeover ? 1 : 0),
+    ...(run.waitingFor ? { waitingFor: null } : {}),
   };
   // Claims of different runs touch disjoint keys: they may share a commit.
   const result = await store.committer.commit({
@@ -231,6 +246,17 @@ export async function reclaimRunBlobs(store: StoreParts, runId: string): Promise
   const entry = await store.kv.get<RunRecord>(keys.run(runId));
   if (!entry.value || !TERMINAL.has(entry.value.status)) return 0;
   return await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(entry)));
+}
+
+/** Deletes an ended run's inbox, the due entries its deliveries wrote, and its bell. */
+async function dropInbox(store: StoreParts, runId: string): Promise<void> {
+  const op = store.kv.atomic().delete(keys.bell(runId));
+  let n = 0;
+  for await (const entry of store.kv.list<Delivery>({ prefix: keys.inboxPrefix(runId) })) {
+    op.delete(entry.key).delete(keys.due(entry.value.dueAt, runId));
+    if (++n >= 200) break;
+  }
+  await commitAtomic(op);
 }
 
 async function dropStaleDue(store: StoreParts, entry: KvEntry<RunRecord>): Promise<void> {

@@ -9,7 +9,15 @@
 import * as keys from "../kv/keys.ts";
 import { UsageError } from "../model/errors.ts";
 import { isRunId, unknownRun } from "../model/run_id.ts";
-import type { AttemptRecord, Lease, RunRecord, RunStatus, TaskRecord } from "../model/records.ts";
+import {
+  type AttemptRecord,
+  type Lease,
+  type RunRecord,
+  type RunStatus,
+  type TaskRecord,
+  TERMINAL,
+} from "../model/records.ts";
+import type { RungDue } from "../model/events.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { readBlob } from "../kv/blobs.ts";
 import { decodeValue } from "../kv/values.ts";
@@ -208,10 +216,16 @@ export async function getLease(kv: Kv, runId: string): Promise<KvEntryMaybe<Leas
  */
 export async function dueRuns(kv: Kv, now: number, limit: number): Promise<string[]> {
   const entries: [number, string][] = [];
-  const iter = kv.list<string>({ prefix: keys.duePrefix(), end: keys.due(now + 1, "") }, {
+  const iter = kv.list<string | RungDue>({ prefix: keys.duePrefix(), end: keys.due(now + 1, "") }, {
     limit,
   });
-  for await (const e of iter) entries.push([e.key[2] as number, e.key[3] as string]);
+  const rung = new Map<string, RungDue>();
+  for await (const e of iter) {
+    const at = e.key[2] as number, id = e.key[3] as string;
+    entries.push([at, id]);
+    // a delivery's wake-up: due whatever the run record says, until the run takes it
+    if (typeof e.value === "object" && e.value !== null) rung.set(`${at}\u0000${id}`, e.value);
+  }
   const ids: string[] = [];
   for (let i = 0; i < entries.length; i += 10) {
     const chunk = entries.slice(i, i + 10);
@@ -220,11 +234,15 @@ export async function dueRuns(kv: Kv, now: number, limit: number): Promise<strin
     const drop = kv.atomic();
     let stale = 0;
     chunk.forEach(([at, id], j) => {
-      if (runs[j].value?.dueAt === at) {
+      const run = runs[j].value;
+      if (run?.dueAt === at || (run && !TERMINAL.has(run.status) && rung.has(`${at}\u0000${id}`))) {
         ids.push(id);
         return;
       }
       drop.check(runs[j]).delete(keys.due(at, id));
+      // a delivery to a run that ended meanwhile leads nowhere: its inbox entry goes too
+      const delivery = rung.get(`${at}\u0000${id}`);
+      if (delivery) drop.delete(keys.inbox(id, delivery.rung[0], delivery.rung[1]));
       stale++;
     });
     if (stale > 0) await commitAtomic(drop);

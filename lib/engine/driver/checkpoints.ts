@@ -148,6 +148,11 @@ export class Checkpoints {
     this.#events.push(event);
   }
 
+  /** Tells listeners of an event now: what it tells of is durable already. */
+  tell(event: RunEvent): void {
+    this.#hooks.onEvent?.(event);
+  }
+
   /** Calls `fn` once the writes before it are durable. */
   afterCommit(fn: () => void): void {
     this.#afterCommit.push(fn);
@@ -220,6 +225,51 @@ export class Checkpoints {
     })();
     this.#committing = commit.then(noop, noop).finally(() => (this.#committing = null));
     return commit;
+  }
+
+  /**
+   * Commits `apply`'s mutations on their own, once everything queued is durable, fenced by
+   * the lease like every checkpoint; for a change that checks more than the lease (a
+   * wait's heads, the run's bell) and must not share a commit whose failure would mean
+   * the run was lost.
+   *
+   * @returns `ok`; `conflict` when another of its checks failed and the lease is still
+   * the driver's; or `lost` (the driver was told)
+   */
+  async commitFenced(
+    apply: (op: AtomicOperation) => void,
+    writesLease = false,
+  ): Promise<"ok" | "conflict" | "lost"> {
+    await this.flush();
+    while (this.#committing) await this.#committing.catch(noop);
+    const commit = (async (): Promise<"ok" | "conflict" | "lost"> => {
+      const op = this.#store.kv.atomic().check({
+        key: this.#lease,
+        versionstamp: this.#leaseVersion,
+      });
+      apply(op);
+      let result: KvCommitResult | KvCommitError;
+      try {
+        result = await commitAtomic(op);
+      } catch (error) {
+        this.#hooks.failed(error);
+        throw error;
+      }
+      if (result.ok) {
+        if (writesLease) this.#leaseVersion = result.versionstamp;
+        return "ok";
+      }
+      const lease = await this.#store.kv.get(this.#lease);
+      if (lease.versionstamp === this.#leaseVersion) return "conflict";
+      this.#hooks.lost();
+      return "lost";
+    })();
+    const settled = commit.then(noop, noop);
+    this.#committing = settled;
+    settled.finally(() => {
+      if (this.#committing === settled) this.#committing = null;
+    });
+    return await commit;
   }
 
   /** Commits what is queued now, in batches within KV's limits; see {@linkcode flush}. */

@@ -38,6 +38,18 @@ export interface ContextHost {
   readonly artifacts: Artifacts;
 }
 
+/** What a step (or a wait's functions) knows of its run. */
+export function runInfo(runRecord: RunRecord): RunInfo {
+  return {
+    id: runRecord.id,
+    pipeline: runRecord.pipeline,
+    params: runRecord.params,
+    logicalDate: runRecord.logicalDate,
+    tick: runRecord.tick ? new Date(runRecord.tick).toISOString() : null,
+    trigger: runRecord.trigger,
+  };
+}
+
 /**
  * The context given to the body of an attempt; its log lines go to the attempt's `logs`.
  *
@@ -52,14 +64,7 @@ export function stepContext(
   const signal = attempt.controller.signal;
   const { clock, store, artifacts } = host;
   const runRecord = host.run();
-  const run: RunInfo = {
-    id: runRecord.id,
-    pipeline: runRecord.pipeline,
-    params: runRecord.params,
-    logicalDate: runRecord.logicalDate,
-    tick: runRecord.tick ? new Date(runRecord.tick).toISOString() : null,
-    trigger: runRecord.trigger,
-  };
+  const run = runInfo(runRecord);
   let bytes = 0;
   const log = (level: LogLine["level"]) => (message: string, fields?: Record<string, unknown>) => {
     if (logs.length >= MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) return;

@@ -52,6 +52,9 @@ import {
 import { expandItems } from "./items.ts";
 import { LeaseRenewal } from "./lease.ts";
 import { RunRecords } from "./records.ts";
+import { earliestWait, type WaitResult, Waits } from "./waits.ts";
+import { runInfo } from "./context.ts";
+import { moveDue, moveStatus } from "../../kv/indexes.ts";
 import { blame, queueHandBack } from "./refusal.ts";
 import type { Kv } from "../../kv/kv.ts";
 
@@ -132,6 +135,9 @@ export class RunDriver {
   readonly #checkpoints: Checkpoints;
   readonly #lease: LeaseRenewal;
   readonly #contextHost: ContextHost;
+  readonly #waits: Waits;
+  /** Whether the run is being parked (its waits recorded, its lease given up). */
+  #parking = false;
   #cancelWake: (() => void) | undefined;
   #resolve!: (outcome: Outcome) => void;
   #reject!: (error: KvUnavailableError) => void;
@@ -168,6 +174,7 @@ export class RunDriver {
     this.#records = new RunRecords(claim.run, {
       checkpoints: this.#checkpoints,
       graph: this.#graph,
+      store,
     });
     this.#lease = new LeaseRenewal(
       {
@@ -183,10 +190,25 @@ export class RunDriver {
           this.#checkpoints.write(keys.lease(this.#runId), lease, 256);
           this.#records.changeRun({ ...this.#records.run, dueAt: lease.deadline });
           this.#checkpoints.flush().catch(this.#onFlushError);
+          // a delivery from another process may not have reached this one: look
+          if (this.#graph.anyWaiting()) this.notify();
         },
         lost: () => this.#end("lost"),
       },
     );
+    this.#waits = new Waits({
+      store,
+      clock: this.#clock,
+      runId: this.#runId,
+      records: this.#records,
+      checkpoints: this.#checkpoints,
+      runInfo: () => runInfo(this.#records.run),
+      inputs: async (node) => knownInputs(node) ?? await this.#inputs(node),
+      acting: () => this.#acting(),
+      settle: (node, index, record, result) => this.#settle(node, index, record, result),
+      wake: () => this.wake(),
+    });
+    this.#waits.nodes((name) => this.#graph.node(name));
     const artifacts = new Artifacts(
       { kv: this.#kv, runId: claim.run.id, clock: this.#clock, checkpoints: this.#checkpoints },
       () => this.#state === "lost",
@@ -239,7 +261,18 @@ export class RunDriver {
     }
     this.#checkpoints.emit({ type: "run", run: this.#records.run });
     this.#lease.start();
+    // claimed because a delivery rang the bell, or holding deliveries from before
+    if (this.#graph.anyWaiting()) await this.#waits.readInbox();
     this.wake();
+  }
+
+  /**
+   * Looks at the run's inbox: an event was sent or a child ended (in this process, or a
+   * queue hint from another). Its waits take what was delivered.
+   */
+  notify(): void {
+    if (!this.#acting()) return;
+    this.#waits.readInbox().then(() => this.wake(), this.#onFlushError);
   }
 
   /**
@@ -396,6 +429,10 @@ export class RunDriver {
         this.#wakeAt(nextAt);
         return;
       }
+      if (graph.anyWaiting()) {
+        this.#park(nextAt);
+        return;
+      }
       this.#records.changeRun({ ...this.#records.run, status: "waiting", dueAt: nextAt });
       this.#checkpoints.runOp((op) => {
         op.delete(keys.lease(this.#runId));
@@ -412,6 +449,106 @@ export class RunDriver {
       true,
     );
     this.#checkpoints.afterCommit(() => this.#end("failed"));
+  }
+
+  /**
+   * Parks a run whose steps wait (sleep, event, child) and that has nothing else to do:
+   * one commit records it `waiting`, due at `nextAt` (the earliest wait's time or timeout,
+   * or a retry), gives up the lease, and checks the run's bell against the inbox the
+   * driver read just before — so a delivery that came meanwhile fails the commit and is
+   * taken instead. A parked run holds no lease, no slot and no memory.
+   */
+  #park(nextAt: number): void {
+    if (this.#parking) return;
+    this.#parking = true;
+    const park = async (): Promise<"parked" | "again" | "gone"> => {
+      await this.#checkpoints.flush();
+      if (await this.#waits.readInbox()) return "again";
+      if (!this.#acting() || this.#state === "draining") return "gone";
+      const bell = this.#waits.bellVersion;
+      let parked: RunRecord | undefined;
+      const outcome = await this.#checkpoints.commitFenced((op) => {
+        const from = this.#records.run;
+        parked = {
+          ...from,
+          status: "waiting",
+          dueAt: nextAt,
+          bellSeen: bell,
+          waitingFor: earliestWait(this.#graph.order),
+        };
+        op.check({ key: keys.bell(this.#runId), versionstamp: bell })
+          .set(keys.run(this.#runId), parked)
+          .delete(keys.lease(this.#runId));
+        moveDue(op, from, parked);
+        moveStatus(op, from, parked);
+        this.#options.store.wake(op, this.#runId, nextAt - this.#clock.now());
+      });
+      if (outcome !== "ok") return outcome === "lost" ? "gone" : "again";
+      this.#stopActing();
+      this.#records.adoptRun(parked!);
+      this.#end("waiting");
+      return "parked";
+    };
+    park().then((result) => {
+      this.#parking = false;
+      if (result === "again") this.wake();
+    }, (error) => {
+      this.#parking = false;
+      this.#onFlushError(error);
+    });
+  }
+
+  /**
+   * Ends a waiting task with its result (from `waits.ts`): the value it outputs, an error
+   * that fails it, or a skip by its timeout that is no failure.
+   */
+  async #settle(
+    node: StepNode,
+    index: number,
+    record: TaskRecord,
+    result: WaitResult,
+  ): Promise<void> {
+    if (!this.#acting()) return;
+    const { wait: _, ...base } = record;
+    const started = { ...base, attempt: Math.max(base.attempt, 1) };
+    let now = this.#clock.now();
+    started.startedAt ??= now;
+    let done: TaskRecord;
+    let size = 1024;
+    if ("skip" in result) {
+      done = {
+        ...started,
+        status: "skipped",
+        endedAt: now,
+        nextAt: null,
+        timedOut: true,
+        error: { name: "TimedOut", message: "Skipped: the wait timed out", retryable: true },
+      };
+    } else if (!result.ok) {
+      done = { ...started, status: "failed", endedAt: now, nextAt: null, error: result.error };
+    } else {
+      const value = result.value;
+      const stored = encodeSmall(this.#kv, value) ?? await encodeMeasured(
+        this.#kv,
+        this.#runId,
+        value,
+        { step: node.def.name, item: index },
+        (op) => this.#checkpoints.commitChunks(op),
+      );
+      if (!this.#acting()) return;
+      if ("blob" in stored) {
+        this.#checkpoints.write(keys.blobPending(this.#runId, stored.blob.id), null, 256);
+      } else {
+        size = 50_000;
+      }
+      now = this.#clock.now();
+      done = succeedTask(started, now, stored);
+      if (index < 0) node.output = { value };
+      else node.fan!.outputs.set(index, value);
+    }
+    this.#records.setTask(node, index, done, size);
+    if (index >= 0) this.#checkFanDone(node);
+    this.wake();
   }
 
   /** Queues the run's end (and, for a failure, its alert) and acts no more. */
@@ -438,6 +575,10 @@ export class RunDriver {
       return;
     }
     if (state !== "driving") return;
+    if (this.#parking) {
+      this.#checkpoints.flush().catch(this.#onFlushError);
+      return;
+    }
     const now = this.#clock.now();
     const { pipeline, stepLimit } = this.#options;
     const graph = this.#graph;
@@ -458,7 +599,11 @@ export class RunDriver {
         const needs = readiness(node);
         if (needs === "blocked") {
           if (status === "pending") {
-            this.#records.setStep(node, skipTask(node.record, now, blockingNeed(node)!.def.name));
+            const blocking = blockingNeed(node)!;
+            const skipped = skipTask(node.record, now, blocking.def.name);
+            // what a wait's timeout skipped is no failure, nor is what depends on it
+            if (blocking.record.timedOut) skipped.timedOut = true;
+            this.#records.setStep(node, skipped);
             node.open = false;
           }
           continue;
@@ -470,6 +615,11 @@ export class RunDriver {
         }
         const fanOut = node.def.fanOut;
         if (!fanOut) {
+          if (node.def.wait) {
+            // a wait holds no step slot: it starts, or times out, and is parked
+            this.#waits.act(node, -1, now);
+            continue;
+          }
           if (!isReady(node.record, now) || capacity <= 0) continue;
           if (!stepLimit.tryAcquire()) {
             starved = true;
@@ -482,6 +632,15 @@ export class RunDriver {
         const fan = node.fan;
         if (!fan) {
           if (!node.expanding) this.#expand(node);
+          continue;
+        }
+        if (node.def.wait) {
+          // one child run per item: started `concurrency` at a time, then parked
+          while (fan.running < fanOut.concurrency) {
+            const index = nextItem(fan, now);
+            if (index < 0) break;
+            this.#waits.act(node, index, now);
+          }
           continue;
         }
         while (fan.running < fanOut.concurrency && capacity > 0) {
@@ -499,7 +658,7 @@ export class RunDriver {
     } while (graph.walkAgain());
     const expanding = graph.endWalk();
     if (starved) stepLimit.waitFor(this);
-    if (this.#attempts.size === 0 && !starved && !expanding) {
+    if (this.#attempts.size === 0 && !starved && !expanding && !this.#waits.busy) {
       this.#idle(now);
     } else {
       // Other steps are still running: a retry due meanwhile must not wait for them.
@@ -524,6 +683,8 @@ export class RunDriver {
       if (!expanded || !this.#acting()) return;
       const { fan, now } = expanded;
       node.fan = fan;
+      // deliveries to its items waited in the inbox until they were known
+      if (fan.counts.waiting > 0) void this.#waits.readInbox().catch(() => {});
       this.#records.setStep(node, {
         ...node.record,
         status: "running",

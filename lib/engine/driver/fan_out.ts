@@ -32,7 +32,15 @@ export function newFan(values: unknown[]): FanState {
     outputs: new Map(),
     fresh: [],
     freshAt: 0,
-    counts: { pending: 0, running: 0, retrying: 0, succeeded: 0, failed: 0, skipped: 0 },
+    counts: {
+      pending: 0,
+      running: 0,
+      retrying: 0,
+      waiting: 0,
+      succeeded: 0,
+      failed: 0,
+      skipped: 0,
+    },
     retries: new MinHeap((a, b) => a.at < b.at || (a.at === b.at && a.index < b.index)),
     running: 0,
   };
@@ -44,7 +52,9 @@ export function trackItem(fan: FanState, index: number, record: TaskRecord): voi
   fan.records.set(index, record);
   if (before) fan.counts[before.status]--;
   fan.counts[record.status]++;
-  if (record.status === "retrying") fan.retries.push({ at: record.nextAt ?? 0, index });
+  if (record.status === "retrying" || record.status === "waiting") {
+    fan.retries.push({ at: record.nextAt ?? 0, index });
+  }
 }
 
 /**
@@ -54,7 +64,10 @@ export function trackItem(fan: FanState, index: number, record: TaskRecord): voi
 export function nextRetry(fan: FanState): number {
   for (let top = fan.retries.peek(); top; top = fan.retries.peek()) {
     const record = fan.records.get(top.index);
-    if (record?.status === "retrying" && (record.nextAt ?? 0) === top.at) return top.at;
+    if (
+      (record?.status === "retrying" || record?.status === "waiting") &&
+      (record.nextAt ?? 0) === top.at
+    ) return top.at;
     fan.retries.pop();
   }
   return Infinity;
@@ -74,7 +87,8 @@ export function takeItem(fan: FanState, now: number): void {
 
 /** Whether an item of the fan-out may still run: one runs, waits to start, or retries. */
 export function fanOpen(fan: FanState): boolean {
-  return fan.running > 0 || fan.freshAt < fan.fresh.length || fan.counts.retrying > 0;
+  return fan.running > 0 || fan.freshAt < fan.fresh.length || fan.counts.retrying > 0 ||
+    fan.counts.waiting > 0;
 }
 
 /** The outputs of every item, in order (when all succeeded). */

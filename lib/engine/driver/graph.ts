@@ -188,15 +188,28 @@ export class StepGraph {
     // retrying steps and fan-outs are open: their needs all succeeded
     for (let i = 0; i < this.#open.length; i++) {
       const s = this.#open[i];
-      if (s.record.status === "retrying") nextAt = Math.min(nextAt, s.record.nextAt ?? now);
+      const status = s.record.status;
+      if (status === "retrying" || status === "waiting") {
+        nextAt = Math.min(nextAt, s.record.nextAt ?? now);
+      }
       if (s.fan) nextAt = Math.min(nextAt, nextRetry(s.fan));
     }
     return nextAt;
   }
 
-  /** Whether every step succeeded. */
+  /** Whether every step succeeded (or was skipped by a wait's timeout, which is no failure). */
   allSucceeded(): boolean {
-    return this.order.every((s) => s.record.status === "succeeded");
+    return this.order.every((s) =>
+      s.record.status === "succeeded" || (s.record.status === "skipped" && s.record.timedOut)
+    );
+  }
+
+  /** Whether a step or fan-out item waits (sleep, event, child). */
+  anyWaiting(): boolean {
+    for (const s of this.#open) {
+      if (s.record.status === "waiting" || (s.fan && s.fan.counts.waiting > 0)) return true;
+    }
+    return false;
   }
 
   /** The first failed step, in topological order. */

@@ -20,20 +20,28 @@ import { moveDue, moveStatus } from "../../kv/indexes.ts";
 import { type Checkpoints, taskBytes } from "./checkpoints.ts";
 import { isEnded, type StepGraph, type StepNode } from "./graph.ts";
 import { mostAttempts, trackItem } from "./fan_out.ts";
+import { ring } from "../../store/events.ts";
+import type { Delivery } from "../../model/events.ts";
+import type { StoreParts } from "../../store/parts.ts";
 
 /** A run's records, as the driver changes them. */
 export class RunRecords {
   #run: RunRecord;
   readonly #checkpoints: Checkpoints;
   readonly #graph: StepGraph;
+  readonly #store: StoreParts;
 
   /**
    * Starts from the run as claimed.
    *
    * @param parts the queue the records are written to and the graph of the run's steps
    */
-  constructor(run: RunRecord, parts: { checkpoints: Checkpoints; graph: StepGraph }) {
+  constructor(
+    run: RunRecord,
+    parts: { checkpoints: Checkpoints; graph: StepGraph; store: StoreParts },
+  ) {
     this.#run = run;
+    this.#store = parts.store;
     this.#checkpoints = parts.checkpoints;
     this.#graph = parts.graph;
   }
@@ -75,7 +83,12 @@ export class RunRecords {
 
   /** Tells listeners that a task (item `index`, or -1 for the step) is now `record`. */
   #emitTask(node: StepNode, index: number, record: TaskRecord): void {
-    this.#checkpoints.emit({
+    this.#tellTask(node, index, record, false);
+  }
+
+  /** Tells of a task's record once its write is durable, or now (`now`: it is). */
+  #tellTask(node: StepNode, index: number, record: TaskRecord, now: boolean): void {
+    (now ? this.#checkpoints.tell : this.#checkpoints.emit).call(this.#checkpoints, {
       type: "task",
       runId: this.#run.id,
       step: node.def.name,
@@ -92,6 +105,26 @@ export class RunRecords {
       startedAt: record.startedAt,
       endedAt: record.endedAt,
     });
+  }
+
+  /**
+   * Takes `record` as the task's state without queueing a write: a commit of its own
+   * (see `Checkpoints.commitFenced`) wrote it.
+   */
+  adoptTask(node: StepNode, index: number, record: TaskRecord): void {
+    if (index < 0) {
+      node.record = record;
+      if (isEnded(record.status)) this.#graph.openDependents(node);
+    } else {
+      trackItem(node.fan!, index, record);
+    }
+    this.#tellTask(node, index, record, true);
+  }
+
+  /** Takes `next` as the run without queueing a write: a commit of its own wrote it. */
+  adoptRun(next: RunRecord): void {
+    this.#run = next;
+    this.#checkpoints.tell({ type: "run", run: next });
   }
 
   /** Records an attempt. */
@@ -116,6 +149,24 @@ export class RunRecords {
       moveStatus(op, from, next);
     });
     this.#checkpoints.emit({ type: "run", run: next });
+  }
+
+  /**
+   * Queues, with the run's end, the delivery of that end to the parent's waiting step: its
+   * inbox, bell, a due entry and a hint (see `store/events.ts`).
+   */
+  notifyParent(run: RunRecord): void {
+    const parent = run.parent!;
+    const delivery: Delivery = {
+      kind: "child",
+      child: run.id,
+      status: run.status,
+      error: run.error,
+      dueAt: run.endedAt ?? run.createdAt,
+    };
+    this.#checkpoints.runOp((op) =>
+      ring(this.#store, op, parent.runId, parent.step, parent.item, delivery)
+    );
   }
 
   /**
@@ -165,6 +216,7 @@ export class RunRecords {
     };
     this.changeRun(next);
     this.#checkpoints.runOp((op) => op.delete(keys.lease(next.id)));
+    if (next.parent) this.notifyParent(next);
     if (!alert) return undefined;
     const failedStep = error?.step ? this.#graph.node(error.step) : undefined;
     const record: AlertRecord = {
