@@ -285,9 +285,18 @@ export class Engine {
       }
       if (TERMINAL.has(run.status) || options.signal?.aborted) return run;
       if (run.status === "waiting" && run.dueAt !== null) {
-        // a retry due later: wait on the engine's clock (a test clock skips ahead)
+        // a retry, sleep or timeout due later: wait on the engine's clock (a test clock
+        // skips ahead), or until a delivery (an event, a child's end) rings the run
         const wait = Math.min(run.dueAt - this.store.clock.now(), 60_000);
-        await sleep(wait, options.signal, this.store.clock);
+        const stop = new AbortController();
+        const abort = () => stop.abort();
+        options.signal?.addEventListener("abort", abort, { once: true });
+        await Promise.race([
+          sleep(wait, stop.signal, this.store.clock),
+          this.worker.notified(runId, stop.signal),
+        ]);
+        stop.abort();
+        options.signal?.removeEventListener("abort", abort);
       } else {
         // another worker holds the run: look again shortly
         await sleep(options.followMs ?? 200, options.signal);

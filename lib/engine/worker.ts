@@ -70,6 +70,7 @@ export class Worker {
   readonly #holder: Omit<Lease, "deadline">;
   readonly #active = new Map<string, RunDriver | null>();
   readonly #timers = new Map<string, () => void>();
+  readonly #notified = new Map<string, Set<() => void>>();
   readonly #deliveries = new Set<Promise<unknown>>();
   readonly #stop = new AbortController();
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
@@ -196,9 +197,36 @@ export class Worker {
    * parked and its bell rang.
    */
   notify(runId: string): void {
+    const waiters = this.#notified.get(runId);
+    if (waiters) {
+      this.#notified.delete(runId);
+      for (const resolve of waiters) resolve();
+    }
     const driver = this.#active.get(runId);
     if (driver) driver.notify();
     else this.wake(runId);
+  }
+
+  /**
+   * Resolves once {@linkcode Worker.notify} is called for the run (a delivery in this
+   * process, or a queue hint from another), or when `signal` aborts.
+   */
+  notified(runId: string, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      if (signal?.aborted) return resolve();
+      const waiters = this.#notified.get(runId) ?? new Set<() => void>();
+      const done = () => {
+        waiters.delete(done);
+        if (waiters.size === 0 && this.#notified.get(runId) === waiters) {
+          this.#notified.delete(runId);
+        }
+        signal?.removeEventListener("abort", done);
+        resolve();
+      };
+      waiters.add(done);
+      this.#notified.set(runId, waiters);
+      signal?.addEventListener("abort", done, { once: true });
+    });
   }
 
   async execute(runId: string): Promise<ExecuteResult> {

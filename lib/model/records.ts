@@ -161,6 +161,8 @@ export interface TaskRecord {
    * takes only events sent after it, not the one it took or timed out before.
    */
   after?: number;
+  /** For a step (or item) that invokes a pipeline: its child run. */
+  child?: string;
   /** A skipped task skipped by a wait's timeout (`onTimeout: "skip"`): not a failure. */
   timedOut?: true;
   /** The output, once succeeded (absent for fan-out steps: their items hold it). */

@@ -459,6 +459,8 @@ export class Waits {
 export function waitingTask(record: TaskRecord, wait: WaitState): TaskRecord {
   return {
     ...record,
+    // a child stays linked from its parent's task after the wait
+    ...(wait.child ? { child: wait.child } : {}),
     status: "waiting",
     attempt: Math.max(record.attempt, 1),
     startedAt: record.startedAt ?? wait.since,
