@@ -64,6 +64,7 @@ export {
   type SleepOptions,
   waitFor,
   type WaitOptions,
+  type WaitSpec,
   zonedTime,
 } from "./define/wait.ts";
 

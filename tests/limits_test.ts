@@ -26,6 +26,8 @@ import { Store } from "../lib/store/store.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { Metrics } from "../lib/http/metrics.ts";
 import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/step.ts";
+import { MAX_EVENT_NAME_LENGTH } from "../lib/define/wait.ts";
+import { MAX_CORRELATION_LENGTH, MAX_EVENT_ID_LENGTH } from "../lib/model/events.ts";
 import {
   CHUNK_BYTES,
   KV_KEY_BYTES,
@@ -464,6 +466,11 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
   const artifact = "€".repeat(200);
   const idempotency = "€".repeat(MAX_IDEMPOTENCY_KEY_LENGTH);
   const at = Number.MAX_SAFE_INTEGER;
+  const eventId = "e".repeat(MAX_EVENT_ID_LENGTH);
+  const eventName = "n".repeat(MAX_EVENT_NAME_LENGTH);
+  const field = "f".repeat(64);
+  // a correlation value may use any character: three UTF-8 bytes each
+  const correlation = "€".repeat(MAX_CORRELATION_LENGTH);
   const built: Record<string, Deno.KvKey> = {
     run: keys.run(runId),
     runsByTime: keys.runsByTime(at, runId),
@@ -506,6 +513,21 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     activeRun: keys.activeRun(name, runId),
     activeRunPrefix: keys.activeRunPrefix(name),
     schedule: keys.schedule(name),
+    event: keys.event(eventId),
+    eventsByTime: keys.eventsByTime(at, eventId),
+    eventsByTimePrefix: keys.eventsByTimePrefix(),
+    eventIndex: keys.eventIndex(eventName, field, correlation, at, eventId),
+    eventIndexPrefix: keys.eventIndexPrefix(eventName, field, correlation),
+    eventHead: keys.eventHead(eventName, field, correlation),
+    waitEntry: keys.waitEntry(eventName, field, correlation, runId, name, MAX_ITEMS),
+    waitEntryPrefix: keys.waitEntryPrefix(eventName, field, correlation),
+    inbox: keys.inbox(runId, name, MAX_ITEMS),
+    inboxPrefix: keys.inboxPrefix(runId),
+    bell: keys.bell(runId),
+    eventEffect: keys.eventEffect(eventId, runId, name, MAX_ITEMS),
+    eventEffectPrefix: keys.eventEffectPrefix(eventId),
+    eventOutbox: keys.eventOutbox(eventId),
+    eventOutboxPrefix: keys.eventOutboxPrefix(),
   };
   const builders = Object.entries(keys).filter(([k, v]) =>
     // keySize measures a key and taskOf reads one: neither builds one

@@ -112,6 +112,7 @@ export interface InvokeOptions<N extends Needs, P> {
   params: (inputs: Inputs<N>, run: RunInfo) => P;
   /** How long the child may take before the step fails; default 365 days. */
   timeout?: Duration;
+  /** Not a fan-out: see {@linkcode InvokeEachOptions}. */
   items?: undefined;
 }
 
@@ -129,7 +130,7 @@ export interface InvokeEachOptions<N extends Needs, I, P> {
   timeout?: Duration;
 }
 
-/** How a waiting step waits, as the driver reads it. */
+/** How a waiting step waits, as the driver reads it (made by `sleep`, `waitFor`, `invoke`). */
 export type WaitSpec =
   | {
     readonly kind: "sleep";

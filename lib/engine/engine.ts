@@ -220,12 +220,6 @@ export class Engine {
   }
 
   /**
-   * Drives a run in this process until it ends: claims it, waits for retries that are due
-   * later, and follows it while another worker holds it.
-   *
-   * @returns the run as it ended (or as it was when `signal` aborted)
-   */
-  /**
    * Sends an event: stores it, ends the waits it matches (their runs continue at once in
    * this process, or in whichever worker claims them) and starts the runs of the
    * pipelines it triggers. With an `id`, a repeat stores nothing and wakes nobody.
@@ -253,8 +247,9 @@ export class Engine {
       id: options.id,
       source: options.source,
     });
+    // a serving worker here continues them at once; else whichever worker claims them
     for (const w of result.woke) this.worker.notify(w.runId);
-    for (const run of result.started) this.worker.wake(run.id);
+    if (this.worker.serving) { for (const run of result.started) this.worker.wake(run.id); }
     return result;
   }
 
@@ -270,6 +265,12 @@ export class Engine {
     return await getEvent(this.store, id);
   }
 
+  /**
+   * Drives a run in this process until it ends: claims it, waits for retries, sleeps and
+   * timeouts that are due later (and for deliveries that ring it), and follows it while another worker holds it.
+   *
+   * @returns the run as it ended (or as it was when `signal` aborted)
+   */
   async runToEnd(
     runId: string,
     options: { signal?: AbortSignal; followMs?: number } = {},
@@ -394,23 +395,6 @@ export class Engine {
 }
 
 /**
- * Opens an engine. A database written by an older kvflow is migrated first (once; see
- * `lib/kv/migrations.ts`), before the engine changes anything.
- *
- * @example An in-memory engine for a test
- * ```ts
- * import { openEngine, pipeline, step } from "../mod.ts";
- * const hello = step("hello", () => "world");
- * await using engine = await openEngine({ path: ":memory:", pipelines: [pipeline("demo", { steps: [hello] })] });
- * const run = await engine.store.createRun(engine.pipeline("demo"));
- * console.log((await engine.runToEnd(run.id)).status); // "succeeded"
- * ```
- *
- * @param options pipelines, KV location, worker options
- * @returns the open engine
- * @throws {UsageError} when the KV cannot be opened, or a newer kvflow wrote it
- */
-/**
  * Checks that every pipeline a step invokes is registered, and that no pipeline invokes
  * itself through others.
  *
@@ -469,6 +453,23 @@ function eventRegistry(pipelines: ReadonlyMap<string, Pipeline<unknown>>): Event
   };
 }
 
+/**
+ * Opens an engine. A database written by an older kvflow is migrated first (once; see
+ * `lib/kv/migrations.ts`), before the engine changes anything.
+ *
+ * @example An in-memory engine for a test
+ * ```ts
+ * import { openEngine, pipeline, step } from "../mod.ts";
+ * const hello = step("hello", () => "world");
+ * await using engine = await openEngine({ path: ":memory:", pipelines: [pipeline("demo", { steps: [hello] })] });
+ * const run = await engine.store.createRun(engine.pipeline("demo"));
+ * console.log((await engine.runToEnd(run.id)).status); // "succeeded"
+ * ```
+ *
+ * @param options pipelines, KV location, worker options
+ * @returns the open engine
+ * @throws {UsageError} when the KV cannot be opened, or a newer kvflow wrote it
+ */
 export async function openEngine(options: EngineOptions): Promise<Engine> {
   if (options.kv) {
     const engine = new Engine(options.kv, options.queues ?? true, options, false);

@@ -187,14 +187,10 @@ export class Worker {
   }
 
   /**
-   * Claims a run and drives it until it leaves this worker's hands.
-   *
-   * @returns how the run was left, or why it was not taken
-   */
-  /**
    * Something was delivered to a run (an event, a child's end): the driver holding it in
-   * this process reads its inbox; else the run is woken, which claims it when it is
-   * parked and its bell rang.
+   * this process reads its inbox; else, in a serving worker, the run is woken, which
+   * claims it when it is parked and its bell rang. Whoever follows the run here
+   * ({@linkcode Worker.notified}) is told.
    */
   notify(runId: string): void {
     const waiters = this.#notified.get(runId);
@@ -204,7 +200,8 @@ export class Worker {
     }
     const driver = this.#active.get(runId);
     if (driver) driver.notify();
-    else this.wake(runId);
+    // a process that does not serve (a CLI `send`) leaves the run to a worker that does
+    else if (this.serving) this.wake(runId);
   }
 
   /**
@@ -229,6 +226,11 @@ export class Worker {
     });
   }
 
+  /**
+   * Claims a run and drives it until it leaves this worker's hands.
+   *
+   * @returns how the run was left, or why it was not taken
+   */
   async execute(runId: string): Promise<ExecuteResult> {
     if (this.#stop.signal.aborted) return "skipped";
     if (this.#active.has(runId)) return "busy";

@@ -55,12 +55,17 @@ export type Delivery =
 
 /** The value of a wait's index entry: who waits, and for what else. */
 export interface WaitEntry {
+  /** The waiting run. */
   runId: string;
+  /** Its waiting step. */
   step: string;
+  /** Its waiting item, or -1. */
   item: number;
   /** Every event name the wait takes (one entry each). */
   names: string[];
+  /** The payload field it matches by ("" for any event of the names). */
   field: string;
+  /** The value that field must have. */
   value: string;
 }
 
@@ -68,9 +73,13 @@ export interface WaitEntry {
 export interface EventEffect {
   /** Woke a waiting step, started the run, or did not pass the wait's schema. */
   kind: "woke" | "started" | "mismatch";
+  /** The run. */
   runId: string;
+  /** The waiting step ("" for a run the event started). */
   step: string;
+  /** The waiting item, or -1. */
   item: number;
+  /** When, ms since the epoch. */
   at: number;
   /** For a mismatch: why. */
   message?: string;
@@ -80,6 +89,9 @@ export interface EventEffect {
 export interface RungDue {
   rung: [step: string, item: number];
 }
+
+/** Most characters of a correlation value (a longer one matches no wait). */
+export const MAX_CORRELATION_LENGTH = 200;
 
 /** Most bytes of an event's payload, as JSON. */
 export const MAX_EVENT_BYTES = 32 * 1024;
@@ -137,7 +149,7 @@ export function correlationOf(data: unknown, field: string): string | undefined 
   if (field === "") return "";
   if (data === null || typeof data !== "object" || Array.isArray(data)) return undefined;
   const value = (data as Record<string, unknown>)[field];
-  if (typeof value === "string") return value.length <= 500 ? value : undefined;
+  if (typeof value === "string") return value.length <= MAX_CORRELATION_LENGTH ? value : undefined;
   if (typeof value === "number" && Number.isFinite(value)) return String(value);
   if (typeof value === "boolean") return String(value);
   return undefined;

@@ -103,6 +103,8 @@ export function planRerun(
         record: {
           ...pendingTask((record?.generation ?? 0) + 1),
           base: (record?.base ?? 0) + (record?.attempt ?? 0),
+          // a wait run again takes only events after its last try (see TaskRecord.after)
+          ...(record?.endedAt ? { after: record.endedAt } : {}),
         },
         items: "all",
       });

@@ -89,8 +89,9 @@ export interface RunRecord {
 export interface WaitState {
   /** A sleep, an event or a child run. */
   kind: "sleep" | "event" | "child";
-  /** The step, and the item for a fan-out child. */
+  /** The step that waits. */
   step: string;
+  /** The fan-out item that waits (a child per item), or -1. */
   item: number;
   /** When the wait began, ms since the epoch. */
   since: number;

@@ -407,6 +407,7 @@ export async function recordEffect(
 
 /** One page of stored events, newest first. */
 export interface EventPage {
+  /** The events, each with what it did to which runs. */
   events: (EventRecord & { effects: EventEffect[] })[];
   /** Pass as `cursor` for the next page; null at the end. */
   cursor: string | null;

@@ -36,7 +36,15 @@ import { NonRetryableError } from "../model/errors.ts";
 import type { AlertRecord } from "../alerts/alert.ts";
 import { runAlerts } from "../alerts/alert.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
-import type { AttemptRecord, RunRecord, RunStatus, TaskRecord } from "../model/records.ts";
+import {
+  type AttemptRecord,
+  type RunRecord,
+  type RunStatus,
+  type TaskRecord,
+  TERMINAL,
+} from "../model/records.ts";
+import type { SendResult } from "../store/events.ts";
+import { type Duration, toMs } from "../define/duration.ts";
 
 /**
  * A clock that moves only when told to, or — in auto mode, the default — jumps straight
@@ -257,6 +265,77 @@ export class TestHarness {
     return await this.#finish(created.id);
   }
 
+  /**
+   * Starts a run and drives it until it ends or parks on a wait (a sleep, an event, a
+   * child run): then `send` events to it, `advance` the clock, and `finish` it.
+   *
+   * @example Approve a run that waits for an approval
+   * ```ts ignore
+   * const started = await t.start({ date: "2026-11-01" });
+   * assertEquals(started.record.waitingFor?.kind, "event");
+   * await t.send("nightly.approved", { date: "2026-11-01" });
+   * const run = await t.finish(started.id);
+   * ```
+   */
+  async start(options: TestRunOptions = {}): Promise<TestRun> {
+    const created = await this.engine.store.createRun(this.#pipeline, {
+      params: options.params,
+      logicalDate: options.date ?? new Date(this.clock.now()).toISOString().slice(0, 10),
+      trigger: options.trigger,
+    });
+    return await this.#drive(created.id);
+  }
+
+  /**
+   * Sends an event, as `engine.send` does, and lets the runs it wakes or starts go as far
+   * as they can without the clock moving.
+   *
+   * @returns what the send did
+   */
+  async send(name: string, data?: unknown, options: { id?: string } = {}): Promise<SendResult> {
+    const result = await this.engine.send(name, data, options);
+    await this.#runDue();
+    return result;
+  }
+
+  /**
+   * Moves the clock forward and drives every run due by then (sleeps that end, waits
+   * that time out) until it ends or parks again.
+   */
+  async advance(by: Duration): Promise<void> {
+    this.clock.advance(toMs(by, "advance"));
+    await this.#runDue();
+  }
+
+  /** Follows a started run to its end, moving the clock past its sleeps and timeouts. */
+  async finish(runId: string): Promise<TestRun> {
+    return await this.#finish(runId);
+  }
+
+  /** Drives a run (and what it starts) until it ends or parks on a wait. */
+  async #drive(runId: string): Promise<TestRun> {
+    const store = this.engine.store;
+    for (let round = 0; round < 100_000; round++) {
+      await this.#runDue();
+      const run = await store.requireRun(runId);
+      const parked = run.status === "waiting" && Boolean(run.waitingFor);
+      if (TERMINAL.has(run.status) || parked || run.dueAt === null) break;
+      // a retry due later: the clock moves to it
+      this.clock.set(Math.max(this.clock.now(), run.dueAt));
+    }
+    return await this.inspect(runId);
+  }
+
+  /** Runs every run due now (children, started runs, woken waits) until none is. */
+  async #runDue(): Promise<void> {
+    const { store, worker } = this.engine;
+    for (let round = 0; round < 100_000; round++) {
+      const due = await store.dueRuns(this.clock.now(), 1000);
+      if (due.length === 0) return;
+      await Promise.all([...new Set(due)].map((id) => worker.execute(id)));
+    }
+  }
+
   /** Resumes a failed or cancelled run and drives it until it ends. */
   async resume(runId: string, options: { force?: boolean } = {}): Promise<TestRun> {
     const run = await this.engine.store.requireRun(runId);
@@ -306,8 +385,21 @@ export class TestHarness {
     await this.close();
   }
 
+  /**
+   * Drives a run to its end: runs what is due, then moves the clock to the next due time
+   * (a retry, a sleep's end, a timeout) and again, until the run has ended or nothing is
+   * due any more.
+   */
   async #finish(runId: string): Promise<TestRun> {
-    await this.engine.runToEnd(runId);
+    const store = this.engine.store;
+    for (let round = 0; round < 100_000; round++) {
+      await this.#runDue();
+      const run = await store.requireRun(runId);
+      if (TERMINAL.has(run.status)) break;
+      const next = await store.nextDue();
+      if (next === null) break;
+      this.clock.set(Math.max(this.clock.now(), next));
+    }
     return await this.inspect(runId);
   }
 }
@@ -333,11 +425,24 @@ export async function testPipeline(
     path: ":memory:",
     queues: false,
     clock,
-    pipelines: [pipeline, ...(options.pipelines ?? [])],
+    pipelines: withChildren([pipeline, ...(options.pipelines ?? [])]),
     onAlert: () => {},
     beforeAttempt: (attempt) => inject(rules, attempt),
   });
   return new TestHarness(engine, clock, pipeline as Pipeline<unknown>, rules);
+}
+
+/** The pipelines and every pipeline they invoke as children, each once. */
+// deno-lint-ignore no-explicit-any
+function withChildren(pipelines: Pipeline<any>[]): Pipeline<unknown>[] {
+  const all = new Map<string, Pipeline<unknown>>();
+  const add = (p: Pipeline<unknown>) => {
+    if (all.has(p.name)) return;
+    all.set(p.name, p);
+    for (const child of p.children) add(child);
+  };
+  for (const p of pipelines) add(p);
+  return [...all.values()];
 }
 
 function inject(rules: InjectedFailure[], attempt: AttemptInfo): void {

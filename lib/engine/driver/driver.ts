@@ -425,12 +425,14 @@ export class RunDriver {
     }
     const nextAt = graph.earliestRetry(now);
     if (nextAt !== Infinity) {
-      if (nextAt - now <= this.#options.holdMs) {
-        this.#wakeAt(nextAt);
-        return;
-      }
+      // A step that waits parks the run however soon its time: it holds nothing then,
+      // and a delivery or its due time brings it back (the worker times near ones).
       if (graph.anyWaiting()) {
         this.#park(nextAt);
+        return;
+      }
+      if (nextAt - now <= this.#options.holdMs) {
+        this.#wakeAt(nextAt);
         return;
       }
       this.#records.changeRun({ ...this.#records.run, status: "waiting", dueAt: nextAt });
@@ -661,9 +663,11 @@ export class RunDriver {
     if (this.#attempts.size === 0 && !starved && !expanding && !this.#waits.busy) {
       this.#idle(now);
     } else {
-      // Other steps are still running: a retry due meanwhile must not wait for them.
+      // Other steps are still running: a retry (or a wait's time) due meanwhile must not
+      // wait for them. Only waits starting: the run parks once they have, no timer needed.
       const retryAt = graph.earliestRetry(now);
-      if (retryAt !== Infinity) this.#wakeAt(retryAt);
+      const onlyWaits = this.#attempts.size === 0 && !starved && !expanding;
+      if (retryAt !== Infinity && !onlyWaits) this.#wakeAt(retryAt);
     }
     this.#checkpoints.flush().catch(this.#onFlushError);
   }

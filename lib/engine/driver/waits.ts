@@ -12,7 +12,12 @@
  */
 import type { RunInfo } from "../../define/context.ts";
 import { MAX_WAIT_MS, type NoEvent, type WaitSpec } from "../../define/wait.ts";
-import { childError, childRunId, type EventRecord } from "../../model/events.ts";
+import {
+  childError,
+  childRunId,
+  type EventRecord,
+  MAX_CORRELATION_LENGTH,
+} from "../../model/events.ts";
 import type { ErrorInfo } from "../../model/errors.ts";
 import { toErrorInfo, UsageError } from "../../model/errors.ts";
 import type { RunRecord, TaskRecord, WaitState } from "../../model/records.ts";
@@ -176,6 +181,11 @@ export class Waits {
       return await host.settle(node, index, record, { ok: true, value });
     }
     const value = spec.equals ? String(spec.equals(inputs, run)) : "";
+    if (value.length > MAX_CORRELATION_LENGTH) {
+      throw new UsageError(
+        `Step '${step}': its correlation value has ${value.length} characters, at most ${MAX_CORRELATION_LENGTH}`,
+      );
+    }
     const names = Object.keys(spec.events);
     const created = host.records.run.createdAt;
     // events since the run was created, or within the window; after a resume, only those
@@ -376,7 +386,11 @@ export class Waits {
    * @returns whether it took anything
    */
   readInbox(): Promise<boolean> {
-    this.#reading ??= this.#readInbox(this.#graphNode).finally(() => (this.#reading = null));
+    this.#reading ??= this.#readInbox(this.#graphNode).finally(() => {
+      this.#reading = null;
+      // no longer busy: the run may act, or park
+      this.#host.wake();
+    });
     return this.#reading;
   }
 
