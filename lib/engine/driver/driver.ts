@@ -56,7 +56,7 @@ import { earliestWait, type WaitResult, Waits } from "./waits.ts";
 import { runInfo } from "./context.ts";
 import { moveDue, moveStatus } from "../../kv/indexes.ts";
 import { blame, queueHandBack } from "./refusal.ts";
-import type { Kv } from "../../kv/kv.ts";
+import type { Kv, KvKey } from "../../kv/kv.ts";
 
 export type { RunEvent } from "./checkpoints.ts";
 
@@ -205,7 +205,8 @@ export class RunDriver {
       runInfo: () => runInfo(this.#records.run),
       inputs: async (node) => knownInputs(node) ?? await this.#inputs(node),
       acting: () => this.#acting(),
-      settle: (node, index, record, result) => this.#settle(node, index, record, result),
+      settle: (node, index, record, result, consumed) =>
+        this.#settle(node, index, record, result, consumed),
       wake: () => this.wake(),
     });
     this.#waits.nodes((name) => this.#graph.node(name));
@@ -509,6 +510,7 @@ export class RunDriver {
     index: number,
     record: TaskRecord,
     result: WaitResult,
+    consumed: readonly KvKey[] = [],
   ): Promise<void> {
     if (!this.#acting()) return;
     const { wait: _, ...base } = record;
@@ -548,6 +550,8 @@ export class RunDriver {
       if (index < 0) node.output = { value };
       else node.fan!.outputs.set(index, value);
     }
+    // the delivery that ended the wait leaves the inbox in the commit of its result
+    for (const key of consumed) this.#checkpoints.write(key, null, 256);
     this.#records.setTask(node, index, done, size);
     if (index >= 0) this.#checkFanDone(node);
     this.wake();

@@ -23,6 +23,7 @@ import { toErrorInfo, UsageError } from "../../model/errors.ts";
 import type { RunRecord, TaskRecord, WaitState } from "../../model/records.ts";
 import { pendingTask } from "../../model/transitions.ts";
 import * as keys from "../../kv/keys.ts";
+import type { KvKey } from "../../kv/kv.ts";
 import {
   addWaitEntries,
   deleteWaitEntries,
@@ -57,8 +58,17 @@ export interface WaitHost {
   inputs(node: StepNode): Promise<Record<string, unknown>>;
   /** Whether the driver still acts on the run. */
   acting(): boolean;
-  /** Ends a task's wait with its result: the driver records it and wakes. */
-  settle(node: StepNode, index: number, record: TaskRecord, result: WaitResult): Promise<void>;
+  /**
+   * Ends a task's wait with its result: the driver records it and wakes. `consumed` keys
+   * (the delivery that ended it) are deleted in the commit that records the result.
+   */
+  settle(
+    node: StepNode,
+    index: number,
+    record: TaskRecord,
+    result: WaitResult,
+    consumed?: readonly KvKey[],
+  ): Promise<void>;
   /** Looks at the run again. */
   wake(): void;
 }
@@ -415,17 +425,24 @@ export class Waits {
       const node = find(step);
       // a fan-out's items are known once it expanded: its deliveries wait till then
       if (node && index >= 0 && !node.fan) continue;
-      host.checkpoints.write(entry.key, null, 256);
-      if (d.dueAt !== host.records.run.dueAt) {
-        host.checkpoints.write(keys.due(d.dueAt, host.runId), null, 256);
-      }
+      // the delivery goes in the commit that records what it did, never before: a worker
+      // killed in between leaves it for the next holder
+      const consumed: KvKey[] = [entry.key];
+      if (d.dueAt !== host.records.run.dueAt) consumed.push(keys.due(d.dueAt, host.runId));
+      const drop = () => {
+        for (const key of consumed) host.checkpoints.write(key, null, 256);
+      };
       took = true;
       const record = !node ? undefined : index < 0 ? node.record : node.fan?.records.get(index);
-      if (!node || record?.status !== "waiting") continue; // it ended otherwise meanwhile
+      if (!node || record?.status !== "waiting") {
+        drop(); // it ended otherwise meanwhile
+        continue;
+      }
       const spec = node.def.wait;
       if (d.kind === "event" && spec?.kind === "event") {
         const problem = schemaProblem(spec, d.event.name, d.data);
         if (problem !== null) {
+          drop();
           // recorded as not matching; the wait goes on (its entries are written again)
           await this.#mismatch(d.event.id, step, index, problem);
           const id = `${step}\u0000${index}`;
@@ -438,19 +455,21 @@ export class Waits {
         await host.settle(node, index, record, {
           ok: true,
           value: arrival(spec, found as EventRecord),
-        });
+        }, consumed);
       } else if (d.kind === "child" && spec?.kind === "child") {
         if (d.status === "succeeded") {
           await host.settle(node, index, record, {
             ok: true,
             value: await childResult(host.store, spec, d.child),
-          });
+          }, consumed);
         } else {
           await host.settle(node, index, record, {
             ok: false,
             error: childError(d.child, d.status, d.error),
-          });
+          }, consumed);
         }
+      } else {
+        drop();
       }
     }
     return took;
