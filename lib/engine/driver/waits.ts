@@ -141,7 +141,12 @@ export class Waits {
   }
 
   /** Starts a task's wait. */
-  async #start(node: StepNode, index: number, record: TaskRecord): Promise<void> {
+  async #start(
+    node: StepNode,
+    index: number,
+    record: TaskRecord,
+    consumed: readonly KvKey[] = [],
+  ): Promise<void> {
     const host = this.#host;
     const spec = node.def.wait!;
     const inputs = await host.inputs(node);
@@ -165,7 +170,9 @@ export class Waits {
       host.records.setTask(node, index, waitingTask(record, wait));
       return;
     }
-    if (spec.kind === "event") return await this.#startEventWait(node, index, record, spec, inputs);
+    if (spec.kind === "event") {
+      return await this.#startEventWait(node, index, record, spec, inputs, consumed);
+    }
     return await this.#startChild(node, index, record, spec, inputs);
   }
 
@@ -175,6 +182,7 @@ export class Waits {
     record: TaskRecord,
     spec: Extract<WaitSpec, { kind: "event" }>,
     inputs: Record<string, unknown>,
+    consumed: readonly KvKey[],
   ): Promise<void> {
     const host = this.#host;
     const run = host.runInfo();
@@ -233,7 +241,13 @@ export class Waits {
           item: index,
           at: now,
         });
-        return await host.settle(node, index, record, { ok: true, value: arrival(spec, found) });
+        return await host.settle(
+          node,
+          index,
+          record,
+          { ok: true, value: arrival(spec, found) },
+          consumed,
+        );
       }
       if (!host.acting()) return;
       const outcome = await host.checkpoints.commitFenced((op) => {
@@ -247,6 +261,7 @@ export class Waits {
           value,
         });
         op.set(taskKey(host.runId, step, index), waiting);
+        for (const key of consumed) op.delete(key);
       });
       if (outcome === "ok") return host.records.adoptTask(node, index, waiting);
       if (outcome === "lost") return;
@@ -442,12 +457,12 @@ export class Waits {
       if (d.kind === "event" && spec?.kind === "event") {
         const problem = schemaProblem(spec, d.event.name, d.data);
         if (problem !== null) {
-          drop();
-          // recorded as not matching; the wait goes on (its entries are written again)
+          // recorded as not matching; the wait goes on: its entries are written again in
+          // the commit that drops the delivery, so a kill between leaves one or the other
           await this.#mismatch(d.event.id, step, index, problem);
           const id = `${step}\u0000${index}`;
           if (!this.#busy.has(id)) {
-            this.#run(id, node, index, () => this.#start(node, index, record));
+            this.#run(id, node, index, () => this.#start(node, index, record, consumed));
           }
           continue;
         }
