@@ -186,6 +186,6 @@ function detachedLines(invocation: Invocation, run: RunRecord): void {
   );
   invocation.out(`  follow it with: deno task status ${run.id}`);
   invocation.out(
-    `  a worker continues it when it is due: deno task serve (or deno task worker)`,
+    "  once it is woken or due, a worker continues it: deno task serve (or deno task worker)",
   );
 }
