@@ -38,7 +38,7 @@ Deno.test("usage errors of `run nightly` exit 2 with one line naming what to fix
   const cases = [
     [
       ["--param", "region=north"],
-      /^kvflow: Invalid params for 'nightly': unknown param region \(known: simulateOutage\)$/,
+      /^kvflow: Invalid params for 'nightly': unknown param region \(known: simulateOutage, approval\)$/,
     ],
     [
       ["--param", "simulateOutage=printer"],

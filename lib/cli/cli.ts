@@ -1,6 +1,6 @@
 /**
  * The command line: `run`, `resume`, `rerun`, `cancel`, `status`, `runs`, `pipelines`,
- * `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
+ * `send`, `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
  * and prints the command that resumes it.
  *
  * @module
@@ -14,6 +14,7 @@ import { paintFor } from "./progress.ts";
 import * as foreground from "./foreground.ts";
 import * as inspect from "./inspect.ts";
 import * as longRunning from "./serve.ts";
+import { send } from "./send.ts";
 
 export { type CliContext, EXIT } from "./invocation.ts";
 export { heartbeat } from "./serve.ts";
@@ -27,6 +28,7 @@ const COMMANDS: Record<Command, (invocation: Invocation) => Promise<number>> = {
   status: inspect.status,
   runs: inspect.runs,
   pipelines: inspect.pipelines,
+  send,
   backfill: longRunning.backfill,
   serve: longRunning.serve,
   worker: longRunning.worker,

@@ -12,6 +12,14 @@ import { formatMs } from "../define/duration.ts";
 import { EXIT, type Invocation, openCliEngine, openEngineForRun } from "./invocation.ts";
 import { loadPipeline } from "./load.ts";
 import { parseParams } from "./params.ts";
+import { runWaitText, sendCommand } from "./waiting.ts";
+
+/**
+ * How often a parked run in the foreground looks whether a delivery rang it: an event sent
+ * from another process reaches it within this (a queue hint between processes may take a
+ * minute); each look is a read of the run, its lease and its bell.
+ */
+const PARKED_POLL_MS = 250;
 
 /** `run`: starts a run and drives it here, or with `--detach` queues it for a worker. */
 export async function run(invocation: Invocation): Promise<number> {
@@ -87,7 +95,11 @@ export async function cancel(invocation: Invocation): Promise<number> {
   }
 }
 
-/** Drives a run to its end in this process, printing its progress; Ctrl-C interrupts it. */
+/**
+ * Drives a run to its end in this process, printing its progress. While its steps run,
+ * Ctrl-C interrupts it (it fails resumably); while it is parked (it waits for a time, an
+ * event or a child and holds nothing), Ctrl-C detaches and leaves it waiting.
+ */
 async function foreground(
   invocation: Invocation,
   engine: Engine,
@@ -96,14 +108,32 @@ async function foreground(
   const started = Date.now();
   invocation.out(`▶ run ${run.id} · ${run.pipeline} · ${run.logicalDate} · ${run.trigger}`);
   const interrupt = new AbortController();
+  const detach = new AbortController();
+  const follow = AbortSignal.any([interrupt.signal, detach.signal]);
+  let parked = false;
+  const stopWatching = engine.subscribe((event) => {
+    if (event.type !== "run" || event.run.id !== run.id) return;
+    const wasParked = parked;
+    parked = event.run.status === "waiting";
+    if (parked && !wasParked) parkedLines(invocation, event.run);
+  });
   const onSignal = () => {
-    if (interrupt.signal.aborted) exit(EXIT.interrupted);
+    if (follow.aborted) exit(EXIT.interrupted);
+    if (parked && !engine.worker.driverOf(run.id)) {
+      detach.abort();
+      return;
+    }
     interrupt.abort();
     engine.worker.interrupt("Interrupted by signal (Ctrl-C)");
   };
   const stopListening = onStopSignal(onSignal);
   try {
-    const end = await engine.runToEnd(run.id, { signal: interrupt.signal });
+    // a send from another process rings the run's bell: look at it often while parked
+    const end = await engine.runToEnd(run.id, { signal: follow, parkedPollMs: PARKED_POLL_MS });
+    if (detach.signal.aborted && !TERMINAL.has(end.status)) {
+      detachedLines(invocation, end);
+      return EXIT.ok;
+    }
     await engine.worker.settleAlerts();
     const took = formatMs(Date.now() - started);
     if (end.status === "succeeded") {
@@ -131,5 +161,31 @@ async function foreground(
     return EXIT.failed;
   } finally {
     stopListening();
+    stopWatching();
   }
+}
+
+/** What a run in the foreground prints when it parks: that it holds nothing, and the way on. */
+function parkedLines(invocation: Invocation, run: RunRecord): void {
+  const send = run.waitingFor ? sendCommand(run.waitingFor) : null;
+  invocation.out(
+    invocation.paint.dim(
+      `  … parked: the run holds nothing while it waits; Ctrl-C detaches and leaves it waiting`,
+    ),
+  );
+  if (send) invocation.out(invocation.paint.dim(`    to let it go on: ${send}`));
+}
+
+/** What a detached run prints: where it was left and how to follow it. */
+function detachedLines(invocation: Invocation, run: RunRecord): void {
+  const waiting = runWaitText(run);
+  invocation.out(
+    invocation.paint.warn(
+      `⏸ detached from run ${run.id}: it is ${run.status}${waiting ? `: ${waiting}` : ""}`,
+    ),
+  );
+  invocation.out(`  follow it with: deno task status ${run.id}`);
+  invocation.out(
+    "  once it is woken or due, a worker continues it: deno task serve (or deno task worker)",
+  );
 }

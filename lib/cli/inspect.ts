@@ -3,7 +3,8 @@
  *
  * @module
  */
-import type { RunStatus } from "../model/records.ts";
+import type { RunStatus, TaskRecord } from "../model/records.ts";
+import type { Pipeline } from "../define/pipeline.ts";
 import { runAlerts } from "../alerts/alert.ts";
 import { scheduleView } from "../engine/scheduler.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
@@ -18,11 +19,23 @@ export async function status(invocation: Invocation): Promise<number> {
     const steps = await engine.store.getSteps(runId);
     const attempts = await engine.store.getAttempts(runId);
     const pipeline = engine.pipelines.get(run.pipeline);
+    // the items of fan-out waits (a child run per item): each may wait on its own
+    const items = new Map<string, Map<number, TaskRecord>>();
+    for (const [name, record] of steps) {
+      if (record.items !== undefined && stepWaits(pipeline, name)) {
+        items.set(name, await engine.store.getItems(runId, name));
+      }
+    }
     if (invocation.flags.json) {
       const names = pipeline ? pipeline.steps.map((s) => s.name) : Object.keys(run.graph ?? {});
+      const children = [
+        ...[...steps.values()].map((r) => r.child),
+        ...[...items.values()].flatMap((m) => [...m.values()].map((r) => r.child)),
+      ].filter((c): c is string => c !== undefined);
       invocation.out(JSON.stringify(
         {
           ...run,
+          children,
           steps: names.map((name) => {
             const record = steps.get(name);
             return {
@@ -34,6 +47,12 @@ export async function status(invocation: Invocation): Promise<number> {
               endedAt: record?.endedAt ?? null,
               nextAt: record?.nextAt ?? null,
               items: record?.items ?? null,
+              wait: record?.wait ?? null,
+              child: record?.child ?? null,
+              timedOut: record?.timedOut ?? false,
+              waitingItems: [...(items.get(name) ?? [])]
+                .filter(([, r]) => r.status === "waiting")
+                .map(([item, r]) => ({ item, wait: r.wait ?? null, child: r.child ?? null })),
             };
           }),
           attempts: attempts.map(({ logs, ...a }) => ({ ...a, logs: logs.length })),
@@ -43,7 +62,7 @@ export async function status(invocation: Invocation): Promise<number> {
         2,
       ));
     } else {
-      for (const line of statusLines(run, pipeline, steps, attempts, invocation.paint)) {
+      for (const line of statusLines(run, pipeline, steps, attempts, invocation.paint, items)) {
         invocation.out(line);
       }
     }
@@ -51,6 +70,11 @@ export async function status(invocation: Invocation): Promise<number> {
   } finally {
     await engine.close();
   }
+}
+
+/** Whether a step of the pipeline is a wait (a sleep, an event wait or a child run). */
+function stepWaits(pipeline: Pipeline<unknown> | undefined, name: string): boolean {
+  return pipeline?.steps.find((s) => s.name === name)?.wait !== undefined;
 }
 
 /** `runs`: the latest runs, filtered by pipeline and status. */

@@ -19,6 +19,7 @@ usage: deno task <command> [arguments]
   cancel <run-id>
   status <run-id> [--json]
   runs [--pipeline P] [--status S] [--limit N] [--json]
+  send <event> [--data JSON] [--id ID] [--json]
   pipelines [--json]
   backfill <pipeline> --from YYYY-MM-DD --to YYYY-MM-DD [--max-active N]
   serve [--port N]
@@ -33,6 +34,8 @@ const OPTIONS = {
   param: { type: "string", multiple: true },
   params: { type: "string" },
   date: { type: "string" },
+  data: { type: "string" },
+  id: { type: "string" },
   detach: { type: "boolean" },
   force: { type: "boolean" },
   from: { type: "string" },
@@ -51,6 +54,8 @@ export type Flags = {
   param?: string[];
   params?: string;
   date?: string;
+  data?: string;
+  id?: string;
   detach?: boolean;
   force?: boolean;
   from?: string;
@@ -73,6 +78,7 @@ const COMMANDS = {
   status: "<run-id>",
   runs: null,
   pipelines: null,
+  send: "<event> [--data JSON] [--id ID]",
   backfill: "<pipeline> --from YYYY-MM-DD --to YYYY-MM-DD",
   serve: null,
   worker: null,

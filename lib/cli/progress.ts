@@ -10,11 +10,13 @@ import type { RunEvent } from "../engine/driver/driver.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
 import type { Pipeline } from "../define/pipeline.ts";
 import { env } from "../platform/env.ts";
+import { runWaitText, sendCommand, stepName, waitText } from "./waiting.ts";
 
 const MARK: Record<string, string> = {
   pending: "·",
   running: "▸",
   retrying: "↻",
+  waiting: "⏸",
   succeeded: "✓",
   failed: "✗",
   skipped: "–",
@@ -53,7 +55,19 @@ export function progressPrinter(
   paint: Paint,
 ): (event: RunEvent) => void {
   return (event) => {
-    if (event.type !== "task" || (runId !== undefined && event.runId !== runId)) return;
+    if (event.type === "run") {
+      const { run } = event;
+      if ((runId === undefined || run.id === runId) && run.status === "waiting" && run.waitingFor) {
+        const wait = run.waitingFor;
+        write(
+          `  ${paint.warn(MARK.waiting)} ${stepName(wait.step, wait.item).padEnd(24)} ${
+            waitText(wait)
+          }`,
+        );
+      }
+      return;
+    }
+    if (runId !== undefined && event.runId !== runId) return;
     const name = event.item >= 0 ? `${event.step}[${event.item}]` : event.step;
     const label = name.padEnd(24);
     const attempt = `attempt ${event.attempt}`;
@@ -108,14 +122,23 @@ export function statusLines(
   steps: ReadonlyMap<string, TaskRecord>,
   attempts: readonly AttemptRecord[],
   paint: Paint,
+  items: ReadonlyMap<string, ReadonlyMap<number, TaskRecord>> = new Map(),
 ): string[] {
+  const now = Date.now();
+  const waiting = runWaitText(run, now);
+  const send = run.status === "waiting" && run.waitingFor ? sendCommand(run.waitingFor) : null;
   const lines = [
     `run ${run.id}`,
     `  pipeline   ${run.pipeline} (version ${run.version})`,
     `  status     ${colour(run.status, paint)}${
-      run.error ? `: ${firstLine(run.error.message)}` : ""
+      run.error ? `: ${firstLine(run.error.message)}` : waiting ? `: ${waiting}` : ""
     }`,
+    ...(send ? [`  send       ${send}`] : []),
     `  trigger    ${run.trigger}, logical date ${run.logicalDate}`,
+    ...(run.parent
+      ? [`  parent     run ${run.parent.runId}, step ${stepName(run.parent.step, run.parent.item)}`]
+      : []),
+    ...(run.event ? [`  event      started by event ${run.event}`] : []),
     `  params     ${JSON.stringify(run.params)}`,
     `  created    ${new Date(run.createdAt).toISOString()}${
       run.endedAt && run.startedAt ? `, took ${formatMs(run.endedAt - run.startedAt)}` : ""
@@ -133,8 +156,21 @@ export function statusLines(
     lines.push(
       `  ${MARK[status]} ${name.padEnd(24)} ${colour(status.padEnd(11), paint, status)} ${
         String(record?.attempt ?? 0).padStart(8)
-      }  ${duration}${record?.items !== undefined ? `  (${record.items} items)` : ""}`,
+      }  ${duration}${record?.items !== undefined ? `  (${record.items} items)` : ""}${
+        record ? taskNote(record, now) : ""
+      }`,
     );
+    const waitingItems = [...(items.get(name) ?? [])].filter(([, r]) => r.status === "waiting");
+    for (const [item, record] of waitingItems.slice(0, ITEM_LINES)) {
+      lines.push(
+        `      ${MARK.waiting} ${stepName(name, item).padEnd(22)} ${
+          colour("waiting".padEnd(11), paint)
+        }${taskNote(record, now)}`,
+      );
+    }
+    if (waitingItems.length > ITEM_LINES) {
+      lines.push(`      … and ${waitingItems.length - ITEM_LINES} more waiting items`);
+    }
   }
   const failed = names.map((n) => [n, steps.get(n)] as const).filter(([, r]) =>
     r?.status === "failed"
@@ -158,6 +194,17 @@ export function statusLines(
   return lines;
 }
 
+/** Waiting items listed under their step by `status`; the rest are counted. */
+const ITEM_LINES = 10;
+
+/** What a task waits for, or the child run it started, after its status line. */
+function taskNote(record: TaskRecord, now: number): string {
+  if (record.status === "waiting" && record.wait) return `  ${waitText(record.wait, now)}`;
+  if (record.timedOut) return "  (its wait timed out)";
+  if (record.child) return `  child run ${record.child}`;
+  return "";
+}
+
 /** One line per run, for `runs`. */
 export function runLines(runs: readonly RunRecord[], paint: Paint): string[] {
   if (runs.length === 0) return ["no runs"];
@@ -168,10 +215,11 @@ export function runLines(runs: readonly RunRecord[], paint: Paint): string[] {
   ];
   for (const r of runs) {
     const duration = r.endedAt && r.startedAt ? formatMs(r.endedAt - r.startedAt) : "";
+    const waiting = runWaitText(r);
     lines.push(
       `${r.id.padEnd(24)} ${r.pipeline.padEnd(16)} ${
         colour(r.status.padEnd(10), paint, r.status)
-      } ${r.trigger.padEnd(9)} ${r.logicalDate} ${duration}`,
+      } ${r.trigger.padEnd(9)} ${r.logicalDate} ${duration}${waiting ? ` ${waiting}` : ""}`,
     );
   }
   return lines;

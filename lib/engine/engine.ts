@@ -273,7 +273,7 @@ export class Engine {
    */
   async runToEnd(
     runId: string,
-    options: { signal?: AbortSignal; followMs?: number } = {},
+    options: { signal?: AbortSignal; followMs?: number; parkedPollMs?: number } = {},
   ): Promise<RunRecord> {
     while (true) {
       const result = await this.worker.execute(runId);
@@ -287,8 +287,10 @@ export class Engine {
       if (TERMINAL.has(run.status) || options.signal?.aborted) return run;
       if (run.status === "waiting" && run.dueAt !== null) {
         // a retry, sleep or timeout due later: wait on the engine's clock (a test clock
-        // skips ahead), or until a delivery (an event, a child's end) rings the run
-        const wait = Math.min(run.dueAt - this.store.clock.now(), 60_000);
+        // skips ahead), or until a delivery (an event, a child's end) rings the run; a
+        // delivery from another process rings its bell, which the next claim sees (queue
+        // hints between processes may take a minute), hence `parkedPollMs`
+        const wait = Math.min(run.dueAt - this.store.clock.now(), options.parkedPollMs ?? 60_000);
         const stop = new AbortController();
         const abort = () => stop.abort();
         options.signal?.addEventListener("abort", abort, { once: true });

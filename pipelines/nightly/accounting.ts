@@ -7,6 +7,7 @@
  * @module
  */
 import { step } from "../../lib/mod.ts";
+import { approval, checkApproval } from "./approval.ts";
 import { type Commission, commissions } from "./commissions.ts";
 import { type JournalEntry, Posting, postJournalEntry } from "./ledger.ts";
 import { simulateOutage } from "./outage.ts";
@@ -16,10 +17,16 @@ import { ACCOUNTS } from "./rules.ts";
 /** Retries of one entry: an accounting API's hiccups are short. */
 export const ACCOUNTING_RETRY = { attempts: 5, delay: "500ms", maxDelay: "30s" } as const;
 
-/** The step: one item per salesperson with a commission. */
+/**
+ * The step: one item per salesperson with a commission, once the night is approved (or
+ * needs no approval). A rejected night fails here, before any entry is posted.
+ */
 export const updateAccounting = step("update-accounting", {
-  needs: { night: pullSales, commissions },
-  items: ({ commissions }) => commissions.filter((c) => c.commissionCents !== 0),
+  needs: { night: pullSales, commissions, approval },
+  items: ({ commissions, approval }) => {
+    checkApproval(approval);
+    return commissions.filter((c) => c.commissionCents !== 0);
+  },
   concurrency: 4,
   retry: ACCOUNTING_RETRY,
   timeout: "1m",

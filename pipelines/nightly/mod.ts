@@ -6,6 +6,7 @@
  * ```
  * pull-sales ─► commissions ─┬─► reports (one per manager) ─► email (one per manager)
  *                            └─► update-accounting (one per salesperson)
+ *                   approval ─┘  (waits for finance only with --param approval=required)
  * ```
  *
  * On a fresh machine it runs on embedded defaults (a seeded sample store, an outbox of
@@ -18,13 +19,14 @@
 import { z } from "zod";
 import { pipeline, type ScheduleOptions } from "../../lib/mod.ts";
 import { updateAccounting } from "./accounting.ts";
+import { approval } from "./approval.ts";
 import { commissions } from "./commissions.ts";
 import { email } from "./email.ts";
 import { OUTAGES } from "./outage.ts";
 import { pullSales } from "./pull_sales.ts";
 import { reports } from "./reports.ts";
 
-export { commissions, email, pullSales, reports, updateAccounting };
+export { approval, commissions, email, pullSales, reports, updateAccounting };
 
 /**
  * When the pipeline runs: 03:00 every day in the store's timezone (`KVFLOW_TZ`), and after
@@ -45,6 +47,11 @@ export const schedule: ScheduleOptions = {
 export const Params = z.object({
   /** Demo switch: that system is down for the run's first round of attempts. */
   simulateOutage: z.enum(OUTAGES).optional(),
+  /**
+   * `required`: the journal entries wait for `nightly.approved` (or `nightly.rejected`)
+   * with the run's logical date as `date` (see `approval.ts`). Default: no gate.
+   */
+  approval: z.enum(["required", "none"]).optional(),
 });
 
 /** The pipeline, as `pipelines/mod.ts` registers it. */
@@ -53,5 +60,5 @@ export default pipeline("nightly", {
     "Yesterday's sales → commissions → a PDF report and a mail per manager, and journal entries",
   params: Params,
   schedule,
-  steps: [pullSales, commissions, reports, email, updateAccounting],
+  steps: [pullSales, commissions, reports, email, approval, updateAccounting],
 });
