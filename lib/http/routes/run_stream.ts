@@ -22,7 +22,8 @@ export function runStreamRoutes(ctx: ApiContext): ApiRoute[] {
       operationId: "runEvents",
       summary: "Live updates of a run as server-sent events",
       description:
-        "Events: `run` (the run, as in listRuns), `step` (a StepEvent: one step's or fan-out " +
+        "Events: `run` (the run, as in listRuns, with `waitingFor` while it waits for a " +
+        "sleep, an event or a child run), `step` (a StepEvent: one step's or fan-out " +
         "item's new state) and `end` (the final run), after which the stream closes. A run " +
         "that already ended gets its state and `end` at once. A comment line every 15 s keeps " +
         "the connection alive.",
