@@ -3,7 +3,8 @@
  * file reads and no build step (Deno Deploy serves them from memory like any response).
  *
  * The script is small on purpose: every fact is in the server's HTML. It only localizes
- * times, keeps the person's token in `sessionStorage`, calls the JSON API for the buttons,
+ * times, keeps the person's token in `sessionStorage`, calls the JSON API for the buttons
+ * (resume, rerun, cancel, trigger, and sending the event a waiting run awaits),
  * and follows a run through the SSE endpoint, swapping in fresh server HTML as it changes.
  *
  * @module
@@ -124,6 +125,10 @@ summary { cursor: pointer; }
 .logs { list-style: none; padding: 0; margin: .3rem 0; font-family: var(--mono); font-size: .8rem; }
 .logs li { padding: .1rem 0; border-bottom: 1px dotted var(--line); overflow-wrap: anywhere; }
 .lvl-error { color: var(--bad); } .lvl-warn { color: var(--wait); }
+.effects { list-style: none; padding: 0; margin: 0; }
+.effects li { overflow-wrap: anywhere; }
+.wait-send { display: flex; flex-direction: column; gap: .5rem; margin-top: .6rem; }
+.wait-send label { display: flex; flex-direction: column; font-size: .85rem; color: var(--muted); }
 .cards { display: grid; gap: .8rem; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: .7rem .9rem; }
 .card h3 { margin: 0 0 .3rem; }
@@ -335,6 +340,21 @@ export const JS = `"use strict";
         }
       }
       payload = { params: params };
+    } else if (action === "send") {
+      var event = button.getAttribute("data-event") || "";
+      var data = parse(button.getAttribute("data-data") || "{}") || {};
+      var reason = $("send-reason");
+      if (/rejected$/i.test(event) && reason && reason.value.trim()) data.reason = reason.value.trim();
+      payload = { name: event, data: data };
+    } else if (action === "send-form") {
+      var name = $("send-name") ? $("send-name").value : "";
+      var raw = $("send-data") ? $("send-data").value.trim() : "";
+      var sent = raw ? parse(raw) : null;
+      if (raw && sent === null && raw !== "null") {
+        say("Data must be JSON, such as {\\"date\\": \\"2026-01-31\\"}", "error");
+        return;
+      }
+      payload = { name: name, data: sent };
     }
     if (authRequired && !token()) {
       pending = button;
@@ -366,6 +386,14 @@ export const JS = `"use strict";
         }
         if (action === "trigger" && r.data && r.data.id) {
           location.assign("/runs/" + encodeURIComponent(r.data.id));
+          return;
+        }
+        if (action === "send" || action === "send-form") {
+          var woke = r.data && r.data.woke ? r.data.woke.length : 0;
+          say("Sent " + payload.name + (r.data && r.data.duplicate ? " before: nothing new." :
+            woke ? ": the run continues." : ": stored; no wait took it."), "ok");
+          refresh();
+          follow();
           return;
         }
         var run = r.data && r.data.run && r.data.run.status ? r.data.run : r.data;

@@ -152,6 +152,10 @@ export function runHref(id: string): string {
   return `/runs/${encodeURIComponent(id)}`;
 }
 
+export function eventHref(id: string): string {
+  return `/events/${encodeURIComponent(id)}`;
+}
+
 export function pipelineHref(name: string): string {
   return `/pipelines/${encodeURIComponent(name)}`;
 }

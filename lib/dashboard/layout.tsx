@@ -70,6 +70,7 @@ export function Layout(
             <a href="/">Runs</a>
             <a href="/?status=failed">Failed</a>
             <a href="/#pipelines">Pipelines</a>
+            <a href="/events">Events</a>
           </nav>
           {props.session && (
             <form method="post" action="/logout">

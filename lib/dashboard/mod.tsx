@@ -20,6 +20,8 @@ import { CSS, JS } from "./assets.ts";
 import { ASSET_VERSION, ErrorPage, type Frame, LoginPage } from "./layout.tsx";
 import { DEFAULT_LIMIT, PipelinePage, RunsPage } from "./list_pages.tsx";
 import { RunPage } from "./run_page.tsx";
+import { EventPage, EVENTS_LIMIT, EventsPage } from "./events_page.tsx";
+import { isEventName } from "../define/wait.ts";
 
 /** Options of {@linkcode dashboard}. */
 export interface DashboardOptions {
@@ -45,8 +47,9 @@ const PAGE_HEADERS: Record<string, string> = {
 
 /**
  * Builds the dashboard's routes: `GET /` (runs, filters, failures, pipelines),
- * `GET /runs/:id`, `GET /pipelines/:name`, `GET /assets/kvflow.css|js`, and — for a read
- * token — `GET|POST /login`, `POST /logout`. It adds no error handler or middleware that
+ * `GET /runs/:id`, `GET /pipelines/:name`, `GET /events` (events and what each did),
+ * `GET /events/:id`, `GET /assets/kvflow.css|js`, and — for a read token — `GET|POST
+ * /login`, `POST /logout`. It adds no error handler or middleware that
  * would reach the routes of the app it is mounted on.
  *
  * @example Serve the dashboard alone on an in-memory engine
@@ -193,6 +196,54 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
           now={engine.store.clock.now()}
         />,
       );
+    }),
+  );
+
+  app.get(
+    "/events",
+    page(async (c) => {
+      const name: string | undefined = c.req.query("name") || undefined;
+      if (name !== undefined && !isEventName(name as unknown)) {
+        throw new UsageError(
+          `Invalid event name ${
+            JSON.stringify(name.slice(0, 120))
+          }: use letters, digits, '-', '_', '.', ':' or '/'`,
+        );
+      }
+      const limitText = c.req.query("limit");
+      const limit = limitText ? Number(limitText) : EVENTS_LIMIT;
+      if (!Number.isInteger(limit) || limit < 1 || limit > 200) {
+        throw new UsageError(`Invalid limit '${limitText}': use an integer from 1 to 200`);
+      }
+      const cursor = c.req.query("cursor") || undefined;
+      const page = await engine.listEvents({ name, limit, cursor }).catch((error) => {
+        // KV refuses a cursor it did not make with a TypeError
+        if (cursor !== undefined && error instanceof TypeError) {
+          throw new UsageError(`Invalid cursor ${JSON.stringify(cursor.slice(0, 80))}`);
+        }
+        throw error;
+      });
+      return c.html(
+        <EventsPage
+          {...frame(c, "Events")}
+          events={page.events}
+          cursor={page.cursor}
+          name={name}
+          limit={limit}
+        />,
+      );
+    }),
+  );
+
+  app.get(
+    "/events/:id",
+    page(async (c) => {
+      const id = c.req.param("id") ?? "";
+      const event = await engine.getEvent(id);
+      if (!event) {
+        throw new UsageError(`Unknown event ${JSON.stringify(id.slice(0, 120))}`, "not_found");
+      }
+      return c.html(<EventPage {...frame(c, event.id)} event={event} />);
     }),
   );
 

@@ -22,16 +22,19 @@ import {
   TokenForm,
   TriggerForm,
 } from "./layout.tsx";
+import { WaitPanel } from "./wait_panel.tsx";
 import {
   attemptsByTask,
   bytes,
   clip,
   duration,
   errorText,
+  eventHref,
   ICONS,
   itemSummary,
   pipelineHref,
   runDuration,
+  runHref,
   safeJson,
   stepOrder,
   taskKey,
@@ -87,6 +90,7 @@ export function RunPage(d: RunPageData): JSX.Element {
       <p id="live-note" class="muted needs-js" aria-live="polite">
         {TERMINAL.has(run.status) ? "" : "Connecting for live updates…"}
       </p>
+      <WaitPanel run={run} now={d.now} />
       <Problems {...d} />
       <Actions {...d} />
       <Facts {...d} />
@@ -269,7 +273,8 @@ function Actions(d: RunPageData): JSX.Element {
   );
 }
 
-function Facts({ run, now }: RunPageData): JSX.Element {
+function Facts({ run, now, steps, items }: RunPageData): JSX.Element {
+  const children = childRuns(steps, items);
   return (
     <section class="panel" id="live-facts" data-live="">
       <dl class="facts">
@@ -281,7 +286,39 @@ function Facts({ run, now }: RunPageData): JSX.Element {
           <small class="mono">version {run.version}</small>
         </dd>
         <dt>Trigger</dt>
-        <dd>{run.trigger}</dd>
+        <dd>
+          {run.trigger}
+          {run.event && (
+            <>
+              {" "}by event <a href={eventHref(run.event)} class="mono">{run.event}</a>
+            </>
+          )}
+        </dd>
+        {run.parent && (
+          <>
+            <dt>Parent run</dt>
+            <dd>
+              <a href={runHref(run.parent.runId)} class="mono" rel="up">{run.parent.runId}</a>{" "}
+              <small>step {taskLabel(run.parent.step, run.parent.item)}</small>
+            </dd>
+          </>
+        )}
+        {children.length > 0 && (
+          <>
+            <dt>Child runs</dt>
+            <dd>
+              <ul class="effects">
+                {children.slice(0, 200).map((c) => (
+                  <li>
+                    <a href={runHref(c.child)} class="mono">{c.child}</a>{" "}
+                    <small>from {taskLabel(c.step, c.item)}</small>
+                  </li>
+                ))}
+              </ul>
+              {children.length > 200 && <small>{children.length - 200} more</small>}
+            </dd>
+          </>
+        )}
         <dt>Logical date</dt>
         <dd>{run.logicalDate}</dd>
         <dt>Created</dt>
@@ -605,4 +642,21 @@ function Alerts({ alerts }: RunPageData): JSX.Element {
       )}
     </div>
   );
+}
+
+/** The child runs a run's steps and items started, in step then item order. */
+function childRuns(
+  steps: Map<string, TaskRecord>,
+  items: Map<string, Map<number, TaskRecord>>,
+): { step: string; item: number; child: string }[] {
+  const out: { step: string; item: number; child: string }[] = [];
+  for (const [name, task] of steps) {
+    const child = task.child ?? task.wait?.child;
+    if (child) out.push({ step: name, item: -1, child });
+    for (const [index, item] of [...(items.get(name) ?? [])].sort(([a], [b]) => a - b)) {
+      const of = item.child ?? item.wait?.child;
+      if (of) out.push({ step: name, item: index, child: of });
+    }
+  }
+  return out;
 }

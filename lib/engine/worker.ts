@@ -360,7 +360,10 @@ export class Worker {
       const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
       // a driver that KV failed rejects `done`; `execute` reports that, not this wait
       if (drivers.length > 0) await Promise.all(drivers.map((d) => d.done.catch(() => {})));
-      else await new Promise((r) => setTimeout(r, 5));
+      // A driver whose `done` settled stays active while `execute` finishes (a parked run's
+      // wake-up is read from KV): without a turn of the event loop, awaiting the settled
+      // `done` again would spin on microtasks and starve that read, and every timer.
+      await new Promise((r) => setTimeout(r, drivers.length > 0 ? 0 : 5));
     }
   }
 

@@ -71,6 +71,7 @@ const USAGE_STATUS: Record<string, ErrorStatus> = {
   conflict: 409,
   version_changed: 409,
   invalid_params: 422,
+  too_large: 413,
   kv_unavailable: 503,
 };
 

@@ -98,6 +98,22 @@ export function toIssues(
   }));
 }
 
+/**
+ * JSON with object keys sorted, to compare two values whatever the order of their keys.
+ *
+ * @param value plain JSON data
+ * @returns its canonical text
+ */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(
+    value,
+    (_key, v) =>
+      v && typeof v === "object" && !Array.isArray(v)
+        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+        : v,
+  );
+}
+
 function checkJsonType(request: Request): void {
   const type = request.headers.get("content-type");
   const [mime, ...parameters] = (type ?? "").toLowerCase().split(";").map((s) => s.trim());

@@ -4,23 +4,27 @@
  * - From KV, for every process sharing the database: runs by pipeline and status (counts
  *   that every creation and status move sums in its own commit, read at each scrape: one
  *   short list, however many runs are stored), lease takeovers (a counter the claim commit
- *   sums), and stored alerts (a scan of the alerts, reused for `countTtlMs` and refreshed
- *   in the background).
+ *   sums), and stored alerts and waiting runs by what they wait for (a scan of the alerts
+ *   and of the waiting runs, reused for `countTtlMs` and refreshed in the background).
  * - From {@linkcode Engine.subscribe}, for this process: step durations, retries, runs
- *   finished, and the HTTP requests it served.
+ *   finished; and from the service, the HTTP requests it served and the events sent to it.
  *
  * @module
  */
 import type { Engine, EngineEvent } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
-import { RUN_STATUSES, TERMINAL } from "../model/records.ts";
+import { RUN_STATUSES, type RunRecord, TERMINAL } from "../model/records.ts";
+import type { SendResult } from "../store/events.ts";
 import type { AlertRecord } from "../alerts/alert.ts";
 import { residentMemoryBytes } from "../platform/process.ts";
 import type { KvU64 } from "../kv/kv.ts";
 
 /** Options of {@linkcode Metrics}. */
 export interface MetricsOptions {
-  /** How long a count of the alerts in KV is reused, ms; 0 counts at every scrape. Default 60,000. */
+  /**
+   * How long a count of the alerts and waiting runs in KV is reused, ms; 0 counts at every
+   * scrape. Default 60,000.
+   */
   countTtlMs?: number;
 }
 
@@ -52,7 +56,12 @@ interface Histogram {
 interface AlertCounts {
   at: number;
   alerts: Map<string, number>;
+  /** Waiting runs by pipeline, then by what they wait for. */
+  waiting: Map<string, Map<string, number>>;
 }
+
+/** What a waiting run waits for: a sleep, an event, a child run, or a retry. */
+const WAIT_KINDS = ["sleep", "event", "child", "retry"] as const;
 
 /** Collects metrics of one engine and renders them in the Prometheus text format. */
 export class Metrics {
@@ -65,6 +74,9 @@ export class Metrics {
   readonly #retries = new Map<string, number>();
   readonly #durations = new Map<string, Histogram>();
   readonly #requests = new Map<string, number>();
+  readonly #sends = new Map<string, number>();
+  #wakes = 0;
+  #eventStarts = 0;
   readonly #gauges: { name: string; help: string; read: () => number }[] = [];
   #counts: AlertCounts | undefined;
   #counting: Promise<AlertCounts> | undefined;
@@ -106,6 +118,13 @@ export class Metrics {
     increment(this.#requests, labels({ method, route, status: String(status) }));
   }
 
+  /** Counts one event sent over HTTP: stored, the waits it woke, the runs it started. */
+  observeSend(result: SendResult): void {
+    increment(this.#sends, labels({ name: result.event.name }));
+    this.#wakes += result.woke.length;
+    this.#eventStarts += result.started.length;
+  }
+
   /** The metrics in the Prometheus text format (version 0.0.4). */
   async render(): Promise<string> {
     const [runs, takeovers, counts] = await Promise.all([
@@ -127,6 +146,20 @@ export class Metrics {
     }
     family("kvflow_runs_counted_at_seconds", "gauge", "When kvflow_runs was read.");
     out.push(`kvflow_runs_counted_at_seconds ${runs.at / 1000}`);
+
+    family(
+      "kvflow_runs_waiting",
+      "gauge",
+      "Waiting runs stored in KV, by pipeline and what the earliest wait is: sleep, event, " +
+        "child (run) or retry. Counted with the alerts.",
+    );
+    const waitingPipelines = new Set([...this.#engine.pipelines.keys(), ...counts.waiting.keys()]);
+    for (const pipeline of [...waitingPipelines].sort()) {
+      for (const kind of WAIT_KINDS) {
+        const n = counts.waiting.get(pipeline)?.get(kind) ?? 0;
+        out.push(`kvflow_runs_waiting${labels({ pipeline, kind })} ${n}`);
+      }
+    }
 
     family("kvflow_alerts_total", "counter", "Alerts stored in KV (one per failure of a run).");
     for (const [pipeline, n] of [...counts.alerts].sort()) {
@@ -161,6 +194,25 @@ export class Metrics {
       out.push(`kvflow_step_duration_seconds_sum${l} ${round(h.sum)}`);
       out.push(`kvflow_step_duration_seconds_count${l} ${h.count}`);
     }
+
+    family(
+      "kvflow_events_sent_total",
+      "counter",
+      "Events this process stored from HTTP sends (repeats of an id not counted), by name.",
+    );
+    for (const [l, n] of sorted(this.#sends)) out.push(`kvflow_events_sent_total${l} ${n}`);
+    family(
+      "kvflow_event_wakes_total",
+      "counter",
+      "Waiting steps the events this process stored from HTTP sends woke.",
+    );
+    out.push(`kvflow_event_wakes_total ${this.#wakes}`);
+    family(
+      "kvflow_event_runs_started_total",
+      "counter",
+      "Runs the events this process stored from HTTP sends started (event triggers).",
+    );
+    out.push(`kvflow_event_runs_started_total ${this.#eventStarts}`);
 
     family("kvflow_http_requests_total", "counter", "HTTP requests served, by route and status.");
     for (const [l, n] of sorted(this.#requests)) out.push(`kvflow_http_requests_total${l} ${n}`);
@@ -248,7 +300,30 @@ export class Metrics {
     ) {
       alerts.set(e.value.pipeline, (alerts.get(e.value.pipeline) ?? 0) + 1);
     }
-    return { at, alerts };
+    return { at, alerts, waiting: await this.#countWaiting() };
+  }
+
+  /** Waiting runs by pipeline and kind: the status index, then the records, ten a read. */
+  async #countWaiting(): Promise<Map<string, Map<string, number>>> {
+    const kv = this.#engine.kv;
+    const waiting = new Map<string, Map<string, number>>();
+    let ids: string[] = [];
+    const read = async () => {
+      const runs = await kv.getMany<RunRecord[]>(ids.map((id) => keys.run(id)));
+      ids = [];
+      for (const { value: run } of runs) {
+        if (run?.status !== "waiting") continue;
+        let byKind = waiting.get(run.pipeline);
+        if (!byKind) waiting.set(run.pipeline, byKind = new Map());
+        increment(byKind, run.waitingFor?.kind ?? "retry");
+      }
+    };
+    for await (const e of kv.list({ prefix: keys.runsByStatusPrefix("waiting") })) {
+      ids.push(e.key[e.key.length - 1] as string);
+      if (ids.length === 10) await read();
+    }
+    if (ids.length > 0) await read();
+    return waiting;
   }
 }
 

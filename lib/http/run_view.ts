@@ -1,6 +1,6 @@
 /**
  * What the API (and the dashboard) show of runs and pipelines: plain JSON built from the
- * stored records, field by field, in the shapes of `api_schemas.ts`. One run's view reads
+ * stored records, field by field, in the shapes of `schemas.ts`. One run's view reads
  * its record, steps, items, attempts, artifacts and alerts — six KV reads, in parallel.
  *
  * @module
@@ -9,11 +9,11 @@ import { z } from "zod";
 import type { Pipeline } from "../define/pipeline.ts";
 import type { Engine } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
-import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
+import type { AttemptRecord, RunRecord, TaskRecord, WaitState } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { type AlertRecord, runAlerts } from "../alerts/alert.ts";
 import { nextTicks, type ScheduleState } from "../engine/scheduler.ts";
-import type { PipelineJson, RunDetail, RunJson, StepJson } from "./schemas.ts";
+import type { PipelineJson, RunDetail, RunJson, StepJson, WaitJson } from "./schemas.ts";
 import type { Kv } from "../kv/kv.ts";
 
 type AttemptJson = StepJson["attempts"][number];
@@ -44,7 +44,54 @@ export function runJson(run: RunRecord, now = Date.now()): RunJson {
     error: run.error ? { step: run.error.step, message: run.error.message } : null,
     failures: run.failures,
     takeovers: run.takeovers,
+    parent: run.parent
+      ? {
+        runId: run.parent.runId,
+        step: run.parent.step,
+        item: run.parent.item,
+        url: runUrl(run.parent.runId),
+      }
+      : null,
+    event: run.event ?? null,
+    eventUrl: run.event ? eventUrl(run.event) : null,
+    waitingFor: run.status === "waiting" && run.waitingFor ? waitJson(run.waitingFor) : null,
   };
+}
+
+/**
+ * What a waiting step waits for, as the API shows it.
+ *
+ * @param wait the stored wait
+ * @returns the JSON shape of `Wait`
+ */
+export function waitJson(wait: WaitState): WaitJson {
+  return {
+    kind: wait.kind,
+    step: wait.step,
+    item: wait.item,
+    since: wait.since,
+    until: wait.until,
+    ...(wait.events ? { events: [...wait.events] } : {}),
+    ...(wait.field !== undefined ? { field: wait.field } : {}),
+    ...(wait.value !== undefined ? { value: wait.value } : {}),
+    ...(wait.after !== undefined ? { after: wait.after } : {}),
+    ...(wait.child !== undefined ? { child: wait.child, childUrl: runUrl(wait.child) } : {}),
+  };
+}
+
+/** The child run a task started: kept after its wait, named by the wait while it lasts. */
+function childOf(task: TaskRecord): string | undefined {
+  return task.child ?? task.wait?.child;
+}
+
+/** Where the API serves a run. */
+export function runUrl(id: string): string {
+  return `/api/runs/${encodeURIComponent(id)}`;
+}
+
+/** Where the API serves an event. */
+export function eventUrl(id: string): string {
+  return `/api/events/${encodeURIComponent(id)}`;
 }
 
 const paramsSchemas = new WeakMap<object, Record<string, unknown> | null>();
@@ -173,7 +220,35 @@ export async function runDetail(engine: Engine, runId: string): Promise<RunDetai
     steps: stepViews,
     artifacts: artifacts.map((a) => artifactJson(a)),
     alerts: alerts.map((a) => alertJson(a)),
+    children: childrenOf(run.id, steps, items),
   };
+}
+
+/**
+ * The child runs a run's steps and items started, in step order then item order, from
+ * the `child` their task records keep.
+ *
+ * @param runId the parent run
+ * @param steps its step records
+ * @param items its fan-out items' records, by step
+ * @returns one link per child
+ */
+export function childrenOf(
+  runId: string,
+  steps: ReadonlyMap<string, TaskRecord>,
+  items: ReadonlyMap<string, ReadonlyMap<number, TaskRecord>>,
+): RunDetail["children"] {
+  const out: RunDetail["children"] = [];
+  const add = (step: string, item: number, child: string | undefined) => {
+    if (child === undefined) return;
+    out.push({ runId, step, item, url: runUrl(runId), child, childUrl: runUrl(child) });
+  };
+  for (const [name, record] of steps) {
+    add(name, -1, childOf(record));
+    const byIndex = [...(items.get(name) ?? [])].sort(([a], [b]) => a - b);
+    for (const [index, item] of byIndex) add(name, index, childOf(item));
+  }
+  return out;
 }
 
 function taskJson(record: TaskRecord | undefined, now: number, attempts: AttemptJson[]) {
@@ -195,6 +270,9 @@ function taskJson(record: TaskRecord | undefined, now: number, attempts: Attempt
     nextAt: record?.nextAt ?? null,
     error: record?.error ? errorJson(record.error) : null,
     attempts,
+    wait: status === "waiting" && record?.wait ? waitJson(record.wait) : null,
+    child: (record && childOf(record)) ?? null,
+    timedOut: record?.timedOut === true,
   };
 }
 
@@ -233,7 +311,7 @@ function artifactJson(a: ArtifactMeta): RunDetail["artifacts"][number] {
     step: a.step,
     item: a.item,
     createdAt: a.createdAt,
-    url: `/api/runs/${encodeURIComponent(a.runId)}/artifacts/${encodeURIComponent(a.name)}`,
+    url: `${runUrl(a.runId)}/artifacts/${encodeURIComponent(a.name)}`,
   };
 }
 

@@ -79,6 +79,37 @@ export const ErrorInfoSchema = response(
   }),
 );
 
+/** What a waiting step waits for, and until when. */
+export const WaitSchema = response(
+  "Wait",
+  z.object({
+    kind: z.enum(["sleep", "event", "child"]),
+    step: z.string(),
+    item: z.int().min(-1).describe("Fan-out item index, or -1 for the step itself"),
+    since: time.describe("When the wait began"),
+    until: time.describe("When the sleep ends or the timeout passes"),
+    events: z.array(z.string()).optional().describe("The awaited event names (kind event)"),
+    field: z.string().optional().describe(
+      "The payload field that must equal `value`; empty for any event of the names",
+    ),
+    value: z.string().optional().describe("The correlation value the field must equal"),
+    after: time.optional().describe("Events sent since then count"),
+    child: z.string().optional().describe("The child run (kind child)"),
+    childUrl: z.string().optional().describe("The child run in the API"),
+  }),
+);
+
+/** A link to the step (and item) of a run, e.g. a child run's parent. */
+export const RunLinkSchema = response(
+  "RunLink",
+  z.object({
+    runId: z.string(),
+    step: z.string(),
+    item: z.int().min(-1).describe("Fan-out item index, or -1 for the step itself"),
+    url: z.string().describe("The run in the API"),
+  }),
+);
+
 /** A run, as lists and the run page show it. */
 export const RunSchema = response(
   "Run",
@@ -101,6 +132,14 @@ export const RunSchema = response(
     error: z.object({ step: z.string().nullable(), message: z.string() }).nullable(),
     failures: z.int().min(0),
     takeovers: z.int().min(0),
+    parent: RunLinkSchema.nullable().describe(
+      "For a child run: the parent run and the step (and item) that started it",
+    ),
+    event: z.string().nullable().describe("For a run an event started: that event's id"),
+    eventUrl: z.string().nullable().describe("That event in the API"),
+    waitingFor: WaitSchema.nullable().describe(
+      "While the run waits for a sleep, an event or a child run: the earliest wait",
+    ),
   }),
 );
 
@@ -189,6 +228,9 @@ const taskFields = {
   nextAt: time.nullable().describe("When a retry is due"),
   error: ErrorInfoSchema.nullable(),
   attempts: z.array(AttemptSchema),
+  wait: WaitSchema.nullable().describe("While it waits: what for, and until when"),
+  child: z.string().nullable().describe("The child run it started, if it invokes a pipeline"),
+  timedOut: z.boolean().describe("Skipped because a wait timed out (`onTimeout: skip`)"),
 };
 
 /** One item of a fan-out step. */
@@ -248,6 +290,63 @@ export const RunDetailSchema = response(
     steps: z.array(StepSchema),
     artifacts: z.array(ArtifactSchema),
     alerts: z.array(AlertSchema),
+    children: z.array(RunLinkSchema.extend({
+      child: z.string().describe("The child run's id"),
+      childUrl: z.string().describe("The child run in the API"),
+    })).describe("Child runs its steps (and items) started; `runId` is this run"),
+  }),
+);
+
+/** What an event did to a run. */
+export const EventEffectSchema = response(
+  "EventEffect",
+  z.object({
+    kind: z.enum(["woke", "started", "mismatch"]).describe(
+      "Woke a waiting step, started the run, or did not pass the wait's payload schema",
+    ),
+    runId: z.string(),
+    step: z.string().nullable().describe("The waiting step; null for a started run"),
+    item: z.int().min(-1),
+    at: time,
+    message: z.string().optional().describe("For a mismatch: why"),
+    url: z.string().describe("The run in the API"),
+  }),
+);
+
+/** A stored event, with what it did. */
+export const EventSchema = response(
+  "Event",
+  z.object({
+    id: z.string(),
+    name: z.string(),
+    data: z.unknown().describe("Its payload"),
+    at: time.describe("When it was stored"),
+    source: z.enum(["code", "cli", "http"]),
+    started: z.array(z.string()).describe("Runs it started"),
+    effects: z.array(EventEffectSchema).describe("Runs it woke, started or did not match"),
+    url: z.string(),
+  }),
+);
+
+/** A page of events, newest first. */
+export const EventPageSchema = response(
+  "EventPage",
+  z.object({
+    events: z.array(EventSchema),
+    cursor: z.string().optional().describe(
+      "Pass as `cursor` for the next page; absent on the last",
+    ),
+  }),
+);
+
+/** What a send did. */
+export const SendResultSchema = response(
+  "SendResult",
+  z.object({
+    event: EventSchema,
+    duplicate: z.boolean().describe("The id had been sent before: nothing was stored"),
+    woke: z.array(RunLinkSchema).describe("The waits it ended"),
+    started: z.array(RunSchema).describe("The runs it started"),
   }),
 );
 
@@ -312,6 +411,43 @@ export const RunListQuerySchema = z.object({
   ),
 });
 
+// The engine's rules for event names and ids (`isEventName`, `checkEventId`).
+const EVENT_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$/;
+const EVENT_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$/;
+
+/** Path of the event route. */
+export const EventPathSchema = z.object({
+  id: z.string().regex(EVENT_ID).describe("Event id"),
+});
+
+/** Query of the event list. */
+export const EventListQuerySchema = z.object({
+  name: z.string().regex(EVENT_NAME).optional().describe("Only events of this name"),
+  limit: z.coerce.number().int().min(1).max(500).default(20).describe("Page size"),
+  cursor: z.string().max(2048).regex(/^[A-Za-z0-9_=+/-]+$/).optional().describe(
+    "The `cursor` of the previous page (with the same name)",
+  ),
+});
+
+/** Body of `POST /api/events`. */
+export const SendRequestSchema = request(
+  "SendRequest",
+  z.strictObject({
+    name: z.string().regex(
+      EVENT_NAME,
+      "Use 1 to 100 letters, digits, '-', '_', '.', ':' or '/', starting with a letter or digit",
+    ).describe("The event's name, e.g. `order.approved`"),
+    data: z.unknown().optional().describe("Its payload: JSON, at most 32 KiB (413 beyond)"),
+    id: z.string().regex(
+      EVENT_ID,
+      "Use 1 to 100 letters, digits, '_', '.', ':' or '-', starting with a letter or digit",
+    ).optional().describe(
+      "Makes the send idempotent: a repeat stores nothing and wakes nobody (200, " +
+        "`Idempotent-Replayed: true`)",
+    ),
+  }),
+);
+
 /** Headers of the trigger route. */
 export const TriggerHeadersSchema = z.object({
   "idempotency-key": z.string().regex(/^[\x21-\x7e]{1,255}$/).optional().describe(
@@ -365,5 +501,9 @@ export type StepJson = z.infer<typeof StepSchema>;
 export type PipelineJson = z.infer<typeof PipelineSchema>;
 /** The data of a `step` event. */
 export type StepEvent = z.infer<typeof StepEventSchema>;
+/** An event as the API shows it. */
+export type EventJson = z.infer<typeof EventSchema>;
+/** What a waiting step waits for, as the API shows it. */
+export type WaitJson = z.infer<typeof WaitSchema>;
 /** One problem with an input. */
 export type Issue = z.infer<typeof IssueSchema>;

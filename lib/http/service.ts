@@ -1,5 +1,5 @@
 /**
- * The HTTP service (Hono): the JSON API of `api.ts` with bearer-token auth, input checks,
+ * The HTTP service (Hono): the JSON API of `routes/` with bearer-token auth, input checks,
  * one error shape, OpenAPI, health, metrics and live run events. Without a write token it
  * listens on loopback only, and says so.
  *
@@ -8,6 +8,7 @@
 import { type Context, Hono } from "hono";
 import type { Engine } from "../engine/engine.ts";
 import { type ApiRoute, apiRoutes } from "./routes/mod.ts";
+import { DEFAULT_INLINE_BUDGET_MS } from "./routes/events.ts";
 import { dashboard, mayReadRequest } from "../dashboard/mod.tsx";
 import { Auth, type Tokens } from "./auth.ts";
 import { errorJson, errorResponse, HttpError, quote } from "./errors.ts";
@@ -35,6 +36,11 @@ export interface ServiceOptions extends Tokens {
    * where no worker loop runs (Deno Deploy, whose heartbeat cron drives the runs).
    */
   expectWorker?: boolean;
+  /**
+   * Where KV has no queues (Deno Deploy): how long `POST /api/events` drives the runs it
+   * woke and started before it answers, ms. Default 25,000.
+   */
+  inlineBudgetMs?: number;
   /** Where unexpected errors are logged. Default: stderr. */
   log?: (line: string) => void;
 }
@@ -104,6 +110,8 @@ export class HttpService {
           onClose: () => this.#openStreams--,
         };
       },
+      sent: (result) => this.metrics.observeSend(result),
+      inlineBudgetMs: options.inlineBudgetMs ?? DEFAULT_INLINE_BUDGET_MS,
     });
     const app = new Hono();
     for (const r of this.routes) app.on(r.method, r.path, (c) => this.#handle(r, c));

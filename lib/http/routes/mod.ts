@@ -8,6 +8,7 @@ import type { ApiContext, ApiRoute } from "./route.ts";
 import { pipelineRoutes } from "./pipelines.ts";
 import { runRoutes } from "./runs.ts";
 import { artifactRoutes } from "./artifacts.ts";
+import { runStreamRoutes } from "./run_stream.ts";
 import { eventRoutes } from "./events.ts";
 import { runActionRoutes } from "./run_actions.ts";
 import { serviceRoutes } from "./service.ts";
@@ -25,8 +26,9 @@ export function apiRoutes(ctx: ApiContext): ApiRoute[] {
     ...pipelineRoutes(ctx),
     ...runRoutes(ctx),
     ...artifactRoutes(ctx),
-    ...eventRoutes(ctx),
+    ...runStreamRoutes(ctx),
     ...runActionRoutes(ctx),
+    ...eventRoutes(ctx),
     ...serviceRoutes(ctx),
   ];
 }

@@ -14,6 +14,7 @@ import type { HealthSchema } from "../schemas.ts";
 import type { RouteDoc } from "../openapi.ts";
 import { HttpError, quote } from "../errors.ts";
 import type { RunStreamOptions } from "../sse.ts";
+import type { SendResult } from "../../store/events.ts";
 
 type Parts = {
   params?: z.ZodObject;
@@ -56,6 +57,10 @@ export interface ApiContext {
   health: () => Promise<z.infer<typeof HealthSchema>>;
   /** Options of a new event stream (poll, heartbeat, shutdown signal). */
   stream: () => RunStreamOptions;
+  /** Told of each new event sent over HTTP (for the metrics). */
+  sent: (result: SendResult) => void;
+  /** How long a send drives the runs it woke where KV has no queues, ms. */
+  inlineBudgetMs: number;
 }
 
 /**

@@ -21,7 +21,7 @@ import {
   TriggerRequestSchema,
 } from "../schemas.ts";
 import { HttpError, quote } from "../errors.ts";
-import { toIssues } from "../input.ts";
+import { canonicalJson as canonical, toIssues } from "../input.ts";
 import { runJson } from "../run_view.ts";
 import { type ApiContext, type ApiRoute, json, pipelineOf, route, runOf } from "./route.ts";
 
@@ -214,15 +214,4 @@ function checkedParams(pipeline: Pipeline<unknown>, params: unknown): Record<str
 
 function runLocation(id: string): string {
   return `/api/runs/${encodeURIComponent(id)}`;
-}
-
-/** JSON with object keys sorted, to compare two values. */
-function canonical(value: unknown): string {
-  return JSON.stringify(
-    value,
-    (_key, v) =>
-      v && typeof v === "object" && !Array.isArray(v)
-        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-        : v,
-  );
 }
