@@ -4,8 +4,9 @@
  *
  * @module
  */
-import type { RunRecord } from "../lib/mod.ts";
+import type { Kv, RunRecord } from "../lib/mod.ts";
 import { Store } from "../lib/store/store.ts";
+import { runCount } from "../lib/kv/keys.ts";
 
 /**
  * Time limit of one section, ms (`KVFLOW_BENCH_TIMEOUT_MS` overrides it); a section past it
@@ -101,4 +102,26 @@ export async function allRuns(store: Store, pipeline: string): Promise<RunRecord
     cursor = page.cursor;
   } while (cursor);
   return out;
+}
+
+/** How many runs of a pipeline have a status, from the store's per-status counter. */
+export async function countOf(kv: Kv, pipeline: string, status: string): Promise<number> {
+  const entry = await kv.get<Deno.KvU64>(runCount(pipeline, status));
+  return Number(entry.value?.value ?? 0n);
+}
+
+/** Resolves once `count()` reaches `n`; rejects after `ms` naming `what`. */
+export async function until(
+  count: () => Promise<number>,
+  n: number,
+  what: string,
+  ms = 120_000,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (true) {
+    const got = await count();
+    if (got >= n) return;
+    if (Date.now() > deadline) throw new Error(`${what}: only ${got} of ${n} after ${ms} ms`);
+    await sleep(50);
+  }
 }

@@ -4,7 +4,9 @@
  * real ones, as a user's own entrypoint would be: the worker processes and the killed and
  * resumed runs of `bench/run.ts` use it. `bench/entry.ts rss <kv-path> <runs>` is the
  * memory benchmark's process (run it with `--v8-flags=--expose-gc`): it prints one JSON
- * line of memory figures.
+ * line of memory figures. `send-events <kv-path> <key,…>` is the event benchmark's sender
+ * (`event_wake.ts`), `parked <kv-path> <sizes-json>` the parked-runs process (`parked.ts`,
+ * with `--v8-flags=--expose-gc`).
  *
  * @module
  */
@@ -13,6 +15,8 @@ import { openEngine, type Pipeline } from "../lib/mod.ts";
 import { pipelines } from "../pipelines/mod.ts";
 import { diamond, PARKED, parking, RESTART } from "./pipelines.ts";
 import { sleep } from "./_util.ts";
+import { sendEvents } from "./event_wake.ts";
+import { parkedProcess, type ParkedSizes } from "./parked.ts";
 
 /** The pipelines the benchmark processes know, besides the real ones. */
 export const BENCH_DIAMOND = diamond("bench-diamond");
@@ -106,6 +110,15 @@ async function rss(path: string, runs: number): Promise<RssReport> {
 if (import.meta.main) {
   if (Deno.args[0] === "rss") {
     console.log(JSON.stringify(await rss(Deno.args[1], Number(Deno.args[2]))));
+    Deno.exit(0);
+  }
+  if (Deno.args[0] === "send-events") {
+    await sendEvents(Deno.args[1], Deno.args[2].split(","));
+    Deno.exit(0);
+  }
+  if (Deno.args[0] === "parked") {
+    const sizes = JSON.parse(Deno.args[2]) as ParkedSizes;
+    console.log(JSON.stringify(await parkedProcess(Deno.args[1], sizes)));
     Deno.exit(0);
   }
   if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {

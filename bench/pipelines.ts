@@ -4,7 +4,16 @@
  *
  * @module
  */
-import { type AnyStep, type Pipeline, pipeline, step, type StepContext } from "../lib/mod.ts";
+import { z } from "zod";
+import {
+  type AnyStep,
+  type Pipeline,
+  pipeline,
+  sleep,
+  step,
+  type StepContext,
+  waitFor,
+} from "../lib/mod.ts";
 
 /** A chain of `n` trivial steps, each needing the previous one. */
 export function chain(name: string, n: number): Pipeline<unknown> {
@@ -124,3 +133,51 @@ export const PARKED = pipeline("bench-parked", {
     }),
   ],
 }) as Pipeline<unknown>;
+
+/** The event the waiting benchmark runs wait for, matched by its payload field `key`. */
+export const GO_EVENT = "bench.go";
+
+/**
+ * Hooks of the waiting benchmark pipelines: when a step after a wait or sleep started (wall
+ * ms with sub-ms precision, `performance.timeOrigin + performance.now()`), and the sleep's
+ * `until` it followed (null after an event wait).
+ */
+export const waitProbe: {
+  onAfter?: (runId: string, at: number, until: number | null) => void;
+} = {};
+
+/** Wall time in ms with sub-ms precision, comparable across processes of one machine. */
+export function wallNow(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/**
+ * A run that waits for {@linkcode GO_EVENT} whose `key` equals its param `key` (up to a
+ * day, so it is parked: longer than a worker's hold time), then a step `after` that
+ * records when it started.
+ */
+export const AWAIT = pipeline("bench-await", {
+  params: z.object({ key: z.string() }),
+  steps: (() => {
+    const go = waitFor("go", {
+      events: { [GO_EVENT]: null },
+      match: { field: "key", equals: (_inputs, run) => String(run.params.key) },
+      timeout: "1d",
+    });
+    const after = step("after", { needs: { go } }, (_inputs, ctx) => {
+      waitProbe.onAfter?.(ctx.run.id, wallNow(), null);
+      return 1;
+    });
+    return [go, after];
+  })(),
+}) as Pipeline<unknown>;
+
+/** A sleep of `ms`, then a step `after` that records when it started and the sleep's until. */
+export function napping(ms: number): Pipeline<unknown> {
+  const nap = sleep("nap", { for: ms });
+  const after = step("after", { needs: { nap } }, ({ nap }, ctx) => {
+    waitProbe.onAfter?.(ctx.run.id, wallNow(), nap.until);
+    return 1;
+  });
+  return pipeline(`bench-nap-${ms}`, { steps: [nap, after] }) as Pipeline<unknown>;
+}

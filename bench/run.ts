@@ -9,6 +9,12 @@
  * 4. `retry`: retry lateness with the process alive and other runs going on.
  * 5. `history`: list and get latency with 100,000 runs stored, store and HTTP.
  * 6. `rss`: memory of one process with 1,000 active runs.
+ * 7. `event`: event sent → the waiting step's dependent starts, same process and another.
+ * 8. `sleep`: sleep lateness, under the worker's hold time and over it (parked).
+ * 9. `send`: sends per second with 0, 1 and 100 matching waits.
+ * 10. `parked`: 10,000 and 100,000 parked runs: worker memory, sweep, idle CPU, send.
+ *
+ * `--only waits` selects 7–10.
  *
  * Every time is also given as a ratio to the KV commit floor measured next to it, in the
  * same run. A full run without `--only` writes the table into `bench/README.md`, between
@@ -23,6 +29,10 @@ import { restart, restartRows, type RestartSizes } from "./restart.ts";
 import { retry, retryRows, type RetrySizes } from "./retry.ts";
 import { history, historyRows, type HistorySizes } from "./history.ts";
 import { rss, rssRows } from "./rss.ts";
+import { eventRows, type EventSizes, eventWake } from "./event_wake.ts";
+import { sleepLateness, sleepRows, type SleepSizes } from "./sleep_lateness.ts";
+import { sendRows, sends, type SendSizes } from "./sends.ts";
+import { logParked, parked, parkedRows, type ParkedSizes } from "./parked.ts";
 import { machine, markdown, type Row, writeTable } from "./report.ts";
 import { fmt, log, TIMEOUT_MS } from "./_util.ts";
 
@@ -35,6 +45,10 @@ interface Sizes {
   history: HistorySizes;
   /** Active runs of the memory benchmark. */
   rssRuns: number;
+  event: EventSizes;
+  sleep: SleepSizes;
+  send: SendSizes;
+  parked: ParkedSizes;
 }
 
 const FULL: Sizes = {
@@ -44,6 +58,10 @@ const FULL: Sizes = {
   retry: { runs: 100, backgroundPerSecond: 50, floorCommits: 500 },
   history: { runs: 100_000, samples: 300, floorCommits: 500 },
   rssRuns: 1000,
+  event: { local: 200, cross: 40, floorCommits: 500 },
+  sleep: { short: 300, long: 30, floorCommits: 300 },
+  send: { sends: 500, groups: 5, inFlight: 16, floorCommits: 500 },
+  parked: { engineRuns: 10_000, total: 100_000, samples: 20, cpuSeconds: 5 },
 };
 
 const QUICK: Sizes = {
@@ -53,10 +71,28 @@ const QUICK: Sizes = {
   retry: { runs: 30, backgroundPerSecond: 50, floorCommits: 200 },
   history: { runs: 10_000, samples: 100, floorCommits: 200 },
   rssRuns: 200,
+  event: { local: 50, cross: 10, floorCommits: 200 },
+  sleep: { short: 60, long: 6, floorCommits: 200 },
+  send: { sends: 100, groups: 2, inFlight: 16, floorCommits: 200 },
+  parked: { engineRuns: 2000, total: 10_000, samples: 10, cpuSeconds: 2 },
 };
 
-const SECTIONS = ["sequential", "throughput", "restart", "retry", "history", "rss"] as const;
+const SECTIONS = [
+  "sequential",
+  "throughput",
+  "restart",
+  "retry",
+  "history",
+  "rss",
+  "event",
+  "sleep",
+  "send",
+  "parked",
+] as const;
 type Section = typeof SECTIONS[number];
+
+/** Names `--only` takes for several sections. */
+const GROUPS: Record<string, Section[]> = { waits: ["event", "sleep", "send", "parked"] };
 
 const README = new URL("./README.md", import.meta.url);
 
@@ -71,10 +107,13 @@ async function main(): Promise<number> {
       "no-write": { type: "boolean" },
     },
   });
-  const only = values.only?.split(",").map((s) => s.trim()) ?? [...SECTIONS];
+  const only = values.only?.split(",").flatMap((s) => GROUPS[s.trim()] ?? [s.trim()]) ??
+    [...SECTIONS];
   for (const name of only) {
     if (!(SECTIONS as readonly string[]).includes(name)) {
-      console.error(`Unknown section '${name}': use ${SECTIONS.join(", ")}`);
+      console.error(
+        `Unknown section '${name}': use ${[...SECTIONS, ...Object.keys(GROUPS)].join(", ")}`,
+      );
       return 2;
     }
   }
@@ -135,6 +174,18 @@ async function main(): Promise<number> {
     await section("retry", () => retry(file("retry"), sizes.retry), retryRows);
     await section("history", () => history(dir, sizes.history), historyRows);
     await section("rss", () => rss(file("rss"), sizes.rssRuns), rssRows);
+    await section(
+      "event",
+      (signal) => eventWake(file("event"), sizes.event, signal),
+      eventRows,
+    );
+    await section("sleep", () => sleepLateness(file("sleep"), sizes.sleep), sleepRows);
+    await section("send", () => sends(file("send"), sizes.send), sendRows);
+    await section("parked", async () => {
+      const report = await parked(file("parked"), sizes.parked);
+      logParked(report);
+      return report;
+    }, parkedRows);
     info.loadAfter = Deno.loadavg();
     const text = markdown(rows, info);
     console.log(text);

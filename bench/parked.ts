@@ -1,0 +1,335 @@
+/**
+ * Many parked runs: a fresh process (`bench/entry.ts parked`, with `--expose-gc`) opens an
+ * engine and starts its worker, measures itself idle, then with 10,000 and with 100,000
+ * runs parked in an event wait (timeout one day): memory, the time of one
+ * `engine.worker.sweep()` with nothing due, the process's CPU over a few idle seconds, and
+ * the time of one `send` that matches none of them or one.
+ *
+ * The first runs park through the engine (created 80 to a commit, claimed by the worker,
+ * wait started, parked), at a rate this measures. The rest are copies of one of those
+ * parked runs: every KV entry that names its run id or its correlation value, written with
+ * a new id and value, its status counted and its delayed queue hint sent like the
+ * engine's; parking them all through the engine would take minutes.
+ *
+ * @module
+ */
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { type Engine, openEngine } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
+import { runCount } from "../lib/kv/keys.ts";
+import { AWAIT, GO_EVENT } from "./pipelines.ts";
+import { countOf, fmt, type Latency, latency, log, sleep, until } from "./_util.ts";
+import type { Row } from "./report.ts";
+
+const ENTRY = fileURLToPath(new URL("./entry.ts", import.meta.url));
+
+/** Sizes of the parked-runs benchmark. */
+export interface ParkedSizes {
+  /** Runs parked through the engine: the first stage. */
+  engineRuns: number;
+  /** Parked runs at the second stage (the rest copied). */
+  total: number;
+  /** Sweeps and sends timed per stage. */
+  samples: number;
+  /** Seconds of idle CPU measured per stage. */
+  cpuSeconds: number;
+}
+
+/** What one stage measured. */
+export interface ParkedStage {
+  runs: number;
+  /** RSS as measured, then after a forced GC, and the V8 heap used after it, MiB. */
+  rssMiB: number;
+  rssAfterGcMiB: number;
+  heapUsedMiB: number;
+  /** V8 heap reserved, and memory outside it that V8 knows of (buffers), after the GC, MiB. */
+  heapTotalMiB: number;
+  externalMiB: number;
+  /** One `engine.worker.sweep()` with nothing due, ms. */
+  sweep: Latency;
+  /** CPU (user + system) of the whole process while idle, ms per second. */
+  cpuMsPerSecond: number;
+  /** One `send` matching no wait, and one matching one parked run, ms. */
+  sendNone: Latency;
+  sendOne: Latency;
+  /** Size of the KV file (with its WAL), MiB. */
+  fileMiB: number;
+}
+
+/** What the parked process prints. */
+export interface ParkedReport {
+  idle: ParkedStage;
+  stages: ParkedStage[];
+  /** Runs parked through the engine, and how long from their creation until all were parked. */
+  engineRuns: number;
+  parkSeconds: number;
+  /** Runs copied, and how long that took. */
+  copied: number;
+  copySeconds: number;
+  maxRuns: number;
+}
+
+/** Runs the parked-runs process on a fresh KV file. */
+export async function parked(path: string, sizes: ParkedSizes): Promise<ParkedReport> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--v8-flags=--expose-gc", ENTRY, "parked", path, JSON.stringify(sizes)],
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error(`parked process exited ${out.code}`);
+  const text = new TextDecoder().decode(out.stdout).trim();
+  return JSON.parse(text.split("\n").at(-1)!) as ParkedReport;
+}
+
+async function collect(): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error("Run the parked process with --v8-flags=--expose-gc");
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await sleep(20);
+  }
+}
+
+function fileMiB(path: string): number {
+  let bytes = 0;
+  for (const suffix of ["", "-wal", "-shm"]) {
+    try {
+      bytes += Deno.statSync(path + suffix).size;
+    } catch {
+      // no such file
+    }
+  }
+  return bytes / 2 ** 20;
+}
+
+async function measure(
+  engine: Engine,
+  path: string,
+  runs: number,
+  wakeKeys: string[],
+  sizes: ParkedSizes,
+): Promise<ParkedStage> {
+  await sleep(1500); // let the worker's last claims, parks and hints settle
+  const rssMiB = Deno.memoryUsage().rss / 2 ** 20;
+  await collect();
+  const afterGc = Deno.memoryUsage();
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await sleep(sizes.cpuSeconds * 1000);
+  const c1 = process.cpuUsage(c0);
+  const cpuMsPerSecond = (c1.user + c1.system) / 1000 / ((performance.now() - t0) / 1000);
+  const sweeps: number[] = [];
+  for (let i = 0; i < sizes.samples; i++) {
+    const s0 = performance.now();
+    await engine.worker.sweep();
+    sweeps.push(performance.now() - s0);
+    await sleep(20);
+  }
+  const none: number[] = [];
+  for (let i = 0; i < sizes.samples; i++) {
+    const s0 = performance.now();
+    const r = await engine.send(GO_EVENT, { key: `nobody-${runs}-${i}` });
+    none.push(performance.now() - s0);
+    if (r.woke.length !== 0) throw new Error("parked: a send for nobody woke a run");
+    await sleep(20);
+  }
+  const one: number[] = [];
+  for (const key of wakeKeys) {
+    const s0 = performance.now();
+    const r = await engine.send(GO_EVENT, { key });
+    one.push(performance.now() - s0);
+    if (r.woke.length !== 1) throw new Error(`parked: ${key} woke ${r.woke.length}`);
+    await sleep(20);
+  }
+  return {
+    runs,
+    rssMiB,
+    rssAfterGcMiB: afterGc.rss / 2 ** 20,
+    heapUsedMiB: afterGc.heapUsed / 2 ** 20,
+    heapTotalMiB: afterGc.heapTotal / 2 ** 20,
+    externalMiB: afterGc.external / 2 ** 20,
+    sweep: latency(sweeps),
+    cpuMsPerSecond,
+    sendNone: latency(none),
+    sendOne: latency(one),
+    fileMiB: fileMiB(path),
+  };
+}
+
+/** Creates runs of `bench-await` with the given keys, 80 to a commit, with no queue hint. */
+async function createRuns(store: Store, keys: string[]): Promise<Map<string, string>> {
+  const ids = new Map<string, string>();
+  let next = 0;
+  const lane = async () => {
+    while (next < keys.length) {
+      const batch = keys.slice(next, next + 80);
+      next += 80;
+      const op = store.kv.atomic();
+      for (const key of batch) {
+        const run = store.newRun(AWAIT, { params: { key } });
+        store.addRunCreation(op, run);
+        ids.set(key, run.id);
+      }
+      if (!(await op.commit()).ok) throw new Error("parked: a creation commit failed");
+    }
+  };
+  await Promise.all([lane(), lane()]);
+  return ids;
+}
+
+/** A value with every string `from` maps replaced, and the run id replaced inside strings. */
+function swapped(value: unknown, from: Map<string, string>, runId: string, newId: string): unknown {
+  if (typeof value === "string") {
+    return from.get(value) ?? (value.includes(runId) ? value.replaceAll(runId, newId) : value);
+  }
+  if (Array.isArray(value)) return value.map((v) => swapped(v, from, runId, newId));
+  if (
+    value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype
+  ) {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, swapped(v, from, runId, newId)]),
+    );
+  }
+  return value;
+}
+
+/**
+ * Writes `count` copies of the parked run `runId` (correlation `key`): every entry whose key
+ * names the run id or the key, with `<runId>-c<n>` and `<key>-c<n>` instead; the per-status
+ * count summed; a queue hint delayed like the original's (to its due time).
+ */
+async function copyParked(
+  engine: Engine,
+  runId: string,
+  key: string,
+  count: number,
+): Promise<void> {
+  const kv = engine.kv as Deno.Kv;
+  const template: Deno.KvEntry<unknown>[] = [];
+  for await (const e of kv.list({ prefix: ["kvflow"] })) {
+    if (e.key.includes(runId) || e.key.includes(key)) template.push(e);
+  }
+  const run = await engine.store.requireRun(runId);
+  const perCommit = Math.floor(800 / (template.length + 1));
+  const quiet = new Store(kv, { queues: true });
+  let next = 0;
+  const lane = async () => {
+    while (next < count) {
+      const from = next;
+      const to = Math.min(count, next + perCommit);
+      next = to;
+      const op = kv.atomic();
+      for (let n = from; n < to; n++) {
+        const newId = `${runId}-c${n}`;
+        const map = new Map([[runId, newId], [key, `${key}-c${n}`]]);
+        for (const e of template) {
+          op.set(
+            swapped(e.key, map, runId, newId) as Deno.KvKey,
+            swapped(e.value, map, runId, newId),
+          );
+        }
+        quiet.wake(op, newId, run.dueAt! - Date.now());
+      }
+      op.sum(runCount(AWAIT.name, "waiting"), BigInt(to - from));
+      if (!(await op.commit()).ok) throw new Error("parked: a copy commit failed");
+    }
+  };
+  await Promise.all([lane(), lane()]);
+}
+
+/**
+ * The parked-runs process (`bench/entry.ts parked <kv-path> <sizes-json>`, run with
+ * `--v8-flags=--expose-gc`): prints one JSON line, a {@linkcode ParkedReport}.
+ */
+export async function parkedProcess(path: string, sizes: ParkedSizes): Promise<ParkedReport> {
+  const maxRuns = 64;
+  const engine = await openEngine({
+    path,
+    pipelines: [AWAIT],
+    maxRuns,
+    maxSteps: 2 * maxRuns,
+    onAlert: () => {},
+  });
+  try {
+    engine.start();
+    const idle = await measure(engine, path, 0, [], sizes);
+    const stages: ParkedStage[] = [];
+    const t0 = performance.now();
+    const keys = Array.from({ length: sizes.engineRuns }, (_, i) => `k${i}`);
+    const ids = await createRuns(new Store(engine.kv, { queues: false }), keys);
+    await until(
+      () => countOf(engine.kv, AWAIT.name, "waiting"),
+      sizes.engineRuns,
+      "parked: engine runs",
+      600_000,
+    );
+    const parkSeconds = (performance.now() - t0) / 1000;
+    const wake = (stage: number) =>
+      Array.from({ length: sizes.samples }, (_, i) => `k${stage * sizes.samples + i}`);
+    stages.push(await measure(engine, path, sizes.engineRuns, wake(0), sizes));
+    const copied = sizes.total - sizes.engineRuns;
+    const last = keys.at(-1)!;
+    const c0 = performance.now();
+    await copyParked(engine, ids.get(last)!, last, copied);
+    const copySeconds = (performance.now() - c0) / 1000;
+    const waiting = await countOf(engine.kv, AWAIT.name, "waiting");
+    stages.push(await measure(engine, path, waiting, wake(1), sizes));
+    return {
+      idle,
+      stages,
+      engineRuns: sizes.engineRuns,
+      parkSeconds,
+      copied,
+      copySeconds,
+      maxRuns,
+    };
+  } finally {
+    await engine.close(1000);
+  }
+}
+
+/** Logs a summary of the report. */
+export function logParked(r: ParkedReport): void {
+  for (const s of [r.idle, ...r.stages]) {
+    log(
+      `parked: ${s.runs} runs: RSS ${fmt(s.rssMiB, 0)} MiB (${
+        fmt(s.rssAfterGcMiB, 0)
+      } after GC, heap ${fmt(s.heapUsedMiB, 1)}), sweep p50 ${fmt(s.sweep.p50)} ms, idle CPU ${
+        fmt(s.cpuMsPerSecond, 1)
+      } ms/s, send p50 ${fmt(s.sendNone.p50)} / ${s.sendOne.n ? fmt(s.sendOne.p50) : "-"} ms`,
+    );
+  }
+}
+
+/** Table rows of the parked-runs benchmark. */
+export function parkedRows(r: ParkedReport): Row[] {
+  const idle = r.idle;
+  return r.stages.map((s, i) => ({
+    benchmark: `${i === 0 ? "**" : ""}10. ${s.runs.toLocaleString("en-US")} parked runs${
+      i === 0 ? "**" : ""
+    } waiting for events, one worker process (${
+      i === 0
+        ? `parked through the engine: ${
+          fmt(r.engineRuns / r.parkSeconds, 0)
+        } runs/s, maxRuns ${r.maxRuns}`
+        : `${r.copied.toLocaleString("en-US")} of them copies of a parked run`
+    }; KV file ${fmt(s.fileMiB, 0)} MiB)`,
+    figure:
+      `RSS ${fmt(s.rssMiB, 0)} MiB (idle engine ${fmt(idle.rssMiB, 0)}), ${
+        fmt(s.rssAfterGcMiB, 0)
+      } after GC, V8 heap used ${fmt(s.heapUsedMiB, 1)} MiB (idle ${fmt(idle.heapUsedMiB, 1)}) of ${
+        fmt(s.heapTotalMiB, 0)
+      } reserved; ` +
+      `**one sweep p50 ${fmt(s.sweep.p50, 2)} ms**, max ${fmt(s.sweep.max, 2)} (idle ${
+        fmt(idle.sweep.p50, 2)
+      }); idle CPU ${fmt(s.cpuMsPerSecond, 1)} ms/s (idle engine ${
+        fmt(idle.cpuMsPerSecond, 1)
+      }); send matching 0 / 1 of them p50 ${fmt(s.sendNone.p50, 2)} / ${fmt(s.sendOne.p50, 2)} ms`,
+    target: "-",
+    met: null,
+    ratio: "-",
+  }));
+}
