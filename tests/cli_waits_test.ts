@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { type Exit, runIdOf, Sandbox, type SpawnOptions } from "./_support/harness.ts";
 
-/** The CLI with the waiting fixture pipelines (`tests/fixtures/waits.ts`). */
+/** The CLI with the waiting fixture pipelines (`tests/fixtures/cli_waits.ts`). */
 const WAITS: SpawnOptions = { entry: "tests/fixtures/waits_cli.ts" };
 
 /** The one line a usage error prints, after checking it exited 2 with nothing else. */
