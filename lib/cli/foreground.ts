@@ -9,6 +9,7 @@ import type { Engine } from "../engine/engine.ts";
 import { type RunRecord, TERMINAL } from "../model/records.ts";
 import { exit, onStopSignal } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
+import { withChildren } from "../define/pipeline.ts";
 import { EXIT, type Invocation, openCliEngine, openEngineForRun } from "./invocation.ts";
 import { loadPipeline } from "./load.ts";
 import { parseParams } from "./params.ts";
@@ -26,7 +27,12 @@ export async function run(invocation: Invocation): Promise<number> {
   const target = invocation.args[0];
   const { pipeline, module } = await loadPipeline(target, invocation.context.pipelines);
   const params = parseParams(pipeline, invocation.flags.param ?? [], invocation.flags.params);
-  const engine = await openCliEngine(invocation, [pipeline], !invocation.flags.detach);
+  // the pipelines it invokes as children run here too
+  const engine = await openCliEngine(
+    invocation,
+    withChildren([pipeline]),
+    !invocation.flags.detach,
+  );
   try {
     const run = await engine.store.createRun(pipeline, {
       params,

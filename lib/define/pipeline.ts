@@ -245,3 +245,16 @@ export function diffGraphs(
   }
   return lines;
 }
+
+/** The pipelines and every pipeline they invoke as children, each once. */
+// deno-lint-ignore no-explicit-any
+export function withChildren(pipelines: Pipeline<any>[]): Pipeline<unknown>[] {
+  const all = new Map<string, Pipeline<unknown>>();
+  const add = (p: Pipeline<unknown>) => {
+    if (all.has(p.name)) return;
+    all.set(p.name, p);
+    for (const child of p.children) add(child);
+  };
+  for (const p of pipelines) add(p);
+  return [...all.values()];
+}

@@ -285,6 +285,14 @@ export class Engine {
         );
       }
       if (TERMINAL.has(run.status) || options.signal?.aborted) return run;
+      if (run.status === "waiting" && run.waitingFor?.kind === "child") {
+        // its children are due now: drive them here as well, then the run again
+        const children = await this.store.waitingChildren(runId);
+        if (children.length > 0) {
+          await Promise.all(children.map((id) => this.runToEnd(id, options)));
+          continue;
+        }
+      }
       if (run.status === "waiting" && run.dueAt !== null) {
         // a retry, sleep or timeout due later: wait on the engine's clock (a test clock
         // skips ahead), or until a delivery (an event, a child's end) rings the run; a

@@ -255,6 +255,20 @@ export class Store {
     return await queries.orphanedRuns(this.kv, holder, limit);
   }
 
+  /** The child runs a run's waiting steps and items wait for. */
+  async waitingChildren(runId: string): Promise<string[]> {
+    const children: string[] = [];
+    for (const [name, record] of await this.getSteps(runId)) {
+      if (record.status === "waiting" && record.wait?.child) children.push(record.wait.child);
+      if (record.items !== undefined && record.status === "running") {
+        for (const item of (await this.getItems(runId, name)).values()) {
+          if (item.status === "waiting" && item.wait?.child) children.push(item.wait.child);
+        }
+      }
+    }
+    return children;
+  }
+
   /** The earliest due-index entry's time, or null when nothing is due. */
   async nextDue(): Promise<number | null> {
     return await queries.nextDue(this.kv);

@@ -28,7 +28,7 @@
  * @module
  */
 import type { Trigger } from "../define/context.ts";
-import type { Pipeline } from "../define/pipeline.ts";
+import { type Pipeline, withChildren } from "../define/pipeline.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import type { Clock } from "../model/clock.ts";
 import type { AttemptInfo } from "../engine/driver/driver.ts";
@@ -430,19 +430,6 @@ export async function testPipeline(
     beforeAttempt: (attempt) => inject(rules, attempt),
   });
   return new TestHarness(engine, clock, pipeline as Pipeline<unknown>, rules);
-}
-
-/** The pipelines and every pipeline they invoke as children, each once. */
-// deno-lint-ignore no-explicit-any
-function withChildren(pipelines: Pipeline<any>[]): Pipeline<unknown>[] {
-  const all = new Map<string, Pipeline<unknown>>();
-  const add = (p: Pipeline<unknown>) => {
-    if (all.has(p.name)) return;
-    all.set(p.name, p);
-    for (const child of p.children) add(child);
-  };
-  for (const p of pipelines) add(p);
-  return [...all.values()];
 }
 
 function inject(rules: InjectedFailure[], attempt: AttemptInfo): void {
