@@ -56,7 +56,8 @@ export async function cancel(
     // run active or cancelled, never between, and its worker is fenced out from then on.
     const children = await activeChildren(store, runId);
     const marks = splitWrites(await cancelWrites(store, next, reason));
-    const op = store.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId));
+    const op = store.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId))
+      .delete(keys.bell(runId));
     op.set(keys.run(runId), next);
     moveDue(op, run, next);
     moveStatus(op, run, next);

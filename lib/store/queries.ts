@@ -242,7 +242,9 @@ export async function dueRuns(kv: Kv, now: number, limit: number): Promise<strin
       drop.check(runs[j]).delete(keys.due(at, id));
       // a delivery to a run that ended meanwhile leads nowhere: its inbox entry goes too
       const delivery = rung.get(`${at}\u0000${id}`);
-      if (delivery) drop.delete(keys.inbox(id, delivery.rung[0], delivery.rung[1]));
+      if (delivery) {
+        drop.delete(keys.inbox(id, delivery.rung[0], delivery.rung[1])).delete(keys.bell(id));
+      }
       stale++;
     });
     if (stale > 0) await commitAtomic(drop);

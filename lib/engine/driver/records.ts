@@ -215,7 +215,12 @@ export class RunRecords {
       failures: this.#run.failures + (status === "failed" ? 1 : 0),
     };
     this.changeRun(next);
-    this.#checkpoints.runOp((op) => op.delete(keys.lease(next.id)));
+    // a run whose steps waited leaves no bell behind
+    const bell = this.#graph.order.some((n) => n.def.wait);
+    this.#checkpoints.runOp((op) => {
+      op.delete(keys.lease(next.id));
+      if (bell) op.delete(keys.bell(next.id));
+    });
     if (next.parent) this.notifyParent(next);
     if (!alert) return undefined;
     const failedStep = error?.step ? this.#graph.node(error.step) : undefined;
