@@ -446,3 +446,15 @@ Deno.test("a parked run keeps its place: the due entry is the wait's timeout and
     null,
   );
 });
+
+Deno.test("the nightly with approval required waits for finance, and finishes once the approval comes", async () => {
+  const { default: nightly } = await import("../pipelines/nightly/mod.ts");
+  await using t = await testPipeline(nightly, { clock: "2026-11-02T03:00:00Z" });
+  const waiting = await t.start({ date: "2026-11-01", params: { approval: "required" } });
+  assert.equal(waiting.status, "waiting");
+  assert.equal(waiting.record.waitingFor?.kind, "event");
+  assert.equal(waiting.steps.get("update-accounting")?.status ?? "pending", "pending");
+  await t.send("nightly.approved", { date: "2026-11-01" });
+  const run = await t.finish(waiting.id);
+  assert.equal(run.status, "succeeded");
+});

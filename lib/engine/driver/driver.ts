@@ -667,11 +667,11 @@ export class RunDriver {
     if (this.#attempts.size === 0 && !starved && !expanding && !this.#waits.busy) {
       this.#idle(now);
     } else {
-      // Other steps are still running: a retry (or a wait's time) due meanwhile must not
-      // wait for them. Only waits starting: the run parks once they have, no timer needed.
-      const retryAt = graph.earliestRetry(now);
-      const onlyWaits = this.#attempts.size === 0 && !starved && !expanding;
-      if (retryAt !== Infinity && !onlyWaits) this.#wakeAt(retryAt);
+      // Other steps are still running: a retry due meanwhile must not wait for them. A
+      // wait's time is looked at when the lease is renewed (a third of the lease) and when
+      // the run goes idle: no timer holds a process for a wait of days.
+      const retryAt = graph.earliestRetry(now, false);
+      if (retryAt !== Infinity) this.#wakeAt(retryAt);
     }
     this.#checkpoints.flush().catch(this.#onFlushError);
   }

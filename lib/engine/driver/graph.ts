@@ -182,17 +182,22 @@ export class StepGraph {
     }
   }
 
-  /** The earliest time a retrying step or item is due, or Infinity when none is. */
-  earliestRetry(now: number): number {
+  /**
+   * The earliest time a retrying step or item is due, or a waiting one's sleep ends or
+   * timeout passes (unless `waits` is false), or Infinity when none is.
+   */
+  earliestRetry(now: number, waits = true): number {
     let nextAt = Infinity;
     // retrying steps and fan-outs are open: their needs all succeeded
     for (let i = 0; i < this.#open.length; i++) {
       const s = this.#open[i];
       const status = s.record.status;
-      if (status === "retrying" || status === "waiting") {
+      if (status === "retrying" || (waits && status === "waiting")) {
         nextAt = Math.min(nextAt, s.record.nextAt ?? now);
       }
-      if (s.fan) nextAt = Math.min(nextAt, nextRetry(s.fan));
+      if (s.fan && (waits || s.fan.counts.waiting === 0)) {
+        nextAt = Math.min(nextAt, nextRetry(s.fan));
+      }
     }
     return nextAt;
   }
