@@ -172,6 +172,9 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
   assert.deepEqual([...byName.keys()], [
     "example",
     "nightly",
+    "refunds",
+    "regions",
+    "region-report",
     "five-steps",
     "fan-six",
     "flaky-once",
@@ -179,6 +182,16 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
     "chaos",
     "chaos-tick",
     "fenced",
+    "await-one",
+    "await-pair",
+    "t-fail",
+    "t-value",
+    "t-parked",
+    "nap",
+    "nap-parked",
+    "fan-child",
+    "fan-parent",
+    "parked",
   ]);
   const example = byName.get("example")!;
   assert.deepEqual(example.steps.map((s) => s.name), [
