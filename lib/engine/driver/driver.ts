@@ -426,13 +426,15 @@ export class RunDriver {
     }
     const nextAt = graph.earliestRetry(now);
     if (nextAt !== Infinity) {
-      // A step that waits parks the run however soon its time: it holds nothing then,
-      // and a delivery or its due time brings it back (the worker times near ones).
-      if (graph.anyWaiting()) {
+      // A step that waits for an event or a child parks the run at once: it holds nothing
+      // then, and a delivery or its due time brings it back. A sleep (or retry) due within
+      // the hold time keeps the run here on a timer, as cheap as it is punctual.
+      const soon = nextAt - now <= this.#options.holdMs;
+      if (graph.anyWaiting(true) || (!soon && graph.anyWaiting())) {
         this.#park(nextAt);
         return;
       }
-      if (nextAt - now <= this.#options.holdMs) {
+      if (soon) {
         this.#wakeAt(nextAt);
         return;
       }

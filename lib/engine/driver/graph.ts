@@ -209,10 +209,16 @@ export class StepGraph {
     );
   }
 
-  /** Whether a step or fan-out item waits (sleep, event, child). */
-  anyWaiting(): boolean {
+  /**
+   * Whether a step or fan-out item waits (sleep, event, child); with `deliveries`, only
+   * one that waits for a delivery (an event or a child's end), not a sleep.
+   */
+  anyWaiting(deliveries = false): boolean {
     for (const s of this.#open) {
-      if (s.record.status === "waiting" || (s.fan && s.fan.counts.waiting > 0)) return true;
+      if (s.fan && s.fan.counts.waiting > 0) return true; // children
+      if (s.record.status === "waiting" && (!deliveries || s.record.wait?.kind !== "sleep")) {
+        return true;
+      }
     }
     return false;
   }
