@@ -172,7 +172,7 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
   assert.deepEqual([...byName.keys()], [
     "example",
     "nightly",
-    "refunds",
+    "refund-credits",
     "regions",
     "region-report",
     "five-steps",

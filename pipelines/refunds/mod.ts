@@ -1,5 +1,5 @@
 /**
- * `refunds`: started by the event `order.refunded`, one run per event id. The payload's
+ * `refund-credits`: started by the event `refund.approved`, one run per event id. The payload's
  * `orderId` and `amount` become the run's params (checked by its schema), so a payload
  * without them is refused when it is sent, naming the field. The step credits the order
  * with the run's idempotency key, so a retried credit is recognised by the ledger.
@@ -20,11 +20,11 @@ const credit = step("credit", (_inputs, ctx) => {
   return { orderId, credited: amount, reference: ctx.idempotencyKey };
 });
 
-export default pipeline("refunds", {
-  description: "Credits a refunded order; started by the event order.refunded",
+export default pipeline("refund-credits", {
+  description: "Credits a refunded order; started by the event refund.approved",
   params,
   on: {
-    "order.refunded": (data) => ({ orderId: data?.orderId, amount: data?.amount }),
+    "refund.approved": (data) => ({ orderId: data?.orderId, amount: data?.amount }),
   },
   steps: [credit],
 });
