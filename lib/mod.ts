@@ -35,11 +35,7 @@ export {
   type PipelineOptions,
 } from "./define/pipeline.ts";
 export { type ResolvedRetry, type RetryPolicy } from "./define/retry.ts";
-export {
-  DEFAULT_RETENTION,
-  type Retention,
-  type RetentionOptions,
-} from "./define/retention.ts";
+export { DEFAULT_RETENTION, type Retention, type RetentionOptions } from "./define/retention.ts";
 export { type Schedule, type ScheduleOptions } from "./define/schedule.ts";
 export {
   type AnyStep,

@@ -88,7 +88,25 @@ export function resolveRetention(pipelineName: string, options?: RetentionOption
  */
 export function formatRetention(ms: number): string {
   for (const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]]) {
-    if (ms >= (size as number) && ms % (size as number) === 0) return `${ms / (size as number)}${unit}`;
+    if (ms >= (size as number) && ms % (size as number) === 0) {
+      return `${ms / (size as number)}${unit}`;
+    }
   }
   return `${ms}ms`;
+}
+
+/**
+ * A retention as the API and `pipelines --json` show it: a duration string per status.
+ *
+ * @param retention the retention
+ * @returns `{ succeeded: "30d", failed: "90d", cancelled: "30d" }` for the default
+ */
+export function retentionJson(
+  retention: Retention,
+): { succeeded: string; failed: string; cancelled: string } {
+  return {
+    succeeded: formatRetention(retention.succeeded),
+    failed: formatRetention(retention.failed),
+    cancelled: formatRetention(retention.cancelled),
+  };
 }

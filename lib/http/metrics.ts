@@ -178,7 +178,9 @@ export class Metrics {
       "Ended runs deleted past their retention, with all they owned, by any process.",
     );
     for (const e of pruned) {
-      out.push(`kvflow_runs_pruned_total${labels({ pipeline: e.key[2] as string })} ${e.value.value}`);
+      out.push(
+        `kvflow_runs_pruned_total${labels({ pipeline: e.key[2] as string })} ${e.value.value}`,
+      );
     }
 
     family("kvflow_runs_finished_total", "counter", "Runs this process drove to an end.");
