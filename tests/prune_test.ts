@@ -13,6 +13,7 @@ import { COUNTED } from "../lib/kv/indexes.ts";
 import type { RunRecord } from "../lib/model/records.ts";
 import { deferred, tempKv, waitFor as until } from "./_support/helpers.ts";
 import { Sandbox } from "./_support/harness.ts";
+import { startService } from "./_support/http.ts";
 
 const lines = (text: string) => text.split("\n").filter((l) => l.trim() !== "");
 
@@ -345,4 +346,36 @@ Deno.test("deno task prune reports what it removed; --dry-run removes nothing; b
     assert.equal(bad.code, 2, args.join(" "));
     assert.equal(lines(bad.stderr).length, 1, bad.stderr);
   }
+});
+
+Deno.test("a pipeline's retention is checked when its module loads, naming the pipeline and the field", () => {
+  assert.deepEqual(
+    { ...pipeline("defaults", { steps: [kidStep] }).retention },
+    { succeeded: 30 * DAY, failed: 90 * DAY, cancelled: 30 * DAY },
+  );
+  assert.throws(
+    () => pipeline("nightly", { steps: [kidStep], retention: { failed: "3 months" as "3d" } }),
+    { name: "TypeError", message: /^Invalid pipeline 'nightly': retention\.failed "3 months"/ },
+  );
+  assert.throws(
+    // deno-lint-ignore no-explicit-any
+    () => pipeline("nightly", { steps: [kidStep], retention: { done: "3d" } as any }),
+    { message: /^Invalid pipeline 'nightly': retention\.done is not a field/ },
+  );
+});
+
+Deno.test("GET /api/pipelines shows the retention, and /metrics counts pruned runs", async () => {
+  await using s = await startService({ pipelines: [work, flaky] });
+  const list = await s.get("/api/pipelines"); // checked against its OpenAPI schema
+  assert.deepEqual(list.find((p: { name: string }) => p.name === "work").retention, {
+    succeeded: "1d",
+    failed: "2d",
+    cancelled: "1d",
+  });
+  failing = true;
+  const run = await s.engine.trigger("flaky");
+  await until("the run's end", async () => (await s.engine.getRun(run.id))?.status === "failed");
+  await s.engine.prune({ olderThanMs: 0 });
+  const metrics = await (await fetch(`${s.url}/metrics`)).text();
+  assert.match(metrics, /^kvflow_runs_pruned_total\{pipeline="flaky"\} 1$/m);
 });
