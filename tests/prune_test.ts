@@ -276,10 +276,12 @@ Deno.test("a prune racing a resume leaves the run complete or gone complete", as
       assert.equal(run.status, "failed");
       clock.advance(3 * DAY);
       failing = false;
-      const [resume] = await Promise.allSettled([
-        engine.store.resume(run, flaky),
-        pruner.prune({ pipeline: "flaky" }),
-      ]);
+      // either one starts first, in turns
+      const resuming = () => engine.store.resume(run, flaky);
+      const pruning = () => pruner.prune({ pipeline: "flaky" });
+      const [resume] = i % 2 === 0
+        ? await Promise.allSettled([resuming(), pruning()])
+        : await Promise.allSettled([pruning(), resuming()]).then(([p, r]) => [r, p]);
       const after = await engine.getRun(run.id);
       if (after === null) {
         outcomes.pruned++;
@@ -378,4 +380,23 @@ Deno.test("GET /api/pipelines shows the retention, and /metrics counts pruned ru
   await s.engine.prune({ olderThanMs: 0 });
   const metrics = await (await fetch(`${s.url}/metrics`)).text();
   assert.match(metrics, /^kvflow_runs_pruned_total\{pipeline="flaky"\} 1$/m);
+});
+
+Deno.test("a run too large for one commit is pruned in several, and wholly", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const many = step("many", { items: () => Array.from({ length: 600 }, (_, i) => i) }, (i) => i);
+  const wide = pipeline("wide", { steps: [many], retention: { succeeded: "1d" } });
+  const engine = await openEngine({ path: tmp.path, pipelines: [wide], clock, queues: false });
+  try {
+    const run = await ended(engine, "wide");
+    assert.equal(run.status, "succeeded");
+    clock.advance(2 * DAY);
+    const report = await engine.prune();
+    assert.equal(report.runs, 1);
+    assert.ok(report.keys > 1200, `${report.keys} keys: more than one commit's budget`);
+    await audit(engine.kv, [run.id]);
+  } finally {
+    await engine.close();
+  }
 });

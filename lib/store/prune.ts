@@ -2,15 +2,15 @@
  * Retention: deleting ended runs past their pipeline's retention, with everything they
  * own, in small commits.
  *
- * A run is pruned in two phases. The first commit, checked against the run record's
- * versionstamp as read (an ended run), deletes the record, its index entries and due
- * entry, moves its count down, and writes a {@linkcode keys.pruning} marker: a resume or
- * rerun racing it either committed first (the check fails, the run is active again and
- * left alone) or finds no run. What the run owns (steps, items, attempts with their logs,
- * artifacts, blob chunks and markers, alerts and their outbox entries, inbox, bell,
- * lease, event effects, its idempotency key) is then deleted in commits within the batch
- * budgets of `kv/limits.ts`, each checked that the run record is still absent; the last
- * deletes the marker. A prune that dies in between leaves the marker, and the next prune
+ * The commit that deletes a run's record, its index entries and due entry (and moves its
+ * count down) is checked against the run record's versionstamp as read (an ended run): a
+ * resume or rerun racing it either committed first (the check fails, the run is active
+ * again and left alone) or finds no run. What the run owns (steps, items, attempts with
+ * their logs, artifacts, blob chunks and markers, alerts and their outbox entries, inbox,
+ * bell, lease, event effects, its idempotency key) goes in that same commit when it fits
+ * the batch budgets of `kv/limits.ts`. A larger run leaves a {@linkcode keys.pruning}
+ * marker in that commit instead, and the rest is deleted in commits within the budgets,
+ * each checked that the run record is still absent; the last deletes the marker. A prune that dies in between leaves the marker, and the next prune
  * finishes it first. Child runs go with their parent, and never while it is active: a
  * child whose parent still exists is left to the parent's prune.
  *
@@ -198,19 +198,22 @@ async function pruneRun(
       keys.activeRun(run.pipeline, run.id),
     ];
     if (run.dueAt !== null) indexKeys.push(keys.due(run.dueAt, run.id));
+    const owned = await ownedKeys(store, run.id, extra);
     if (options.dryRun) {
-      const owned = await ownedKeys(store, run.id, extra);
       count(report, run, indexKeys.length + owned.length);
       return true;
     }
+    // a run small enough goes in one commit; a larger one leaves a marker for the rest
+    const whole = splitWrites([...owned, ...indexKeys].map((key): KvWrite[] => [[key, null]]))
+      .length === 1;
     const op = store.kv.atomic().check(entry).check(byStatus);
     for (const key of indexKeys) op.delete(key);
     if (byStatus.value === COUNTED) op.sum(keys.runCount(run.pipeline, run.status), MINUS_ONE);
     op.sum(keys.prunedCount(run.pipeline), 1n);
-    const marker: PruningMarker = { pipeline: run.pipeline, extra };
-    op.set(keys.pruning(run.id), marker);
+    if (whole) { for (const key of owned) op.delete(key); }
+    else op.set(keys.pruning(run.id), { pipeline: run.pipeline, extra } satisfies PruningMarker);
     if ((await commitAtomic(op)).ok) {
-      const deleted = await deleteOwned(store, run.id, extra);
+      const deleted = whole ? owned.length : await deleteOwned(store, run.id, extra);
       count(report, run, indexKeys.length + deleted);
       return true;
     }
