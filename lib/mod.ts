@@ -71,6 +71,7 @@ export {
 
 // Running them: open an engine, trigger runs, listen to what happens.
 export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
+export { type PruneOptions, type PruneReport } from "./store/prune.ts";
 export { type WorkerOptions } from "./engine/worker.ts";
 export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
 export { type Clock } from "./model/clock.ts";
