@@ -315,6 +315,10 @@ Deno.test("deno task prune reports what it removed; --dry-run removes nothing; b
   const failed = await box.cli(["run", "example"], { env: { EXAMPLE_FAIL: "invoices" } });
   assert.equal(failed.code, 1);
 
+  const listed = await box.cli(["pipelines", "--json"]);
+  const example = JSON.parse(listed.stdout).find((p: { name: string }) => p.name === "example");
+  assert.deepEqual(example.retention, { succeeded: "30d", failed: "90d", cancelled: "30d" });
+
   const kept = await box.cli(["prune"]);
   assert.equal(kept.code, 0, kept.stderr);
   assert.deepEqual(lines(kept.stdout), ["pruned 0 runs past their retention (0 keys)"]);
