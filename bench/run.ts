@@ -13,6 +13,8 @@
  * 8. `sleep`: sleep lateness, under the worker's hold time and over it (parked).
  * 9. `send`: sends per second with 0, 1 and 100 matching waits.
  * 10. `parked`: 10,000 and 100,000 parked runs: worker memory, sweep, idle CPU, send.
+ * 11. `prune`: a month of a busy pipeline with a 3-day retention and a moved clock: the KV
+ *     file's size day by day (it must stop growing), and runs pruned per second.
  *
  * `--only waits` selects 7–10.
  *
@@ -33,6 +35,7 @@ import { eventRows, type EventSizes, eventWake } from "./event_wake.ts";
 import { sleepLateness, sleepRows, type SleepSizes } from "./sleep_lateness.ts";
 import { sendRows, sends, type SendSizes } from "./sends.ts";
 import { logParked, parked, parkedRows, type ParkedSizes } from "./parked.ts";
+import { prune, pruneRows, type PruneSizes } from "./prune.ts";
 import { machine, markdown, type Row, writeTable } from "./report.ts";
 import { fmt, log, TIMEOUT_MS } from "./_util.ts";
 
@@ -49,6 +52,7 @@ interface Sizes {
   sleep: SleepSizes;
   send: SendSizes;
   parked: ParkedSizes;
+  prune: PruneSizes;
 }
 
 const FULL: Sizes = {
@@ -62,6 +66,7 @@ const FULL: Sizes = {
   sleep: { short: 300, long: 30, floorCommits: 300 },
   send: { sends: 500, groups: 5, inFlight: 16, floorCommits: 500 },
   parked: { engineRuns: 10_000, total: 100_000, samples: 20, cpuSeconds: 5 },
+  prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000 },
 };
 
 const QUICK: Sizes = {
@@ -75,6 +80,7 @@ const QUICK: Sizes = {
   sleep: { short: 60, long: 6, floorCommits: 200 },
   send: { sends: 100, groups: 2, inFlight: 16, floorCommits: 200 },
   parked: { engineRuns: 2000, total: 10_000, samples: 10, cpuSeconds: 2 },
+  prune: { days: 12, runsPerDay: 50, retentionDays: 3, backlog: 300 },
 };
 
 const SECTIONS = [
@@ -88,6 +94,7 @@ const SECTIONS = [
   "sleep",
   "send",
   "parked",
+  "prune",
 ] as const;
 type Section = typeof SECTIONS[number];
 
@@ -186,6 +193,7 @@ async function main(): Promise<number> {
       logParked(report);
       return report;
     }, parkedRows);
+    await section("prune", () => prune(dir, sizes.prune), pruneRows);
     info.loadAfter = Deno.loadavg();
     const text = markdown(rows, info);
     console.log(text);

@@ -35,6 +35,7 @@ export {
   type PipelineOptions,
 } from "./define/pipeline.ts";
 export { type ResolvedRetry, type RetryPolicy } from "./define/retry.ts";
+export { DEFAULT_RETENTION, type Retention, type RetentionOptions } from "./define/retention.ts";
 export { type Schedule, type ScheduleOptions } from "./define/schedule.ts";
 export {
   type AnyStep,
@@ -70,6 +71,7 @@ export {
 
 // Running them: open an engine, trigger runs, listen to what happens.
 export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
+export { type PruneOptions, type PruneReport } from "./store/prune.ts";
 export { type WorkerOptions } from "./engine/worker.ts";
 export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
 export { type Clock } from "./model/clock.ts";

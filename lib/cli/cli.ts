@@ -1,6 +1,6 @@
 /**
  * The command line: `run`, `resume`, `rerun`, `cancel`, `status`, `runs`, `pipelines`,
- * `send`, `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
+ * `prune`, `send`, `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
  * and prints the command that resumes it.
  *
  * @module
@@ -15,6 +15,7 @@ import * as foreground from "./foreground.ts";
 import * as inspect from "./inspect.ts";
 import * as longRunning from "./serve.ts";
 import { send } from "./send.ts";
+import { prune } from "./prune.ts";
 
 export { type CliContext, EXIT } from "./invocation.ts";
 export { heartbeat } from "./serve.ts";
@@ -28,6 +29,7 @@ const COMMANDS: Record<Command, (invocation: Invocation) => Promise<number>> = {
   status: inspect.status,
   runs: inspect.runs,
   pipelines: inspect.pipelines,
+  prune,
   send,
   backfill: longRunning.backfill,
   serve: longRunning.serve,

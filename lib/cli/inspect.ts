@@ -7,6 +7,7 @@ import type { RunStatus, TaskRecord } from "../model/records.ts";
 import type { Pipeline } from "../define/pipeline.ts";
 import { runAlerts } from "../alerts/alert.ts";
 import { scheduleView } from "../engine/scheduler.ts";
+import { retentionJson } from "../define/retention.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
 import { runLines, statusLines } from "./progress.ts";
 
@@ -113,6 +114,7 @@ export async function pipelines(invocation: Invocation): Promise<number> {
           fanOut: Boolean(s.fanOut),
         })),
         schedule: await scheduleView(engine.scheduler, p, now),
+        retention: retentionJson(p.retention),
       });
     }
     if (invocation.flags.json) {
@@ -127,6 +129,10 @@ export async function pipelines(invocation: Invocation): Promise<number> {
           ? `  schedule  ${s.cron} (${s.timezone}), catch-up ${s.catchup}, overlap ${s.overlap}` +
             `\n  last tick ${s.lastTick ?? "none yet"}\n  next      ${s.next.join(", ")}`
           : "  schedule  none (runs when triggered)",
+      );
+      invocation.out(
+        `  retention succeeded ${p.retention.succeeded}, failed ${p.retention.failed}, ` +
+          `cancelled ${p.retention.cancelled}`,
       );
       for (const step of p.steps) {
         invocation.out(

@@ -21,6 +21,7 @@ usage: deno task <command> [arguments]
   runs [--pipeline P] [--status S] [--limit N] [--json]
   send <event> [--data JSON] [--id ID] [--json]
   pipelines [--json]
+  prune [--pipeline P] [--older-than 30d] [--dry-run] [--json]
   backfill <pipeline> --from YYYY-MM-DD --to YYYY-MM-DD [--max-active N]
   serve [--port N]
   worker
@@ -46,6 +47,8 @@ const OPTIONS = {
   port: { type: "string" },
   to: { type: "string" },
   "max-active": { type: "string" },
+  "older-than": { type: "string" },
+  "dry-run": { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -66,6 +69,8 @@ export type Flags = {
   port?: string;
   to?: string;
   "max-active"?: string;
+  "older-than"?: string;
+  "dry-run"?: boolean;
   help?: boolean;
 };
 
@@ -78,6 +83,7 @@ const COMMANDS = {
   status: "<run-id>",
   runs: null,
   pipelines: null,
+  prune: null,
   send: "<event> [--data JSON] [--id ID]",
   backfill: "<pipeline> --from YYYY-MM-DD --to YYYY-MM-DD",
   serve: null,

@@ -23,6 +23,7 @@ import {
 } from "./layout.tsx";
 import { clip, paramFields, pipelineHref, runHref } from "./format.ts";
 import { nextTicks } from "../engine/scheduler.ts";
+import { formatRetention } from "../define/retention.ts";
 
 /** Runs on one page of the list, unless `?limit=` says otherwise. */
 export const DEFAULT_LIMIT = 25;
@@ -217,6 +218,12 @@ export function PipelinePage(
         )}
         <dt>Concurrency</dt>
         <dd>{pipeline.concurrency} steps at once per run</dd>
+        <dt>Retention</dt>
+        <dd>
+          ended runs are kept {formatRetention(pipeline.retention.succeeded)} after success,{" "}
+          {formatRetention(pipeline.retention.failed)} after failure,{" "}
+          {formatRetention(pipeline.retention.cancelled)} after cancel
+        </dd>
       </dl>
       <h2>Steps</h2>
       <StepGraph graph={pipeline.graph} />

@@ -9,6 +9,7 @@ import { DEFAULT_RETRY, type ResolvedRetry, resolveRetry, type RetryPolicy } fro
 import { resolveSchedule, type Schedule, type ScheduleOptions } from "./schedule.ts";
 import { type AnyStep, checkName, type Schema, type Step, toTimeoutMs } from "./step.ts";
 import { checkEventName } from "./wait.ts";
+import { resolveRetention, type Retention, type RetentionOptions } from "./retention.ts";
 
 /** Pipeline-wide defaults for its steps. */
 export interface PipelineDefaults {
@@ -44,6 +45,11 @@ export interface PipelineOptions<P, R = unknown> {
   defaults?: PipelineDefaults;
   /** Steps (or fan-out items) of one run running at once. Default 8. */
   concurrency?: number;
+  /**
+   * How long ended runs are kept, from their end, before workers prune them with all
+   * they own. Default: succeeded and cancelled `"30d"`, failed `"90d"`.
+   */
+  retention?: RetentionOptions;
 }
 
 /** A checked pipeline definition. */
@@ -76,6 +82,8 @@ export interface Pipeline<P = unknown, R = unknown> {
   readonly schedule: Schedule | null;
   /** Resolved defaults. */
   readonly defaults: { readonly retry: ResolvedRetry; readonly timeoutMs: number };
+  /** How long its ended runs are kept, by status. */
+  readonly retention: Retention;
 }
 
 /**
@@ -158,6 +166,7 @@ export function pipeline<P = Record<string, never>, R = null>(
     }
     on.set(event, toParams);
   }
+  const retention = resolveRetention(name, options.retention);
   const children: Pipeline<unknown, unknown>[] = [];
   for (const s of steps) {
     if (s.wait?.kind === "child" && !children.includes(s.wait.pipeline)) {
@@ -179,6 +188,7 @@ export function pipeline<P = Record<string, never>, R = null>(
     concurrency,
     schedule: options.schedule ? resolveSchedule(name, options.schedule) : null,
     defaults: { retry, timeoutMs },
+    retention,
   });
 }
 

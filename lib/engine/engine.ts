@@ -33,9 +33,13 @@ import {
   type EventSource,
 } from "../model/events.ts";
 import { type Duration, toMs } from "../define/duration.ts";
+import { type PruneOptions, type PruneReport, pruneRuns } from "../store/prune.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
 export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
+
+/** Runs a worker's sweep prunes at most, now and then (every 60th sweep). */
+const BACKGROUND_PRUNE_RUNS = 50;
 
 /** Options of {@linkcode openEngine}. */
 export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
@@ -131,10 +135,12 @@ export class Engine {
         for (const d of await this.scheduler.tick()) {
           if (d.outcome === "created") this.worker.wake(d.runId!);
         }
-        // deliveries a sender died before making; then, now and then, events past retention
+        // deliveries a sender died before making; then, now and then, events and runs past
+        // retention, a few runs at a time so that pruning never holds up due work for long
         await finishOutbox(this.store);
         if (this.#sweeps++ % 60 === 0) {
           await pruneEvents(this.store, this.store.clock.now() - this.#eventRetentionMs);
+          await this.prune({ maxRuns: BACKGROUND_PRUNE_RUNS });
         }
       },
       onEvent: (event) => {
@@ -263,6 +269,20 @@ export class Engine {
   /** One stored event with what it did, or null. */
   async getEvent(id: string): Promise<(EventRecord & { effects: EventEffect[] }) | null> {
     return await getEvent(this.store, id);
+  }
+
+  /**
+   * Prunes ended runs past their pipeline's retention (or `olderThanMs`), with everything
+   * they own. Workers do it in the background; this is the same by hand.
+   *
+   * @param options which runs, dry or not, how many
+   * @returns what it removed, or would remove
+   */
+  async prune(options: Omit<PruneOptions, "retentionOf"> = {}): Promise<PruneReport> {
+    return await pruneRuns(this.store, {
+      ...options,
+      retentionOf: (name) => this.pipelines.get(name)?.retention,
+    });
   }
 
   /**

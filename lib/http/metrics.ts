@@ -127,10 +127,11 @@ export class Metrics {
 
   /** The metrics in the Prometheus text format (version 0.0.4). */
   async render(): Promise<string> {
-    const [runs, takeovers, counts] = await Promise.all([
+    const [runs, takeovers, counts, pruned] = await Promise.all([
       this.#runCounts(),
       this.#engine.kv.get<KvU64>(keys.counter("lease_takeovers")),
       this.#alertCounts(),
+      Array.fromAsync(this.#engine.kv.list<KvU64>({ prefix: keys.prunedCountPrefix() })),
     ]);
     const out: string[] = [];
     const family = (name: string, type: string, help: string) =>
@@ -171,6 +172,16 @@ export class Metrics {
       "Runs a worker took over from an expired or dead lease, by any process.",
     );
     out.push(`kvflow_lease_takeovers_total ${takeovers.value?.value ?? 0n}`);
+    family(
+      "kvflow_runs_pruned_total",
+      "counter",
+      "Ended runs deleted past their retention, with all they owned, by any process.",
+    );
+    for (const e of pruned) {
+      out.push(
+        `kvflow_runs_pruned_total${labels({ pipeline: e.key[2] as string })} ${e.value.value}`,
+      );
+    }
 
     family("kvflow_runs_finished_total", "counter", "Runs this process drove to an end.");
     for (const [l, n] of sorted(this.#finished)) out.push(`kvflow_runs_finished_total${l} ${n}`);

@@ -13,6 +13,7 @@ import type { AttemptRecord, RunRecord, TaskRecord, WaitState } from "../model/r
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { type AlertRecord, runAlerts } from "../alerts/alert.ts";
 import { nextTicks, type ScheduleState } from "../engine/scheduler.ts";
+import { retentionJson } from "../define/retention.ts";
 import type { PipelineJson, RunDetail, RunJson, StepJson, WaitJson } from "./schemas.ts";
 import type { Kv } from "../kv/kv.ts";
 
@@ -132,6 +133,7 @@ export function pipelineJson(
         ),
       }
       : null,
+    retention: retentionJson(pipeline.retention),
   };
 }
 

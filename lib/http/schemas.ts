@@ -184,6 +184,14 @@ export const PipelineSchema = response(
       ),
       nextTicks: z.array(z.iso.datetime()).describe("The next five ticks, UTC"),
     }).nullable().describe("Null for a pipeline without a schedule"),
+    retention: z.object({
+      succeeded: z.string(),
+      failed: z.string(),
+      cancelled: z.string(),
+    }).describe(
+      "How long ended runs are kept after they end, by status (such as 30d), before " +
+        "workers prune them with everything they own",
+    ),
   }),
 );
 

@@ -388,3 +388,56 @@ export function eventOutbox(id: string): KvKey {
 export function eventOutboxPrefix(): KvKey {
   return [ROOT, "event_outbox"];
 }
+
+// ---- retention -------------------------------------------------------------------------
+
+/** Prefix of every {@linkcode eventEffect}. */
+export function allEventEffectsPrefix(): KvKey {
+  return [ROOT, "event_effect"];
+}
+
+/** Prefix of a run's {@linkcode alertOutbox} entries. */
+export function alertOutboxRunPrefix(runId: string): KvKey {
+  return [ROOT, "alert_outbox", runId];
+}
+
+/**
+ * A run being pruned: written in the commit that deletes its record and index entries,
+ * deleted with the last of what it owned. A prune that died between finds it and finishes.
+ */
+export function pruning(runId: string): KvKey {
+  return [ROOT, "pruning", runId];
+}
+
+/** Prefix of every {@linkcode pruning} marker. */
+export function pruningPrefix(): KvKey {
+  return [ROOT, "pruning"];
+}
+
+/** The first key after every child run of `runId` (child ids are `<parent>:<step>…`). */
+export function childRunsRange(runId: string): { start: KvKey; end: KvKey } {
+  return { start: [ROOT, "run", `${runId}:`], end: [ROOT, "run", `${runId};`] };
+}
+
+/** Prefix of every blob chunk of a run. */
+export function blobRunPrefix(runId: string): KvKey {
+  return [ROOT, "blob", runId];
+}
+
+/** Prefix of every {@linkcode idempotency} entry. */
+export function allIdempotencyPrefix(): KvKey {
+  return [ROOT, "idempotency"];
+}
+
+/**
+ * How many runs of a pipeline were pruned, by any process: a `Deno.KvU64` summed in the
+ * commit that deletes each run's record.
+ */
+export function prunedCount(pipeline: string): KvKey {
+  return [ROOT, "pruned_count", pipeline];
+}
+
+/** Prefix of every {@linkcode prunedCount}. */
+export function prunedCountPrefix(): KvKey {
+  return [ROOT, "pruned_count"];
+}

@@ -77,6 +77,11 @@ export interface RunRecord {
   /** For a run an event started: that event's id. */
   event?: string | null;
   /**
+   * The `Idempotency-Key` the run was created with, so pruning the run frees the key.
+   * Records written before it was stored lack it; their keys are found by a scan.
+   */
+  idempotencyKey?: string | null;
+  /**
    * The versionstamp of the run's bell (see `keys.bell`) when it was parked: a send or a
    * child's end rings the bell, which makes a parked run claimable before its due time.
    */

@@ -70,8 +70,9 @@ export async function createRun(
   pipeline: Pipeline<unknown>,
   input: CreateRunInput = {},
 ): Promise<RunRecord> {
-  const run = newRun(store, pipeline, input);
   if (input.idempotencyKey !== undefined) checkIdempotencyKey(input.idempotencyKey);
+  const run = newRun(store, pipeline, input);
+  run.idempotencyKey = input.idempotencyKey ?? null;
   const op = store.kv.atomic();
   addRunCreation(store, op, run);
   if (input.idempotencyKey !== undefined) {

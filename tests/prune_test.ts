@@ -1,0 +1,406 @@
+/**
+ * Retention and pruning with real parts (KV files, engines on their own KV handles, the
+ * CLI as a subprocess): after a prune by hand and after background retention, a scan of
+ * the whole KV finds nothing of the pruned runs and every index agrees with the runs that
+ * are left; active runs are untouched and still complete; a prune racing a resume leaves
+ * the run whole or gone whole.
+ */
+import assert from "node:assert/strict";
+import { z } from "zod";
+import { type Engine, invoke, openEngine, pipeline, step, waitFor } from "../lib/mod.ts";
+import { TestClock } from "../lib/testing/mod.ts";
+import { COUNTED } from "../lib/kv/indexes.ts";
+import type { RunRecord } from "../lib/model/records.ts";
+import { deferred, tempKv, waitFor as until } from "./_support/helpers.ts";
+import { Sandbox } from "./_support/harness.ts";
+import { startService } from "./_support/http.ts";
+
+const lines = (text: string) => text.split("\n").filter((l) => l.trim() !== "");
+
+const DAY = 86_400_000;
+const START = Date.parse("2026-11-02T03:00:00Z");
+
+// ---- pipelines that own every kind of key --------------------------------------------
+
+const load = step("load", async (_inputs, ctx) => {
+  ctx.log.info("loading");
+  // over the inline size: stored as blob chunks
+  const bytes = new Uint8Array(150_000).fill(7);
+  const file = await ctx.artifact("dump.bin", bytes);
+  return { file, big: "x".repeat(70_000) };
+});
+const fan = step("fan", { needs: { load }, items: () => [1, 2, 3] }, (n: number) => n * 2);
+const work = pipeline("work", {
+  steps: [load, fan],
+  retention: { succeeded: "1d", failed: "2d", cancelled: "1d" },
+});
+
+let failing = true;
+const flakyStep = step("boom", { retry: { attempts: 1 } }, () => {
+  if (failing) throw new Error("boom");
+  return "fixed";
+});
+const flaky = pipeline("flaky", {
+  steps: [flakyStep],
+  retention: { succeeded: "1d", failed: "2d", cancelled: "1d" },
+});
+
+const approval = waitFor("approval", {
+  events: { "p.approved": z.object({ key: z.string() }) },
+  match: { field: "key", equals: (_inputs, run) => String(run.params.key) },
+  timeout: "30d",
+});
+const gate = pipeline("gate", {
+  params: z.object({ key: z.string() }),
+  steps: [approval],
+  retention: { succeeded: "1d" },
+});
+
+const kidStep = step("kid-step", (_inputs, ctx) => ctx.run.id);
+const kid = pipeline("kid", { steps: [kidStep], result: kidStep, retention: { succeeded: "1d" } });
+const callKid = invoke("call-kid", { pipeline: kid, params: () => ({}) });
+const parent = pipeline("parent", { steps: [callKid], retention: { succeeded: "1d" } });
+
+const held = { gate: deferred() };
+const holdStep = step("hold", async () => {
+  await held.gate.promise;
+  return "held";
+});
+const hold = pipeline("hold", { steps: [holdStep], retention: { succeeded: "1d" } });
+
+const ALL = [work, flaky, gate, kid, parent, hold];
+
+// ---- the audit ----------------------------------------------------------------------
+
+/** Every key of the database, as stored. */
+async function everything(kv: Deno.Kv): Promise<Deno.KvEntry<unknown>[]> {
+  return await Array.fromAsync(kv.list({ prefix: ["kvflow"] }));
+}
+
+/** Fails on any key of a pruned run, and on indexes that disagree with the runs left. */
+async function audit(kv: Deno.Kv, pruned: string[]): Promise<void> {
+  const entries = await everything(kv);
+  for (const e of entries) {
+    for (const id of pruned) {
+      assert.ok(
+        !e.key.some((part) => typeof part === "string" && part.includes(id)),
+        `key ${JSON.stringify(e.key)} belongs to pruned run ${id}`,
+      );
+      assert.ok(
+        !(typeof e.value === "string" && e.value === id),
+        `key ${JSON.stringify(e.key)} names pruned run ${id}`,
+      );
+    }
+  }
+  const runs = new Map<string, RunRecord>();
+  for (const e of entries) {
+    if (e.key[1] === "run") runs.set(e.key[2] as string, e.value as RunRecord);
+  }
+  const counted = new Map<string, number>();
+  for (const e of entries) {
+    const kind = e.key[1];
+    const id = kind === "runs_by_time"
+      ? e.key[3]
+      : kind === "runs_by_pipeline" || kind === "runs_by_status"
+      ? e.key[4]
+      : kind === "runs_by_pipeline_status"
+      ? e.key[5]
+      : kind === "due"
+      ? e.key[3]
+      : kind === "active"
+      ? e.key[3]
+      : null;
+    if (id !== null) assert.ok(runs.has(id as string), `${JSON.stringify(e.key)} has no run`);
+    if (kind === "runs_by_pipeline_status" && e.value === COUNTED) {
+      const k = `${String(e.key[2])}/${String(e.key[3])}`;
+      counted.set(k, (counted.get(k) ?? 0) + 1);
+    }
+    assert.notEqual(kind, "pruning", "a prune left its marker");
+  }
+  for (const e of entries) {
+    if (e.key[1] !== "run_count") continue;
+    const k = `${String(e.key[2])}/${String(e.key[3])}`;
+    assert.equal(Number((e.value as Deno.KvU64).value), counted.get(k) ?? 0, `count of ${k}`);
+  }
+  for (const run of runs.values()) {
+    assert.ok(
+      entries.some((e) => e.key[1] === "runs_by_pipeline_status" && e.key[5] === run.id),
+      `run ${run.id} lost its index`,
+    );
+  }
+}
+
+async function ended(engine: Engine, pipelineName: string, params = {}): Promise<RunRecord> {
+  const run = await engine.trigger(pipelineName, { params });
+  return await engine.runToEnd(run.id);
+}
+
+/** Drives a run until it parks on its wait (a queue hint may be driving it already). */
+async function parked(engine: Engine, runId: string): Promise<void> {
+  await until(`run ${runId} parked`, async () => {
+    await engine.worker.execute(runId);
+    return (await engine.getRun(runId))?.status === "waiting";
+  });
+}
+
+// ---- the tests ----------------------------------------------------------------------
+
+Deno.test("prune() and background retention delete ended runs whole and leave active runs intact", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  // no queue hints: runs move only when this test drives them, or by the sweep below
+  const engine = await openEngine({ path: tmp.path, pipelines: ALL, clock, queues: false });
+  const other = await openEngine({ path: tmp.path, pipelines: ALL, clock, queues: false });
+  try {
+    // ended runs that own every kind of key
+    failing = true;
+    const done = [await ended(engine, "work"), await ended(engine, "work")];
+    const keyed = await engine.trigger("work", { idempotencyKey: "order-17" });
+    done.push(await engine.runToEnd(keyed.id));
+    const failed = [await ended(engine, "flaky"), await ended(engine, "flaky")];
+    const cancelled = await engine.store.cancel((await engine.trigger("work")).id);
+    const withKid = await ended(engine, "parent");
+    const approved = await engine.trigger("gate", { params: { key: "a" } });
+    await parked(engine, approved.id);
+    await engine.send("p.approved", { key: "a" });
+    const approvedEnd = await engine.runToEnd(approved.id);
+    for (const r of [...done, withKid, approvedEnd]) assert.equal(r.status, "succeeded");
+    for (const r of failed) assert.equal(r.status, "failed");
+    assert.equal(cancelled.status, "cancelled");
+    const kidId = `${withKid.id}:call-kid`;
+    assert.equal((await engine.getRun(kidId))?.status, "succeeded");
+
+    // active runs: queued, waiting on an event (parked), running in another engine
+    const queued = await engine.trigger("hold");
+    const waiting = await engine.trigger("gate", { params: { key: "b" } });
+    await parked(engine, waiting.id);
+    const running = await engine.trigger("hold");
+    const holding = other.worker.execute(running.id);
+    await until(
+      "the hold run running",
+      async () => (await engine.getRun(running.id))?.status === "running",
+    );
+    const active = [queued.id, waiting.id, running.id];
+    const before = new Map<string, string>();
+    for (const e of await everything(engine.kv)) {
+      if (active.some((id) => e.key.some((p) => typeof p === "string" && p.includes(id)))) {
+        before.set(JSON.stringify(e.key), e.versionstamp);
+      }
+    }
+
+    // a dry run deletes nothing
+    clock.advance(1.5 * DAY);
+    const keysBefore = (await everything(engine.kv)).length;
+    const dry = await engine.prune({ dryRun: true });
+    assert.equal((await everything(engine.kv)).length, keysBefore);
+    // by hand: succeeded (1d) and cancelled (1d) go, failed (2d) stays
+    const report = await engine.prune();
+    assert.deepEqual(report.byPipeline, dry.byPipeline);
+    assert.equal(report.keys, dry.keys);
+    assert.deepEqual(report.byPipeline, {
+      work: { succeeded: 3, cancelled: 1 },
+      parent: { succeeded: 1 },
+      kid: { succeeded: 1 },
+      gate: { succeeded: 1 },
+    });
+    const gone = [...done.map((r) => r.id), cancelled.id, withKid.id, kidId, approved.id];
+    await audit(engine.kv, gone);
+    for (const r of failed) assert.equal((await engine.getRun(r.id))?.status, "failed");
+    // the idempotency key is free again
+    const again = await engine.trigger("work", { idempotencyKey: "order-17" });
+    await engine.store.cancel(again.id);
+
+    // in the background: a worker's sweep prunes the failed runs once past 2 days
+    clock.advance(1.2 * DAY);
+    // (a worker that does not know 'hold', so its queued run stays queued)
+    const background = await openEngine({
+      path: tmp.path,
+      pipelines: ALL.filter((p) => p !== hold),
+      clock,
+      queues: false,
+      pollMs: 5,
+    });
+    try {
+      background.start();
+      await until("background prune", async () =>
+        (await engine.getRun(failed[0].id)) === null &&
+        (await engine.getRun(failed[1].id)) === null &&
+        (await engine.getRun(again.id)) === null, 10_000);
+    } finally {
+      await background.close();
+    }
+    await audit(engine.kv, [...gone, ...failed.map((r) => r.id), again.id]);
+
+    // the active runs were not touched, and still complete
+    for (const e of await everything(engine.kv)) {
+      const k = JSON.stringify(e.key);
+      // the running run's lease renewals move its lease, due entry and record
+      if (before.has(k) && !["due", "lease", "run"].includes(e.key[1] as string)) {
+        assert.equal(e.versionstamp, before.get(k), `active run's ${k} was rewritten`);
+      }
+    }
+    // the queued run may have been claimed meanwhile (a worker sweeps), never pruned
+    assert.ok(["queued", "running"].includes((await engine.getRun(queued.id))?.status ?? ""));
+    assert.equal((await engine.getRun(waiting.id))?.status, "waiting");
+    assert.equal((await engine.getRun(running.id))?.status, "running");
+    held.gate.resolve();
+    await holding;
+    assert.equal((await other.runToEnd(running.id)).status, "succeeded");
+    await engine.send("p.approved", { key: "b" });
+    assert.equal((await engine.runToEnd(waiting.id)).status, "succeeded");
+    await until(
+      "the queued run's end",
+      async () =>
+        (await engine.getRun(queued.id))?.status === "succeeded" ||
+        (await engine.worker.execute(queued.id), false),
+      10_000,
+    );
+    await audit(engine.kv, [...gone, ...failed.map((r) => r.id)]);
+  } finally {
+    held.gate.resolve();
+    await other.close();
+    await engine.close();
+  }
+});
+
+Deno.test("a prune racing a resume leaves the run complete or gone complete", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const engine = await openEngine({ path: tmp.path, pipelines: ALL, clock });
+  const pruner = await openEngine({ path: tmp.path, pipelines: ALL, clock });
+  try {
+    const outcomes = { resumed: 0, pruned: 0 };
+    for (let i = 0; i < 12; i++) {
+      failing = true;
+      const run = await ended(engine, "flaky");
+      assert.equal(run.status, "failed");
+      clock.advance(3 * DAY);
+      failing = false;
+      // either one starts first, in turns
+      const resuming = () => engine.store.resume(run, flaky);
+      const pruning = () => pruner.prune({ pipeline: "flaky" });
+      const [resume] = i % 2 === 0
+        ? await Promise.allSettled([resuming(), pruning()])
+        : await Promise.allSettled([pruning(), resuming()]).then(([p, r]) => [r, p]);
+      const after = await engine.getRun(run.id);
+      if (after === null) {
+        outcomes.pruned++;
+        assert.equal(resume.status, "rejected");
+        await audit(engine.kv, [run.id]);
+      } else {
+        outcomes.resumed++;
+        assert.equal(resume.status, "fulfilled");
+        const end = await engine.runToEnd(run.id);
+        assert.equal(end.status, "succeeded");
+        const steps = await engine.store.getSteps(run.id);
+        assert.equal(steps.get("boom")?.status, "succeeded");
+        await audit(engine.kv, []);
+        // a resumed run is pruned later, whole
+        clock.advance(2 * DAY);
+        await pruner.prune({ pipeline: "flaky" });
+        await audit(engine.kv, [run.id]);
+      }
+    }
+    assert.equal(outcomes.resumed + outcomes.pruned, 12);
+    console.log(`race outcomes: ${JSON.stringify(outcomes)}`);
+  } finally {
+    await pruner.close();
+    await engine.close();
+  }
+});
+
+Deno.test("deno task prune reports what it removed; --dry-run removes nothing; bad input exits 2", async () => {
+  await using box = await Sandbox.create();
+  assert.equal((await box.cli(["run", "example"])).code, 0);
+  const failed = await box.cli(["run", "example"], { env: { EXAMPLE_FAIL: "invoices" } });
+  assert.equal(failed.code, 1);
+
+  const listed = await box.cli(["pipelines", "--json"]);
+  const example = JSON.parse(listed.stdout).find((p: { name: string }) => p.name === "example");
+  assert.deepEqual(example.retention, { succeeded: "30d", failed: "90d", cancelled: "30d" });
+
+  const kept = await box.cli(["prune"]);
+  assert.equal(kept.code, 0, kept.stderr);
+  assert.deepEqual(lines(kept.stdout), ["pruned 0 runs past their retention (0 keys)"]);
+
+  const before = await box.snapshot();
+  const dry = await box.cli(["prune", "--older-than", "0ms", "--dry-run"]);
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.match(dry.stdout, /^would prune 2 runs ended more than 0ms ago \(\d+ keys\)/);
+  assert.match(dry.stdout, /example\s+1 succeeded, 1 failed/);
+  assert.deepEqual(await box.snapshot(), before);
+
+  const json = await box.cli(["prune", "--pipeline", "example", "--older-than", "0ms", "--json"]);
+  assert.equal(json.code, 0, json.stderr);
+  const report = JSON.parse(json.stdout);
+  assert.equal(report.dryRun, false);
+  assert.equal(report.runs, 2);
+  assert.deepEqual(report.byPipeline, { example: { succeeded: 1, failed: 1 } });
+  const left = [...(await box.snapshot()).keys()].filter((k) =>
+    /"(run|step|item|attempt|runs_by_\w+)"/.test(k)
+  );
+  assert.deepEqual(left, []);
+
+  for (
+    const args of [
+      ["prune", "--pipeline", "nope"],
+      ["prune", "--older-than", "soon"],
+      ["prune", "extra"],
+    ]
+  ) {
+    const bad = await box.cli(args);
+    assert.equal(bad.code, 2, args.join(" "));
+    assert.equal(lines(bad.stderr).length, 1, bad.stderr);
+  }
+});
+
+Deno.test("a pipeline's retention is checked when its module loads, naming the pipeline and the field", () => {
+  assert.deepEqual(
+    { ...pipeline("defaults", { steps: [kidStep] }).retention },
+    { succeeded: 30 * DAY, failed: 90 * DAY, cancelled: 30 * DAY },
+  );
+  assert.throws(
+    () => pipeline("nightly", { steps: [kidStep], retention: { failed: "3 months" as "3d" } }),
+    { name: "TypeError", message: /^Invalid pipeline 'nightly': retention\.failed "3 months"/ },
+  );
+  assert.throws(
+    // deno-lint-ignore no-explicit-any
+    () => pipeline("nightly", { steps: [kidStep], retention: { done: "3d" } as any }),
+    { message: /^Invalid pipeline 'nightly': retention\.done is not a field/ },
+  );
+});
+
+Deno.test("GET /api/pipelines shows the retention, and /metrics counts pruned runs", async () => {
+  await using s = await startService({ pipelines: [work, flaky] });
+  const list = await s.get("/api/pipelines"); // checked against its OpenAPI schema
+  assert.deepEqual(list.find((p: { name: string }) => p.name === "work").retention, {
+    succeeded: "1d",
+    failed: "2d",
+    cancelled: "1d",
+  });
+  failing = true;
+  const run = await s.engine.trigger("flaky");
+  await until("the run's end", async () => (await s.engine.getRun(run.id))?.status === "failed");
+  await s.engine.prune({ olderThanMs: 0 });
+  const metrics = await (await fetch(`${s.url}/metrics`)).text();
+  assert.match(metrics, /^kvflow_runs_pruned_total\{pipeline="flaky"\} 1$/m);
+});
+
+Deno.test("a run too large for one commit is pruned in several, and wholly", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const many = step("many", { items: () => Array.from({ length: 600 }, (_, i) => i) }, (i) => i);
+  const wide = pipeline("wide", { steps: [many], retention: { succeeded: "1d" } });
+  const engine = await openEngine({ path: tmp.path, pipelines: [wide], clock, queues: false });
+  try {
+    const run = await ended(engine, "wide");
+    assert.equal(run.status, "succeeded");
+    clock.advance(2 * DAY);
+    const report = await engine.prune();
+    assert.equal(report.runs, 1);
+    assert.ok(report.keys > 1200, `${report.keys} keys: more than one commit's budget`);
+    await audit(engine.kv, [run.id]);
+  } finally {
+    await engine.close();
+  }
+});
