@@ -30,6 +30,11 @@ export interface ScheduleState {
    * late, since it was not missed but deferred.
    */
   queued?: number;
+  /**
+   * When the first look happened: deadlines are checked only for ticks after it, so a new
+   * pipeline is not blamed for ticks from before it existed.
+   */
+  since?: number;
 }
 
 /** A tick whose run could not start yet, or was not started, and why. */
@@ -145,7 +150,12 @@ export class Scheduler {
         // First look: start from the latest tick, without a run for it, so deploying a
         // pipeline does not start a run for a tick from before it existed.
         const [latest] = previousTicks(schedule, now, 1);
-        const state: ScheduleState = { lastTick: latest ?? now, updatedAt: now, skipped: 0 };
+        const state: ScheduleState = {
+          lastTick: latest ?? now,
+          updatedAt: now,
+          skipped: 0,
+          since: now,
+        };
         const ok = await commitAtomic(
           this.#store.kv.atomic().check(entry).set(keys.schedule(pipeline.name), state),
         );
@@ -235,6 +245,7 @@ export class Scheduler {
         lastTick,
         updatedAt: now,
         skipped: state.skipped + Math.max(0, dropped),
+        ...(state.since === undefined ? {} : { since: state.since }),
         ...(queued === undefined ? {} : { queued }),
       },
       runs,

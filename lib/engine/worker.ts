@@ -273,7 +273,7 @@ export class Worker {
         },
         onEvent: this.#options.onEvent,
         beforeAttempt: this.#options.beforeAttempt,
-        onAlert: (alert) => this.#alert(alert),
+        onAlert: (alert) => this.alert(alert),
       });
       this.#active.set(runId, driver);
       await driver.start();
@@ -390,7 +390,11 @@ export class Worker {
     );
   }
 
-  #alert(alert: AlertRecord): void {
+  /**
+   * Reports an alert this process stored (`onAlert`, by default a line on stderr) and
+   * delivers it when channels are configured.
+   */
+  alert(alert: AlertRecord): void {
     (this.#options.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
     if (this.#options.alertWebhook || this.#options.alertEmail) {
       this.#deliver(alert.runId, alert.seq);
