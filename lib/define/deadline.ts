@@ -35,7 +35,9 @@ export function parseDeadline(where: string, value: unknown): Deadline {
   } catch {
     // reported below, with both forms
   }
-  if (ms > 0) return { kind: "after", text: formatMs(ms), ms };
+  if (ms > 0) {
+    return { kind: "after", text: typeof value === "string" ? value.trim() : formatMs(ms), ms };
+  }
   throw new TypeError(
     `${where}: deadline ${
       JSON.stringify(value)
