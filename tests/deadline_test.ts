@@ -13,6 +13,7 @@ import { deadlineOf, lastTickDue, parseDeadline } from "../lib/define/deadline.t
 import { DeadlineWatch } from "../lib/engine/deadlines.ts";
 import { tickRunId } from "../lib/engine/scheduler.ts";
 import { alertText } from "../lib/alerts/alert.ts";
+import { app } from "../lib/http/service.ts";
 import { TestClock } from "../lib/testing/mod.ts";
 
 const at = (iso: string): number => Date.parse(iso);
@@ -203,6 +204,28 @@ Deno.test("the watch reaches back at most seven days (and catchupLimit ticks)", 
         "2025-06-30",
       ],
     );
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("the dashboard, /metrics and the API show the deadline and its misses", async () => {
+  const { engine, clock, watch } = await nightly();
+  const http = app(engine, { metricsCountTtlMs: 0 });
+  try {
+    await engine.scheduler.tick();
+    clock.set("2025-06-10T05:00:30Z"); // the 10th's tick had no run
+    assert.equal((await watch().check()).length, 1);
+    const page = await (await http.request("/pipelines/nightly-report")).text();
+    assert.match(page, /each tick&#39;s run succeeded by 07:00 Europe\/Berlin/);
+    assert.match(page, /Missed deadlines/);
+    assert.match(page, /2025-06-10/);
+    assert.match(page, /no run \(no worker was running at the tick, or the tick was skipped\)/);
+    const metrics = await (await http.request("/metrics")).text();
+    assert.match(metrics, /^kvflow_deadline_missed_total\{pipeline="nightly-report"\} 1$/m);
+    assert.doesNotMatch(metrics, /^kvflow_alerts_total\{pipeline="nightly-report"\} [1-9]/m);
+    const api = await (await http.request("/api/pipelines/nightly-report")).json();
+    assert.equal(api.schedule.deadline, "07:00");
   } finally {
     await engine.close();
   }

@@ -11,6 +11,7 @@
 import { Cron } from "croner";
 import type { Pipeline } from "../define/pipeline.ts";
 import type { Schedule } from "../define/schedule.ts";
+import { deadlineText } from "../define/deadline.ts";
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import type { RunRecord } from "../model/records.ts";
@@ -315,6 +316,8 @@ export interface ScheduleView {
   overlap: Schedule["overlap"];
   /** Active runs allowed. */
   maxActive: number;
+  /** When each tick's run must have succeeded (`07:00 Europe/Berlin`, `4h after the tick`), or null. */
+  deadline: string | null;
   /** The last tick handled, ISO, or null before the first look. */
   lastTick: string | null;
   /** The next three ticks, ISO. */
@@ -336,6 +339,7 @@ export async function scheduleView(
     catchup: s.catchup,
     overlap: s.overlap,
     maxActive: s.maxActive,
+    deadline: s.deadline ? deadlineText(s.deadline, s.timezone) : null,
     lastTick: state ? new Date(state.lastTick).toISOString() : null,
     next: nextTicks(s, now, 3).map((t) => new Date(t).toISOString()),
   };
