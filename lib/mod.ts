@@ -36,6 +36,7 @@ export {
 } from "./define/pipeline.ts";
 export { type ResolvedRetry, type RetryPolicy } from "./define/retry.ts";
 export { type Schedule, type ScheduleOptions } from "./define/schedule.ts";
+export { type Deadline } from "./define/deadline.ts";
 export {
   type AnyStep,
   type FanOut,
@@ -101,4 +102,4 @@ export { type ArtifactMeta } from "./model/artifacts.ts";
 export { type WaitState } from "./model/records.ts";
 export { type EventEffect, type EventRecord, type EventSource } from "./model/events.ts";
 export { type EventPage, type SendResult } from "./store/events.ts";
-export { type AlertRecord, type ChannelState } from "./alerts/alert.ts";
+export { type AlertRecord, type ChannelState, type DeadlineMissInfo } from "./alerts/alert.ts";
