@@ -15,6 +15,9 @@ import { tickRunId } from "../lib/engine/scheduler.ts";
 import { alertText } from "../lib/alerts/alert.ts";
 import { app } from "../lib/http/service.ts";
 import { TestClock } from "../lib/testing/mod.ts";
+import { SMTPServer } from "smtp-server";
+import type { RunRecord } from "../lib/mod.ts";
+import { missReason } from "../lib/engine/deadlines.ts";
 
 const at = (iso: string): number => Date.parse(iso);
 const iso = (ms: number): string => new Date(ms).toISOString();
@@ -229,4 +232,98 @@ Deno.test("the dashboard, /metrics and the API show the deadline and its misses"
   } finally {
     await engine.close();
   }
+});
+
+Deno.test("a missed deadline is e-mailed once over SMTP, with the tick, the deadline and why", async () => {
+  const mails: string[] = [];
+  const server = new SMTPServer({
+    disabledCommands: ["STARTTLS", "AUTH"],
+    authOptional: true,
+    logger: false,
+    onData(stream, _session, callback) {
+      let text = "";
+      stream.on("data", (c: Uint8Array) => text += new TextDecoder().decode(c));
+      stream.on("end", () => {
+        mails.push(text);
+        callback();
+      });
+    },
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.server.address() as { port: number }).port;
+  const clock = new TestClock("2025-06-09T12:00:00Z", { auto: false });
+  const p = pipeline("nightly-report", {
+    schedule: { cron: "0 3 * * *", timezone: BERLIN, deadline: "07:00" },
+    steps: [step("export", () => 1)],
+  });
+  const engine = await openEngine({
+    path: ":memory:",
+    queues: false,
+    clock,
+    pipelines: [p],
+    onAlert: () => {},
+    alertEmail: { smtpUrl: `smtp://127.0.0.1:${port}`, to: "oncall@example.com" },
+    alertBackoff: [10],
+  });
+  try {
+    await engine.scheduler.tick();
+    clock.set("2025-06-10T05:00:30Z");
+    await engine.worker.sweep(); // the engine's own watch, as a worker's sweep runs it
+    await engine.worker.settleAlerts();
+    await engine.worker.sweep();
+    await engine.worker.settleAlerts();
+    assert.equal(mails.length, 1, mails.map((m) => m.match(/^Subject: .*$/m)?.[0]).join("\n"));
+    assert.match(mails[0], /Subject: kvflow: nightly-report missed its deadline \(2025-06-10\)/);
+    const body = mails[0].replaceAll("=\r\n", ""); // quoted-printable soft line breaks
+    assert.match(body, /deadline: +2025-06-10T05:00:00.000Z \(07:00 Europe\/Berlin\)/);
+    assert.match(body, /why: +no run/);
+  } finally {
+    await engine.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+});
+
+Deno.test("why a run missed its deadline, for each state it can be in", () => {
+  const base = {
+    id: "r",
+    status: "running",
+    createdAt: 0,
+    startedAt: 1,
+    endedAt: null,
+    error: null,
+    waitingFor: null,
+  } as unknown as RunRecord;
+  const at = (fields: Partial<RunRecord>) => missReason({ ...base, ...fields }, 100);
+  assert.equal(
+    missReason(null, 100),
+    "no run (no worker was running at the tick, or the tick was skipped)",
+  );
+  assert.equal(at({}), "still running");
+  assert.equal(at({ status: "queued", startedAt: null }), "queued, not started");
+  assert.equal(
+    at({ status: "failed", error: { step: "export", message: "boom" } }),
+    "failed at step 'export': boom",
+  );
+  assert.equal(
+    at({ status: "succeeded", endedAt: 5000 }),
+    "succeeded late, at 1970-01-01T00:00:05.000Z",
+  );
+  assert.equal(
+    at({ createdAt: 2000 }),
+    "no run by the deadline (created late, at 1970-01-01T00:00:02.000Z)",
+  );
+  assert.equal(
+    at({
+      status: "waiting",
+      waitingFor: {
+        kind: "event",
+        step: "approve",
+        item: -1,
+        since: 0,
+        until: 9,
+        events: ["report.approved"],
+      },
+    }),
+    "waiting at step 'approve' for event report.approved",
+  );
 });

@@ -72,6 +72,8 @@ export class Worker {
   readonly #timers = new Map<string, () => void>();
   readonly #notified = new Map<string, Set<() => void>>();
   readonly #deliveries = new Set<Promise<unknown>>();
+  /** The alerts (`runId/seq`) being delivered by this process. */
+  readonly #delivering = new Set<string>();
   readonly #stop = new AbortController();
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
   #listening: Promise<void> | undefined;
@@ -402,13 +404,21 @@ export class Worker {
   }
 
   #deliver(runId: string, seq: number): void {
+    // the outbox sweep may find an alert this process is still delivering (retries take
+    // longer than its 5 s): the claim lets the same owner through, so skip it here
+    const key = `${runId}/${seq}`;
+    if (this.#delivering.has(key)) return;
+    this.#delivering.add(key);
     const delivery = deliverAlert(this.#store.kv, runId, seq, {
       webhook: this.#options.alertWebhook,
       email: this.#options.alertEmail,
       owner: this.id,
       backoff: this.#options.alertBackoff,
     }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
-      .finally(() => this.#deliveries.delete(delivery));
+      .finally(() => {
+        this.#deliveries.delete(delivery);
+        this.#delivering.delete(key);
+      });
     this.#deliveries.add(delivery);
   }
 }
