@@ -37,6 +37,7 @@ export {
 export { type ResolvedRetry, type RetryPolicy } from "./define/retry.ts";
 export { DEFAULT_RETENTION, type Retention, type RetentionOptions } from "./define/retention.ts";
 export { type Schedule, type ScheduleOptions } from "./define/schedule.ts";
+export { type Deadline } from "./define/deadline.ts";
 export {
   type AnyStep,
   type FanOut,
@@ -103,4 +104,4 @@ export { type ArtifactMeta } from "./model/artifacts.ts";
 export { type WaitState } from "./model/records.ts";
 export { type EventEffect, type EventRecord, type EventSource } from "./model/events.ts";
 export { type EventPage, type SendResult } from "./store/events.ts";
-export { type AlertRecord, type ChannelState } from "./alerts/alert.ts";
+export { type AlertRecord, type ChannelState, type DeadlineMissInfo } from "./alerts/alert.ts";

@@ -182,6 +182,7 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
     "chaos",
     "chaos-tick",
     "fenced",
+    "deadline-report",
     "await-one",
     "await-pair",
     "t-fail",

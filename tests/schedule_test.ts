@@ -269,7 +269,12 @@ Deno.test("catch-up latest: restarting at 03:40 runs the 03:00 job once, not the
   assert.deepEqual(await s.look(), [], "a second look creates nothing");
   const [run] = await s.runs();
   assert.equal(run.logicalDate, "2025-06-12");
-  assert.deepEqual(await s.state(), { lastTick: TICK_12, updatedAt: s.clock.now(), skipped: 2 });
+  assert.deepEqual(await s.state(), {
+    lastTick: TICK_12,
+    updatedAt: s.clock.now(),
+    skipped: 2,
+    since: Date.parse("2025-06-09T12:00:00Z"),
+  });
   assert.equal((await s.engine.runToEnd(run.id)).status, "succeeded");
   assert.equal((await s.runs()).length, 1);
 });
@@ -288,7 +293,12 @@ Deno.test("catch-up none: missed ticks are dropped; a tick found within two minu
     await using s = await afterDowntime({ ...NIGHTLY, catchup: "none" });
     assert.deepEqual(await s.look(), []);
     assert.equal((await s.runs()).length, 0);
-    assert.deepEqual(await s.state(), { lastTick: TICK_12, updatedAt: s.clock.now(), skipped: 3 });
+    assert.deepEqual(await s.state(), {
+      lastTick: TICK_12,
+      updatedAt: s.clock.now(),
+      skipped: 3,
+      since: Date.parse("2025-06-09T12:00:00Z"),
+    });
     s.clock.set("2025-06-13T01:00:30Z");
     assert.deepEqual(await s.look(), [Date.parse("2025-06-13T01:00:00Z")], "the next day runs");
   }
@@ -569,5 +579,6 @@ Deno.test("a bad schedule fails the pipeline definition with a clear error", () 
     catchupLimit: 10,
     overlap: "skip",
     maxActive: 1,
+    deadline: null,
   });
 });

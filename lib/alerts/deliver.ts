@@ -177,12 +177,14 @@ async function sendEmail(
     await transport.sendMail({
       from: email.from ?? "kvflow <kvflow@localhost>",
       to: email.to,
-      subject: `kvflow: ${alert.pipeline} run ${alert.runId} failed${
-        alert.step ? ` at ${alert.step}` : ""
-      }`,
+      subject: alert.deadline
+        ? `kvflow: ${alert.pipeline} missed its deadline (${alert.logicalDate}): ${alert.deadline.reason}`
+        : `kvflow: ${alert.pipeline} run ${alert.runId} failed${
+          alert.step ? ` at ${alert.step}` : ""
+        }`,
       // one Message-ID per failure, so a receiving system can drop a duplicate
       messageId: `<alert.${alert.runId}.${alert.seq}@kvflow>`,
-      text: [
+      text: alert.deadline ? deadlineMailText(alert) : [
         alertText(alert),
         "",
         `pipeline:     ${alert.pipeline}`,
@@ -212,6 +214,21 @@ async function sendEmail(
   }
 }
 
+function deadlineMailText(alert: AlertRecord): string {
+  const miss = alert.deadline!;
+  return [
+    alertText(alert),
+    "",
+    `pipeline:     ${alert.pipeline}`,
+    `tick:         ${new Date(miss.tick).toISOString()} (logical date ${alert.logicalDate})`,
+    `deadline:     ${new Date(miss.at).toISOString()} (${miss.rule})`,
+    `why:          ${miss.reason}`,
+    `run:          ${alert.runId}`,
+    "",
+    `status:  deno task status ${alert.runId}`,
+  ].join("\n");
+}
+
 /** Alerts waiting in the outbox for at least `minAgeMs`. */
 export async function pendingAlerts(
   kv: Kv,
@@ -239,6 +256,16 @@ function payload(alert: AlertRecord) {
       message: alert.message,
       logicalDate: alert.logicalDate,
       failedAt: new Date(alert.at).toISOString(),
+      ...(alert.deadline
+        ? {
+          deadline: {
+            tick: new Date(alert.deadline.tick).toISOString(),
+            at: new Date(alert.deadline.at).toISOString(),
+            rule: alert.deadline.rule,
+            reason: alert.deadline.reason,
+          },
+        }
+        : {}),
     },
   };
 }

@@ -66,6 +66,15 @@ export async function status(invocation: Invocation): Promise<number> {
       for (const line of statusLines(run, pipeline, steps, attempts, invocation.paint, items)) {
         invocation.out(line);
       }
+      // a missed deadline is alert 0; the failures' alerts are in the status lines already
+      const [missed] = (await runAlerts(engine.kv, runId)).filter((a) => a.deadline);
+      if (missed?.deadline) {
+        invocation.out(
+          `deadline missed: not succeeded by ${
+            new Date(missed.deadline.at).toISOString()
+          } (${missed.deadline.rule}): ${missed.deadline.reason} · alert webhook ${missed.webhook}`,
+        );
+      }
     }
     return EXIT.ok;
   } finally {
@@ -127,6 +136,7 @@ export async function pipelines(invocation: Invocation): Promise<number> {
       invocation.out(
         s
           ? `  schedule  ${s.cron} (${s.timezone}), catch-up ${s.catchup}, overlap ${s.overlap}` +
+            (s.deadline ? `\n  deadline  ${s.deadline}` : "") +
             `\n  last tick ${s.lastTick ?? "none yet"}\n  next      ${s.next.join(", ")}`
           : "  schedule  none (runs when triggered)",
       );

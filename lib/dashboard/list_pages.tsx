@@ -24,6 +24,8 @@ import {
 import { clip, paramFields, pipelineHref, runHref } from "./format.ts";
 import { nextTicks } from "../engine/scheduler.ts";
 import { formatRetention } from "../define/retention.ts";
+import type { DeadlineMiss } from "../engine/deadlines.ts";
+import { deadlineText } from "../define/deadline.ts";
 
 /** Runs on one page of the list, unless `?limit=` says otherwise. */
 export const DEFAULT_LIMIT = 25;
@@ -174,13 +176,15 @@ export interface PipelinePageData extends Frame {
   pipeline: Pipeline<unknown>;
   /** Its newest runs. */
   runs: RunRecord[];
+  /** Its newest ticks that missed the schedule's deadline. */
+  misses: DeadlineMiss[];
   /** Render time. */
   now: number;
 }
 
 /** `GET /pipelines/:name`: steps, params, schedule, recent runs, and a trigger form. */
 export function PipelinePage(
-  { pipeline, runs, now, auth, session }: PipelinePageData,
+  { pipeline, runs, misses, now, auth, session }: PipelinePageData,
 ): JSX.Element {
   const fields = paramFields(pipeline);
   return (
@@ -206,6 +210,15 @@ export function PipelinePage(
               {catchupText(pipeline.schedule)}; overlap: {pipeline.schedule.overlap} (at most{" "}
               {pipeline.schedule.maxActive} active)
             </dd>
+            {pipeline.schedule.deadline && (
+              <>
+                <dt>Deadline</dt>
+                <dd>
+                  each tick's run succeeded by{" "}
+                  {deadlineText(pipeline.schedule.deadline, pipeline.schedule.timezone)}
+                </dd>
+              </>
+            )}
             <dt>Then</dt>
             <dd>
               {nextTicks(pipeline.schedule, now, 4).slice(1).map((tick) => (
@@ -265,6 +278,7 @@ export function PipelinePage(
           From a shell: <code>deno task run {pipeline.name} --param key=value</code>
         </p>
       </section>
+      {pipeline.schedule?.deadline && <MissedDeadlines misses={misses} />}
       <h2>Recent runs</h2>
       <RunsTable runs={runs} now={now} />
       {runs.length > 0 && (
@@ -275,6 +289,44 @@ export function PipelinePage(
         </p>
       )}
     </Layout>
+  );
+}
+
+function MissedDeadlines({ misses }: { misses: DeadlineMiss[] }): JSX.Element {
+  return (
+    <section id="missed-deadlines">
+      <h2>Missed deadlines</h2>
+      {misses.length === 0 ? <p class="muted">None.</p> : (
+        <table class="stack">
+          <thead>
+            <tr>
+              <th>Logical date</th>
+              <th>Tick</th>
+              <th>Deadline</th>
+              <th>Why</th>
+              <th>Run</th>
+            </tr>
+          </thead>
+          <tbody>
+            {misses.map((m) => (
+              <tr class="deadline-missed">
+                <td data-label="Logical date">{m.logicalDate}</td>
+                <td data-label="Tick">
+                  <Time at={m.tick} />
+                </td>
+                <td data-label="Deadline">
+                  <Time at={m.at} /> ({m.rule})
+                </td>
+                <td data-label="Why">{m.reason}</td>
+                <td data-label="Run" class="mono">
+                  <a href={runHref(m.runId)}>{m.runId}</a>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
   );
 }
 

@@ -15,6 +15,7 @@ import { getCookie, setCookie } from "hono/cookie";
 import type { Engine } from "../engine/engine.ts";
 import { UsageError } from "../model/errors.ts";
 import { runAlerts } from "../alerts/alert.ts";
+import { deadlineMisses } from "../engine/deadlines.ts";
 import { RUN_STATUSES, type RunRecord, type RunStatus, type TaskRecord } from "../model/records.ts";
 import { CSS, JS } from "./assets.ts";
 import { ASSET_VERSION, ErrorPage, type Frame, LoginPage } from "./layout.tsx";
@@ -251,12 +252,16 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
     "/pipelines/:name",
     page(async (c) => {
       const pipeline = engine.pipeline(c.req.param("name") ?? "");
-      const { runs } = await engine.store.listRuns({ pipeline: pipeline.name, limit: 10 });
+      const [{ runs }, misses] = await Promise.all([
+        engine.store.listRuns({ pipeline: pipeline.name, limit: 10 }),
+        deadlineMisses(engine.kv, pipeline.name, 10),
+      ]);
       return c.html(
         <PipelinePage
           {...frame(c, pipeline.name)}
           pipeline={pipeline}
           runs={runs satisfies RunRecord[]}
+          misses={misses}
           now={engine.store.clock.now()}
         />,
       );

@@ -633,7 +633,8 @@ function Alerts({ alerts }: RunPageData): JSX.Element {
         <ul>
           {alerts.map((a) => (
             <li>
-              Alert {a.seq} · <Time at={a.at} /> · {a.step ? `step ${a.step}: ` : ""}
+              {a.deadline ? "Deadline missed" : `Alert ${a.seq}`} · <Time at={a.at} /> ·{" "}
+              {a.step ? `step ${a.step}: ` : ""}
               {a.message} · webhook {a.webhook}
               {a.webhookError ? ` (${a.webhookError})` : ""}
             </li>

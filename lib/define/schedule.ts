@@ -5,6 +5,7 @@
  * @module
  */
 import { Cron } from "croner";
+import { type Deadline, parseDeadline } from "./deadline.ts";
 
 /** When a pipeline runs on its own. */
 export interface ScheduleOptions {
@@ -26,6 +27,13 @@ export interface ScheduleOptions {
   overlap?: "skip" | "queue" | "allow";
   /** Active runs allowed before `overlap` applies. Default 1. */
   maxActive?: number;
+  /**
+   * When each tick's run must have succeeded, or an alert goes out: a time of day in the
+   * schedule's zone (`"07:00"`, `"07:00:30"`; the first such moment after the tick, so the
+   * next day when it is not after the tick's time), or a duration after the tick (`"4h"`).
+   * Default: none.
+   */
+  deadline?: string;
 }
 
 /** A schedule with every field resolved. */
@@ -42,6 +50,8 @@ export interface Schedule {
   readonly overlap: "skip" | "queue" | "allow";
   /** Active runs allowed. */
   readonly maxActive: number;
+  /** When each tick's run must have succeeded, or null. */
+  readonly deadline: Deadline | null;
 }
 
 export function resolveSchedule(pipelineName: string, options: ScheduleOptions): Schedule {
@@ -86,5 +96,6 @@ export function resolveSchedule(pipelineName: string, options: ScheduleOptions):
       throw new RangeError(`${where}: ${field} must be an integer from 1 to 1000, got ${value}`);
     }
   }
-  return { cron: options.cron, timezone, catchup, catchupLimit, overlap, maxActive };
+  const deadline = options.deadline === undefined ? null : parseDeadline(where, options.deadline);
+  return { cron: options.cron, timezone, catchup, catchupLimit, overlap, maxActive, deadline };
 }

@@ -13,6 +13,7 @@ import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver/driver.ts";
 import { type Clock, systemClock } from "../model/clock.ts";
 import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
+import { DeadlineWatch } from "./deadlines.ts";
 import { type AlertRecord, alertText } from "../alerts/alert.ts";
 import { migrate } from "../kv/migrations.ts";
 import type { Kv } from "../kv/kv.ts";
@@ -128,10 +129,16 @@ export class Engine {
       ? DEFAULT_EVENT_RETENTION_MS
       : toMs(options.eventRetention, "eventRetention");
     this.scheduler = new Scheduler(this.store, this.pipelines);
+    const deadlines = new DeadlineWatch(this.store, this.pipelines, {
+      webhook: Boolean(options.alertWebhook),
+      email: Boolean(options.alertEmail),
+    });
     this.worker = new Worker(this.store, {
       ...options,
       pipelines: this.pipelines,
       beforeSweep: async () => {
+        // before the ticks: a tick nothing ran for is seen without the run catch-up creates
+        for (const alert of await deadlines.check()) this.worker.alert(alert);
         for (const d of await this.scheduler.tick()) {
           if (d.outcome === "created") this.worker.wake(d.runId!);
         }

@@ -11,6 +11,7 @@
 import { Cron } from "croner";
 import type { Pipeline } from "../define/pipeline.ts";
 import type { Schedule } from "../define/schedule.ts";
+import { deadlineText } from "../define/deadline.ts";
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import type { RunRecord } from "../model/records.ts";
@@ -30,6 +31,11 @@ export interface ScheduleState {
    * late, since it was not missed but deferred.
    */
   queued?: number;
+  /**
+   * When the first look happened: deadlines are checked only for ticks after it, so a new
+   * pipeline is not blamed for ticks from before it existed.
+   */
+  since?: number;
 }
 
 /** A tick whose run could not start yet, or was not started, and why. */
@@ -145,7 +151,12 @@ export class Scheduler {
         // First look: start from the latest tick, without a run for it, so deploying a
         // pipeline does not start a run for a tick from before it existed.
         const [latest] = previousTicks(schedule, now, 1);
-        const state: ScheduleState = { lastTick: latest ?? now, updatedAt: now, skipped: 0 };
+        const state: ScheduleState = {
+          lastTick: latest ?? now,
+          updatedAt: now,
+          skipped: 0,
+          since: now,
+        };
         const ok = await commitAtomic(
           this.#store.kv.atomic().check(entry).set(keys.schedule(pipeline.name), state),
         );
@@ -235,6 +246,7 @@ export class Scheduler {
         lastTick,
         updatedAt: now,
         skipped: state.skipped + Math.max(0, dropped),
+        ...(state.since === undefined ? {} : { since: state.since }),
         ...(queued === undefined ? {} : { queued }),
       },
       runs,
@@ -304,6 +316,8 @@ export interface ScheduleView {
   overlap: Schedule["overlap"];
   /** Active runs allowed. */
   maxActive: number;
+  /** When each tick's run must have succeeded (`07:00 Europe/Berlin`, `4h after the tick`), or null. */
+  deadline: string | null;
   /** The last tick handled, ISO, or null before the first look. */
   lastTick: string | null;
   /** The next three ticks, ISO. */
@@ -325,6 +339,7 @@ export async function scheduleView(
     catchup: s.catchup,
     overlap: s.overlap,
     maxActive: s.maxActive,
+    deadline: s.deadline ? deadlineText(s.deadline, s.timezone) : null,
     lastTick: state ? new Date(state.lastTick).toISOString() : null,
     next: nextTicks(s, now, 3).map((t) => new Date(t).toISOString()),
   };

@@ -72,6 +72,8 @@ export class Worker {
   readonly #timers = new Map<string, () => void>();
   readonly #notified = new Map<string, Set<() => void>>();
   readonly #deliveries = new Set<Promise<unknown>>();
+  /** The alerts (`runId/seq`) being delivered by this process. */
+  readonly #delivering = new Set<string>();
   readonly #stop = new AbortController();
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
   #listening: Promise<void> | undefined;
@@ -273,7 +275,7 @@ export class Worker {
         },
         onEvent: this.#options.onEvent,
         beforeAttempt: this.#options.beforeAttempt,
-        onAlert: (alert) => this.#alert(alert),
+        onAlert: (alert) => this.alert(alert),
       });
       this.#active.set(runId, driver);
       await driver.start();
@@ -390,7 +392,11 @@ export class Worker {
     );
   }
 
-  #alert(alert: AlertRecord): void {
+  /**
+   * Reports an alert this process stored (`onAlert`, by default a line on stderr) and
+   * delivers it when channels are configured.
+   */
+  alert(alert: AlertRecord): void {
     (this.#options.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
     if (this.#options.alertWebhook || this.#options.alertEmail) {
       this.#deliver(alert.runId, alert.seq);
@@ -398,13 +404,21 @@ export class Worker {
   }
 
   #deliver(runId: string, seq: number): void {
+    // the outbox sweep may find an alert this process is still delivering (retries take
+    // longer than its 5 s): the claim lets the same owner through, so skip it here
+    const key = `${runId}/${seq}`;
+    if (this.#delivering.has(key)) return;
+    this.#delivering.add(key);
     const delivery = deliverAlert(this.#store.kv, runId, seq, {
       webhook: this.#options.alertWebhook,
       email: this.#options.alertEmail,
       owner: this.id,
       backoff: this.#options.alertBackoff,
     }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
-      .finally(() => this.#deliveries.delete(delivery));
+      .finally(() => {
+        this.#deliveries.delete(delivery);
+        this.#delivering.delete(key);
+      });
     this.#deliveries.add(delivery);
   }
 }

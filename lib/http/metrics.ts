@@ -56,6 +56,8 @@ interface Histogram {
 interface AlertCounts {
   at: number;
   alerts: Map<string, number>;
+  /** Ticks that missed their schedule's deadline, by pipeline. */
+  deadlineMisses: Map<string, number>;
   /** Waiting runs by pipeline, then by what they wait for. */
   waiting: Map<string, Map<string, number>>;
 }
@@ -165,6 +167,22 @@ export class Metrics {
     family("kvflow_alerts_total", "counter", "Alerts stored in KV (one per failure of a run).");
     for (const [pipeline, n] of [...counts.alerts].sort()) {
       out.push(`kvflow_alerts_total${labels({ pipeline })} ${n}`);
+    }
+    family(
+      "kvflow_deadline_missed_total",
+      "counter",
+      "Schedule ticks whose run had not succeeded by the schedule's deadline (one alert each). " +
+        "Counted with the alerts.",
+    );
+    const deadlinePipelines = new Set([
+      ...[...this.#engine.pipelines.values()].filter((p) => p.schedule?.deadline).map((p) =>
+        p.name
+      ),
+      ...counts.deadlineMisses.keys(),
+    ]);
+    for (const pipeline of [...deadlinePipelines].sort()) {
+      const n = counts.deadlineMisses.get(pipeline) ?? 0;
+      out.push(`kvflow_deadline_missed_total${labels({ pipeline })} ${n}`);
     }
     family(
       "kvflow_lease_takeovers_total",
@@ -309,9 +327,14 @@ export class Metrics {
     for await (
       const e of this.#engine.kv.list<AlertRecord>({ prefix: keys.allAlertsPrefix() })
     ) {
-      alerts.set(e.value.pipeline, (alerts.get(e.value.pipeline) ?? 0) + 1);
+      // a missed deadline is counted below, from its miss record
+      if (!e.value.deadline) increment(alerts, e.value.pipeline);
     }
-    return { at, alerts, waiting: await this.#countWaiting() };
+    const deadlineMisses = new Map<string, number>();
+    for await (const e of this.#engine.kv.list({ prefix: keys.deadlineMissPrefix() })) {
+      increment(deadlineMisses, e.key[2] as string);
+    }
+    return { at, alerts, deadlineMisses, waiting: await this.#countWaiting() };
   }
 
   /** Waiting runs by pipeline and kind: the status index, then the records, ten a read. */

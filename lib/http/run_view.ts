@@ -127,6 +127,7 @@ export function pipelineJson(
         catchupLimit: pipeline.schedule.catchupLimit,
         overlap: pipeline.schedule.overlap,
         maxActive: pipeline.schedule.maxActive,
+        deadline: pipeline.schedule.deadline?.text ?? null,
         lastTick: state ? new Date(state.lastTick).toISOString() : null,
         nextTicks: nextTicks(pipeline.schedule, Date.now(), 5).map((t) =>
           new Date(t).toISOString()

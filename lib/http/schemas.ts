@@ -179,6 +179,10 @@ export const PipelineSchema = response(
       catchupLimit: z.int().min(0),
       overlap: z.enum(["skip", "queue", "allow"]),
       maxActive: z.int().min(1),
+      deadline: z.string().nullable().describe(
+        "When each tick's run must have succeeded: a time of day in the schedule's zone " +
+          '("07:00") or a duration after the tick ("4h"); null when none',
+      ),
       lastTick: z.iso.datetime().nullable().describe(
         "The last tick the engine handled (ran, skipped or caught up); null before its first look",
       ),

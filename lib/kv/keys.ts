@@ -256,6 +256,16 @@ export function alertOutboxPrefix(): KvKey {
   return [ROOT, "alert_outbox"];
 }
 
+/** A tick whose run had not succeeded by its schedule's deadline: written once, by one worker. */
+export function deadlineMiss(pipeline: string, tick: number): KvKey {
+  return [ROOT, "deadline_miss", pipeline, tick];
+}
+
+/** Prefix of the missed deadlines of one pipeline, or of every pipeline. */
+export function deadlineMissPrefix(pipeline?: string): KvKey {
+  return pipeline === undefined ? [ROOT, "deadline_miss"] : [ROOT, "deadline_miss", pipeline];
+}
+
 /** The run that an `Idempotency-Key` created for a pipeline; written with the run. */
 export function idempotency(pipeline: string, key: string): KvKey {
   return [ROOT, "idempotency", pipeline, key];

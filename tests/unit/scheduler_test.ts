@@ -15,6 +15,7 @@ const berlin = (cron: string): Schedule => ({
   catchupLimit: 10,
   overlap: "skip",
   maxActive: 1,
+  deadline: null,
 });
 const utc = (iso: string): number => Date.parse(iso);
 const iso = (ticks: number[]): string[] => ticks.map((t) => new Date(t).toISOString());
