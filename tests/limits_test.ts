@@ -528,6 +528,18 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     eventEffectPrefix: keys.eventEffectPrefix(eventId),
     eventOutbox: keys.eventOutbox(eventId),
     eventOutboxPrefix: keys.eventOutboxPrefix(),
+    allEventEffectsPrefix: keys.allEventEffectsPrefix(),
+    alertOutboxRunPrefix: keys.alertOutboxRunPrefix(runId),
+    pruning: keys.pruning(runId),
+    pruningPrefix: keys.pruningPrefix(),
+    // a range: its end is the longer of its two keys
+    childRunsRange: keys.childRunsRange(runId).end,
+    blobRunPrefix: keys.blobRunPrefix(runId),
+    allIdempotencyPrefix: keys.allIdempotencyPrefix(),
+    prunedCount: keys.prunedCount(name),
+    prunedCountPrefix: keys.prunedCountPrefix(),
+    deadlineMiss: keys.deadlineMiss(name, at),
+    deadlineMissPrefix: keys.deadlineMissPrefix(name),
   };
   const builders = Object.entries(keys).filter(([k, v]) =>
     // keySize measures a key and taskOf reads one: neither builds one

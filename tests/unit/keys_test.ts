@@ -87,9 +87,13 @@ Deno.test('every key kvflow builds starts with "kvflow"', () => {
   assert.ok(builders.length >= 40, `only ${builders.length} key builders found`);
   for (const [name, build] of builders) {
     const args = Array.from({ length: build.length }, (_, i) => (i % 2 ? 1 : "x"));
-    const key = build(...args);
-    assert.equal(key[0], "kvflow", name);
-    assert.ok(key.length >= 2, name);
+    const built = build(...args) as Deno.KvKey | { start: Deno.KvKey; end: Deno.KvKey };
+    // a range builder gives the two ends of its range
+    const ends = "start" in built ? [built.start, built.end] : [built as Deno.KvKey];
+    for (const key of ends) {
+      assert.equal(key[0], "kvflow", name);
+      assert.ok(key.length >= 2, name);
+    }
   }
 });
 
