@@ -1,5 +1,5 @@
 /**
- * The command line: `run`, `resume`, `rerun`, `cancel`, `status`, `runs`, `pipelines`,
+ * The command line: `run`, `resume`, `rerun`, `cancel`, `pause`, `unpause`, `status`, `runs`, `pipelines`,
  * `send`, `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
  * and prints the command that resumes it.
  *
@@ -15,6 +15,7 @@ import * as foreground from "./foreground.ts";
 import * as inspect from "./inspect.ts";
 import * as longRunning from "./serve.ts";
 import { send } from "./send.ts";
+import { pause, unpause } from "./pause.ts";
 
 export { type CliContext, EXIT } from "./invocation.ts";
 export { heartbeat } from "./serve.ts";
@@ -25,6 +26,8 @@ const COMMANDS: Record<Command, (invocation: Invocation) => Promise<number>> = {
   resume: foreground.resume,
   rerun: foreground.rerun,
   cancel: foreground.cancel,
+  pause,
+  unpause,
   status: inspect.status,
   runs: inspect.runs,
   pipelines: inspect.pipelines,

@@ -205,6 +205,15 @@ export class Worker {
   }
 
   /**
+   * A pause of a run was committed in this process: the driver holding the run here, if
+   * any, finishes its attempts in flight and lets the run go as paused at once, instead
+   * of at its next look at the lease.
+   */
+  pause(runId: string): void {
+    this.#active.get(runId)?.pause();
+  }
+
+  /**
    * Resolves once {@linkcode Worker.notify} is called for the run (a delivery in this
    * process, or a queue hint from another), or when `signal` aborts.
    */

@@ -57,7 +57,7 @@ export async function cancel(
     const children = await activeChildren(store, runId);
     const marks = splitWrites(await cancelWrites(store, next, reason));
     const op = store.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId))
-      .delete(keys.bell(runId));
+      .delete(keys.bell(runId)).delete(keys.runPause(runId));
     op.set(keys.run(runId), next);
     moveDue(op, run, next);
     moveStatus(op, run, next);

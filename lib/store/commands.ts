@@ -13,7 +13,7 @@ import { UsageError } from "../model/errors.ts";
 import { validateParams } from "../model/params.ts";
 import { checkIdempotencyKey, checkRunId, newRunId } from "../model/run_id.ts";
 import { recordedGraph } from "../model/plans.ts";
-import { type Lease, type RunRecord, TERMINAL } from "../model/records.ts";
+import { type Lease, type PauseState, type RunRecord, TERMINAL } from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
 import { MAX_RUN_RECORD_BYTES } from "../kv/limits.ts";
 import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
@@ -22,7 +22,8 @@ import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { StoreParts } from "./parts.ts";
 import type { Delivery } from "../model/events.ts";
-import type { AtomicOperation, KvEntry } from "../kv/kv.ts";
+import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
+import { pausedRecord } from "./pause.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -174,11 +175,9 @@ export async function claim(
   holder: Omit<Lease, "deadline">,
   leaseMs: number,
 ): Promise<Claim | null> {
-  const [runEntry, leaseEntry, bellEntry] = await store.kv.getMany<[RunRecord, Lease, number]>([
-    keys.run(runId),
-    keys.lease(runId),
-    keys.bell(runId),
-  ]);
+  const [runEntry, leaseEntry, bellEntry, pauseEntry] = await store.kv.getMany<
+    [RunRecord, Lease, number, PauseState]
+  >([keys.run(runId), keys.lease(runId), keys.bell(runId), keys.runPause(runId)]);
   const run = runEntry.value;
   if (!run) return null;
   const now = store.clock.now();
@@ -188,9 +187,12 @@ export async function claim(
     if (bellEntry.versionstamp !== null) await dropInbox(store, runId);
     return null;
   }
+  // a paused run starts nothing until it is unpaused, which makes it due again
+  if (run.status === "paused") return null;
   const held = leaseEntry.value;
   const takeover = held !== null;
   if (held && held.deadline > now && !isDeadLocalHolder(held, holder)) return null;
+  if (await parkPaused(store, runEntry as KvEntry<RunRecord>, leaseEntry, pauseEntry)) return null;
   // A parked run is due at its time, or at once when a delivery rang its bell since.
   if (
     run.status === "waiting" && run.dueAt !== null && run.dueAt > now &&
@@ -229,6 +231,34 @@ export async function claim(
     await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(fence))).catch(() => {});
   }
   return { run: claimed, lease, leaseVersion: result.versionstamp };
+}
+
+/**
+ * Records a run `paused`, with no lease and no due entry, when it or (for a run that never
+ * started) its pipeline is paused: the commit checks the pause, so an unpause that came
+ * meanwhile leaves the run due. Only a new run reads its pipeline's pause.
+ *
+ * @returns whether the run is paused
+ */
+async function parkPaused(
+  store: StoreParts,
+  runEntry: KvEntry<RunRecord>,
+  leaseEntry: KvEntryMaybe<Lease>,
+  pauseEntry: KvEntryMaybe<PauseState>,
+): Promise<boolean> {
+  const run = runEntry.value;
+  let pause = pauseEntry;
+  if (pause.value === null && run.startedAt === null) {
+    pause = await store.kv.get<PauseState>(keys.pipelinePause(run.pipeline));
+  }
+  if (pause.value === null) return false;
+  const next = pausedRecord(run, pause.value);
+  const op = store.kv.atomic().check(runEntry, leaseEntry, pause).set(keys.run(run.id), next);
+  if (leaseEntry.value) op.delete(keys.lease(run.id));
+  moveDue(op, run, next);
+  moveStatus(op, run, next);
+  await commitAtomic(op);
+  return true;
 }
 
 /**

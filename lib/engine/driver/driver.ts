@@ -22,7 +22,8 @@ import type { ErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import { decodeValue, encodeMeasured, encodeSmall } from "../../kv/values.ts";
-import type { RunRecord, Stored, TaskRecord } from "../../model/records.ts";
+import type { PauseState, RunRecord, Stored, TaskRecord } from "../../model/records.ts";
+import { pausedRecord } from "../../store/pause.ts";
 import {
   attemptRecord,
   failAttempt,
@@ -84,7 +85,8 @@ export type Outcome =
   | "waiting"
   | "lost"
   | "interrupted"
-  | "released";
+  | "released"
+  | "paused";
 
 /** What a driver needs from its worker. */
 export interface DriverOptions {
@@ -161,8 +163,9 @@ export class RunDriver {
     this.#clock = store.clock;
     this.#runId = claim.run.id;
     this.#checkpoints = new Checkpoints(
-      { store, record: claim.run, leaseVersion: claim.leaseVersion },
+      { store, record: claim.run, leaseVersion: claim.leaseVersion, owner: claim.lease.owner },
       {
+        paused: () => this.pause(),
         acting: () => this.#acting(),
         refusing: () => this.#state === "refusing",
         lost: () => this.#end("lost"),
@@ -194,6 +197,7 @@ export class RunDriver {
           if (this.#graph.anyWaiting()) this.notify();
         },
         lost: () => this.#end("lost"),
+        paused: () => this.pause(),
       },
     );
     this.#waits = new Waits({
@@ -336,6 +340,55 @@ export class RunDriver {
       this.#options.store.wake(op, this.#runId, 0);
     });
     await this.#checkpoints.flush().catch(() => {});
+    this.#end("released");
+  }
+
+  /**
+   * Pauses the run (its pause is in KV: see `store/pause.ts`): starts nothing more at
+   * once, lets the attempts in flight finish and checkpoint (however long they take: a
+   * pause is no shutdown), then in one commit, fenced by the lease and checked against
+   * the pause, records the run `paused` with no lease and no due entry. An unpause that
+   * came meanwhile fails that check: the run is then handed back, queued and due now.
+   */
+  pause(): void {
+    if (!this.#drain()) return;
+    this.#letGoPaused().catch(this.#onFlushError);
+  }
+
+  async #letGoPaused(): Promise<void> {
+    while (this.#attempts.size > 0 && this.#state === "draining") {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.#state !== "draining") return;
+    this.#stopActing();
+    this.#cancelWake?.();
+    await this.#checkpoints.flush();
+    const pause = await this.#kv.get<PauseState>(keys.runPause(this.#runId));
+    let paused: RunRecord | undefined;
+    const outcome = pause.value === null
+      ? "conflict"
+      : await this.#checkpoints.commitFenced((op) => {
+        const from = this.#records.run;
+        paused = {
+          ...pausedRecord(from, pause.value!),
+          waitingFor: earliestWait(this.#graph.order),
+        };
+        op.check(pause).set(keys.run(this.#runId), paused).delete(keys.lease(this.#runId));
+        moveDue(op, from, paused);
+        moveStatus(op, from, paused);
+      });
+    if (outcome === "lost") return;
+    if (outcome === "ok") {
+      this.#records.adoptRun(paused!);
+      this.#end("paused");
+      return;
+    }
+    this.#records.changeRun({ ...this.#records.run, status: "queued", dueAt: this.#clock.now() });
+    this.#checkpoints.runOp((op) => {
+      op.delete(keys.lease(this.#runId));
+      this.#options.store.wake(op, this.#runId, 0);
+    });
+    await this.#checkpoints.flush();
     this.#end("released");
   }
 
