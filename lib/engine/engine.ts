@@ -268,7 +268,7 @@ export class Engine {
       const pause = await pausePipeline(this.store, target, reason);
       return { kind: "pipeline", pipeline: target, pause, runs: 0 };
     }
-    const run = await pauseRun(this.store, this.#targetRun(target), reason);
+    const run = await this.#onRun(target, (id) => pauseRun(this.store, id, reason));
     this.worker.pause(run.id);
     return { kind: "run", run };
   }
@@ -289,7 +289,7 @@ export class Engine {
       const runs = await unpausePipeline(this.store, target);
       return { kind: "pipeline", pipeline: target, pause: null, runs };
     }
-    const run = await unpauseRun(this.store, this.#targetRun(target));
+    const run = await this.#onRun(target, (id) => unpauseRun(this.store, id));
     if (run.status === "queued") this.worker.wake(run.id);
     return { kind: "run", run };
   }
@@ -301,14 +301,22 @@ export class Engine {
     return all;
   }
 
-  #targetRun(target: string): string {
-    if (isRunId(target)) return target;
-    throw new UsageError(
-      `Unknown pipeline or run '${target}': known pipelines are ${
-        [...this.pipelines.keys()].join(", ") || "(none)"
-      }`,
-      "not_found",
-    );
+  /** `change` of the run `target`, which names no known pipeline. */
+  async #onRun(target: string, change: (runId: string) => Promise<RunRecord>): Promise<RunRecord> {
+    const unknown = () =>
+      new UsageError(
+        `Unknown pipeline or run '${target}': known pipelines are ${
+          [...this.pipelines.keys()].join(", ") || "(none)"
+        }`,
+        "not_found",
+      );
+    if (!isRunId(target)) throw unknown();
+    try {
+      return await change(target);
+    } catch (error) {
+      if (error instanceof UsageError && error.code === "not_found") throw unknown();
+      throw error;
+    }
   }
 
   /**

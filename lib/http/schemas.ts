@@ -518,9 +518,14 @@ export type RunDetail = z.infer<typeof RunDetailSchema>;
 /** One step of a {@linkcode RunDetail}. */
 export type StepJson = z.infer<typeof StepSchema>;
 /** Body of the pause routes. */
-export const PauseRequestSchema = z.object({
-  reason: z.string().max(1000).optional().describe("Why; shown with the paused run or pipeline"),
-}).strict();
+export const PauseRequestSchema = request(
+  "PauseRequest",
+  z.strictObject({
+    reason: z.string().min(1).max(500).optional().describe(
+      "Why; shown with the paused run or pipeline",
+    ),
+  }),
+);
 
 /** A pipeline as the API shows it. */
 export type PipelineJson = z.infer<typeof PipelineSchema>;
