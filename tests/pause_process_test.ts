@@ -170,6 +170,21 @@ Deno.test("pause of a pipeline: triggers and schedule ticks wait, and everything
     return /kvflow_runs\{pipeline="pausable",status="paused"\} 3/.test(metrics) || undefined;
   });
 
+  // the dashboard shows the pause and offers Unpause; the run's SSE stream says paused
+  const page = await fetch(`${url}/pipelines/pausable`).then((r) => r.text());
+  assert.match(page, /⏸ paused<\/span> since/);
+  assert.match(page, /data-action="unpause" data-url="\/api\/pipelines\/pausable\/unpause"\s*>/);
+  const runPage = await fetch(`${url}/runs/${byHttp}`).then((r) => r.text());
+  assert.match(runPage, /Pipeline pausable is paused since/);
+  const stream = await fetch(`${url}/api/runs/${byHttp}/events`);
+  const reader = stream.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let sse = "";
+  while (!/event: run\ndata: .*\n/.test(sse)) sse += (await reader.read()).value ?? "";
+  await reader.cancel();
+  const first = JSON.parse(sse.match(/event: run\ndata: (.*)\n/)![1]);
+  assert.equal(first.status, "paused");
+  assert.equal(first.paused.by, "pipeline");
+
   const unpausedAt = Date.now();
   const unpaused = await post(`${url}/api/pipelines/pausable/unpause`, token);
   assert.equal(unpaused.status, 200);

@@ -101,9 +101,11 @@ export async function pipelines(invocation: Invocation): Promise<number> {
   const engine = await openCliEngine(invocation, invocation.context.pipelines);
   try {
     const now = engine.store.clock.now();
+    const paused = await engine.pausedPipelines();
     const list = [];
     for (const p of invocation.context.pipelines) {
       list.push({
+        paused: paused.get(p.name) ?? null,
         name: p.name,
         description: p.description ?? null,
         version: p.version,
@@ -121,6 +123,12 @@ export async function pipelines(invocation: Invocation): Promise<number> {
     }
     for (const p of list) {
       invocation.out(`${p.name}${p.description ? ` — ${p.description}` : ""}`);
+      if (p.paused) {
+        invocation.out(
+          `  paused    since ${new Date(p.paused.at).toISOString()}: ${p.paused.reason} ` +
+            `(triggers are queued; deno task unpause ${p.name})`,
+        );
+      }
       const s = p.schedule;
       invocation.out(
         s

@@ -258,6 +258,7 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
           pipeline={pipeline}
           runs={runs satisfies RunRecord[]}
           now={engine.store.clock.now()}
+          paused={(await engine.pausedPipelines()).get(pipeline.name) ?? null}
         />,
       );
     }),
