@@ -267,7 +267,12 @@ export class Worker {
         return "unknown-pipeline";
       }
       if (this.#stop.signal.aborted) return "skipped";
-      const claim = await this.#store.claim(runId, this.#holder, this.#options.leaseMs);
+      const claim = await this.#store.claim(
+        runId,
+        this.#holder,
+        this.#options.leaseMs,
+        run.pipeline,
+      );
       if (!claim) return "skipped";
       const driver = new RunDriver({
         store: this.#store,

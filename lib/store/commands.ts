@@ -174,10 +174,18 @@ export async function claim(
   runId: string,
   holder: Omit<Lease, "deadline">,
   leaseMs: number,
+  pipeline?: string,
 ): Promise<Claim | null> {
-  const [runEntry, leaseEntry, bellEntry, pauseEntry] = await store.kv.getMany<
-    [RunRecord, Lease, number, PauseState]
-  >([keys.run(runId), keys.lease(runId), keys.bell(runId), keys.runPause(runId)]);
+  // the pauses come with the run: the claim is the check that a paused run never starts
+  const [runEntry, leaseEntry, bellEntry, pauseEntry, pipelinePause] = await store.kv.getMany<
+    [RunRecord, Lease, number, PauseState, PauseState]
+  >([
+    keys.run(runId),
+    keys.lease(runId),
+    keys.bell(runId),
+    keys.runPause(runId),
+    keys.pipelinePause(pipeline ?? ""),
+  ]);
   const run = runEntry.value;
   if (!run) return null;
   const now = store.clock.now();
@@ -192,7 +200,15 @@ export async function claim(
   const held = leaseEntry.value;
   const takeover = held !== null;
   if (held && held.deadline > now && !isDeadLocalHolder(held, holder)) return null;
-  if (await parkPaused(store, runEntry as KvEntry<RunRecord>, leaseEntry, pauseEntry)) return null;
+  const known = run.pipeline === pipeline ? pipelinePause : null;
+  const paused = await parkPaused(
+    store,
+    runEntry as KvEntry<RunRecord>,
+    leaseEntry,
+    pauseEntry,
+    known,
+  );
+  if (paused) return null;
   // A parked run is due at its time, or at once when a delivery rang its bell since.
   if (
     run.status === "waiting" && run.dueAt !== null && run.dueAt > now &&
@@ -236,7 +252,8 @@ export async function claim(
 /**
  * Records a run `paused`, with no lease and no due entry, when it or (for a run that never
  * started) its pipeline is paused: the commit checks the pause, so an unpause that came
- * meanwhile leaves the run due. Only a new run reads its pipeline's pause.
+ * meanwhile leaves the run due. A new run's pipeline pause comes with the claim's read
+ * when the caller named the pipeline (the worker does), else it is read here.
  *
  * @returns whether the run is paused
  */
@@ -245,11 +262,12 @@ async function parkPaused(
   runEntry: KvEntry<RunRecord>,
   leaseEntry: KvEntryMaybe<Lease>,
   pauseEntry: KvEntryMaybe<PauseState>,
+  pipelinePause: KvEntryMaybe<PauseState> | null,
 ): Promise<boolean> {
   const run = runEntry.value;
   let pause = pauseEntry;
   if (pause.value === null && run.startedAt === null) {
-    pause = await store.kv.get<PauseState>(keys.pipelinePause(run.pipeline));
+    pause = pipelinePause ?? await store.kv.get<PauseState>(keys.pipelinePause(run.pipeline));
   }
   if (pause.value === null) return false;
   const next = pausedRecord(run, pause.value);
