@@ -140,6 +140,8 @@ export class RunDriver {
   readonly #waits: Waits;
   /** Whether the run is being parked (its waits recorded, its lease given up). */
   #parking = false;
+  /** While `draining`: why — a graceful stop of the worker, or a pause of the run. */
+  #drainCause: "stop" | "pause" = "stop";
   #cancelWake: (() => void) | undefined;
   #resolve!: (outcome: Outcome) => void;
   #reject!: (error: KvUnavailableError) => void;
@@ -352,6 +354,7 @@ export class RunDriver {
    */
   pause(): void {
     if (!this.#drain()) return;
+    this.#drainCause = "pause";
     this.#letGoPaused().catch(this.#onFlushError);
   }
 
@@ -795,7 +798,7 @@ export class RunDriver {
       attempts.delete(attempt);
       if (node.fan) node.fan.running--;
       this.#options.stepLimit.release();
-      this.#records.handBack(node, index, record, this.#clock.now());
+      this.#records.handBack(node, index, record, this.#clock.now(), this.#drainCause);
       this.wake();
       return;
     }
