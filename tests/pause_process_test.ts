@@ -281,3 +281,37 @@ Deno.test("pause and unpause refuse unknown targets and ended runs, by CLI and H
   proc.kill("SIGTERM");
   await proc.exit();
 });
+
+Deno.test("a run driven in the foreground and paused from another process: the CLI says so and exits 0", async () => {
+  await using box = await Sandbox.create();
+  const env = { PAUSE_STEPS: "10", PAUSE_STEP_MS: "150" };
+  const fg = box.spawn(["run", "pausable"], { ...fixture, env });
+  const [, runId] = await fg.waitForOutput(/▶ run (\S+) ·/, 20_000);
+  await box.waitForLedger("p03 started", (l) => l.step === "p03");
+  const paused = await box.cli(["pause", runId], { ...fixture, env });
+  assert.equal(paused.code, 0, paused.stderr);
+  const pause = (await runPauseOf(box, runId))!;
+  const exit = await fg.exit();
+  assert.equal(exit.code, 0, exit.stderr);
+  assert.match(
+    exit.stdout,
+    new RegExp(`⏸ run ${runId} paused after .*: Paused by request \\(CLI\\)`),
+  );
+  assert.match(exit.stdout, new RegExp(`deno task unpause ${runId}`));
+  const starts = (await box.ledger()).filter((l) => l.event === "start");
+  assert.ok(starts.filter((l) => l.at > pause.at).length <= 1, "at most the step in flight");
+  const run = await box.run(runId);
+  assert.equal(run.status, "paused");
+  // a worker continues it once unpaused, each step once
+  const worker = box.spawn(["worker"], { ...fixture, env: { ...env, KVFLOW_POLL_MS: "200" } });
+  await worker.waitForOutput(/worker .* started/, 20_000);
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal((await box.run(runId)).status, "paused", "the worker does not take it");
+  assert.equal((await box.cli(["unpause", runId], { ...fixture, env })).code, 0);
+  await box.waitForRun(runId, (r) => r.status === "succeeded", 15_000);
+  const all = (await box.ledger()).filter((l) => l.event === "start");
+  assert.deepEqual(all.map((l) => l.step).sort(), [...new Set(all.map((l) => l.step))].sort());
+  assert.equal(all.length, 10);
+  worker.kill("SIGTERM");
+  await worker.exit();
+});
