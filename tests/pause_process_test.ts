@@ -258,6 +258,18 @@ Deno.test("pause and unpause refuse unknown targets and ended runs, by CLI and H
   assert.equal(ended.code, 2);
   assert.match(ended.stderr, /already succeeded: nothing to pause/);
 
+  // a queued run nobody holds is paused at once; cancelling it ends the pause too
+  const queued = (await box.cli(["run", "pausable", "--detach"], { ...fixture, env })).stdout
+    .trim();
+  const pausedQueued = await box.cli(["pause", queued], { ...fixture, env });
+  assert.match(pausedQueued.stdout, new RegExp(`run ${queued} paused`));
+  assert.equal((await box.cli(["cancel", queued], { ...fixture, env })).code, 0);
+  const cancelled = await box.run(queued);
+  assert.equal(cancelled.status, "cancelled");
+  assert.equal(cancelled.paused, null);
+  assert.equal(await runPauseOf(box, queued), null);
+  assert.equal(await hasDue(box, queued), false);
+
   const { proc, url, token } = await serve(box, env);
   assert.equal((await post(`${url}/api/runs/${runId}/pause`, null)).status, 401);
   const conflict = await post(`${url}/api/runs/${runId}/pause`, token);

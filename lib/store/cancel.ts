@@ -50,6 +50,7 @@ export async function cancel(
       endedAt: now,
       dueAt: null,
       error: { step: null, message: reason },
+      ...(run.paused ? { paused: null } : {}),
     };
     // The run ends and loses its lease in one commit, checked against both, with its
     // running and retrying tasks marked when they fit (nearly always): a reader sees the

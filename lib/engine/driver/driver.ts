@@ -353,7 +353,8 @@ export class RunDriver {
    * came meanwhile fails that check: the run is then handed back, queued and due now.
    */
   pause(): void {
-    if (!this.#drain()) return;
+    // once: the lease's look and a repinned commit may both tell of the pause, repeatedly
+    if (this.#state !== "driving" || !this.#drain()) return;
     this.#drainCause = "pause";
     this.#letGoPaused().catch(this.#onFlushError);
   }
