@@ -228,16 +228,11 @@ export class Checkpoints {
     const commit = (async (): Promise<KvCommitResult | KvCommitError> => {
       if (!this.#hooks.acting()) return { ok: false };
       this.wroteChunks = true;
+      op.check({ key: this.#lease, versionstamp: this.#leaseVersion });
       try {
-        let result = await commitAtomic(
-          op.check({ key: this.#lease, versionstamp: this.#leaseVersion }),
-        );
-        if (!result.ok && await this.#repin()) {
-          result = await commitAtomic(
-            op.check({ key: this.#lease, versionstamp: this.#leaseVersion }),
-          );
-        }
-        if (!result.ok && this.#hooks.acting()) this.#hooks.lost();
+        const result = await commitAtomic(op);
+        // a pause marked the lease: the caller builds the op again (see `writeBlob`)
+        if (!result.ok && !(await this.#repin()) && this.#hooks.acting()) this.#hooks.lost();
         return result;
       } catch (error) {
         this.#hooks.failed(error);
