@@ -327,3 +327,35 @@ Deno.test("a run driven in the foreground and paused from another process: the C
   worker.kill("SIGTERM");
   await worker.exit();
 });
+
+Deno.test("pause of a run whose steps write large outputs: the one in flight is checkpointed whole", async () => {
+  await using box = await Sandbox.create();
+  const env = {
+    PAUSE_STEPS: "12",
+    PAUSE_STEP_MS: "100",
+    PAUSE_OUTPUT_BYTES: "300000",
+    KVFLOW_POLL_MS: "200",
+  };
+  const worker = box.spawn(["worker"], { ...fixture, env });
+  await worker.waitForOutput(/worker .* started/, 20_000);
+  const runId = (await box.cli(["run", "pausable", "--detach"], { ...fixture, env })).stdout.trim();
+  await box.waitForLedger("p03 started", (l) => l.step === "p03" && l.key.startsWith(runId));
+  assert.equal((await box.cli(["pause", runId], { ...fixture, env })).code, 0);
+  const run = await box.waitForRun(runId, (r) => r.status === "paused" || r.status === "succeeded");
+  const steps = await box.withStore((s) => s.getSteps(runId));
+  const done = [...steps.values()].filter((t) => t.status === "succeeded").length;
+  const starts = (await box.ledger()).filter((l) => l.event === "start").length;
+  if (run.status === "paused") {
+    assert.equal(starts, done, "every body that started was checkpointed: none lost in flight");
+  }
+  assert.equal((await box.cli(["unpause", runId], { ...fixture, env })).code, 0);
+  await box.waitForRun(runId, (r) => r.status === "succeeded", 20_000);
+  const all = (await box.ledger()).filter((l) => l.event === "start");
+  assert.equal(all.length, 12, "each step once");
+  assert.equal(
+    ((await box.withStore((s) => s.getOutput(runId, "p12"))) as string).length,
+    "12:".length + 300000,
+  );
+  worker.kill("SIGTERM");
+  await worker.exit();
+});
