@@ -96,7 +96,7 @@ export async function runs(invocation: Invocation): Promise<number> {
   }
 }
 
-/** `pipelines`: the registered pipelines, their steps and schedules. */
+/** `pipelines`: the registered pipelines, their steps and schedules, and their pauses. */
 export async function pipelines(invocation: Invocation): Promise<number> {
   const engine = await openCliEngine(invocation, invocation.context.pipelines);
   try {
@@ -105,7 +105,6 @@ export async function pipelines(invocation: Invocation): Promise<number> {
     const list = [];
     for (const p of invocation.context.pipelines) {
       list.push({
-        paused: paused.get(p.name) ?? null,
         name: p.name,
         description: p.description ?? null,
         version: p.version,
@@ -115,6 +114,7 @@ export async function pipelines(invocation: Invocation): Promise<number> {
           fanOut: Boolean(s.fanOut),
         })),
         schedule: await scheduleView(engine.scheduler, p, now),
+        paused: paused.get(p.name) ?? null,
       });
     }
     if (invocation.flags.json) {
