@@ -71,7 +71,13 @@ export {
 } from "./define/wait.ts";
 
 // Running them: open an engine, trigger runs, listen to what happens.
-export { Engine, type EngineEvent, type EngineOptions, openEngine } from "./engine/engine.ts";
+export {
+  Engine,
+  type EngineEvent,
+  type EngineOptions,
+  openEngine,
+  type PauseOutcome,
+} from "./engine/engine.ts";
 export { type PruneOptions, type PruneReport } from "./store/prune.ts";
 export { type WorkerOptions } from "./engine/worker.ts";
 export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
@@ -101,7 +107,7 @@ export {
   type TaskRecord,
 } from "./model/records.ts";
 export { type ArtifactMeta } from "./model/artifacts.ts";
-export { type WaitState } from "./model/records.ts";
+export { type PauseState, type WaitState } from "./model/records.ts";
 export { type EventEffect, type EventRecord, type EventSource } from "./model/events.ts";
 export { type EventPage, type SendResult } from "./store/events.ts";
 export { type AlertRecord, type ChannelState, type DeadlineMissInfo } from "./alerts/alert.ts";

@@ -193,6 +193,8 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
     "fan-child",
     "fan-parent",
     "parked",
+    "pausable",
+    "pause-parked",
   ]);
   const example = byName.get("example")!;
   assert.deepEqual(example.steps.map((s) => s.name), [

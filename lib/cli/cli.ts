@@ -1,6 +1,6 @@
 /**
- * The command line: `run`, `resume`, `rerun`, `cancel`, `status`, `runs`, `pipelines`,
- * `prune`, `send`, `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
+ * The command line: `run`, `resume`, `rerun`, `cancel`, `pause`, `unpause`, `status`, `runs`,
+ * `pipelines`, `prune`, `send`, `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
  * and prints the command that resumes it.
  *
  * @module
@@ -16,6 +16,7 @@ import * as inspect from "./inspect.ts";
 import * as longRunning from "./serve.ts";
 import { send } from "./send.ts";
 import { prune } from "./prune.ts";
+import { pause, unpause } from "./pause.ts";
 
 export { type CliContext, EXIT } from "./invocation.ts";
 export { heartbeat } from "./serve.ts";
@@ -26,6 +27,8 @@ const COMMANDS: Record<Command, (invocation: Invocation) => Promise<number>> = {
   resume: foreground.resume,
   rerun: foreground.rerun,
   cancel: foreground.cancel,
+  pause,
+  unpause,
   status: inspect.status,
   runs: inspect.runs,
   pipelines: inspect.pipelines,

@@ -142,6 +142,19 @@ async function foreground(
     }
     await engine.worker.settleAlerts();
     const took = formatMs(Date.now() - started);
+    if (end.status === "paused") {
+      invocation.out(
+        invocation.paint.warn(
+          `⏸ run ${end.id} paused after ${took}: ${end.paused?.reason ?? "paused"}`,
+        ),
+      );
+      invocation.out(
+        `  it goes on once unpaused: deno task unpause ${
+          end.paused?.by === "pipeline" ? end.pipeline : end.id
+        } (a worker continues it: deno task serve or deno task worker)`,
+      );
+      return EXIT.ok;
+    }
     if (end.status === "succeeded") {
       invocation.out(invocation.paint.ok(`✓ run ${end.id} succeeded in ${took}`));
       return EXIT.ok;

@@ -106,11 +106,12 @@ export async function runs(invocation: Invocation): Promise<number> {
   }
 }
 
-/** `pipelines`: the registered pipelines, their steps and schedules. */
+/** `pipelines`: the registered pipelines, their steps and schedules, and their pauses. */
 export async function pipelines(invocation: Invocation): Promise<number> {
   const engine = await openCliEngine(invocation, invocation.context.pipelines);
   try {
     const now = engine.store.clock.now();
+    const paused = await engine.pausedPipelines();
     const list = [];
     for (const p of invocation.context.pipelines) {
       list.push({
@@ -124,6 +125,7 @@ export async function pipelines(invocation: Invocation): Promise<number> {
         })),
         schedule: await scheduleView(engine.scheduler, p, now),
         retention: retentionJson(p.retention),
+        paused: paused.get(p.name) ?? null,
       });
     }
     if (invocation.flags.json) {
@@ -132,6 +134,12 @@ export async function pipelines(invocation: Invocation): Promise<number> {
     }
     for (const p of list) {
       invocation.out(`${p.name}${p.description ? ` — ${p.description}` : ""}`);
+      if (p.paused) {
+        invocation.out(
+          `  paused    since ${new Date(p.paused.at).toISOString()}: ${p.paused.reason} ` +
+            `(triggers are queued; deno task unpause ${p.name})`,
+        );
+      }
       const s = p.schedule;
       invocation.out(
         s

@@ -17,6 +17,8 @@ usage: deno task <command> [arguments]
   resume <run-id> [--force]
   rerun <run-id> --from <step> [--force]
   cancel <run-id>
+  pause <pipeline|run-id> [--json]
+  unpause <pipeline|run-id> [--json]
   status <run-id> [--json]
   runs [--pipeline P] [--status S] [--limit N] [--json]
   send <event> [--data JSON] [--id ID] [--json]
@@ -80,6 +82,8 @@ const COMMANDS = {
   resume: "<run-id>",
   rerun: "<run-id>",
   cancel: "<run-id>",
+  pause: "<pipeline|run-id>",
+  unpause: "<pipeline|run-id>",
   status: "<run-id>",
   runs: null,
   pipelines: null,

@@ -133,6 +133,7 @@ export function statusLines(
     `  status     ${colour(run.status, paint)}${
       run.error ? `: ${firstLine(run.error.message)}` : waiting ? `: ${waiting}` : ""
     }`,
+    ...(run.paused ? pausedLines(run) : []),
     ...(send ? [`  send       ${send}`] : []),
     `  trigger    ${run.trigger}, logical date ${run.logicalDate}`,
     ...(run.parent
@@ -234,4 +235,17 @@ function colour(text: string, paint: Paint, status = text): string {
 
 function firstLine(text: string | undefined): string {
   return (text ?? "").split("\n")[0];
+}
+
+/** What `status` says of a paused run: who paused it, when, why, and the way on. */
+function pausedLines(run: RunRecord): string[] {
+  const pause = run.paused!;
+  const by = pause.by === "pipeline" ? `pipeline ${run.pipeline}` : "run";
+  const when = new Date(pause.at).toISOString();
+  return [
+    `  paused     ${by} paused at ${when}: ${pause.reason}${
+      run.status === "paused" ? "" : " (attempts in flight finish first)"
+    }`,
+    `  unpause    deno task unpause ${pause.by === "pipeline" ? run.pipeline : run.id}`,
+  ];
 }

@@ -55,6 +55,7 @@ pre { background: var(--panel); border: 1px solid var(--line); border-radius: 6p
 .s-running { color: var(--run); background: var(--run-bg); }
 .s-waiting, .s-retrying { color: var(--wait); background: var(--wait-bg); }
 .s-queued, .s-pending, .s-cancelled, .s-skipped { color: var(--idle); background: var(--idle-bg); }
+.s-paused { color: var(--wait); background: var(--idle-bg); border-style: dashed; }
 h1 .badge { font-size: 1rem; }
 .panel { border: 1px solid var(--line); border-radius: 8px; padding: .8rem 1rem; margin: 1rem 0;
   background: var(--panel); }
@@ -158,7 +159,7 @@ export const JS = `"use strict";
   var body = document.body;
   var TOKEN_KEY = "kvflow.token";
   var TERMINAL = ["succeeded", "failed", "cancelled"];
-  var ICONS = { queued: "…", running: "▸", waiting: "↻", succeeded: "✓", failed: "✗",
+  var ICONS = { queued: "…", running: "▸", waiting: "↻", paused: "⏸", succeeded: "✓", failed: "✗",
     cancelled: "⊘", pending: "…", retrying: "↻", skipped: "–" };
   var runId = body.getAttribute("data-run");
   var authRequired = body.getAttribute("data-auth") === "required";
@@ -235,6 +236,8 @@ export const JS = `"use strict";
       if (action === "resume") b.disabled = !(run.status === "failed" || run.status === "cancelled");
       if (action === "rerun") b.disabled = !terminal;
       if (action === "cancel") b.disabled = terminal;
+      if (action === "pause" && runId) b.disabled = terminal || run.status === "paused" || !!run.paused;
+      if (action === "unpause" && runId) b.disabled = !(run.status === "paused" || !!run.paused);
     }
     var select = $("rerun-from");
     if (select) select.disabled = !terminal;
@@ -396,10 +399,18 @@ export const JS = `"use strict";
           follow();
           return;
         }
+        if (!runId && (action === "pause" || action === "unpause")) {
+          say(action === "pause" ? "Paused: new runs wait until it is unpaused." :
+            "Unpaused: the runs it held start now.", "ok");
+          location.reload();
+          return;
+        }
         var run = r.data && r.data.run && r.data.run.status ? r.data.run : r.data;
         applyRun(run);
         say({ resume: "Resumed: the run is queued again.", rerun: "Rerun queued.",
-          cancel: "Cancelled." }[action] || "Done.", "ok");
+          cancel: "Cancelled.", unpause: "Unpaused: the run goes on.",
+          pause: run && run.status === "paused" ? "Paused." :
+            "Pausing: the steps running now finish, then the run stops." }[action] || "Done.", "ok");
         refresh();
         if (action !== "cancel") follow();
       })

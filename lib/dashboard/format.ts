@@ -14,6 +14,7 @@ export const ICONS: Record<string, string> = {
   queued: "…",
   running: "▸",
   waiting: "↻",
+  paused: "⏸",
   succeeded: "✓",
   failed: "✗",
   cancelled: "⊘",

@@ -7,7 +7,7 @@
  */
 import type { JSX } from "hono/jsx/jsx-runtime";
 import type { Pipeline } from "../define/pipeline.ts";
-import type { RunRecord, RunStatus } from "../model/records.ts";
+import type { PauseState, RunRecord, RunStatus } from "../model/records.ts";
 import { RUN_STATUSES } from "../model/records.ts";
 import {
   Badge,
@@ -180,12 +180,15 @@ export interface PipelinePageData extends Frame {
   misses: DeadlineMiss[];
   /** Render time. */
   now: number;
+  /** The pipeline's pause, while it is paused. */
+  paused: PauseState | null;
 }
 
 /** `GET /pipelines/:name`: steps, params, schedule, recent runs, and a trigger form. */
 export function PipelinePage(
-  { pipeline, runs, misses, now, auth, session }: PipelinePageData,
+  { pipeline, runs, misses, now, auth, session, paused }: PipelinePageData,
 ): JSX.Element {
+  const api = `/api/pipelines/${encodeURIComponent(pipeline.name)}`;
   const fields = paramFields(pipeline);
   return (
     <Layout title={pipeline.name} auth={auth} session={session} page="pipeline">
@@ -194,6 +197,13 @@ export function PipelinePage(
       </p>
       <h1>{pipeline.name}</h1>
       {pipeline.description && <p>{pipeline.description}</p>}
+      {paused && (
+        <p class="panel paused" id="pipeline-paused">
+          <span class="badge s-paused">⏸ paused</span> since <Time at={paused.at} />:{" "}
+          {paused.reason}. Triggers are accepted and wait as paused runs; the schedule does not
+          advance. Unpause to start them (missed ticks follow the catch-up policy).
+        </p>
+      )}
       <dl class="facts">
         <dt>Version</dt>
         <dd class="mono">{pipeline.version}</dd>
@@ -273,9 +283,24 @@ export function PipelinePage(
         <div class="needs-js">
           <TriggerForm pipeline={pipeline.name} params={{}} />
         </div>
+        <div class="actions needs-js">
+          <button type="button" data-action="pause" data-url={`${api}/pause`} disabled={!!paused}>
+            Pause pipeline
+          </button>
+          <button
+            type="button"
+            data-action="unpause"
+            data-url={`${api}/unpause`}
+            disabled={!paused}
+          >
+            Unpause pipeline
+          </button>
+        </div>
         <p id="action-status" role="status" aria-live="polite"></p>
         <p class="muted">
-          From a shell: <code>deno task run {pipeline.name} --param key=value</code>
+          From a shell: <code>deno task run {pipeline.name} --param key=value</code> ·{" "}
+          <code>deno task pause {pipeline.name}</code> ·{" "}
+          <code>deno task unpause {pipeline.name}</code>
         </p>
       </section>
       {pipeline.schedule?.deadline && <MissedDeadlines misses={misses} />}

@@ -263,6 +263,7 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
           runs={runs satisfies RunRecord[]}
           misses={misses}
           now={engine.store.clock.now()}
+          paused={(await engine.pausedPipelines()).get(pipeline.name) ?? null}
         />,
       );
     }),

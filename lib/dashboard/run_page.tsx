@@ -141,6 +141,17 @@ function Problems(d: RunPageData): JSX.Element {
   const shown = failed.slice(0, 10);
   return (
     <div id="live-problems" data-live="">
+      {run.paused && (
+        <section class="panel" id="run-paused" aria-label="Paused">
+          <span class="badge s-paused">⏸ {run.status === "paused" ? "paused" : "pausing"}</span>
+          {" "}
+          {run.paused.by === "pipeline" ? `Pipeline ${run.pipeline} is paused` : "Paused"} since
+          {" "}
+          {new Date(run.paused.at).toISOString()}: {run.paused.reason}. {run.status === "paused"
+            ? "Nothing of it runs until it is unpaused; what it waits for is kept."
+            : "The steps running now finish and are checkpointed; then it stops."}
+        </section>
+      )}
       {(run.status === "failed" || run.status === "cancelled") && (
         <section class="panel problem" aria-labelledby="what-failed">
           <h2 id="what-failed">
@@ -250,6 +261,22 @@ function Actions(d: RunPageData): JSX.Element {
         </button>
         <button
           type="button"
+          data-action="pause"
+          data-url={`${api}/pause`}
+          disabled={terminal || run.status === "paused" || Boolean(run.paused)}
+        >
+          Pause
+        </button>
+        <button
+          type="button"
+          data-action="unpause"
+          data-url={`${api}/unpause`}
+          disabled={!(run.status === "paused" || run.paused)}
+        >
+          Unpause
+        </button>
+        <button
+          type="button"
           class="danger"
           data-action="cancel"
           data-url={`${api}/cancel`}
@@ -266,7 +293,8 @@ function Actions(d: RunPageData): JSX.Element {
       <p class="muted">
         From a shell: <code>deno task resume {run.id}</code> ·{" "}
         <code>deno task rerun {run.id} --from {firstFailed ?? "<step>"}</code> ·{" "}
-        <code>deno task cancel {run.id}</code>
+        <code>deno task cancel {run.id}</code> · <code>deno task pause {run.id}</code> ·{" "}
+        <code>deno task unpause {run.id}</code>
       </p>
       <p class="no-js-only muted">The buttons need JavaScript.</p>
     </section>

@@ -176,6 +176,8 @@ export function missReason(run: RunRecord | null, deadline: number): string {
         : `a sleep until ${new Date(wait.until).toISOString()}`;
       return `waiting at step '${wait.step}' for ${what}`;
     }
+    case "paused":
+      return `paused${run.paused?.reason ? `: ${run.paused.reason}` : ""}`;
   }
 }
 

@@ -8,7 +8,15 @@ import type { Pipeline } from "../define/pipeline.ts";
 import { UsageError } from "../model/errors.ts";
 import { openKv } from "../kv/open.ts";
 import { type CreateRunInput, type ListRunsOptions, type RunPage, Store } from "../store/store.ts";
-import { type RunRecord, TERMINAL } from "../model/records.ts";
+import { type PauseState, type RunRecord, TERMINAL } from "../model/records.ts";
+import {
+  pausedPipelines,
+  pausePipeline,
+  pauseRun,
+  unpausePipeline,
+  unpauseRun,
+} from "../store/pause.ts";
+import { isRunId } from "../model/run_id.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver/driver.ts";
 import { type Clock, systemClock } from "../model/clock.ts";
@@ -66,6 +74,25 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
    */
   eventRetention?: Duration;
 }
+
+/** What {@linkcode Engine.pause} or {@linkcode Engine.unpause} changed. */
+export type PauseOutcome =
+  | {
+    /** A run. */
+    kind: "run";
+    /** The run as it is now. */
+    run: RunRecord;
+  }
+  | {
+    /** A pipeline. */
+    kind: "pipeline";
+    /** Its name. */
+    pipeline: string;
+    /** The pause in effect, or null once unpaused. */
+    pause: PauseState | null;
+    /** How many held runs the unpause made due. */
+    runs: number;
+  };
 
 /** An open engine. Close it when done. */
 export class Engine {
@@ -233,6 +260,79 @@ export class Engine {
   }
 
   /**
+   * Pauses a pipeline (by name) or a run (by id). A paused pipeline accepts triggers but
+   * starts none of its new runs, and its schedule waits; a paused run finishes the
+   * attempts in flight and starts nothing more. Pausing a paused one changes nothing.
+   *
+   * @example Pause the nightly pipeline for a maintenance window
+   * ```ts ignore
+   * await engine.pause("nightly", "accounting API maintenance");
+   * ```
+   *
+   * @param target a pipeline's name or a run's id
+   * @param reason why, shown with the paused runs and pipeline
+   * @returns what was paused: the run (its status is `paused` once its holder let go), or
+   * the pipeline and its pause
+   * @throws {UsageError} `not_found` for an unknown pipeline or run, `conflict` for a run
+   * that ended
+   */
+  async pause(target: string, reason = "Paused by request"): Promise<PauseOutcome> {
+    if (this.pipelines.has(target)) {
+      const pause = await pausePipeline(this.store, target, reason);
+      return { kind: "pipeline", pipeline: target, pause, runs: 0 };
+    }
+    const run = await this.#onRun(target, (id) => pauseRun(this.store, id, reason));
+    this.worker.pause(run.id);
+    return { kind: "run", run };
+  }
+
+  /**
+   * Unpauses a pipeline (by name) or a run (by id): the runs the pause held are due now
+   * and the schedule catches up by its catch-up policy. Unpausing what is not paused
+   * changes nothing.
+   *
+   * @param target a pipeline's name or a run's id
+   * @returns what was unpaused: the run, or the pipeline and how many runs became due
+   * @throws {UsageError} `not_found` for an unknown pipeline or run, `conflict` for a run
+   * that ended
+   */
+  async unpause(target: string): Promise<PauseOutcome> {
+    if (this.pipelines.has(target)) {
+      // each run made due carries a queue hint; the sweep finds it anyway
+      const runs = await unpausePipeline(this.store, target);
+      return { kind: "pipeline", pipeline: target, pause: null, runs };
+    }
+    const run = await this.#onRun(target, (id) => unpauseRun(this.store, id));
+    if (run.status === "queued") this.worker.wake(run.id);
+    return { kind: "run", run };
+  }
+
+  /** The pauses of the pipelines this engine knows, by name. */
+  async pausedPipelines(): Promise<Map<string, PauseState>> {
+    const all = await pausedPipelines(this.store.kv);
+    for (const name of all.keys()) if (!this.pipelines.has(name)) all.delete(name);
+    return all;
+  }
+
+  /** `change` of the run `target`, which names no known pipeline. */
+  async #onRun(target: string, change: (runId: string) => Promise<RunRecord>): Promise<RunRecord> {
+    const unknown = () =>
+      new UsageError(
+        `Unknown pipeline or run '${target}': known pipelines are ${
+          [...this.pipelines.keys()].join(", ") || "(none)"
+        }`,
+        "not_found",
+      );
+    if (!isRunId(target)) throw unknown();
+    try {
+      return await change(target);
+    } catch (error) {
+      if (error instanceof UsageError && error.code === "not_found") throw unknown();
+      throw error;
+    }
+  }
+
+  /**
    * Sends an event: stores it, ends the waits it matches (their runs continue at once in
    * this process, or in whichever worker claims them) and starts the runs of the
    * pipelines it triggers. With an `id`, a repeat stores nothing and wakes nobody.
@@ -311,7 +411,10 @@ export class Engine {
           "not_found",
         );
       }
-      if (TERMINAL.has(run.status) || options.signal?.aborted) return run;
+      // a paused run goes on when unpaused, in whichever worker claims it then
+      if (TERMINAL.has(run.status) || run.status === "paused" || options.signal?.aborted) {
+        return run;
+      }
       if (run.status === "waiting" && run.waitingFor?.kind === "child") {
         // its children are due now: drive them here as well, then the run again
         const children = await this.store.waitingChildren(runId);

@@ -14,7 +14,7 @@ import type { Schedule } from "../define/schedule.ts";
 import { deadlineText } from "../define/deadline.ts";
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
-import type { RunRecord } from "../model/records.ts";
+import type { PauseState, RunRecord } from "../model/records.ts";
 import type { Store } from "../store/store.ts";
 import { UsageError } from "../model/errors.ts";
 
@@ -146,7 +146,12 @@ export class Scheduler {
     const out: TickDecision[] = [];
     for (let tries = 0; tries < 5; tries++) {
       const now = this.#store.clock.now();
-      const entry = await this.#store.kv.get<ScheduleState>(keys.schedule(pipeline.name));
+      const [entry, pause] = await this.#store.kv.getMany<[ScheduleState, PauseState]>([
+        keys.schedule(pipeline.name),
+        keys.pipelinePause(pipeline.name),
+      ]);
+      // Paused: the state stays where it is, so the unpause catches up by the policy.
+      if (pause.value !== null) return out;
       if (!entry.value) {
         // First look: start from the latest tick, without a run for it, so deploying a
         // pipeline does not start a run for a tick from before it existed.
@@ -165,7 +170,8 @@ export class Scheduler {
       }
       const plan = await this.#plan(pipeline, schedule, entry.value, now);
       if (!plan) return out;
-      const op = this.#store.kv.atomic().check(entry).set(keys.schedule(pipeline.name), plan.state);
+      const op = this.#store.kv.atomic().check(entry, pause)
+        .set(keys.schedule(pipeline.name), plan.state);
       for (const run of plan.runs) this.#store.addRunCreation(op, run);
       if ((await commitAtomic(op)).ok) {
         out.push(...plan.decisions);

@@ -207,6 +207,15 @@ export class Worker {
   }
 
   /**
+   * A pause of a run was committed in this process: the driver holding the run here, if
+   * any, finishes its attempts in flight and lets the run go as paused at once, instead
+   * of at its next look at the lease.
+   */
+  pause(runId: string): void {
+    this.#active.get(runId)?.pause();
+  }
+
+  /**
    * Resolves once {@linkcode Worker.notify} is called for the run (a delivery in this
    * process, or a queue hint from another), or when `signal` aborts.
    */
@@ -260,7 +269,12 @@ export class Worker {
         return "unknown-pipeline";
       }
       if (this.#stop.signal.aborted) return "skipped";
-      const claim = await this.#store.claim(runId, this.#holder, this.#options.leaseMs);
+      const claim = await this.#store.claim(
+        runId,
+        this.#holder,
+        this.#options.leaseMs,
+        run.pipeline,
+      );
       if (!claim) return "skipped";
       const driver = new RunDriver({
         store: this.#store,

@@ -129,11 +129,12 @@ export class Metrics {
 
   /** The metrics in the Prometheus text format (version 0.0.4). */
   async render(): Promise<string> {
-    const [runs, takeovers, counts, pruned] = await Promise.all([
+    const [runs, takeovers, counts, pruned, paused] = await Promise.all([
       this.#runCounts(),
       this.#engine.kv.get<KvU64>(keys.counter("lease_takeovers")),
       this.#alertCounts(),
       Array.fromAsync(this.#engine.kv.list<KvU64>({ prefix: keys.prunedCountPrefix() })),
+      this.#engine.pausedPipelines(),
     ]);
     const out: string[] = [];
     const family = (name: string, type: string, help: string) =>
@@ -146,6 +147,14 @@ export class Metrics {
         const n = runs.counts.get(pipeline)?.get(status) ?? 0n;
         out.push(`kvflow_runs${labels({ pipeline, status })} ${n}`);
       }
+    }
+    family(
+      "kvflow_pipeline_paused",
+      "gauge",
+      "1 while a pipeline is paused (its new runs wait, status paused), else 0.",
+    );
+    for (const pipeline of [...this.#engine.pipelines.keys()].sort()) {
+      out.push(`kvflow_pipeline_paused${labels({ pipeline })} ${paused.has(pipeline) ? 1 : 0}`);
     }
     family("kvflow_runs_counted_at_seconds", "gauge", "When kvflow_runs was read.");
     out.push(`kvflow_runs_counted_at_seconds ${runs.at / 1000}`);

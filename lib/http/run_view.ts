@@ -9,7 +9,13 @@ import { z } from "zod";
 import type { Pipeline } from "../define/pipeline.ts";
 import type { Engine } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
-import type { AttemptRecord, RunRecord, TaskRecord, WaitState } from "../model/records.ts";
+import type {
+  AttemptRecord,
+  PauseState,
+  RunRecord,
+  TaskRecord,
+  WaitState,
+} from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { type AlertRecord, runAlerts } from "../alerts/alert.ts";
 import { nextTicks, type ScheduleState } from "../engine/scheduler.ts";
@@ -56,6 +62,7 @@ export function runJson(run: RunRecord, now = Date.now()): RunJson {
     event: run.event ?? null,
     eventUrl: run.event ? eventUrl(run.event) : null,
     waitingFor: run.status === "waiting" && run.waitingFor ? waitJson(run.waitingFor) : null,
+    paused: run.paused ? { by: run.paused.by, at: run.paused.at, reason: run.paused.reason } : null,
   };
 }
 
@@ -103,11 +110,13 @@ const paramsSchemas = new WeakMap<object, Record<string, unknown> | null>();
  *
  * @param pipeline the definition
  * @param state its schedule's stored state, for the last tick
+ * @param pause its pause, while it is paused
  * @returns the JSON shape of `Pipeline`
  */
 export function pipelineJson(
   pipeline: Pipeline<unknown>,
   state: ScheduleState | null = null,
+  pause: PauseState | null = null,
 ): PipelineJson {
   return {
     name: pipeline.name,
@@ -135,6 +144,7 @@ export function pipelineJson(
       }
       : null,
     retention: retentionJson(pipeline.retention),
+    paused: pause ? { by: pause.by, at: pause.at, reason: pause.reason } : null,
   };
 }
 

@@ -33,7 +33,7 @@ const duration = z.int().min(0).describe("Milliseconds");
 /** Run statuses. */
 export const RunStatusSchema = response(
   "RunStatus",
-  z.enum(["queued", "running", "waiting", "succeeded", "failed", "cancelled"]),
+  z.enum(["queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled"]),
 );
 /** Step and fan-out item statuses. */
 export const StepStatusSchema = response(
@@ -99,6 +99,18 @@ export const WaitSchema = response(
   }),
 );
 
+/** A pause of a run or a pipeline. */
+export const PauseSchema = response(
+  "Pause",
+  z.object({
+    by: z.enum(["run", "pipeline"]).describe(
+      "`run`: the run was paused; `pipeline`: its pipeline was, before the run started",
+    ),
+    at: time.describe("When the pause was committed"),
+    reason: z.string(),
+  }),
+);
+
 /** A link to the step (and item) of a run, e.g. a child run's parent. */
 export const RunLinkSchema = response(
   "RunLink",
@@ -139,6 +151,10 @@ export const RunSchema = response(
     eventUrl: z.string().nullable().describe("That event in the API"),
     waitingFor: WaitSchema.nullable().describe(
       "While the run waits for a sleep, an event or a child run: the earliest wait",
+    ),
+    paused: PauseSchema.nullable().describe(
+      "While paused (or, with status `running`, while its worker finishes the attempts in " +
+        "flight before it lets go): who paused it, when and why",
     ),
   }),
 );
@@ -195,6 +211,10 @@ export const PipelineSchema = response(
     }).describe(
       "How long ended runs are kept after they end, by status (such as 30d), before " +
         "workers prune them with everything they own",
+    ),
+    paused: PauseSchema.nullable().describe(
+      "While paused: triggers are accepted, but its new runs wait (status `paused`) and its " +
+        "schedule does not advance until it is unpaused",
     ),
   }),
 );
@@ -509,6 +529,16 @@ export type RunJson = z.infer<typeof RunSchema>;
 export type RunDetail = z.infer<typeof RunDetailSchema>;
 /** One step of a {@linkcode RunDetail}. */
 export type StepJson = z.infer<typeof StepSchema>;
+/** Body of the pause routes. */
+export const PauseRequestSchema = request(
+  "PauseRequest",
+  z.strictObject({
+    reason: z.string().min(1).max(500).optional().describe(
+      "Why; shown with the paused run or pipeline",
+    ),
+  }),
+);
+
 /** A pipeline as the API shows it. */
 export type PipelineJson = z.infer<typeof PipelineSchema>;
 /** The data of a `step` event. */

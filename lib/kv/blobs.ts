@@ -68,16 +68,25 @@ export async function writeBlob(
   const id = crypto.randomUUID();
   const chunks = Math.max(1, Math.ceil(bytes.byteLength / CHUNK_BYTES));
   for (let first = 0; first < chunks; first += CHUNKS_PER_COMMIT) {
-    const op = kv.atomic();
-    if (first === 0) {
-      op.set(keys.blobPending(runId, id), { ...owner, chunks } satisfies PendingBlob);
-    }
-    for (let i = first; i < Math.min(chunks, first + CHUNKS_PER_COMMIT); i++) {
-      op.set(keys.blobChunk(runId, id, i), bytes.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES));
-    }
+    const build = () => {
+      const op = kv.atomic();
+      if (first === 0) {
+        op.set(keys.blobPending(runId, id), { ...owner, chunks } satisfies PendingBlob);
+      }
+      for (let i = first; i < Math.min(chunks, first + CHUNKS_PER_COMMIT); i++) {
+        op.set(
+          keys.blobChunk(runId, id, i),
+          bytes.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES),
+        );
+      }
+      return op;
+    };
     let result: KvCommitResult | KvCommitError;
     try {
-      result = await commit(op);
+      result = await commit(build());
+      // once more when refused: a fenced commit may have found its lease re-stamped by a
+      // pause (same holder), and checks the new stamp now; a lost lease refuses it again
+      if (!result.ok) result = await commit(build());
     } catch (error) {
       await dropBlob(kv, runId, id, first, commit);
       throw error;

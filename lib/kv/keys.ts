@@ -296,6 +296,24 @@ export function schedule(pipeline: string): KvKey {
   return [ROOT, "schedule", pipeline];
 }
 
+/**
+ * A run's pause: while it exists, no worker starts anything of the run (a holder finishes
+ * its attempts in flight and releases it). Value: a `PauseState`.
+ */
+export function runPause(runId: string): KvKey {
+  return [ROOT, "pause_run", runId];
+}
+
+/** A pipeline's pause: while it exists, its runs that never started are not claimed. */
+export function pipelinePause(pipeline: string): KvKey {
+  return [ROOT, "pause_pipeline", pipeline];
+}
+
+/** Prefix of {@linkcode pipelinePause}: every paused pipeline. */
+export function pipelinePausePrefix(): KvKey {
+  return [ROOT, "pause_pipeline"];
+}
+
 // ---- events and waits ----------------------------------------------------------------
 
 /** A stored event, by id. */

@@ -8,7 +8,14 @@ import type { Trigger } from "../define/context.ts";
 import type { ErrorInfo } from "./errors.ts";
 
 /** A run's status. */
-export type RunStatus = "queued" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
+export type RunStatus =
+  | "queued"
+  | "running"
+  | "waiting"
+  | "paused"
+  | "succeeded"
+  | "failed"
+  | "cancelled";
 
 /** A step's (or fan-out item's) status. */
 export type StepStatus =
@@ -28,6 +35,7 @@ export const RUN_STATUSES: readonly RunStatus[] = [
   "queued",
   "running",
   "waiting",
+  "paused",
   "succeeded",
   "failed",
   "cancelled",
@@ -88,6 +96,21 @@ export interface RunRecord {
   bellSeen?: string | null;
   /** While parked with waiting steps: what the earliest of them waits for. */
   waitingFor?: WaitState | null;
+  /** While `paused`: who paused it (the run itself, or its pipeline), when and why. */
+  paused?: PauseState | null;
+}
+
+/**
+ * A pause, as stored under the pause keys and, once the run let go of its lease and its
+ * due entry, in a `paused` run's record.
+ */
+export interface PauseState {
+  /** `run`: the run was paused; `pipeline`: its pipeline was, before the run started. */
+  by: "run" | "pipeline";
+  /** When the pause was committed, ms since the epoch. */
+  at: number;
+  /** Why, as given by whoever paused it. */
+  reason: string;
 }
 
 /** What a waiting step (status `waiting`) waits for, and until when. */
@@ -124,6 +147,12 @@ export interface Lease {
   pid: number;
   /** Ms since epoch after which any worker may take the run over. */
   deadline: number;
+  /**
+   * Set by a pause of the held run: the rewrite changes the lease's versionstamp, so the
+   * holder's next checkpoint fails its check, finds its own lease marked, and stops
+   * starting steps before it commits again (see `store/pause.ts`).
+   */
+  paused?: true;
 }
 
 /** A reference to bytes stored in chunks. */

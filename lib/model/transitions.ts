@@ -178,11 +178,12 @@ export function crashTask(task: TaskRecord, now: number): TaskRecord {
 }
 
 /** The error stored for an attempt that a gracefully stopping worker aborted. */
-export function releaseError(attempt: number): ErrorInfo {
+export function releaseError(attempt: number, cause: "stop" | "pause" = "stop"): ErrorInfo {
   return {
     name: "Interrupted",
-    message:
-      `The worker running attempt ${attempt} stopped gracefully (shutdown or restart) before it finished; the step runs again`,
+    message: cause === "pause"
+      ? `The run was paused before attempt ${attempt} began; the step runs once it is unpaused`
+      : `The worker running attempt ${attempt} stopped gracefully (shutdown or restart) before it finished; the step runs again`,
     retryable: true,
   };
 }

@@ -50,6 +50,7 @@ export async function cancel(
       endedAt: now,
       dueAt: null,
       error: { step: null, message: reason },
+      ...(run.paused ? { paused: null } : {}),
     };
     // The run ends and loses its lease in one commit, checked against both, with its
     // running and retrying tasks marked when they fit (nearly always): a reader sees the
@@ -57,7 +58,7 @@ export async function cancel(
     const children = await activeChildren(store, runId);
     const marks = splitWrites(await cancelWrites(store, next, reason));
     const op = store.kv.atomic().check(runEntry, leaseEntry).delete(keys.lease(runId))
-      .delete(keys.bell(runId));
+      .delete(keys.bell(runId)).delete(keys.runPause(runId));
     op.set(keys.run(runId), next);
     moveDue(op, run, next);
     moveStatus(op, run, next);

@@ -13,7 +13,7 @@ import { UsageError } from "../model/errors.ts";
 import { validateParams } from "../model/params.ts";
 import { checkIdempotencyKey, checkRunId, newRunId } from "../model/run_id.ts";
 import { recordedGraph } from "../model/plans.ts";
-import { type Lease, type RunRecord, TERMINAL } from "../model/records.ts";
+import { type Lease, type PauseState, type RunRecord, TERMINAL } from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
 import { MAX_RUN_RECORD_BYTES } from "../kv/limits.ts";
 import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
@@ -22,7 +22,8 @@ import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { StoreParts } from "./parts.ts";
 import type { Delivery } from "../model/events.ts";
-import type { AtomicOperation, KvEntry } from "../kv/kv.ts";
+import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
+import { pausedRecord } from "./pause.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -174,11 +175,17 @@ export async function claim(
   runId: string,
   holder: Omit<Lease, "deadline">,
   leaseMs: number,
+  pipeline?: string,
 ): Promise<Claim | null> {
-  const [runEntry, leaseEntry, bellEntry] = await store.kv.getMany<[RunRecord, Lease, number]>([
+  // the pauses come with the run: the claim is the check that a paused run never starts
+  const [runEntry, leaseEntry, bellEntry, pauseEntry, pipelinePause] = await store.kv.getMany<
+    [RunRecord, Lease, number, PauseState, PauseState]
+  >([
     keys.run(runId),
     keys.lease(runId),
     keys.bell(runId),
+    keys.runPause(runId),
+    keys.pipelinePause(pipeline ?? ""),
   ]);
   const run = runEntry.value;
   if (!run) return null;
@@ -189,9 +196,20 @@ export async function claim(
     if (bellEntry.versionstamp !== null) await dropInbox(store, runId);
     return null;
   }
+  // a paused run starts nothing until it is unpaused, which makes it due again
+  if (run.status === "paused") return null;
   const held = leaseEntry.value;
   const takeover = held !== null;
   if (held && held.deadline > now && !isDeadLocalHolder(held, holder)) return null;
+  const known = run.pipeline === pipeline ? pipelinePause : null;
+  const paused = await parkPaused(
+    store,
+    runEntry as KvEntry<RunRecord>,
+    leaseEntry,
+    pauseEntry,
+    known,
+  );
+  if (paused) return null;
   // A parked run is due at its time, or at once when a delivery rang its bell since.
   if (
     run.status === "waiting" && run.dueAt !== null && run.dueAt > now &&
@@ -230,6 +248,36 @@ export async function claim(
     await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(fence))).catch(() => {});
   }
   return { run: claimed, lease, leaseVersion: result.versionstamp };
+}
+
+/**
+ * Records a run `paused`, with no lease and no due entry, when it or (for a run that never
+ * started) its pipeline is paused: the commit checks the pause, so an unpause that came
+ * meanwhile leaves the run due. A new run's pipeline pause comes with the claim's read
+ * when the caller named the pipeline (the worker does), else it is read here.
+ *
+ * @returns whether the run is paused
+ */
+async function parkPaused(
+  store: StoreParts,
+  runEntry: KvEntry<RunRecord>,
+  leaseEntry: KvEntryMaybe<Lease>,
+  pauseEntry: KvEntryMaybe<PauseState>,
+  pipelinePause: KvEntryMaybe<PauseState> | null,
+): Promise<boolean> {
+  const run = runEntry.value;
+  let pause = pauseEntry;
+  if (pause.value === null && run.startedAt === null) {
+    pause = pipelinePause ?? await store.kv.get<PauseState>(keys.pipelinePause(run.pipeline));
+  }
+  if (pause.value === null) return false;
+  const next = pausedRecord(run, pause.value);
+  const op = store.kv.atomic().check(runEntry, leaseEntry, pause).set(keys.run(run.id), next);
+  if (leaseEntry.value) op.delete(keys.lease(run.id));
+  moveDue(op, run, next);
+  moveStatus(op, run, next);
+  await commitAtomic(op);
+  return true;
 }
 
 /**

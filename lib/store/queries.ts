@@ -235,14 +235,18 @@ export async function dueRuns(kv: Kv, now: number, limit: number): Promise<strin
     let stale = 0;
     chunk.forEach(([at, id], j) => {
       const run = runs[j].value;
-      if (run?.dueAt === at || (run && !TERMINAL.has(run.status) && rung.has(`${at}\u0000${id}`))) {
+      const active = run && !TERMINAL.has(run.status);
+      // a paused run takes its deliveries when unpaused: they stay in its inbox
+      if (
+        run?.dueAt === at || (active && run.status !== "paused" && rung.has(`${at}\u0000${id}`))
+      ) {
         ids.push(id);
         return;
       }
       drop.check(runs[j]).delete(keys.due(at, id));
       // a delivery to a run that ended meanwhile leads nowhere: its inbox entry goes too
       const delivery = rung.get(`${at}\u0000${id}`);
-      if (delivery) {
+      if (delivery && !active) {
         drop.delete(keys.inbox(id, delivery.rung[0], delivery.rung[1])).delete(keys.bell(id));
       }
       stale++;

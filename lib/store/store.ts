@@ -178,14 +178,19 @@ export class Store {
    * retry is due. The commit writes the lease, a due-index entry at the lease deadline
    * (so a crash of this worker still leaves a wake-up), and the run as `running`.
    *
+   * A paused run, or a new run of a paused pipeline, is recorded `paused` instead.
+   *
+   * @param pipeline the run's pipeline, when the caller knows it: its pause is then read
+   * with the run, not after
    * @returns the claim, or null when another worker has it or there is nothing to do
    */
   async claim(
     runId: string,
     holder: Omit<Lease, "deadline">,
     leaseMs: number,
+    pipeline?: string,
   ): Promise<Claim | null> {
-    return await commands.claim(this, runId, holder, leaseMs);
+    return await commands.claim(this, runId, holder, leaseMs, pipeline);
   }
 
   /**

@@ -13,7 +13,13 @@ import { commitAtomic } from "../../kv/commit.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS } from "../../kv/limits.ts";
-import type { AttemptRecord, RunRecord, StepStatus, TaskRecord } from "../../model/records.ts";
+import type {
+  AttemptRecord,
+  Lease,
+  RunRecord,
+  StepStatus,
+  TaskRecord,
+} from "../../model/records.ts";
 import type { Store } from "../../store/store.ts";
 import type { StepNode } from "./graph.ts";
 import type { AtomicOperation, KvCommitError, KvCommitResult, KvKey } from "../../kv/kv.ts";
@@ -63,6 +69,12 @@ export interface CheckpointHooks {
   refuse(limit: string, refused: Write[], uncommitted: Write[]): Promise<void>;
   /** Called with each event once the writes before it are durable. */
   onEvent?: (event: RunEvent) => void;
+  /**
+   * The run was paused: the pause marked the lease (a new versionstamp, same holder), so
+   * the commit that found out retries with it. The driver must stop starting steps before
+   * this returns, since the retried commit may hold start markers.
+   */
+  paused(): void;
 }
 
 /** The queue of one run's checkpoint writes. */
@@ -73,6 +85,8 @@ export class Checkpoints {
   readonly #lease: KvKey;
   /** The lease's versionstamp that every commit checks. */
   #leaseVersion: string;
+  /** Who holds the lease: a pause marks it and keeps the holder. */
+  readonly #owner: string;
   /** Bytes of the run's largest index key, to count its run ops' keys. */
   readonly #indexKeyBytes: number;
   #writes = new Map<string, Write>();
@@ -90,15 +104,16 @@ export class Checkpoints {
   /**
    * Creates the queue of a claimed run.
    *
-   * @param run the run, its lease's versionstamp, and the store to commit to
+   * @param run the run, its lease's versionstamp and holder, and the store to commit to
    */
   constructor(
-    run: { store: Store; record: RunRecord; leaseVersion: string },
+    run: { store: Store; record: RunRecord; leaseVersion: string; owner: string },
     hooks: CheckpointHooks,
   ) {
     this.#store = run.store;
     this.#runId = run.record.id;
     this.#leaseVersion = run.leaseVersion;
+    this.#owner = run.owner;
     this.#lease = keys.lease(this.#runId);
     this.#hooks = hooks;
     this.#indexKeyBytes = keySize(
@@ -216,7 +231,8 @@ export class Checkpoints {
       op.check({ key: this.#lease, versionstamp: this.#leaseVersion });
       try {
         const result = await commitAtomic(op);
-        if (!result.ok && this.#hooks.acting()) this.#hooks.lost();
+        // a pause marked the lease: the caller builds the op again (see `writeBlob`)
+        if (!result.ok && !(await this.#repin()) && this.#hooks.acting()) this.#hooks.lost();
         return result;
       } catch (error) {
         this.#hooks.failed(error);
@@ -260,7 +276,7 @@ export class Checkpoints {
         return "ok";
       }
       const lease = await this.#store.kv.get(this.#lease);
-      if (lease.versionstamp === this.#leaseVersion) return "conflict";
+      if (lease.versionstamp === this.#leaseVersion || await this.#repin()) return "conflict";
       this.#hooks.lost();
       return "lost";
     })();
@@ -302,7 +318,8 @@ export class Checkpoints {
         keyBytes += w.keyBytes;
       }
     }
-    for (const [i, batch] of batches.entries()) {
+    for (let i = 0, repinned = false; i < batches.length; i++) {
+      const batch = batches[i];
       const last = i === batches.length - 1;
       const lease = { key: this.#lease, versionstamp: this.#leaseVersion };
       let leaseWritten = last && runOps.length > 0;
@@ -338,6 +355,12 @@ export class Checkpoints {
         return;
       }
       if (!result.ok) {
+        // a pause marked the lease: the same batch again, checked against the marked one
+        if (!repinned && await this.#repin()) {
+          repinned = true;
+          i--;
+          continue;
+        }
         this.#hooks.lost();
         return;
       }
@@ -350,6 +373,22 @@ export class Checkpoints {
     const onEvent = this.#hooks.onEvent;
     if (onEvent) { for (const e of events) onEvent(e); }
     for (const fn of after) fn();
+  }
+
+  /**
+   * After a failed check of the lease: when the lease is still this holder's and a pause
+   * marked it, adopts its versionstamp and tells the driver (a read only on that failure,
+   * never per step).
+   *
+   * @returns whether the lease was adopted
+   */
+  async #repin(): Promise<boolean> {
+    const entry = await this.#store.kv.get<Lease>(this.#lease);
+    if (entry.value?.owner !== this.#owner || entry.value.paused !== true) return false;
+    if (entry.versionstamp === this.#leaseVersion) return false;
+    this.#leaseVersion = entry.versionstamp!;
+    this.#hooks.paused();
+    return true;
   }
 
   #runAfterCommit(): void {

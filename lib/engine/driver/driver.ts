@@ -22,7 +22,8 @@ import type { ErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import { decodeValue, encodeMeasured, encodeSmall } from "../../kv/values.ts";
-import type { RunRecord, Stored, TaskRecord } from "../../model/records.ts";
+import type { PauseState, RunRecord, Stored, TaskRecord } from "../../model/records.ts";
+import { pausedRecord } from "../../store/pause.ts";
 import {
   attemptRecord,
   failAttempt,
@@ -84,7 +85,8 @@ export type Outcome =
   | "waiting"
   | "lost"
   | "interrupted"
-  | "released";
+  | "released"
+  | "paused";
 
 /** What a driver needs from its worker. */
 export interface DriverOptions {
@@ -138,6 +140,8 @@ export class RunDriver {
   readonly #waits: Waits;
   /** Whether the run is being parked (its waits recorded, its lease given up). */
   #parking = false;
+  /** While `draining`: why — a graceful stop of the worker, or a pause of the run. */
+  #drainCause: "stop" | "pause" = "stop";
   #cancelWake: (() => void) | undefined;
   #resolve!: (outcome: Outcome) => void;
   #reject!: (error: KvUnavailableError) => void;
@@ -161,8 +165,9 @@ export class RunDriver {
     this.#clock = store.clock;
     this.#runId = claim.run.id;
     this.#checkpoints = new Checkpoints(
-      { store, record: claim.run, leaseVersion: claim.leaseVersion },
+      { store, record: claim.run, leaseVersion: claim.leaseVersion, owner: claim.lease.owner },
       {
+        paused: () => this.pause(),
         acting: () => this.#acting(),
         refusing: () => this.#state === "refusing",
         lost: () => this.#end("lost"),
@@ -194,6 +199,7 @@ export class RunDriver {
           if (this.#graph.anyWaiting()) this.notify();
         },
         lost: () => this.#end("lost"),
+        paused: () => this.pause(),
       },
     );
     this.#waits = new Waits({
@@ -336,6 +342,57 @@ export class RunDriver {
       this.#options.store.wake(op, this.#runId, 0);
     });
     await this.#checkpoints.flush().catch(() => {});
+    this.#end("released");
+  }
+
+  /**
+   * Pauses the run (its pause is in KV: see `store/pause.ts`): starts nothing more at
+   * once, lets the attempts in flight finish and checkpoint (however long they take: a
+   * pause is no shutdown), then in one commit, fenced by the lease and checked against
+   * the pause, records the run `paused` with no lease and no due entry. An unpause that
+   * came meanwhile fails that check: the run is then handed back, queued and due now.
+   */
+  pause(): void {
+    // once: the lease's look and a repinned commit may both tell of the pause, repeatedly
+    if (this.#state !== "driving" || !this.#drain()) return;
+    this.#drainCause = "pause";
+    this.#letGoPaused().catch(this.#onFlushError);
+  }
+
+  async #letGoPaused(): Promise<void> {
+    while (this.#attempts.size > 0 && this.#state === "draining") {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.#state !== "draining") return;
+    this.#stopActing();
+    this.#cancelWake?.();
+    await this.#checkpoints.flush();
+    const pause = await this.#kv.get<PauseState>(keys.runPause(this.#runId));
+    let paused: RunRecord | undefined;
+    const outcome = pause.value === null
+      ? "conflict"
+      : await this.#checkpoints.commitFenced((op) => {
+        const from = this.#records.run;
+        paused = {
+          ...pausedRecord(from, pause.value!),
+          waitingFor: earliestWait(this.#graph.order),
+        };
+        op.check(pause).set(keys.run(this.#runId), paused).delete(keys.lease(this.#runId));
+        moveDue(op, from, paused);
+        moveStatus(op, from, paused);
+      });
+    if (outcome === "lost") return;
+    if (outcome === "ok") {
+      this.#records.adoptRun(paused!);
+      this.#end("paused");
+      return;
+    }
+    this.#records.changeRun({ ...this.#records.run, status: "queued", dueAt: this.#clock.now() });
+    this.#checkpoints.runOp((op) => {
+      op.delete(keys.lease(this.#runId));
+      this.#options.store.wake(op, this.#runId, 0);
+    });
+    await this.#checkpoints.flush();
     this.#end("released");
   }
 
@@ -742,7 +799,7 @@ export class RunDriver {
       attempts.delete(attempt);
       if (node.fan) node.fan.running--;
       this.#options.stepLimit.release();
-      this.#records.handBack(node, index, record, this.#clock.now());
+      this.#records.handBack(node, index, record, this.#clock.now(), this.#drainCause);
       this.wake();
       return;
     }

@@ -1,12 +1,13 @@
 /**
  * Lease renewal: while the driver acts on a run it renews the run's lease before a third
  * of it is spent, and in between looks whether another worker took the run over (a
- * cancel deletes the lease too), so that a lost run stops at once, not at its next commit.
+ * cancel deletes the lease too), so that a lost run stops at once, not at its next commit;
+ * the same read tells the driver when its run was paused.
  *
  * @module
  */
 import * as keys from "../../kv/keys.ts";
-import type { Lease } from "../../model/records.ts";
+import type { Lease, PauseState } from "../../model/records.ts";
 import type { Clock } from "../../model/clock.ts";
 import type { Kv, KvKey } from "../../kv/kv.ts";
 
@@ -18,6 +19,8 @@ export interface LeaseHooks {
   renew(lease: Lease): void;
   /** The lease is someone else's now, or gone. */
   lost(): void;
+  /** The run was paused (see `store/pause.ts`). */
+  paused(): void;
 }
 
 /** Renews one run's lease while its driver acts on it. */
@@ -25,6 +28,7 @@ export class LeaseRenewal {
   readonly #kv: Kv;
   readonly #clock: Clock;
   readonly #key: KvKey;
+  readonly #pauseKey: KvKey;
   readonly #leaseMs: number;
   readonly #hooks: LeaseHooks;
   #lease: Lease;
@@ -42,6 +46,7 @@ export class LeaseRenewal {
     this.#kv = claim.kv;
     this.#clock = claim.clock;
     this.#key = keys.lease(claim.runId);
+    this.#pauseKey = keys.runPause(claim.runId);
     this.#lease = claim.lease;
     this.#leaseMs = claim.leaseMs;
     this.#hooks = hooks;
@@ -65,8 +70,11 @@ export class LeaseRenewal {
       this.#hooks.renew(this.#lease);
       return;
     }
-    this.#kv.get<Lease>(this.#key).then((entry) => {
-      if (this.#hooks.acting() && entry.value?.owner !== this.#lease.owner) this.#hooks.lost();
+    // the same read tells of a pause: the driver then finishes what runs and lets go
+    this.#kv.getMany<[Lease, PauseState]>([this.#key, this.#pauseKey]).then(([entry, pause]) => {
+      if (!this.#hooks.acting()) return;
+      if (entry.value?.owner !== this.#lease.owner) this.#hooks.lost();
+      else if (pause.value !== null) this.#hooks.paused();
     }).catch(() => {});
   }
 }

@@ -181,14 +181,20 @@ export class RunRecords {
   }
 
   /** Records an attempt that was started, or still running, as handed back by a stop. */
-  handBack(node: StepNode, index: number, record: TaskRecord, now: number): void {
+  handBack(
+    node: StepNode,
+    index: number,
+    record: TaskRecord,
+    now: number,
+    cause: "stop" | "pause" = "stop",
+  ): void {
     this.setTask(node, index, releaseTask(record, now));
     this.writeAttempt(attemptRecord(
       node.def.name,
       index,
       record,
       "interrupted",
-      releaseError(record.attempt),
+      releaseError(record.attempt, cause),
       [],
       now,
     ));

@@ -1,9 +1,16 @@
 /**
- * Routes of the pipelines: the list, and one pipeline with its latest runs.
+ * Routes of the pipelines: the list, one pipeline with its latest runs, pause and unpause.
  *
  * @module
  */
-import { PipelineDetailSchema, PipelineListSchema, PipelinePathSchema } from "../schemas.ts";
+import type { Engine } from "../../engine/engine.ts";
+import {
+  PauseRequestSchema,
+  PipelineDetailSchema,
+  PipelineListSchema,
+  PipelinePathSchema,
+  PipelineSchema,
+} from "../schemas.ts";
 import { pipelineJson, runJson } from "../run_view.ts";
 import { type ApiContext, type ApiRoute, json, pipelineOf, route } from "./route.ts";
 
@@ -25,8 +32,10 @@ export function pipelineRoutes({ engine }: ApiContext): ApiRoute[] {
       responses: { 200: { description: "The pipelines", schema: PipelineListSchema } },
     }, async () => {
       const out = [];
+      const paused = await engine.pausedPipelines();
       for (const p of engine.pipelines.values()) {
-        out.push(pipelineJson(p, p.schedule ? await engine.scheduler.state(p.name) : null));
+        const state = p.schedule ? await engine.scheduler.state(p.name) : null;
+        out.push(pipelineJson(p, state, paused.get(p.name) ?? null));
       }
       return json(out);
     }),
@@ -45,10 +54,41 @@ export function pipelineRoutes({ engine }: ApiContext): ApiRoute[] {
       const page = await engine.store.listRuns({ pipeline: pipeline.name, limit: 10 });
       const now = Date.now();
       const state = pipeline.schedule ? await engine.scheduler.state(pipeline.name) : null;
+      const pause = (await engine.pausedPipelines()).get(pipeline.name) ?? null;
       return json({
-        ...pipelineJson(pipeline, state),
+        ...pipelineJson(pipeline, state, pause),
         lastRuns: page.runs.map((r) => runJson(r, now)),
       });
     }),
+
+    pauseRoute(engine, "pause"),
+    pauseRoute(engine, "unpause"),
   ];
+}
+
+/** `POST /api/pipelines/:name/pause` or `…/unpause`. */
+function pauseRoute(engine: Engine, verb: "pause" | "unpause"): ApiRoute {
+  return route({
+    method: "POST",
+    path: `/api/pipelines/:name/${verb}`,
+    operationId: `${verb}Pipeline`,
+    summary: verb === "pause"
+      ? "Pause a pipeline: triggers are accepted, but its new runs wait and its schedule stops"
+      : "Unpause a pipeline: the runs its pause held start, the schedule catches up",
+    description: "Idempotent: pausing a paused pipeline (or unpausing one that is not) " +
+      "changes nothing.",
+    tag: "pipelines",
+    access: "write",
+    params: PipelinePathSchema,
+    body: PauseRequestSchema,
+    responses: { 200: { description: "The pipeline", schema: PipelineSchema } },
+  }, async (_c, { params, body }) => {
+    const pipeline = pipelineOf(engine, params.name);
+    if (verb === "pause") {
+      await engine.pause(pipeline.name, body.reason ?? "Paused by request (HTTP)");
+    } else await engine.unpause(pipeline.name);
+    const state = pipeline.schedule ? await engine.scheduler.state(pipeline.name) : null;
+    const pause = (await engine.pausedPipelines()).get(pipeline.name) ?? null;
+    return json(pipelineJson(pipeline, state, pause));
+  });
 }

@@ -12,6 +12,7 @@ import type { Pipeline } from "../../define/pipeline.ts";
 import {
   CancelRequestSchema,
   ErrorResponseSchema,
+  PauseRequestSchema,
   PipelinePathSchema,
   RerunRequestSchema,
   ResumeRequestSchema,
@@ -175,6 +176,41 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
     }, async (_c, { params, body }) => {
       const run = await store.cancel(params.id, body.reason ?? "Cancelled by request (HTTP)");
       return json(runJson(run));
+    }),
+
+    route({
+      method: "POST",
+      path: "/api/runs/:id/pause",
+      operationId: "pauseRun",
+      summary: "Pause an active run: attempts in flight finish, nothing more starts",
+      description: "Idempotent. A run no worker holds is `paused` at once; a held run keeps its " +
+        "status (with `paused` set) until its worker has checkpointed the attempts in flight.",
+      tag: "runs",
+      access: "write",
+      params: RunPathSchema,
+      body: PauseRequestSchema,
+      responses: { 200: runResponse, 409: conflict },
+    }, async (_c, { params, body }) => {
+      await runOf(engine, params.id);
+      const result = await engine.pause(params.id, body.reason ?? "Paused by request (HTTP)");
+      return json(runJson(result.kind === "run" ? result.run : await runOf(engine, params.id)));
+    }),
+
+    route({
+      method: "POST",
+      path: "/api/runs/:id/unpause",
+      operationId: "unpauseRun",
+      summary: "Unpause a run: it continues where it stopped",
+      description: "Idempotent: unpausing a run that is not paused changes nothing.",
+      tag: "runs",
+      access: "write",
+      params: RunPathSchema,
+      body: PauseRequestSchema,
+      responses: { 200: runResponse, 409: conflict },
+    }, async (_c, { params }) => {
+      await runOf(engine, params.id);
+      const result = await engine.unpause(params.id);
+      return json(runJson(result.kind === "run" ? result.run : await runOf(engine, params.id)));
     }),
   ];
 }
