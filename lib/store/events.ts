@@ -5,8 +5,8 @@
  *
  * Matching is by (event name, payload field, value) through KV indexes: a send lists the
  * wait entries of its correlations, never the waiting runs. An event and a wait that race
- * are matched exactly once: both commit with a check on the correlation's head entry (the
- * send bumps it), so one of them sees the other; and each delivery checks the wait's entry
+ * are matched exactly once: both commit with a check on the correlation's head entry, and
+ * both bump it, so the later commit fails its check and looks again, seeing the other; and each delivery checks the wait's entry
  * and deletes every entry of that wait, so a wait takes one event, the first.
  *
  * @module

@@ -251,7 +251,10 @@ export class Waits {
       }
       if (!host.acting()) return;
       const outcome = await host.checkpoints.commitFenced((op) => {
-        for (const head of heads) op.check(head);
+        // checked AND bumped: a send that listed the waits before this commit then fails its
+        // own check of the head, looks again and finds this wait (a check alone would let
+        // both commit, each blind to the other)
+        for (const head of heads) op.check(head).set(head.key, `wait:${host.runId}`);
         addWaitEntries(op, {
           runId: host.runId,
           step,
