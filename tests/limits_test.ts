@@ -540,6 +540,9 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     prunedCountPrefix: keys.prunedCountPrefix(),
     deadlineMiss: keys.deadlineMiss(name, at),
     deadlineMissPrefix: keys.deadlineMissPrefix(name),
+    runPause: keys.runPause(runId),
+    pipelinePause: keys.pipelinePause(name),
+    pipelinePausePrefix: keys.pipelinePausePrefix(),
   };
   const builders = Object.entries(keys).filter(([k, v]) =>
     // keySize measures a key and taskOf reads one: neither builds one
