@@ -7,8 +7,8 @@
  *
  * @module
  */
+import { openBrowser, SCREENSHOTS, shot, skipBrowser } from "./_support/browser.ts";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
 import { type Service, startService } from "./_support/http.ts";
 import { gatePipelines } from "./_support/gates.ts";
 import { waitFor } from "./_support/helpers.ts";
@@ -16,8 +16,6 @@ import { sendButtons } from "../lib/dashboard/wait_panel.tsx";
 
 const TOKEN = "dashboard-events-token-31d7";
 const DATE = "2026-11-01";
-const CHROMIUM = Deno.env.get("KVFLOW_CHROMIUM") ?? "/usr/bin/chromium";
-const SCREENSHOTS = new URL("./.tmp/screenshots/", import.meta.url);
 
 async function service(): Promise<Service> {
   return await startService({ pipelines: gatePipelines(), token: TOKEN });
@@ -172,104 +170,70 @@ Deno.test("dashboard: /events lists events with the runs each woke or started; /
 
 // ---- the browser ----
 
-const chromiumFound = await Deno.stat(CHROMIUM).then(() => true, () => false);
-const inCi = Deno.env.get("CI") === "true";
-
 Deno.test({
   name: "dashboard in Chromium: open a waiting run, press Approve with the token, watch it finish",
-  ignore: !chromiumFound && !inCi,
+  ignore: skipBrowser,
   async fn() {
-    if (!chromiumFound) throw new Error(`CI needs Chromium at ${CHROMIUM} for the browser tests`);
     await using s = await service();
     const runId = await waitingGate(s);
     const rejectedId = await waitingGate(s, "2026-11-02");
-    const profile = await Deno.makeTempDir({ prefix: "kvflow-chromium-" });
-    await Deno.mkdir(SCREENSHOTS, { recursive: true });
-    const browser = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-      viewport: { width: 1280, height: 900 },
-    });
-    try {
-      const tab = browser.pages()[0] ?? await browser.newPage();
-      const problems: string[] = [];
-      tab.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-      tab.on("console", (m) => {
-        if (m.type() === "error") problems.push(`console: ${m.text()}`);
-      });
+    await using browser = await openBrowser();
+    const { tab, problems } = browser;
 
-      // 1. the waiting run says what it waits for
-      await tab.goto(`${s.url}/runs/${runId}`);
-      assert.equal(await tab.locator("#run-status").getAttribute("data-status"), "waiting");
-      const panel = tab.locator("#live-wait");
-      assert.match(await panel.innerText(), /Waiting for t\.approved or t\.rejected/);
-      assert.match(await panel.innerText(), /date = 2026-11-01/);
-      await tab.screenshot({ path: shot("run-waiting.png"), fullPage: true });
+    // 1. the waiting run says what it waits for
+    await tab.goto(`${s.url}/runs/${runId}`);
+    assert.equal(await tab.locator("#run-status").getAttribute("data-status"), "waiting");
+    const panel = tab.locator("#live-wait");
+    assert.match(await panel.innerText(), /Waiting for t\.approved or t\.rejected/);
+    assert.match(await panel.innerText(), /date = 2026-11-01/);
+    await tab.screenshot({ path: shot("run-waiting.png"), fullPage: true });
 
-      // 2. Approve asks for the token first, then sends the event; the run finishes live
-      await tab.evaluate(() => Object.assign(globalThis, { kvflowNoReload: true }));
-      await tab.getByRole("button", { name: "Approve" }).click();
-      assert.match(await tab.locator("#action-status").innerText(), /Enter the token first/);
-      await tab.locator("#token").fill(TOKEN);
-      await tab.getByRole("button", { name: "Save token" }).click();
-      await tab.locator("#action-status", { hasText: "Sent t.approved" }).waitFor();
-      await tab.locator('#run-status[data-status="succeeded"]').waitFor({ timeout: 15_000 });
-      assert.equal(await tab.evaluate(() => "kvflowNoReload" in globalThis), true);
-      await tab.locator("#live-wait section").waitFor({ state: "detached" });
-      await tab.locator('.node[data-step="finish"].s-succeeded').waitFor();
-      assert.equal((await s.engine.store.requireRun(runId)).status, "succeeded");
-      const { events } = await s.engine.listEvents({ name: "t.approved" });
-      assert.equal(events.length, 1);
-      assert.equal(events[0].source, "http");
-      assert.deepEqual(events[0].data, { date: DATE });
-      await tab.screenshot({ path: shot("run-approved.png"), fullPage: true });
+    // 2. Approve asks for the token first, then sends the event; the run finishes live
+    await tab.evaluate(() => Object.assign(globalThis, { kvflowNoReload: true }));
+    await tab.getByRole("button", { name: "Approve" }).click();
+    assert.match(await tab.locator("#action-status").innerText(), /Enter the token first/);
+    await tab.locator("#token").fill(TOKEN);
+    await tab.getByRole("button", { name: "Save token" }).click();
+    await tab.locator("#action-status", { hasText: "Sent t.approved" }).waitFor();
+    await tab.locator('#run-status[data-status="succeeded"]').waitFor({ timeout: 15_000 });
+    assert.equal(await tab.evaluate(() => "kvflowNoReload" in globalThis), true);
+    await tab.locator("#live-wait section").waitFor({ state: "detached" });
+    await tab.locator('.node[data-step="finish"].s-succeeded').waitFor();
+    assert.equal((await s.engine.store.requireRun(runId)).status, "succeeded");
+    const { events } = await s.engine.listEvents({ name: "t.approved" });
+    assert.equal(events.length, 1);
+    assert.equal(events[0].source, "http");
+    assert.deepEqual(events[0].data, { date: DATE });
+    await tab.screenshot({ path: shot("run-approved.png"), fullPage: true });
 
-      // 3. Reject with a reason fails the run with it
-      await tab.goto(`${s.url}/runs/${rejectedId}`);
-      await tab.locator("#send-reason").fill("numbers do not add up");
-      await tab.getByRole("button", { name: "Reject" }).click();
-      await tab.locator('#run-status[data-status="failed"]').waitFor({ timeout: 15_000 });
-      await tab.locator("#live-problems", { hasText: "Rejected: numbers do not add up" }).waitFor();
+    // 3. Reject with a reason fails the run with it
+    await tab.goto(`${s.url}/runs/${rejectedId}`);
+    await tab.locator("#send-reason").fill("numbers do not add up");
+    await tab.getByRole("button", { name: "Reject" }).click();
+    await tab.locator('#run-status[data-status="failed"]').waitFor({ timeout: 15_000 });
+    await tab.locator("#live-problems", { hasText: "Rejected: numbers do not add up" }).waitFor();
 
-      // 4. the events page links what each event did
-      await tab.goto(`${s.url}/events`);
-      await tab.locator(`#events-table a[href="/runs/${runId}"]`).waitFor();
-      await tab.screenshot({ path: shot("events.png"), fullPage: true });
-      await tab.locator(`#events-table a[href="/runs/${runId}"]`).click();
-      await tab.waitForURL(`**/runs/${runId}`);
+    // 4. the events page links what each event did
+    await tab.goto(`${s.url}/events`);
+    await tab.locator(`#events-table a[href="/runs/${runId}"]`).waitFor();
+    await tab.screenshot({ path: shot("events.png"), fullPage: true });
+    await tab.locator(`#events-table a[href="/runs/${runId}"]`).click();
+    await tab.waitForURL(`**/runs/${runId}`);
 
-      // 5. on a phone: no sideways scrolling, the buttons within reach
-      const third = await waitingGate(s, "2026-11-03");
-      await tab.setViewportSize({ width: 390, height: 844 });
-      await tab.goto(`${s.url}/runs/${third}`);
-      const width = await tab.evaluate<number>("document.documentElement.scrollWidth");
-      assert.ok(width <= 390, `no sideways scrolling on a phone (page is ${width}px wide)`);
-      await tab.getByRole("button", { name: "Approve" }).waitFor();
-      await tab.screenshot({ path: shot("run-waiting-phone.png"), fullPage: true });
-      await tab.goto(`${s.url}/events`);
-      const eventsWidth = await tab.evaluate<number>("document.documentElement.scrollWidth");
-      assert.ok(eventsWidth <= 390, `events page is ${eventsWidth}px wide on a phone`);
-      await tab.screenshot({ path: shot("events-phone.png"), fullPage: true });
+    // 5. on a phone: no sideways scrolling, the buttons within reach
+    const third = await waitingGate(s, "2026-11-03");
+    await tab.setViewportSize({ width: 390, height: 844 });
+    await tab.goto(`${s.url}/runs/${third}`);
+    const width = await tab.evaluate<number>("document.documentElement.scrollWidth");
+    assert.ok(width <= 390, `no sideways scrolling on a phone (page is ${width}px wide)`);
+    await tab.getByRole("button", { name: "Approve" }).waitFor();
+    await tab.screenshot({ path: shot("run-waiting-phone.png"), fullPage: true });
+    await tab.goto(`${s.url}/events`);
+    const eventsWidth = await tab.evaluate<number>("document.documentElement.scrollWidth");
+    assert.ok(eventsWidth <= 390, `events page is ${eventsWidth}px wide on a phone`);
+    await tab.screenshot({ path: shot("events-phone.png"), fullPage: true });
 
-      assert.deepEqual(problems, []);
-      console.error(`dashboard screenshots: ${SCREENSHOTS.pathname}`);
-    } finally {
-      await browser.close();
-      await Deno.remove(profile, { recursive: true });
-    }
+    assert.deepEqual(problems, []);
+    console.error(`dashboard screenshots: ${SCREENSHOTS.pathname}`);
   },
 });
-
-function shot(name: string): string {
-  return new URL(name, SCREENSHOTS).pathname;
-}

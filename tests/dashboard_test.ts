@@ -5,17 +5,15 @@
  *
  * @module
  */
+import { openBrowser, SCREENSHOTS, shot, skipBrowser } from "./_support/browser.ts";
 import assert from "node:assert/strict";
 import { z } from "zod";
-import { chromium } from "playwright-core";
 import { type Engine, openEngine, pipeline, step } from "../lib/mod.ts";
 import { dashboard, mayReadRequest } from "../lib/dashboard/mod.tsx";
 import { app, serve } from "../lib/http/service.ts";
 import { tempKv, waitFor } from "./_support/helpers.ts";
 
 const TOKEN = "dashboard-test-token-8c1f2e";
-const CHROMIUM = Deno.env.get("KVFLOW_CHROMIUM") ?? "/usr/bin/chromium";
-const SCREENSHOTS = new URL("./.tmp/screenshots/", import.meta.url);
 
 /** A payroll pipeline whose `publish` step fails until `world.fixed` flips. */
 function payroll(world: { fixed: boolean }) {
@@ -400,60 +398,17 @@ Deno.test("dashboard: the service mounts the pages beside the JSON API", async (
 
 // ---- the browser ----
 
-const chromiumFound = await Deno.stat(CHROMIUM).then(() => true, () => false);
-const inCi = Deno.env.get("CI") === "true";
-if (!chromiumFound && !inCi) {
-  console.error(
-    [
-      "",
-      "!".repeat(78),
-      `!! BROWSER TESTS SKIPPED: no Chromium at ${CHROMIUM}.`,
-      "!! Install it with: apt-get update && apt-get install -y --no-install-recommends chromium",
-      "!! (or point KVFLOW_CHROMIUM at a Chromium binary). In CI (CI=true) they fail instead.",
-      "!".repeat(78),
-      "",
-    ].join("\n"),
-  );
-}
-
 Deno.test({
   name:
     "dashboard in Chromium: open a failed run, see why, resume it with the token, watch it succeed live",
-  ignore: !chromiumFound && !inCi,
+  ignore: skipBrowser,
   async fn() {
-    if (!chromiumFound) {
-      throw new Error(
-        `CI needs Chromium at ${CHROMIUM} for the browser tests: .ci/run installs Debian's chromium`,
-      );
-    }
     await using f = await fixture();
     f.engine.worker.start();
     const server = await listen(f.engine);
-    const profile = await Deno.makeTempDir({ prefix: "kvflow-chromium-" });
-    await Deno.mkdir(SCREENSHOTS, { recursive: true });
-    const browser = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-      viewport: { width: 1280, height: 900 },
-    });
+    await using browser = await openBrowser();
+    const { tab: page, problems } = browser;
     try {
-      const page = browser.pages()[0] ?? await browser.newPage();
-      const problems: string[] = [];
-      page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-      page.on("console", (m) => {
-        if (m.type() === "error") problems.push(`console: ${m.text()}`);
-      });
-
       // 1. the list: the failed run stands out
       await page.goto(`${server.url}/`);
       await page.locator("#runs-table").waitFor();
@@ -529,16 +484,10 @@ Deno.test({
       assert.deepEqual(problems.filter((p) => !/status of 403 \(Forbidden\)/.test(p)), []);
       console.error(`dashboard screenshots: ${SCREENSHOTS.pathname}`);
     } finally {
-      await browser.close();
       await server.close();
-      await Deno.remove(profile, { recursive: true });
     }
   },
 });
-
-function shot(name: string): string {
-  return new URL(name, SCREENSHOTS).pathname;
-}
 
 /** The real service on a free loopback port, with the token. */
 async function listen(engine: Engine): Promise<{ url: string; close(): Promise<void> }> {
