@@ -62,6 +62,13 @@ Deno.test("formatMs() shows minutes and seconds under an hour, hours and minutes
   assert.equal(formatMs(26 * 3_600_000), "26h 0m");
 });
 
+Deno.test("formatMs() shows days and hours from two days on (a wait may last a year)", () => {
+  assert.equal(formatMs(48 * 3_600_000 - 60_000), "47h 59m");
+  assert.equal(formatMs(48 * 3_600_000), "2d 0h");
+  assert.equal(formatMs(365 * 86_400_000), "365d 0h");
+  assert.equal(formatMs(3 * 86_400_000 + 5 * 3_600_000 + 59 * 60_000), "3d 5h");
+});
+
 Deno.test("formatMs() rounds to what it shows before it picks the form, so no form overflows", () => {
   assert.equal(formatMs(999.6), "1.00s");
   assert.equal(formatMs(9_996), "10.0s");
