@@ -140,6 +140,11 @@ export class RunDriver {
   readonly #waits: Waits;
   /** Whether the run is being parked (its waits recorded, its lease given up). */
   #parking = false;
+  /**
+   * How many waits have ended in this driver: a park decided before a wait ended (a
+   * child's end taken by `notify` while the park flushed) is decided again.
+   */
+  #settled = 0;
   /** While `draining`: why — a graceful stop of the worker, or a pause of the run. */
   #drainCause: "stop" | "pause" = "stop";
   #cancelWake: (() => void) | undefined;
@@ -523,9 +528,13 @@ export class RunDriver {
   #park(nextAt: number): void {
     if (this.#parking) return;
     this.#parking = true;
+    const settled = this.#settled;
     const park = async (): Promise<"parked" | "again" | "gone"> => {
       await this.#checkpoints.flush();
       if (await this.#waits.readInbox()) return "again";
+      // a wait ended meanwhile (its delivery read by another look at the inbox, and its
+      // consumption already durable): the run may act now, so it is not parked
+      if (this.#settled !== settled) return "again";
       if (!this.#acting() || this.#state === "draining") return "gone";
       const bell = this.#waits.bellVersion;
       let parked: RunRecord | undefined;
@@ -612,6 +621,7 @@ export class RunDriver {
     // the delivery that ended the wait leaves the inbox in the commit of its result
     for (const key of consumed) this.#checkpoints.write(key, null, 256);
     this.#records.setTask(node, index, done, size);
+    this.#settled++;
     if (index >= 0) this.#checkFanDone(node);
     this.wake();
   }
