@@ -36,6 +36,16 @@ export {
 } from "./define/pipeline.ts";
 export { type ResolvedRetry, type RetryPolicy } from "./define/retry.ts";
 export { DEFAULT_RETENTION, type Retention, type RetentionOptions } from "./define/retention.ts";
+export {
+  type Debounce,
+  type DebounceOptions,
+  type Limit,
+  type LimitOptions,
+  MAX_PRIORITY,
+  PRIORITY_STEP_MS,
+  type Throttle,
+  type ThrottleOptions,
+} from "./define/flow.ts";
 export { type Schedule, type ScheduleOptions } from "./define/schedule.ts";
 export { type Deadline } from "./define/deadline.ts";
 export {

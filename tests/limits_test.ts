@@ -27,6 +27,7 @@ import * as keys from "../lib/kv/keys.ts";
 import { Metrics } from "../lib/http/metrics.ts";
 import { MAX_ITEMS, MAX_NAME_LENGTH } from "../lib/define/step.ts";
 import { MAX_EVENT_NAME_LENGTH } from "../lib/define/wait.ts";
+import { MAX_FLOW_KEY_LENGTH, MAX_FLOW_MAX } from "../lib/define/flow.ts";
 import { MAX_CORRELATION_LENGTH, MAX_EVENT_ID_LENGTH } from "../lib/model/events.ts";
 import {
   CHUNK_BYTES,
@@ -471,6 +472,9 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
   const field = "f".repeat(64);
   // a correlation value may use any character: three UTF-8 bytes each
   const correlation = "€".repeat(MAX_CORRELATION_LENGTH);
+  // a limit's key may use any character; its scope is ASCII
+  const flowKey = "€".repeat(MAX_FLOW_KEY_LENGTH);
+  const scope = "s".repeat(100);
   const built: Record<string, Deno.KvKey> = {
     run: keys.run(runId),
     runsByTime: keys.runsByTime(at, runId),
@@ -543,6 +547,15 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     runPause: keys.runPause(runId),
     pipelinePause: keys.pipelinePause(name),
     pipelinePausePrefix: keys.pipelinePausePrefix(),
+    slot: keys.slot(scope, flowKey, MAX_FLOW_MAX),
+    slotPrefix: keys.slotPrefix(scope, flowKey),
+    allSlotsPrefix: keys.allSlotsPrefix(),
+    throttleSlot: keys.throttleSlot(scope, flowKey, MAX_FLOW_MAX),
+    throttlePrefix: keys.throttlePrefix(scope, flowKey),
+    limitQueue: keys.limitQueue(scope, flowKey, -at, runId),
+    limitQueuePrefix: keys.limitQueuePrefix(scope, flowKey),
+    debounce: keys.debounce(name, flowKey),
+    debouncePrefix: keys.debouncePrefix(name),
   };
   const builders = Object.entries(keys).filter(([k, v]) =>
     // keySize measures a key and taskOf reads one: neither builds one

@@ -10,6 +10,18 @@ import { resolveSchedule, type Schedule, type ScheduleOptions } from "./schedule
 import { type AnyStep, checkName, type Schema, type Step, toTimeoutMs } from "./step.ts";
 import { checkEventName } from "./wait.ts";
 import { resolveRetention, type Retention, type RetentionOptions } from "./retention.ts";
+import {
+  checkPriority,
+  type Debounce,
+  type DebounceOptions,
+  type Limit,
+  type LimitOptions,
+  resolveDebounce,
+  resolveLimit,
+  resolveThrottle,
+  type Throttle,
+  type ThrottleOptions,
+} from "./flow.ts";
 
 /** Pipeline-wide defaults for its steps. */
 export interface PipelineDefaults {
@@ -50,6 +62,38 @@ export interface PipelineOptions<P, R = unknown> {
    * they own. Default: succeeded and cancelled `"30d"`, failed `"90d"`.
    */
   retention?: RetentionOptions;
+  /**
+   * At most `max` runs active at once per key (from the params), across every worker:
+   * the others stay `queued` and start, first come first served, as slots free up. A run
+   * that sleeps or waits keeps its slot.
+   */
+  limit?: LimitOptions<P>;
+  /** At most `max` runs started per period per key (from the params); the rest wait. */
+  throttle?: ThrottleOptions<P>;
+  /**
+   * Debounces the runs that HTTP and events start: a burst with the same key gives one
+   * run, with the last params, after a quiet period.
+   */
+  debounce?: DebounceOptions<P>;
+  /**
+   * The priority of its runs, 0 (the default) to 10, unless their trigger gives one: when
+   * workers are saturated, higher priority is claimed first, and age lifts priority.
+   */
+  priority?: number;
+}
+
+/** A pipeline's flow control, checked. */
+export interface PipelineFlow {
+  /** The concurrency limit of its runs per key. */
+  readonly limit: Limit | null;
+  /** The throttle of its run starts per key. */
+  readonly throttle: Throttle | null;
+  /** The debounce of its HTTP- and event-started runs. */
+  readonly debounce: Debounce | null;
+  /** The default priority of its runs. */
+  readonly priority: number;
+  /** Its steps' limits and throttles, scopes filled in, by step name. */
+  readonly steps: ReadonlyMap<string, { limit: Limit | null; throttle: Throttle | null }>;
 }
 
 /** A checked pipeline definition. */
@@ -84,6 +128,8 @@ export interface Pipeline<P = unknown, R = unknown> {
   readonly defaults: { readonly retry: ResolvedRetry; readonly timeoutMs: number };
   /** How long its ended runs are kept, by status. */
   readonly retention: Retention;
+  /** Limits, throttles, debounce and priority. */
+  readonly flow: PipelineFlow;
 }
 
 /**
@@ -167,6 +213,7 @@ export function pipeline<P = Record<string, never>, R = null>(
     on.set(event, toParams);
   }
   const retention = resolveRetention(name, options.retention);
+  const flow = resolveFlow(name, options as PipelineOptions<unknown, unknown>, steps);
   const children: Pipeline<unknown, unknown>[] = [];
   for (const s of steps) {
     if (s.wait?.kind === "child" && !children.includes(s.wait.pipeline)) {
@@ -189,6 +236,31 @@ export function pipeline<P = Record<string, never>, R = null>(
     schedule: options.schedule ? resolveSchedule(name, options.schedule) : null,
     defaults: { retry, timeoutMs },
     retention,
+    flow,
+  });
+}
+
+function resolveFlow(
+  name: string,
+  options: PipelineOptions<unknown, unknown>,
+  steps: readonly AnyStep[],
+): PipelineFlow {
+  const where = `pipeline '${name}'`;
+  const stepFlow = new Map<string, { limit: Limit | null; throttle: Throttle | null }>();
+  for (const s of steps) {
+    if (!s.limit && !s.throttle) continue;
+    const scope = `${name}/${s.name}`;
+    stepFlow.set(s.name, {
+      limit: s.limit ? { ...s.limit, scope: s.limit.scope || scope } : null,
+      throttle: s.throttle ? { ...s.throttle, scope: s.throttle.scope || scope } : null,
+    });
+  }
+  return Object.freeze({
+    limit: resolveLimit(`${where}: limit`, options.limit as never, name),
+    throttle: resolveThrottle(`${where}: throttle`, options.throttle as never, name),
+    debounce: resolveDebounce(`${where}: debounce`, options.debounce as never),
+    priority: options.priority === undefined ? 0 : checkPriority(where, options.priority),
+    steps: stepFlow,
   });
 }
 

@@ -8,6 +8,14 @@ import { type Duration, toMs } from "./duration.ts";
 import type { ItemContext, StepContext } from "./context.ts";
 import { resolveRetry, type RetryPolicy } from "./retry.ts";
 import type { WaitSpec } from "./wait.ts";
+import {
+  type Limit,
+  type LimitOptions,
+  resolveLimit,
+  resolveThrottle,
+  type Throttle,
+  type ThrottleOptions,
+} from "./flow.ts";
 
 /**
  * A schema that validates and types a value: a zod schema fits, as does anything with a
@@ -41,6 +49,13 @@ export interface Step<O> {
   readonly fanOut?: FanOut;
   /** Present when the step waits (sleep, event, child run) instead of running a body. */
   readonly wait?: WaitSpec;
+  /**
+   * Its concurrency limit per key, across every worker (scope `""`: the pipeline gives
+   * it `<pipeline>/<step>`).
+   */
+  readonly limit?: Limit;
+  /** Its throttle per key, across every worker (scope `""` as for `limit`). */
+  readonly throttle?: Throttle;
   /** The function, as the engine calls it. */
   readonly run: (input: unknown, ctx: StepContext) => Promise<unknown>;
   /** Carries the output type; never set. */
@@ -78,6 +93,13 @@ export interface StepOptions<N extends Needs, O> {
   retry?: RetryPolicy;
   /** Time limit of one attempt; on expiry `ctx.signal` aborts and the attempt fails. */
   timeout?: Duration;
+  /**
+   * At most `max` attempts of this step at once per key, across every worker: the key
+   * comes from the step's inputs (from the item, for a fan-out step).
+   */
+  limit?: LimitOptions<Inputs<N>>;
+  /** At most `max` attempts started per period per key, across every worker. */
+  throttle?: ThrottleOptions<Inputs<N>>;
 }
 
 /**
@@ -89,7 +111,12 @@ export interface StepOptions<N extends Needs, O> {
 export const MAX_ITEMS = 100_000;
 
 /** Options of a fan-out step: it runs its function once per item, each checkpointed. */
-export interface FanOutOptions<N extends Needs, I, O> extends StepOptions<N, O> {
+export interface FanOutOptions<N extends Needs, I, O>
+  extends Omit<StepOptions<N, O>, "limit" | "throttle"> {
+  /** At most `max` items at once per key (from the item), across every worker. */
+  limit?: LimitOptions<I>;
+  /** At most `max` items started per period per key (from the item), across workers. */
+  throttle?: ThrottleOptions<I>;
   /** Computes the list of items from the inputs: at most {@linkcode MAX_ITEMS}. */
   items: (inputs: Inputs<N>) => I[] | Promise<I[]>;
   /** Items running at once. Default 4. */
@@ -237,10 +264,14 @@ export function step(
       concurrency,
     };
   }
+  const limit = resolveLimit(`step '${name}': limit`, options.limit as never, "");
+  const throttle = resolveThrottle(`step '${name}': throttle`, options.throttle as never, "");
   return Object.freeze({
     kind: "step" as const,
     name,
     needs: Object.freeze({ ...needs }),
+    ...(limit ? { limit } : {}),
+    ...(throttle ? { throttle } : {}),
     output: options.output,
     retry: options.retry,
     timeout: options.timeout,

@@ -10,6 +10,22 @@
 import * as keys from "./keys.ts";
 import { type RunRecord, TERMINAL } from "../model/records.ts";
 import type { AtomicOperation } from "./kv.ts";
+import { PRIORITY_STEP_MS } from "../define/flow.ts";
+
+/**
+ * The time of a run's due-index entry, or null when it has none. A queued run that has
+ * not started is listed earlier by its priority's credit ({@linkcode PRIORITY_STEP_MS}
+ * per level), so workers with no room to spare claim it first, and a run that waited
+ * longer overtakes it (age lifts priority); it is due at once all the same. Any other
+ * run is listed at its due time.
+ */
+export function dueIndexTime(run: RunRecord): number | null {
+  if (run.dueAt === null) return null;
+  if (!run.priority || run.status !== "queued" || run.startedAt !== null || run.held) {
+    return run.dueAt;
+  }
+  return run.dueAt - run.priority * PRIORITY_STEP_MS;
+}
 
 /** Value of a {@linkcode keys.runsByPipelineStatus} entry whose run is in its count. */
 export const COUNTED = 1;
@@ -33,14 +49,16 @@ export function addRunIndexes(op: AtomicOperation, run: RunRecord): void {
     .sum(keys.runCount(run.pipeline, run.status), 1n);
   // a run imported as already ended (a history) is not active
   if (!TERMINAL.has(run.status)) op.set(keys.activeRun(run.pipeline, run.id), at);
-  if (run.dueAt !== null) op.set(keys.due(run.dueAt, run.id), run.id);
+  const due = dueIndexTime(run);
+  if (due !== null) op.set(keys.due(due, run.id), run.id);
 }
 
-/** Adds to `op` the due-index move from `before.dueAt` to `after.dueAt`. */
+/** Adds to `op` the due-index move from `before`'s entry to `after`'s (see {@linkcode dueIndexTime}). */
 export function moveDue(op: AtomicOperation, before: RunRecord, after: RunRecord): void {
-  if (before.dueAt === after.dueAt) return;
-  if (before.dueAt !== null) op.delete(keys.due(before.dueAt, before.id));
-  if (after.dueAt !== null) op.set(keys.due(after.dueAt, after.id), after.id);
+  const from = dueIndexTime(before), to = dueIndexTime(after);
+  if (from === to) return;
+  if (from !== null) op.delete(keys.due(from, before.id));
+  if (to !== null) op.set(keys.due(to, after.id), after.id);
 }
 
 /**

@@ -469,3 +469,61 @@ export function prunedCount(pipeline: string): KvKey {
 export function prunedCountPrefix(): KvKey {
   return [ROOT, "pruned_count"];
 }
+
+// ---- flow control ----------------------------------------------------------------------
+
+/**
+ * A slot of a concurrency limit (`define/flow.ts`): slots `0..max-1` of a (scope, key),
+ * each held by at most one run or step attempt (its `SlotHolder`), taken with a
+ * check that it is free.
+ */
+export function slot(scope: string, key: string, index: number): KvKey {
+  return [ROOT, "slot", scope, key, index];
+}
+
+/** Prefix of the slots of one limit key. */
+export function slotPrefix(scope: string, key: string): KvKey {
+  return [ROOT, "slot", scope, key];
+}
+
+/** Prefix of every slot. */
+export function allSlotsPrefix(): KvKey {
+  return [ROOT, "slot"];
+}
+
+/**
+ * A throttle's budget: entries `0..max-1` of a (scope, key), each the time it last let a
+ * start through. A start takes an entry last used a period or more ago, so any period
+ * holds at most `max` starts.
+ */
+export function throttleSlot(scope: string, key: string, index: number): KvKey {
+  return [ROOT, "throttle", scope, key, index];
+}
+
+/** Prefix of one throttle key's entries. */
+export function throttlePrefix(scope: string, key: string): KvKey {
+  return [ROOT, "throttle", scope, key];
+}
+
+/**
+ * A run held back by a full limit, in the order it will get a slot: `rank` is its
+ * creation time less its priority's credit (first come, first served within a priority).
+ */
+export function limitQueue(scope: string, key: string, rank: number, runId: string): KvKey {
+  return [ROOT, "limit_queue", scope, key, rank, runId];
+}
+
+/** Prefix of one limit key's queue. */
+export function limitQueuePrefix(scope: string, key: string): KvKey {
+  return [ROOT, "limit_queue", scope, key];
+}
+
+/** The run a burst of triggers with the same debounce key is gathering into. */
+export function debounce(pipeline: string, key: string): KvKey {
+  return [ROOT, "debounce", pipeline, key];
+}
+
+/** Prefix of a pipeline's debounce entries. */
+export function debouncePrefix(pipeline: string): KvKey {
+  return [ROOT, "debounce", pipeline];
+}

@@ -98,6 +98,61 @@ export interface RunRecord {
   waitingFor?: WaitState | null;
   /** While `paused`: who paused it (the run itself, or its pipeline), when and why. */
   paused?: PauseState | null;
+  /** Its priority, 0 to 10 (`define/flow.ts`); absent: 0. */
+  priority?: number;
+  /**
+   * The limit and throttle it counts against, with their keys computed from its params
+   * when it was created (absent: none).
+   */
+  flow?: RunFlow | null;
+  /**
+   * The slot it holds under its limit while it is active (`keys.slot`); released in the
+   * commit that ends it. Meaningless once the run ended (a resume takes a new one).
+   */
+  slot?: number | null;
+  /** While `queued` and held back by flow control: by what, and until when. */
+  held?: HeldState | null;
+}
+
+/** A run's limit and throttle, resolved for its params. */
+export interface RunFlow {
+  /** Concurrency limit: its scope, key and slots per key. */
+  limit?: { scope: string; key: string; max: number };
+  /** Throttle: its scope, key, starts per period and period. */
+  throttle?: { scope: string; key: string; max: number; perMs: number };
+  /** Debounce: the key its triggers were grouped by. */
+  debounce?: { key: string };
+}
+
+/** Who holds a limit's slot (`keys.slot`): a run, or one attempt of a step of a run. */
+export interface SlotHolder {
+  /** The run, or the run whose step holds it. */
+  run: string;
+  /** The step whose attempt holds it, or null for the run itself. */
+  step: string | null;
+  /** The fan-out item, or -1. */
+  item: number;
+  /** The attempt holding it (0 for a run). */
+  attempt: number;
+  /** When it was taken, ms since the epoch. */
+  at: number;
+}
+
+/** Why a queued run does not start yet. */
+export interface HeldState {
+  /**
+   * `limit`: every slot of its key is taken; `throttle`: its key started its budget in
+   * this period; `debounce`: its burst of triggers is not quiet yet.
+   */
+  by: "limit" | "throttle" | "debounce";
+  /** The key. */
+  key: string;
+  /** Since when, ms since the epoch. */
+  since: number;
+  /** When it may start at the earliest (throttle, debounce), or null (a limit). */
+  until: number | null;
+  /** For people: "2 of 2 slots of 'acme' taken", say. */
+  reason: string;
 }
 
 /**
@@ -198,6 +253,11 @@ export interface TaskRecord {
   after?: number;
   /** For a step (or item) that invokes a pipeline: its child run. */
   child?: string;
+  /**
+   * The limit slot its running attempt holds (`keys.slot` of scope, key, index): written
+   * with the attempt's start, released with its end or by the takeover of a dead holder.
+   */
+  slot?: [string, string, number] | null;
   /** A skipped task skipped by a wait's timeout (`onTimeout: "skip"`): not a failure. */
   timedOut?: true;
   /** The output, once succeeded (absent for fan-out steps: their items hold it). */

@@ -13,7 +13,13 @@ import { UsageError } from "../model/errors.ts";
 import { validateParams } from "../model/params.ts";
 import { checkIdempotencyKey, checkRunId, newRunId } from "../model/run_id.ts";
 import { recordedGraph } from "../model/plans.ts";
-import { type Lease, type PauseState, type RunRecord, TERMINAL } from "../model/records.ts";
+import {
+  type Lease,
+  type PauseState,
+  type RunFlow,
+  type RunRecord,
+  TERMINAL,
+} from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
 import { MAX_RUN_RECORD_BYTES } from "../kv/limits.ts";
 import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
@@ -24,6 +30,7 @@ import type { StoreParts } from "./parts.ts";
 import type { Delivery } from "../model/events.ts";
 import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
 import { pausedRecord } from "./pause.ts";
+import { checkPriority, flowKey } from "../define/flow.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -49,6 +56,8 @@ export interface CreateRunInput {
   event?: string;
   /** For a child run: the parent's run, step and item. */
   parent?: { runId: string; step: string; item: number };
+  /** Its priority, 0 to 10. Default: the pipeline's (`priority`, else 0). */
+  priority?: number;
 }
 
 /** A claimed run: the records a driver starts from. */
@@ -114,6 +123,15 @@ export function newRun(
 ): RunRecord {
   if (input.id !== undefined) checkRunId(input.id);
   const params = validateParams(pipeline, input.params ?? {});
+  const flow = runFlow(pipeline, params);
+  let priority = pipeline.flow.priority;
+  if (input.priority !== undefined) {
+    try {
+      priority = checkPriority(`run of '${pipeline.name}'`, input.priority);
+    } catch (error) {
+      throw new UsageError((error as Error).message, "invalid_params");
+    }
+  }
   const now = store.clock.now();
   const logicalDate = input.logicalDate ?? new Date(now).toISOString().slice(0, 10);
   checkDate(logicalDate);
@@ -137,6 +155,8 @@ export function newRun(
     takeovers: 0,
     ...(input.event ? { event: input.event } : {}),
     ...(input.parent ? { parent: input.parent } : {}),
+    ...(priority ? { priority } : {}),
+    ...(flow ? { flow } : {}),
   };
   // Refused here, not by KV in the middle of the run: the record grows later (an error
   // message of up to 4,000 characters), and every change rewrites it whole.
@@ -315,6 +335,37 @@ async function dropStaleDue(store: StoreParts, entry: KvEntry<RunRecord>): Promi
   moveDue(op, run, fixed);
   await commitAtomic(op);
 }
+/**
+ * The limit, throttle and debounce keys of a run with these params, or null when its
+ * pipeline has none.
+ *
+ * @throws {UsageError} naming the pipeline and the option when a key function throws or
+ * returns something that is not a short string
+ */
+export function runFlow(pipeline: Pipeline<unknown>, params: unknown): RunFlow | null {
+  const { limit, throttle, debounce } = pipeline.flow;
+  if (!limit && !throttle && !debounce) return null;
+  const key = (option: string, fn: (input: unknown) => string) => {
+    try {
+      return flowKey(`${option} key of pipeline '${pipeline.name}'`, fn, params);
+    } catch (error) {
+      throw new UsageError((error as Error).message, "invalid_params");
+    }
+  };
+  const flow: RunFlow = {};
+  if (limit) flow.limit = { scope: limit.scope, key: key("limit", limit.key), max: limit.max };
+  if (throttle) {
+    flow.throttle = {
+      scope: throttle.scope,
+      key: key("throttle", throttle.key),
+      max: throttle.max,
+      perMs: throttle.perMs,
+    };
+  }
+  if (debounce) flow.debounce = { key: key("debounce", debounce.key) };
+  return flow;
+}
+
 function checkDate(date: string): void {
   // An out-of-range month or day ("2026-13-01") is an Invalid Date, whose toISOString throws.
   const parsed = new Date(`${date}T00:00:00Z`);

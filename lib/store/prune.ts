@@ -17,7 +17,7 @@
  * @module
  */
 import * as keys from "../kv/keys.ts";
-import { COUNTED } from "../kv/indexes.ts";
+import { COUNTED, dueIndexTime } from "../kv/indexes.ts";
 import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";
 import { type RunRecord, type RunStatus, TERMINAL } from "../model/records.ts";
 import { DEFAULT_RETENTION, type Retention } from "../define/retention.ts";
@@ -197,7 +197,8 @@ async function pruneRun(
       byStatus.key,
       keys.activeRun(run.pipeline, run.id),
     ];
-    if (run.dueAt !== null) indexKeys.push(keys.due(run.dueAt, run.id));
+    const due = dueIndexTime(run);
+    if (due !== null) indexKeys.push(keys.due(due, run.id));
     const owned = await ownedKeys(store, run.id, extra);
     if (options.dryRun) {
       count(report, run, indexKeys.length + owned.length);

@@ -22,6 +22,7 @@ import type { ArtifactMeta } from "../model/artifacts.ts";
 import { readBlob } from "../kv/blobs.ts";
 import { decodeValue } from "../kv/values.ts";
 import { commitAtomic } from "../kv/commit.ts";
+import { dueIndexTime } from "../kv/indexes.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { Kv, KvEntryMaybe, KvListIterator } from "../kv/kv.ts";
 
@@ -238,7 +239,8 @@ export async function dueRuns(kv: Kv, now: number, limit: number): Promise<strin
       const active = run && !TERMINAL.has(run.status);
       // a paused run takes its deliveries when unpaused: they stay in its inbox
       if (
-        run?.dueAt === at || (active && run.status !== "paused" && rung.has(`${at}\u0000${id}`))
+        (run && dueIndexTime(run) === at) ||
+        (active && run.status !== "paused" && rung.has(`${at}\u0000${id}`))
       ) {
         ids.push(id);
         return;

@@ -23,6 +23,7 @@ import { toErrorInfo, UsageError } from "../../model/errors.ts";
 import type { RunRecord, TaskRecord, WaitState } from "../../model/records.ts";
 import { pendingTask } from "../../model/transitions.ts";
 import * as keys from "../../kv/keys.ts";
+import { dueIndexTime } from "../../kv/indexes.ts";
 import type { KvKey } from "../../kv/kv.ts";
 import {
   addWaitEntries,
@@ -446,7 +447,7 @@ export class Waits {
       // the delivery goes in the commit that records what it did, never before: a worker
       // killed in between leaves it for the next holder
       const consumed: KvKey[] = [entry.key];
-      if (d.dueAt !== host.records.run.dueAt) consumed.push(keys.due(d.dueAt, host.runId));
+      if (d.dueAt !== dueIndexTime(host.records.run)) consumed.push(keys.due(d.dueAt, host.runId));
       const drop = () => {
         for (const key of consumed) host.checkpoints.write(key, null, 256);
       };
