@@ -1,0 +1,144 @@
+/**
+ * The KV side of flow control's two counters, shared by run limits (taken in the claim,
+ * `store/flow.ts`) and step limits (taken with an attempt's start, by the driver):
+ *
+ * - A **limit** of `max` per key is `max` numbered slots (`keys.slot`). A holder takes the
+ *   lowest free slot with a check that it is still free, so two holders never share one
+ *   and a key never has more than `max`. A slot whose holder is gone — its run ended or
+ *   vanished, its attempt is no longer running — is stale and may be freed by anyone, in
+ *   a commit checked against what made it stale.
+ * - A **throttle** of `max` per period per key is `max` entries (`keys.throttleSlot`),
+ *   each the time it last let a start through. A start takes an entry unused for a period
+ *   with a check on its versionstamp; each entry lets at most one start through per
+ *   period, so any period holds at most `max`.
+ *
+ * @module
+ */
+import * as keys from "../kv/keys.ts";
+import { commitAtomic } from "../kv/commit.ts";
+import { type RunRecord, type SlotHolder, type TaskRecord, TERMINAL } from "../model/records.ts";
+import type { AtomicOperation, Kv, KvEntry, KvEntryMaybe, KvKey } from "../kv/kv.ts";
+
+/** The held slots of a limit key, by index. */
+export async function readSlots(
+  kv: Kv,
+  scope: string,
+  key: string,
+): Promise<KvEntry<SlotHolder>[]> {
+  const out: KvEntry<SlotHolder>[] = [];
+  for await (const e of kv.list<SlotHolder>({ prefix: keys.slotPrefix(scope, key) })) out.push(e);
+  return out;
+}
+
+/** The lowest slot index below `max` that no entry holds, or -1 when all are held. */
+export function freeSlot(held: readonly KvEntry<SlotHolder>[], max: number): number {
+  const taken = new Set(held.map((e) => e.key[e.key.length - 1] as number));
+  for (let i = 0; i < max; i++) if (!taken.has(i)) return i;
+  return -1;
+}
+
+/**
+ * Frees the slots among `held` whose holders are gone: a run holder whose run ended,
+ * vanished or no longer names this slot; a step holder whose run ended or vanished, or
+ * whose task no longer runs that attempt. Each free is a commit checked against the slot
+ * and what made it stale, so a holder that moved on meanwhile keeps its slot.
+ *
+ * @returns the slots still held after it
+ */
+export async function healSlots(
+  kv: Kv,
+  held: readonly KvEntry<SlotHolder>[],
+): Promise<KvEntry<SlotHolder>[]> {
+  const kept: KvEntry<SlotHolder>[] = [];
+  for (const entry of held) {
+    const holder = entry.value;
+    const index = entry.key[entry.key.length - 1] as number;
+    const reads: KvKey[] = [keys.run(holder.run)];
+    if (holder.step !== null) {
+      reads.push(
+        holder.item < 0 ? keys.step(holder.run, holder.step) : keys.item(
+          holder.run,
+          holder.step,
+          holder.item,
+        ),
+      );
+    }
+    const got = await kv.getMany<[RunRecord, TaskRecord]>(reads);
+    if (!isStale(holder, index, got[0], got[1])) {
+      kept.push(entry);
+      continue;
+    }
+    const op = kv.atomic().check(entry, ...got).delete(entry.key);
+    if (!(await commitAtomic(op)).ok) kept.push(entry);
+  }
+  return kept;
+}
+
+function isStale(
+  holder: SlotHolder,
+  index: number,
+  run: KvEntryMaybe<RunRecord>,
+  task: KvEntryMaybe<TaskRecord> | undefined,
+): boolean {
+  const r = run.value;
+  if (!r || TERMINAL.has(r.status)) return true;
+  if (holder.step === null) return r.slot !== index;
+  const t = task?.value;
+  return !t || t.status !== "running" || t.attempt !== holder.attempt;
+}
+
+/** A throttle entry that lets a start through now, or when the next one will. */
+export type ThrottlePick =
+  | { index: number; entry: KvEntryMaybe<number> }
+  | { until: number };
+
+/** The throttle entries of a key. */
+export async function readThrottle(
+  kv: Kv,
+  scope: string,
+  key: string,
+): Promise<KvEntry<number>[]> {
+  const out: KvEntry<number>[] = [];
+  for await (const e of kv.list<number>({ prefix: keys.throttlePrefix(scope, key) })) {
+    out.push(e);
+  }
+  return out;
+}
+
+/**
+ * Picks the throttle entry a start at `now` may take: an index never used, else the one
+ * used longest ago if that was a period or more before `now`. Otherwise says when the
+ * earliest entry frees up.
+ */
+export function pickThrottle(
+  entries: readonly KvEntry<number>[],
+  max: number,
+  perMs: number,
+  now: number,
+): ThrottlePick {
+  const byIndex = new Map(entries.map((e) => [e.key[e.key.length - 1] as number, e]));
+  let oldest: KvEntry<number> | undefined;
+  let oldestIndex = -1;
+  for (let i = 0; i < max; i++) {
+    const e = byIndex.get(i);
+    if (!e) return { index: i, entry: { key: [], value: null, versionstamp: null } };
+    if (!oldest || e.value < oldest.value) {
+      oldest = e;
+      oldestIndex = i;
+    }
+  }
+  if (oldest!.value + perMs <= now) return { index: oldestIndex, entry: oldest! };
+  return { until: oldest!.value + perMs };
+}
+
+/** Adds to `op` the taking of a throttle entry picked by {@linkcode pickThrottle}. */
+export function takeThrottle(
+  op: AtomicOperation,
+  scope: string,
+  key: string,
+  pick: { index: number; entry: KvEntryMaybe<number> },
+  now: number,
+): void {
+  const k = keys.throttleSlot(scope, key, pick.index);
+  op.check({ key: k, versionstamp: pick.entry.versionstamp }).set(k, now);
+}
