@@ -63,7 +63,7 @@ export async function healSlots(
         ),
       );
     }
-    const got = await kv.getMany<[RunRecord, TaskRecord]>(reads);
+    const got = await kv.getMany<[RunRecord, TaskRecord]>(reads as [KvKey, KvKey]);
     if (!isStale(holder, index, got[0], got[1])) {
       kept.push(entry);
       continue;
