@@ -218,6 +218,8 @@ export async function claim(
   }
   // a paused run starts nothing until it is unpaused, which makes it due again
   if (run.status === "paused") return null;
+  // held back by a throttle or a debounce until a time: a queue hint may come before it
+  if (run.status === "queued" && run.held?.until != null && run.held.until > now) return null;
   const held = leaseEntry.value;
   const takeover = held !== null;
   if (held && held.deadline > now && !isDeadLocalHolder(held, holder)) return null;
@@ -243,6 +245,7 @@ export async function claim(
     dueAt: lease.deadline,
     takeovers: run.takeovers + (takeover ? 1 : 0),
     ...(run.waitingFor ? { waitingFor: null } : {}),
+    ...(run.held ? { held: null } : {}),
   };
   // Claims of different runs touch disjoint keys: they may share a commit.
   const result = await store.committer.commit({
