@@ -159,6 +159,20 @@ export const RunSchema = response(
   }),
 );
 
+/** The answer to a trigger of a pipeline with a debounce: the run it began or joined. */
+export const DebouncedRunSchema = response(
+  "DebouncedRun",
+  RunSchema.extend({
+    debounced: z.literal(true).describe(
+      "The run is held until its burst of triggers (same pipeline and debounce key) is quiet",
+    ),
+    joined: z.boolean().describe(
+      "Whether the request joined a burst's queued run (its params replaced by this " +
+        "request's); false when it began a burst with a new run",
+    ),
+  }),
+);
+
 /** A page of runs, newest first. */
 export const RunPageSchema = response(
   "RunPage",
@@ -495,6 +509,10 @@ export const TriggerRequestSchema = request(
       "Validated against the pipeline's params schema (422 when they fail it)",
     ),
     logicalDate: z.iso.date().optional().describe("Default: today (UTC)"),
+    priority: z.int().min(0).max(10).optional().describe(
+      "0 to 10 (422 otherwise): when workers are saturated, runs of higher priority are " +
+        "claimed first, and age lifts priority. Default: the pipeline's",
+    ),
   }),
 );
 

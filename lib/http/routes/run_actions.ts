@@ -11,6 +11,7 @@ import { validateParams } from "../../model/params.ts";
 import type { Pipeline } from "../../define/pipeline.ts";
 import {
   CancelRequestSchema,
+  DebouncedRunSchema,
   ErrorResponseSchema,
   PauseRequestSchema,
   PipelinePathSchema,
@@ -24,6 +25,7 @@ import {
 import { HttpError, quote } from "../errors.ts";
 import { canonicalJson as canonical, toIssues } from "../input.ts";
 import { runJson } from "../run_view.ts";
+import { triggerDebounced } from "../../store/debounce.ts";
 import { type ApiContext, type ApiRoute, json, pipelineOf, route, runOf } from "./route.ts";
 
 /**
@@ -48,7 +50,10 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
       summary: "Create a run; the worker starts it at once",
       description:
         "With an `Idempotency-Key` header, a repeated request returns the run the first one " +
-        "created (200, `Idempotent-Replayed: true`) instead of creating another.",
+        "created (200, `Idempotent-Replayed: true`) instead of creating another. For a " +
+        "pipeline with a debounce, the request begins a burst of triggers with its key or " +
+        "joins the burst's queued run (202, `debounced: true`): the run starts with the " +
+        "last request's params once the burst is quiet.",
       tag: "runs",
       access: "write",
       params: PipelinePathSchema,
@@ -56,6 +61,11 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
       body: TriggerRequestSchema,
       responses: {
         201: { description: "Created", schema: RunSchema },
+        202: {
+          description: "Debounced: the run the request began or joined, held until its burst " +
+            "is quiet",
+          schema: DebouncedRunSchema,
+        },
         200: { description: "The run an earlier request with this key created", schema: RunSchema },
         422: {
           description: "Params fail the pipeline's schema, or the key was used with others",
@@ -69,8 +79,10 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
       const sent = (rawBody as { params?: Record<string, unknown> } | undefined)?.params ?? {};
       const given = checkedParams(pipeline, sent);
       const key = headers["idempotency-key"];
+      const debounced = pipeline.flow.debounce !== null;
       const replay = (run: RunRecord) => {
-        const same = canonical(run.params) === canonical(given) &&
+        // a debounced run carries the params of its burst's last trigger, not this one's
+        const same = (debounced || canonical(run.params) === canonical(given)) &&
           (body.logicalDate === undefined || body.logicalDate === run.logicalDate);
         if (!same) {
           throw new HttpError(
@@ -88,14 +100,22 @@ export function runActionRoutes({ engine }: ApiContext): ApiRoute[] {
         const earlier = await store.runForIdempotencyKey(pipeline.name, key);
         if (earlier) return replay(earlier);
       }
+      const input = {
+        params: sent,
+        logicalDate: body.logicalDate,
+        trigger: "http" as const,
+        idempotencyKey: key,
+        priority: body.priority,
+      };
       let run: RunRecord;
       try {
-        run = await store.createRun(pipeline, {
-          params: sent,
-          logicalDate: body.logicalDate,
-          trigger: "http",
-          idempotencyKey: key,
-        });
+        if (debounced) {
+          const done = await triggerDebounced(store, pipeline, input);
+          return json({ ...runJson(done.run), debounced: true, joined: done.joined }, 202, {
+            location: runLocation(done.run.id),
+          });
+        }
+        run = await store.createRun(pipeline, input);
       } catch (error) {
         // Two requests with one key at once: the other one's commit won.
         const earlier = key !== undefined && error instanceof UsageError &&
