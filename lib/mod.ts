@@ -29,6 +29,8 @@ export {
   type Trigger,
 } from "./define/context.ts";
 export {
+  type EventTrigger,
+  type EventTriggerOptions,
   type Pipeline,
   pipeline,
   type PipelineDefaults,

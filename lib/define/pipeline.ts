@@ -48,11 +48,13 @@ export interface PipelineOptions<P, R = unknown> {
   result?: Step<R>;
   /**
    * Events that start a run, each with a function from the event's payload to the run's
-   * params (checked by `params`). One run per event id; a payload that gives invalid
-   * params is refused when it is sent.
+   * params (checked by `params`), or `{ params, priority }` to give the runs an event
+   * starts their own priority (0 to 10; default the pipeline's). One run per event id
+   * (with a `debounce`, one per burst); a payload that gives invalid params is refused
+   * when it is sent.
    */
   // deno-lint-ignore no-explicit-any
-  on?: Readonly<Record<string, (data: any) => P>>;
+  on?: Readonly<Record<string, ((data: any) => P) | EventTriggerOptions<P>>>;
   /** Defaults for the steps' retry policy and timeout. */
   defaults?: PipelineDefaults;
   /** Steps (or fan-out items) of one run running at once. Default 8. */
@@ -96,6 +98,23 @@ export interface PipelineFlow {
   readonly steps: ReadonlyMap<string, { limit: Limit | null; throttle: Throttle | null }>;
 }
 
+/** An event trigger with options: `on: { "order.paid": { params, priority: 5 } }`. */
+export interface EventTriggerOptions<P> {
+  /** From the event's payload to the run's params. */
+  // deno-lint-ignore no-explicit-any
+  params: (data: any) => P;
+  /** The priority of the runs the event starts, 0 to 10. Default: the pipeline's. */
+  priority?: number;
+}
+
+/** A checked event trigger. */
+export interface EventTrigger {
+  /** From the event's payload to the run's params. */
+  readonly params: (data: unknown) => unknown;
+  /** The priority of the runs it starts, or undefined for the pipeline's. */
+  readonly priority?: number;
+}
+
 /** A checked pipeline definition. */
 export interface Pipeline<P = unknown, R = unknown> {
   /** Marks the value as a pipeline. */
@@ -110,8 +129,8 @@ export interface Pipeline<P = unknown, R = unknown> {
   readonly steps: readonly AnyStep[];
   /** The step whose output is the run's result, if any. */
   readonly result?: Step<R>;
-  /** The events that start a run, each with its payload-to-params function. */
-  readonly on: ReadonlyMap<string, (data: unknown) => unknown>;
+  /** The events that start a run, each with its payload-to-params function and priority. */
+  readonly on: ReadonlyMap<string, EventTrigger>;
   /** The pipelines its steps start as children (by {@linkcode invoke}). */
   readonly children: readonly Pipeline<unknown, unknown>[];
   /** Steps by name. */
@@ -202,15 +221,10 @@ export function pipeline<P = Record<string, never>, R = null>(
       `Invalid pipeline '${name}': result must be one of its steps`,
     );
   }
-  const on = new Map<string, (data: unknown) => unknown>();
-  for (const [event, toParams] of Object.entries(options.on ?? {})) {
+  const on = new Map<string, EventTrigger>();
+  for (const [event, trigger] of Object.entries(options.on ?? {})) {
     checkEventName(event, `event name in pipeline '${name}'`);
-    if (typeof toParams !== "function") {
-      throw new TypeError(
-        `Invalid pipeline '${name}': on["${event}"] must be a function from the payload to params`,
-      );
-    }
-    on.set(event, toParams);
+    on.set(event, resolveEventTrigger(name, event, trigger));
   }
   const retention = resolveRetention(name, options.retention);
   const flow = resolveFlow(name, options as PipelineOptions<unknown, unknown>, steps);
@@ -339,4 +353,22 @@ export function withChildren(pipelines: Pipeline<any>[]): Pipeline<unknown>[] {
   };
   for (const p of pipelines) add(p);
   return [...all.values()];
+}
+
+function resolveEventTrigger(pipelineName: string, event: string, trigger: unknown): EventTrigger {
+  const where = `pipeline '${pipelineName}': on["${event}"]`;
+  if (typeof trigger === "function") return { params: trigger as EventTrigger["params"] };
+  const o = trigger as Record<string, unknown> | null;
+  if (o === null || typeof o !== "object" || typeof o.params !== "function") {
+    throw new TypeError(
+      `Invalid ${where}: must be a function from the payload to params, or { params, priority }`,
+    );
+  }
+  const unknownField = Object.keys(o).find((f) => f !== "params" && f !== "priority");
+  if (unknownField !== undefined) {
+    throw new TypeError(`Invalid ${where}.${unknownField}: not a field (use params, priority)`);
+  }
+  const params = o.params as EventTrigger["params"];
+  if (o.priority === undefined) return { params };
+  return { params, priority: checkPriority(where, o.priority) };
 }

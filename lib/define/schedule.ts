@@ -6,6 +6,7 @@
  */
 import { Cron } from "croner";
 import { type Deadline, parseDeadline } from "./deadline.ts";
+import { checkPriority } from "./flow.ts";
 
 /** When a pipeline runs on its own. */
 export interface ScheduleOptions {
@@ -34,6 +35,8 @@ export interface ScheduleOptions {
    * Default: none.
    */
   deadline?: string;
+  /** The priority of its ticks' runs (scheduled and backfilled), 0 to 10. Default: the pipeline's. */
+  priority?: number;
 }
 
 /** A schedule with every field resolved. */
@@ -52,6 +55,8 @@ export interface Schedule {
   readonly maxActive: number;
   /** When each tick's run must have succeeded, or null. */
   readonly deadline: Deadline | null;
+  /** The priority of its ticks' runs, when it gives one. */
+  readonly priority?: number;
 }
 
 export function resolveSchedule(pipelineName: string, options: ScheduleOptions): Schedule {
@@ -97,5 +102,22 @@ export function resolveSchedule(pipelineName: string, options: ScheduleOptions):
     }
   }
   const deadline = options.deadline === undefined ? null : parseDeadline(where, options.deadline);
-  return { cron: options.cron, timezone, catchup, catchupLimit, overlap, maxActive, deadline };
+  const schedule: Schedule = {
+    cron: options.cron,
+    timezone,
+    catchup,
+    catchupLimit,
+    overlap,
+    maxActive,
+    deadline,
+  };
+  if (options.priority === undefined) return schedule;
+  try {
+    return {
+      ...schedule,
+      priority: checkPriority(`schedule of pipeline '${pipelineName}'`, options.priority),
+    };
+  } catch (error) {
+    throw new RangeError((error as Error).message);
+  }
 }

@@ -502,6 +502,7 @@ export class Engine {
               tick,
               logicalDate: tickDate(pipeline.schedule!, tick),
               trigger: "backfill",
+              priority: pipeline.schedule!.priority,
             });
             created = true;
           } catch (error) {
@@ -570,7 +571,7 @@ function eventRegistry(pipelines: ReadonlyMap<string, Pipeline<unknown>>): Event
   const fields = new Map<string, string[]>();
   const triggers = new Map<
     string,
-    { pipeline: Pipeline<unknown>; params: (data: unknown) => unknown }[]
+    { pipeline: Pipeline<unknown>; params: (data: unknown) => unknown; priority?: number }[]
   >();
   for (const p of pipelines.values()) {
     for (const s of p.steps) {
@@ -581,9 +582,9 @@ function eventRegistry(pipelines: ReadonlyMap<string, Pipeline<unknown>>): Event
         fields.set(name, list);
       }
     }
-    for (const [name, params] of p.on) {
+    for (const [name, trigger] of p.on) {
       const list = triggers.get(name) ?? [];
-      list.push({ pipeline: p, params });
+      list.push({ pipeline: p, params: trigger.params, priority: trigger.priority });
       triggers.set(name, list);
     }
   }

@@ -236,6 +236,7 @@ export class Scheduler {
         tick,
         logicalDate: tickDate(schedule, tick),
         trigger: "schedule",
+        priority: schedule.priority,
       }));
       decisions.push({ pipeline: pipeline.name, tick, outcome: "created", runId });
     }

@@ -33,6 +33,7 @@ import { KV_COMMIT_CHECKS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { addRunCreation, newRun } from "./commands.ts";
 import type { StoreParts } from "./parts.ts";
+import { addTrigger, debounceOf, readBurst } from "./debounce.ts";
 import type { AtomicOperation, KvEntry, KvEntryMaybe, KvKey } from "../kv/kv.ts";
 
 /** What the engine knows about event names: the correlations waits use, and triggers. */
@@ -42,7 +43,11 @@ export interface EventRegistry {
   /** The pipelines `name` starts, with their payload-to-params functions. */
   triggers(
     name: string,
-  ): readonly { pipeline: Pipeline<unknown>; params: (data: unknown) => unknown }[];
+  ): readonly {
+    pipeline: Pipeline<unknown>;
+    params: (data: unknown) => unknown;
+    priority?: number;
+  }[];
 }
 
 /** What to send. */
@@ -65,9 +70,18 @@ export interface SendResult {
   duplicate: boolean;
   /** The waits it ended (runs, steps and items). */
   woke: { runId: string; step: string; item: number }[];
-  /** The runs it started. */
+  /** The runs it started (for a debounced pipeline: the burst it began, held). */
   started: RunRecord[];
+  /** The queued runs of debounced pipelines whose bursts it joined, as it left them. */
+  joined: RunRecord[];
 }
+
+/** The note on a `started` effect of an event that began a debounced burst. */
+export const BEGAN_BURST = "debounced: began a burst; the run starts once its triggers are quiet";
+
+/** The note on a `started` effect of an event that joined a debounced burst's run. */
+export const JOINED_BURST =
+  "debounced: joined the burst's queued run, which starts with the last trigger's params";
 
 /** A wait found by a lookup, with its entry as read. */
 type FoundWait = KvEntry<WaitEntry>;
@@ -109,7 +123,9 @@ export async function sendEvent(
   const now = store.clock.now();
   const id = input.id === undefined ? newEventId(now) : checkEventId(input.id);
   const existing = await store.kv.get<EventRecord>(keys.event(id));
-  if (existing.value) return { event: existing.value, duplicate: true, woke: [], started: [] };
+  if (existing.value) {
+    return { event: existing.value, duplicate: true, woke: [], started: [], joined: [] };
+  }
   // Triggers first: a payload that a pipeline refuses stores nothing.
   const runs: RunRecord[] = [];
   for (const trigger of registry.triggers(name)) {
@@ -131,6 +147,7 @@ export async function sendEvent(
         params,
         trigger: "event",
         event: id,
+        priority: trigger.priority,
       }));
     } catch (error) {
       if (!(error instanceof UsageError)) throw error;
@@ -146,27 +163,45 @@ export async function sendEvent(
     const value = correlationOf(data, field);
     if (value !== undefined) index.push([field, value]);
   }
-  const event: EventRecord = {
+  const debounced = runs.map((run, i) => debounceOf(registry.triggers(name)[i].pipeline, run));
+  const base: Omit<EventRecord, "started"> = {
     id,
     name,
     data,
     at: now,
     source: input.source ?? "code",
     index,
-    started: runs.map((r) => r.id),
   };
-  const budget = deliveryBudget(store, index.length, json.length);
+  // each debounced trigger checks its burst's entry and run
+  const burstChecks = 2 * debounced.filter((d) => d !== null).length;
+  const budget = deliveryBudget(store, index.length + burstChecks, json.length);
   for (let tries = 0; tries < 50; tries++) {
     const heads = await store.kv.getMany(index.map(([f, v]) => keys.eventHead(name, f, v)));
     const waits = await matchingWaits(store, name, index);
     const op = store.kv.atomic().check({ key: keys.event(id), versionstamp: null });
     for (const head of heads) op.check(head).set(head.key, id);
+    const started: RunRecord[] = [], joined: RunRecord[] = [];
+    for (const [i, fresh] of runs.entries()) {
+      const of = debounced[i];
+      let run = fresh;
+      if (of) {
+        // a burst's run gathers its triggers: the event starts or joins it
+        const burst = await readBurst(store, fresh.pipeline, of.key);
+        const done = addTrigger(store, op, burst, fresh, of.debounce, of.key);
+        run = done.run;
+        (done.joined ? joined : started).push(run);
+      } else {
+        addRunCreation(store, op, run);
+        started.push(run);
+      }
+      const record = effect("started", run.id, "", -1, now);
+      // the event pages say which burst an event began or joined (kinds are fixed)
+      if (of) record.message = run.id === fresh.id ? BEGAN_BURST : JOINED_BURST;
+      op.set(keys.eventEffect(id, run.id, "", -1), record);
+    }
+    const event: EventRecord = { ...base, started: [...started, ...joined].map((r) => r.id) };
     op.set(keys.event(id), event).set(keys.eventsByTime(now, id), name);
     for (const [f, v] of index) op.set(keys.eventIndex(name, f, v, now, id), null);
-    for (const run of runs) {
-      addRunCreation(store, op, run);
-      op.set(keys.eventEffect(id, run.id, "", -1), effect("started", run.id, "", -1, now));
-    }
     const first = waits.slice(0, budget);
     for (const wait of first) deliverEvent(store, op, wait, event);
     if (waits.length > first.length) op.set(keys.eventOutbox(id), now);
@@ -178,10 +213,12 @@ export async function sendEvent(
         item: w.value.item,
       }));
       if (waits.length > first.length) woke.push(...await finishDeliveries(store, event));
-      return { event, duplicate: false, woke, started: runs };
+      return { event, duplicate: false, woke, started, joined };
     }
     const again = await store.kv.get<EventRecord>(keys.event(id));
-    if (again.value) return { event: again.value, duplicate: true, woke: [], started: [] };
+    if (again.value) {
+      return { event: again.value, duplicate: true, woke: [], started: [], joined: [] };
+    }
     // a wait started, or another send bumped a head: look again
     await new Promise((r) => setTimeout(r, Math.random() * 2 * Math.min(tries, 10)));
   }
