@@ -13,6 +13,7 @@ import { withChildren } from "../define/pipeline.ts";
 import { EXIT, type Invocation, openCliEngine, openEngineForRun } from "./invocation.ts";
 import { loadPipeline } from "./load.ts";
 import { parseParams } from "./params.ts";
+import { priorityFlag } from "./parse.ts";
 import { runWaitText, sendCommand } from "./waiting.ts";
 
 /**
@@ -39,6 +40,7 @@ export async function run(invocation: Invocation): Promise<number> {
       logicalDate: invocation.flags.date,
       trigger: "cli",
       module,
+      priority: priorityFlag(invocation.flags.priority),
     });
     if (invocation.flags.detach) {
       invocation.out(run.id);

@@ -7,13 +7,15 @@
 import { parseArgs } from "node:util";
 import { UsageError } from "../model/errors.ts";
 import { RUN_STATUSES, type RunStatus } from "../model/records.ts";
+import { MAX_PRIORITY } from "../define/flow.ts";
 
 /** The usage text, printed by `help` and when no command is given. */
 export const USAGE = `kvflow — durable pipelines on Deno KV
 
 usage: deno task <command> [arguments]
 
-  run <pipeline|module.ts> [--param k=v]... [--params JSON] [--date YYYY-MM-DD] [--detach]
+  run <pipeline|module.ts> [--param k=v]... [--params JSON] [--date YYYY-MM-DD] [--priority N]
+      [--detach]
   resume <run-id> [--force]
   rerun <run-id> --from <step> [--force]
   cancel <run-id>
@@ -24,7 +26,7 @@ usage: deno task <command> [arguments]
   send <event> [--data JSON] [--id ID] [--json]
   pipelines [--json]
   prune [--pipeline P] [--older-than 30d] [--dry-run] [--json]
-  backfill <pipeline> --from YYYY-MM-DD --to YYYY-MM-DD [--max-active N]
+  backfill <pipeline> --from YYYY-MM-DD --to YYYY-MM-DD [--max-active N] [--priority N]
   serve [--port N]
   worker
 
@@ -49,6 +51,7 @@ const OPTIONS = {
   port: { type: "string" },
   to: { type: "string" },
   "max-active": { type: "string" },
+  priority: { type: "string" },
   "older-than": { type: "string" },
   "dry-run": { type: "boolean" },
   help: { type: "boolean", short: "h" },
@@ -71,6 +74,7 @@ export type Flags = {
   port?: string;
   to?: string;
   "max-active"?: string;
+  priority?: string;
   "older-than"?: string;
   "dry-run"?: boolean;
   help?: boolean;
@@ -145,6 +149,7 @@ export function parseCommand(args: readonly string[]): ParsedCommand {
   if (name === "backfill" && (!flags.from || !flags.to)) {
     throw new UsageError("backfill needs --from YYYY-MM-DD and --to YYYY-MM-DD");
   }
+  priorityFlag(flags.priority);
   const status = flags.status;
   if (name === "runs" && status !== undefined && !RUN_STATUSES.includes(status as RunStatus)) {
     throw new UsageError(`Unknown status '${status}': use one of ${RUN_STATUSES.join(", ")}`);
@@ -166,4 +171,20 @@ function parse(args: readonly string[]): { values: Flags; positionals: string[] 
   } catch (error) {
     throw new UsageError(error instanceof Error ? error.message.split("\n")[0] : String(error));
   }
+}
+
+/**
+ * The value of `--priority`: an integer from 0 to 10, or undefined when it was not given.
+ *
+ * @throws {UsageError} on anything else
+ */
+export function priorityFlag(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^\d{1,2}$/.test(value) ? Number(value) : NaN;
+  if (!(n >= 0 && n <= MAX_PRIORITY)) {
+    throw new UsageError(
+      `Invalid --priority ${JSON.stringify(value)}: use an integer from 0 to ${MAX_PRIORITY}`,
+    );
+  }
+  return n;
 }

@@ -10,6 +10,7 @@ import { env } from "../platform/env.ts";
 import { exit, onStopSignal } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
+import { priorityFlag } from "./parse.ts";
 
 /** The engine of a running `serve` or `worker`, for the cron heartbeat. */
 let serving: Engine | undefined;
@@ -34,6 +35,7 @@ export async function backfill(invocation: Invocation): Promise<number> {
   try {
     const runs = await engine.backfill(name, invocation.flags.from!, invocation.flags.to!, {
       maxActive,
+      priority: priorityFlag(invocation.flags.priority),
       onProgress: (done, total, run, created) =>
         invocation.out(
           `  ${done}/${total} ${run.logicalDate} ${run.id} ${run.status}${

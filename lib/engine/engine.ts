@@ -475,6 +475,8 @@ export class Engine {
     to: string,
     options: {
       maxActive?: number;
+      /** The priority of the runs it creates. Default: the schedule's, else the pipeline's. */
+      priority?: number;
       onProgress?: (done: number, total: number, run: RunRecord, created: boolean) => void;
     } = {},
   ): Promise<RunRecord[]> {
@@ -502,7 +504,7 @@ export class Engine {
               tick,
               logicalDate: tickDate(pipeline.schedule!, tick),
               trigger: "backfill",
-              priority: pipeline.schedule!.priority,
+              priority: options.priority ?? pipeline.schedule!.priority,
             });
             created = true;
           } catch (error) {
