@@ -509,8 +509,8 @@ export const TriggerRequestSchema = request(
       "Validated against the pipeline's params schema (422 when they fail it)",
     ),
     logicalDate: z.iso.date().optional().describe("Default: today (UTC)"),
-    priority: z.int().min(0).max(10).optional().describe(
-      "0 to 10 (422 otherwise): when workers are saturated, runs of higher priority are " +
+    priority: z.number().optional().describe(
+      "An integer from 0 to 10 (422 otherwise): when workers are saturated, runs of higher priority are " +
         "claimed first, and age lifts priority. Default: the pipeline's",
     ),
   }),

@@ -99,10 +99,8 @@ export function addTrigger(
   const entryKey = keys.debounce(fresh.pipeline, key);
   const open = burst.run?.value;
   if (burst.entry.value && burst.run && open && joinable(open)) {
-    const until = Math.max(
-      now,
-      Math.min(now + debounce.quietMs, burst.entry.value.firstAt + debounce.maxWaitMs),
-    );
+    // past already when maxWait ran out and no worker claimed the run yet: due at once
+    const until = Math.min(now + debounce.quietMs, burst.entry.value.firstAt + debounce.maxWaitMs);
     const joined: RunRecord = {
       ...open,
       params: fresh.params,
@@ -120,6 +118,8 @@ export function addTrigger(
   const until = now + debounce.quietMs;
   const run: RunRecord = {
     ...fresh,
+    // the burst's first trigger is now: maxWait counts from the run's creation
+    createdAt: now,
     dueAt: until,
     held: { by: "debounce", key, since: now, until, reason: heldReason(key, until, now) },
   };
