@@ -220,6 +220,12 @@ Deno.test("priority in the HTTP body reaches the run; out of range is 422", asyn
   const text = await s.request("POST", "/api/pipelines/plain/runs", { body: { priority: "5" } });
   assert.equal(text.status, 400, "not a number: the body's shape is wrong");
   assert.equal((await runsOf(s, "plain")).length, 2, "nothing created for a refused priority");
+  const viaApi = await s.engine.trigger("plain", { priority: 9 });
+  assert.equal(viaApi.priority, 9, "the engine API takes a priority too");
+  await assert.rejects(
+    () => s.engine.trigger("plain", { priority: 11 }),
+    /run of 'plain'.*priority must be an integer from 0 to 10/,
+  );
   const document = await s.get("/openapi.json");
   const body = document.components.schemas.TriggerRequest;
   assert.match(body.properties.priority.description, /0 to 10/);

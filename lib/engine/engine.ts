@@ -252,7 +252,10 @@ export class Engine {
     return found;
   }
 
-  /** Creates a run and hands it to this engine's worker at once. */
+  /**
+   * Creates a run and hands it to this engine's worker at once. `input.priority` (0 to 10)
+   * overrides the pipeline's; a debounce applies only to HTTP and event triggers.
+   */
   async trigger(pipeline: string, input: CreateRunInput = {}): Promise<RunRecord> {
     const run = await this.store.createRun(this.pipeline(pipeline), input);
     this.worker.wake(run.id);
