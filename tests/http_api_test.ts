@@ -170,7 +170,7 @@ Deno.test("malformed and mistyped bodies are 400, wrong content types 415, huge 
   const issues = (wrongType.body as { error: { issues: { path: string[] }[] } }).error.issues;
   assert.deepEqual(issues[0].path, ["params"]);
 
-  const extra = await s.request("POST", path, { body: { params: {}, priority: 1 } });
+  const extra = await s.request("POST", path, { body: { params: {}, colour: "red" } });
   assert.equal(extra.status, 400, "unknown body fields are refused");
 
   const badDate = await s.request("POST", path, { body: { logicalDate: "2026-13-45" } });
