@@ -56,6 +56,8 @@ pre { background: var(--panel); border: 1px solid var(--line); border-radius: 6p
 .s-waiting, .s-retrying { color: var(--wait); background: var(--wait-bg); }
 .s-queued, .s-pending, .s-cancelled, .s-skipped { color: var(--idle); background: var(--idle-bg); }
 .s-paused { color: var(--wait); background: var(--idle-bg); border-style: dashed; }
+.s-held { color: var(--wait); background: var(--idle-bg); border-style: dotted; font-weight: 500;
+  white-space: normal; }
 h1 .badge { font-size: 1rem; }
 .panel { border: 1px solid var(--line); border-radius: 8px; padding: .8rem 1rem; margin: 1rem 0;
   background: var(--panel); }
