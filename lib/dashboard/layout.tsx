@@ -106,7 +106,7 @@ export function FlowNote({ run, now }: { run: RunRecord; now: number }): JSX.Ele
         <>
           {" "}
           <span class="badge s-held" data-held={held.by} title={held.reason}>
-            ⧗ {heldText(held, now)}
+            {heldText(held, now)}
           </span>
         </>
       )}
@@ -172,8 +172,10 @@ export function RunsTable(props: { runs: RunRecord[]; now: number; id?: string }
           {props.runs.map((run) => (
             <tr data-active={TERMINAL.has(run.status) ? undefined : ""}>
               <td data-label="Status">
-                <Badge status={run.status} />
-                <FlowNote run={run} now={props.now} />
+                <span class="status-cell">
+                  <Badge status={run.status} />
+                  <FlowNote run={run} now={props.now} />
+                </span>
               </td>
               <td data-label="Run" class="mono id">
                 <a href={runHref(run.id)}>{run.id}</a>
