@@ -91,7 +91,7 @@ Deno.test({
       await page.goto(`${url}/runs/${throttled.id}`);
       assert.match(
         await page.locator("#run-held").innerText(),
-        /held: throttle until \d\d:\d\d:\d\d — 5 starts in the last 1m/,
+        /held: throttle until \d\d:\d\d:\d\d\s+5 starts in the last 1m\. It starts once/,
       );
 
       await page.goto(`${url}/runs/${free.id}`);

@@ -110,7 +110,7 @@ export function FlowNote({ run, now }: { run: RunRecord; now: number }): JSX.Ele
           </span>
         </>
       )}
-      {run.priority ? <small class="priority">· priority {run.priority}</small> : ""}
+      {run.priority ? <small class="priority">priority {run.priority}</small> : ""}
     </>
   );
 }

@@ -145,8 +145,8 @@ function Problems(d: RunPageData): JSX.Element {
     <div id="live-problems" data-live="">
       {run.status === "queued" && run.held && (
         <section class="panel" id="run-held" aria-label="Held">
-          <span class="badge s-held" data-held={run.held.by}>held</span> {heldText(run.held, d.now)}
-          {run.held.until !== null ? ` — ${run.held.reason}` : ""}. {run.held.by === "limit"
+          <span class="badge s-held" data-held={run.held.by}>{heldText(run.held, d.now)}</span>
+          {run.held.until !== null ? ` ${run.held.reason}.` : ""} {run.held.by === "limit"
             ? "It starts when a slot of its key frees, first come first served."
             : "It starts once that time has come."}
         </section>
