@@ -12,24 +12,35 @@ import { formatRetention } from "./retention.ts";
 
 /** A limit as shown: its scope, slots per key, and whether it counts per key. */
 export interface LimitJson {
+  /** Limits of the same scope share their slots. */
   scope: string;
+  /** Slots per key. */
   max: number;
+  /** Whether it counts per key (false: one key for all). */
   keyed: boolean;
 }
 
 /** A throttle as shown: starts per period (`per` for people, `perMs` exact) per key. */
 export interface ThrottleJson {
+  /** Throttles of the same scope share their budget. */
   scope: string;
+  /** Starts per period per key. */
   max: number;
+  /** The period, such as `1s`. */
   per: string;
+  /** The period, ms. */
   perMs: number;
+  /** Whether it counts per key (false: one key for all). */
   keyed: boolean;
 }
 
 /** A pipeline's flow control as shown. */
 export interface FlowJson {
+  /** The limit of its runs. */
   limit: LimitJson | null;
+  /** The throttle of its run starts. */
   throttle: ThrottleJson | null;
+  /** The debounce of its HTTP- and event-started runs: quiet period, longest hold. */
   debounce: {
     quiet: string;
     quietMs: number;
@@ -37,6 +48,7 @@ export interface FlowJson {
     maxWaitMs: number;
     keyed: boolean;
   } | null;
+  /** The default priority of its runs. */
   priority: number;
   /** The steps with a limit or a throttle, in the pipeline's step order. */
   steps: { step: string; limit: LimitJson | null; throttle: ThrottleJson | null }[];
