@@ -8,6 +8,7 @@ import type { Pipeline } from "../define/pipeline.ts";
 import { runAlerts } from "../alerts/alert.ts";
 import { scheduleView } from "../engine/scheduler.ts";
 import { retentionJson } from "../define/retention.ts";
+import { flowJson, flowLines } from "../define/flow_view.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
 import { runLines, statusLines } from "./progress.ts";
 
@@ -106,7 +107,10 @@ export async function runs(invocation: Invocation): Promise<number> {
   }
 }
 
-/** `pipelines`: the registered pipelines, their steps and schedules, and their pauses. */
+/**
+ * `pipelines`: the registered pipelines, their steps and schedules, retention, flow control
+ * and pauses.
+ */
 export async function pipelines(invocation: Invocation): Promise<number> {
   const engine = await openCliEngine(invocation, invocation.context.pipelines);
   try {
@@ -125,6 +129,7 @@ export async function pipelines(invocation: Invocation): Promise<number> {
         })),
         schedule: await scheduleView(engine.scheduler, p, now),
         retention: retentionJson(p.retention),
+        flow: flowJson(p.flow),
         paused: paused.get(p.name) ?? null,
       });
     }
@@ -152,6 +157,7 @@ export async function pipelines(invocation: Invocation): Promise<number> {
         `  retention succeeded ${p.retention.succeeded}, failed ${p.retention.failed}, ` +
           `cancelled ${p.retention.cancelled}`,
       );
+      for (const line of flowLines(p.flow)) invocation.out(`  flow      ${line}`);
       for (const step of p.steps) {
         invocation.out(
           `  · ${step.name}${step.fanOut ? " (fan-out)" : ""}${

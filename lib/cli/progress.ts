@@ -6,6 +6,7 @@
  * @module
  */
 import { formatMs } from "../define/duration.ts";
+import { heldText } from "../define/flow_view.ts";
 import type { RunEvent } from "../engine/driver/driver.ts";
 import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
 import type { Pipeline } from "../define/pipeline.ts";
@@ -130,9 +131,10 @@ export function statusLines(
   const lines = [
     `run ${run.id}`,
     `  pipeline   ${run.pipeline} (version ${run.version})`,
-    `  status     ${colour(run.status, paint)}${
+    `  status     ${colour(run.status, paint)}${heldNote(run, now)}${
       run.error ? `: ${firstLine(run.error.message)}` : waiting ? `: ${waiting}` : ""
     }`,
+    ...(run.priority ? [`  priority   ${run.priority}`] : []),
     ...(run.paused ? pausedLines(run) : []),
     ...(send ? [`  send       ${send}`] : []),
     `  trigger    ${run.trigger}, logical date ${run.logicalDate}`,
@@ -220,10 +222,17 @@ export function runLines(runs: readonly RunRecord[], paint: Paint): string[] {
     lines.push(
       `${r.id.padEnd(24)} ${r.pipeline.padEnd(16)} ${
         colour(r.status.padEnd(10), paint, r.status)
-      } ${r.trigger.padEnd(9)} ${r.logicalDate} ${duration}${waiting ? ` ${waiting}` : ""}`,
+      } ${r.trigger.padEnd(9)} ${r.logicalDate} ${duration}${waiting ? ` ${waiting}` : ""}${
+        heldNote(r)
+      }${r.priority ? ` priority ${r.priority}` : ""}`,
     );
   }
   return lines;
+}
+
+/** ` (held: limit — 2 of 2 slots of 'acme' taken)` after a held queued run's status. */
+function heldNote(run: RunRecord, now = Date.now()): string {
+  return run.status === "queued" && run.held ? ` (${heldText(run.held, now)})` : "";
 }
 
 function colour(text: string, paint: Paint, status = text): string {

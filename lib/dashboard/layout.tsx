@@ -10,6 +10,7 @@ import type { JSX } from "hono/jsx/jsx-runtime";
 import type { Pipeline } from "../define/pipeline.ts";
 import type { RunRecord, StepStatus, TaskRecord } from "../model/records.ts";
 import { nextTicks } from "../engine/scheduler.ts";
+import { heldText } from "../define/flow_view.ts";
 import { TERMINAL } from "../model/records.ts";
 import { CSS, JS } from "./assets.ts";
 import {
@@ -93,6 +94,27 @@ export function Badge({ status, id }: { status: string; id?: string }): JSX.Elem
   );
 }
 
+/**
+ * What flow control says of a run, beside its status: why a queued run is held (a badge
+ * whose title is the reason) and its priority when it has one.
+ */
+export function FlowNote({ run, now }: { run: RunRecord; now: number }): JSX.Element {
+  const held = run.status === "queued" && run.held ? run.held : null;
+  return (
+    <>
+      {held && (
+        <>
+          {" "}
+          <span class="badge s-held" data-held={held.by} title={held.reason}>
+            {heldText(held, now)}
+          </span>
+        </>
+      )}
+      {run.priority ? <small class="priority">priority {run.priority}</small> : ""}
+    </>
+  );
+}
+
 /** A time in UTC; the script shows it in the reader's time zone. */
 export function Time({ at }: { at: number | null | undefined }): JSX.Element {
   return at === null || at === undefined
@@ -150,7 +172,10 @@ export function RunsTable(props: { runs: RunRecord[]; now: number; id?: string }
           {props.runs.map((run) => (
             <tr data-active={TERMINAL.has(run.status) ? undefined : ""}>
               <td data-label="Status">
-                <Badge status={run.status} />
+                <span class="status-cell">
+                  <Badge status={run.status} />
+                  <FlowNote run={run} now={props.now} />
+                </span>
               </td>
               <td data-label="Run" class="mono id">
                 <a href={runHref(run.id)}>{run.id}</a>

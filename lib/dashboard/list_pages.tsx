@@ -24,6 +24,7 @@ import {
 import { clip, paramFields, pipelineHref, runHref } from "./format.ts";
 import { nextTicks } from "../engine/scheduler.ts";
 import { formatRetention } from "../define/retention.ts";
+import { flowJson, flowLines } from "../define/flow_view.ts";
 import type { DeadlineMiss } from "../engine/deadlines.ts";
 import { deadlineText } from "../define/deadline.ts";
 
@@ -190,6 +191,7 @@ export function PipelinePage(
 ): JSX.Element {
   const api = `/api/pipelines/${encodeURIComponent(pipeline.name)}`;
   const fields = paramFields(pipeline);
+  const flow = flowLines(flowJson(pipeline.flow));
   return (
     <Layout title={pipeline.name} auth={auth} session={session} page="pipeline">
       <p class="crumbs">
@@ -246,6 +248,12 @@ export function PipelinePage(
           ended runs are kept {formatRetention(pipeline.retention.succeeded)} after success,{" "}
           {formatRetention(pipeline.retention.failed)} after failure,{" "}
           {formatRetention(pipeline.retention.cancelled)} after cancel
+        </dd>
+        <dt>Flow control</dt>
+        <dd id="pipeline-flow">
+          {flow.length === 0
+            ? <span class="muted">none</span>
+            : flow.map((line) => <div key={line}>{line}</div>)}
         </dd>
       </dl>
       <h2>Steps</h2>

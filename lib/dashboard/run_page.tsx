@@ -23,6 +23,8 @@ import {
   TriggerForm,
 } from "./layout.tsx";
 import { WaitPanel } from "./wait_panel.tsx";
+import { heldText } from "../define/flow_view.ts";
+import { formatRetention } from "../define/retention.ts";
 import {
   attemptsByTask,
   bytes,
@@ -141,6 +143,14 @@ function Problems(d: RunPageData): JSX.Element {
   const shown = failed.slice(0, 10);
   return (
     <div id="live-problems" data-live="">
+      {run.status === "queued" && run.held && (
+        <section class="panel" id="run-held" aria-label="Held">
+          <span class="badge s-held" data-held={run.held.by}>{heldText(run.held, d.now)}</span>
+          {run.held.until !== null ? ` ${run.held.reason}.` : ""} {run.held.by === "limit"
+            ? "It starts when a slot of its key frees, first come first served."
+            : "It starts once that time has come."}
+        </section>
+      )}
       {run.paused && (
         <section class="panel" id="run-paused" aria-label="Paused">
           <span class="badge s-paused">⏸ {run.status === "paused" ? "paused" : "pausing"}</span>
@@ -308,6 +318,33 @@ function Facts({ run, now, steps, items }: RunPageData): JSX.Element {
       <dl class="facts">
         <dt>Status</dt>
         <dd>{run.status}</dd>
+        <dt>Priority</dt>
+        <dd id="run-priority">{run.priority ?? 0}</dd>
+        {run.flow && (run.flow.limit || run.flow.throttle || run.flow.debounce) && (
+          <>
+            <dt>Flow control</dt>
+            <dd id="run-flow">
+              {run.flow.limit && (
+                <div>
+                  limit {run.flow.limit.max} at once, key <code>{run.flow.limit.key}</code> (scope
+                  {" "}
+                  {run.flow.limit.scope})
+                </div>
+              )}
+              {run.flow.throttle && (
+                <div>
+                  throttle {run.flow.throttle.max} per {formatRetention(run.flow.throttle.perMs)}
+                  , key <code>{run.flow.throttle.key}</code> (scope {run.flow.throttle.scope})
+                </div>
+              )}
+              {run.flow.debounce && (
+                <div>
+                  debounced, key <code>{run.flow.debounce.key}</code>
+                </div>
+              )}
+            </dd>
+          </>
+        )}
         <dt>Pipeline</dt>
         <dd>
           <a href={pipelineHref(run.pipeline)}>{run.pipeline}</a>{" "}

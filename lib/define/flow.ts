@@ -291,3 +291,13 @@ function checkPeriod(where: string, field: string, value: unknown): number {
   }
   return ms;
 }
+
+/**
+ * Whether a limit or throttle counts per key: false when it was given no key function,
+ * so every run (or attempt) counts under {@linkcode ALL_KEY}.
+ *
+ * @param fn the resolved key function of a {@linkcode Limit} or {@linkcode Throttle}
+ */
+export function isKeyed(fn: (input: unknown) => string): boolean {
+  return fn !== allKey;
+}

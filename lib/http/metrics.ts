@@ -5,7 +5,8 @@
  *   that every creation and status move sums in its own commit, read at each scrape: one
  *   short list, however many runs are stored), lease takeovers (a counter the claim commit
  *   sums), and stored alerts and waiting runs by what they wait for (a scan of the alerts
- *   and of the waiting runs, reused for `countTtlMs` and refreshed in the background).
+ *   and of the waiting runs, reused for `countTtlMs` and refreshed in the background), and
+ *   with them queued runs held back by flow control and held limit slots (bounded scans).
  * - From {@linkcode Engine.subscribe}, for this process: step durations, retries, runs
  *   finished; and from the service, the HTTP requests it served and the events sent to it.
  *
@@ -60,7 +61,20 @@ interface AlertCounts {
   deadlineMisses: Map<string, number>;
   /** Waiting runs by pipeline, then by what they wait for. */
   waiting: Map<string, Map<string, number>>;
+  /** Queued runs held back by flow control, by pipeline, then by what holds them. */
+  held: Map<string, Map<string, number>>;
+  /** Limit slots held, by scope. */
+  slots: Map<string, number>;
 }
+
+/** What holds a queued run back. */
+const HELD_BY = ["limit", "throttle", "debounce"] as const;
+
+/**
+ * Most queued runs and limit slots one count reads: a backlog beyond it is counted up to
+ * it, so a scrape stays bounded however many runs wait.
+ */
+export const FLOW_SCAN_LIMIT = 10_000;
 
 /** What a waiting run waits for: a sleep, an event, a child run, or a retry. */
 const WAIT_KINDS = ["sleep", "event", "child", "retry"] as const;
@@ -171,6 +185,29 @@ export class Metrics {
         const n = counts.waiting.get(pipeline)?.get(kind) ?? 0;
         out.push(`kvflow_runs_waiting${labels({ pipeline, kind })} ${n}`);
       }
+    }
+
+    family(
+      "kvflow_runs_held",
+      "gauge",
+      "Queued runs held back by flow control, by pipeline and by what holds them: limit, " +
+        `throttle or debounce. Counted with the alerts, over at most ${FLOW_SCAN_LIMIT} queued runs.`,
+    );
+    const heldPipelines = new Set([...this.#engine.pipelines.keys(), ...counts.held.keys()]);
+    for (const pipeline of [...heldPipelines].sort()) {
+      for (const by of HELD_BY) {
+        const n = counts.held.get(pipeline)?.get(by) ?? 0;
+        out.push(`kvflow_runs_held${labels({ pipeline, by })} ${n}`);
+      }
+    }
+    family(
+      "kvflow_limit_slots_held",
+      "gauge",
+      "Slots of concurrency limits held by runs and step attempts, by scope. Counted with " +
+        `the alerts, over at most ${FLOW_SCAN_LIMIT} slots.`,
+    );
+    for (const [scope, n] of sorted(counts.slots)) {
+      out.push(`kvflow_limit_slots_held${labels({ scope })} ${n}`);
     }
 
     family("kvflow_alerts_total", "counter", "Alerts stored in KV (one per failure of a run).");
@@ -343,7 +380,48 @@ export class Metrics {
     for await (const e of this.#engine.kv.list({ prefix: keys.deadlineMissPrefix() })) {
       increment(deadlineMisses, e.key[2] as string);
     }
-    return { at, alerts, deadlineMisses, waiting: await this.#countWaiting() };
+    const [waiting, held, slots] = await Promise.all([
+      this.#countWaiting(),
+      this.#countHeld(),
+      this.#countSlots(),
+    ]);
+    return { at, alerts, deadlineMisses, waiting, held, slots };
+  }
+
+  /** Held queued runs by pipeline and what holds them: the status index, then the records. */
+  async #countHeld(): Promise<Map<string, Map<string, number>>> {
+    const kv = this.#engine.kv;
+    const held = new Map<string, Map<string, number>>();
+    let ids: string[] = [];
+    const read = async () => {
+      const runs = await kv.getMany<RunRecord[]>(ids.map((id) => keys.run(id)));
+      ids = [];
+      for (const { value: run } of runs) {
+        if (run?.status !== "queued" || !run.held) continue;
+        let byWhat = held.get(run.pipeline);
+        if (!byWhat) held.set(run.pipeline, byWhat = new Map());
+        increment(byWhat, run.held.by);
+      }
+    };
+    const queued = kv.list({ prefix: keys.runsByStatusPrefix("queued") }, {
+      limit: FLOW_SCAN_LIMIT,
+    });
+    for await (const e of queued) {
+      ids.push(e.key[e.key.length - 1] as string);
+      if (ids.length === 10) await read();
+    }
+    if (ids.length > 0) await read();
+    return held;
+  }
+
+  /** Held limit slots by scope, from the slot keys (`[kvflow, slot, scope, key, index]`). */
+  async #countSlots(): Promise<Map<string, number>> {
+    const slots = new Map<string, number>();
+    const list = this.#engine.kv.list({ prefix: keys.allSlotsPrefix() }, {
+      limit: FLOW_SCAN_LIMIT,
+    });
+    for await (const e of list) increment(slots, e.key[2] as string);
+    return slots;
   }
 
   /** Waiting runs by pipeline and kind: the status index, then the records, ten a read. */

@@ -11,7 +11,9 @@ import type { Engine } from "../engine/engine.ts";
 import * as keys from "../kv/keys.ts";
 import type {
   AttemptRecord,
+  HeldState,
   PauseState,
+  RunFlow,
   RunRecord,
   TaskRecord,
   WaitState,
@@ -20,6 +22,7 @@ import type { ArtifactMeta } from "../model/artifacts.ts";
 import { type AlertRecord, runAlerts } from "../alerts/alert.ts";
 import { nextTicks, type ScheduleState } from "../engine/scheduler.ts";
 import { retentionJson } from "../define/retention.ts";
+import { flowJson } from "../define/flow_view.ts";
 import type { PipelineJson, RunDetail, RunJson, StepJson, WaitJson } from "./schemas.ts";
 import type { Kv } from "../kv/kv.ts";
 
@@ -63,6 +66,39 @@ export function runJson(run: RunRecord, now = Date.now()): RunJson {
     eventUrl: run.event ? eventUrl(run.event) : null,
     waitingFor: run.status === "waiting" && run.waitingFor ? waitJson(run.waitingFor) : null,
     paused: run.paused ? { by: run.paused.by, at: run.paused.at, reason: run.paused.reason } : null,
+    priority: run.priority ?? 0,
+    held: run.status === "queued" && run.held ? heldJson(run.held) : null,
+    flow: run.flow ? runFlowJson(run.flow) : null,
+  };
+}
+
+/** Why a queued run is held, field by field. */
+function heldJson(held: HeldState): NonNullable<RunJson["held"]> {
+  return {
+    by: held.by,
+    key: held.key,
+    since: held.since,
+    until: held.until,
+    reason: held.reason,
+  };
+}
+
+/** A run's flow keys, field by field. */
+function runFlowJson(flow: RunFlow): NonNullable<RunJson["flow"]> {
+  const { limit, throttle, debounce } = flow;
+  return {
+    ...(limit ? { limit: { scope: limit.scope, key: limit.key, max: limit.max } } : {}),
+    ...(throttle
+      ? {
+        throttle: {
+          scope: throttle.scope,
+          key: throttle.key,
+          max: throttle.max,
+          perMs: throttle.perMs,
+        },
+      }
+      : {}),
+    ...(debounce ? { debounce: { key: debounce.key } } : {}),
   };
 }
 
@@ -144,6 +180,7 @@ export function pipelineJson(
       }
       : null,
     retention: retentionJson(pipeline.retention),
+    flow: flowJson(pipeline.flow),
     paused: pause ? { by: pause.by, at: pause.at, reason: pause.reason } : null,
   };
 }

@@ -111,6 +111,77 @@ export const PauseSchema = response(
   }),
 );
 
+/** Why a queued run does not start yet (flow control). */
+export const HeldSchema = response(
+  "Held",
+  z.object({
+    by: z.enum(["limit", "throttle", "debounce"]).describe(
+      "`limit`: every slot of its key is taken; `throttle`: its key used its starts for " +
+        "this period; `debounce`: its burst of triggers is not quiet yet",
+    ),
+    key: z.string().describe("The limit, throttle or debounce key"),
+    since: time.describe("When it was held back"),
+    until: time.nullable().describe(
+      "When it may start at the earliest (throttle, debounce); null for a limit (when a slot frees)",
+    ),
+    reason: z.string().describe("For people, such as \"2 of 2 slots of 'acme' taken\""),
+  }),
+);
+
+/** The limit, throttle and debounce a run counts against, keys computed from its params. */
+export const RunFlowSchema = response(
+  "RunFlow",
+  z.object({
+    limit: z.object({ scope: z.string(), key: z.string(), max: z.int().min(1) }).optional()
+      .describe("Concurrency limit: at most `max` active runs per scope and key"),
+    throttle: z.object({
+      scope: z.string(),
+      key: z.string(),
+      max: z.int().min(1),
+      perMs: duration.describe("The period"),
+    }).optional().describe("At most `max` run starts per period per scope and key"),
+    debounce: z.object({ key: z.string() }).optional().describe(
+      "The key its triggers were gathered by",
+    ),
+  }),
+);
+
+const LimitConfigSchema = z.object({
+  scope: z.string().describe("Limits of the same scope share their slots"),
+  max: z.int().min(1).describe("At once per key"),
+  keyed: z.boolean().describe("Whether it counts per key (false: one key for all)"),
+});
+
+const ThrottleConfigSchema = z.object({
+  scope: z.string().describe("Throttles of the same scope share their budget"),
+  max: z.int().min(1).describe("Starts per period per key"),
+  per: z.string().describe("The period, such as 1s"),
+  perMs: duration,
+  keyed: z.boolean().describe("Whether it counts per key (false: one key for all)"),
+});
+
+/** A pipeline's flow control, as its module declares it. */
+export const PipelineFlowSchema = response(
+  "PipelineFlow",
+  z.object({
+    limit: LimitConfigSchema.nullable().describe("Concurrency limit of its runs"),
+    throttle: ThrottleConfigSchema.nullable().describe("Throttle of its run starts"),
+    debounce: z.object({
+      quiet: z.string().describe("The quiet period, such as 30s"),
+      quietMs: duration,
+      maxWait: z.string().describe("The longest a burst holds its run back"),
+      maxWaitMs: duration,
+      keyed: z.boolean(),
+    }).nullable().describe("Debounce of the runs HTTP and events start"),
+    priority: z.int().min(0).max(10).describe("The default priority of its runs"),
+    steps: z.array(z.object({
+      step: z.string(),
+      limit: LimitConfigSchema.nullable(),
+      throttle: ThrottleConfigSchema.nullable(),
+    })).describe("Its steps that have a limit or a throttle, in step order"),
+  }),
+);
+
 /** A link to the step (and item) of a run, e.g. a child run's parent. */
 export const RunLinkSchema = response(
   "RunLink",
@@ -155,6 +226,15 @@ export const RunSchema = response(
     paused: PauseSchema.nullable().describe(
       "While paused (or, with status `running`, while its worker finishes the attempts in " +
         "flight before it lets go): who paused it, when and why",
+    ),
+    priority: z.int().min(0).max(10).describe(
+      "0 to 10: among due runs, higher is claimed first (age lifts priority)",
+    ),
+    held: HeldSchema.nullable().describe(
+      "While queued and held back by a limit, a throttle or a debounce: by what and why",
+    ),
+    flow: RunFlowSchema.nullable().describe(
+      "The limit, throttle and debounce it counts against; null when none",
     ),
   }),
 );
@@ -226,6 +306,7 @@ export const PipelineSchema = response(
       "How long ended runs are kept after they end, by status (such as 30d), before " +
         "workers prune them with everything they own",
     ),
+    flow: PipelineFlowSchema.describe("Its limits, throttles, debounce and priority"),
     paused: PauseSchema.nullable().describe(
       "While paused: triggers are accepted, but its new runs wait (status `paused`) and its " +
         "schedule does not advance until it is unpaused",
