@@ -7,7 +7,6 @@
 import assert from "node:assert/strict";
 import { z } from "zod";
 import { openEngine, type Pipeline, pipeline, type RunRecord, step } from "../lib/mod.ts";
-import { BEGAN_BURST, JOINED_BURST } from "../lib/store/events.ts";
 import { type Service, startService } from "./_support/http.ts";
 import { delay, waitFor } from "./_support/helpers.ts";
 import { TestClock } from "../lib/testing/mod.ts";
@@ -198,11 +197,11 @@ Deno.test("events join a debounced pipeline's burst in their send's commit", asy
   assert.equal(run.trigger, "event");
   const page = await s.get("/api/events/evt-3");
   const effect = page.effects.find((e: { runId: string }) => e.runId === id);
-  assert.equal(effect.message, JOINED_BURST);
+  assert.equal(effect.kind, "joined", "evt-3 joined the burst evt-1 began");
   const began = (await s.get("/api/events/evt-1")).effects.find((e: { runId: string }) =>
     e.runId === id
   );
-  assert.equal(began.message, BEGAN_BURST);
+  assert.equal(began.kind, "started");
   assert.equal((await runsOf(s, "digest")).length, 1);
 });
 

@@ -131,6 +131,7 @@ export function EventPage(d: Frame & { event: EventView }): JSX.Element {
 const VERB: Record<EventEffect["kind"], string> = {
   woke: "woke",
   started: "started",
+  joined: "joined the burst of",
   mismatch: "did not match",
 };
 

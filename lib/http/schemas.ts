@@ -428,8 +428,8 @@ export const RunDetailSchema = response(
 export const EventEffectSchema = response(
   "EventEffect",
   z.object({
-    kind: z.enum(["woke", "started", "mismatch"]).describe(
-      "Woke a waiting step, started the run, or did not pass the wait's payload schema",
+    kind: z.enum(["woke", "started", "joined", "mismatch"]).describe(
+      "Woke a waiting step, started the run, joined a debounced burst's queued run, or did not pass the wait's payload schema",
     ),
     runId: z.string(),
     step: z.string().nullable().describe("The waiting step; null for a started run"),

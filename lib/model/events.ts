@@ -71,8 +71,11 @@ export interface WaitEntry {
 
 /** What an event did to a run. */
 export interface EventEffect {
-  /** Woke a waiting step, started the run, or did not pass the wait's schema. */
-  kind: "woke" | "started" | "mismatch";
+  /**
+   * Woke a waiting step, started the run, joined a debounced burst's queued run (which
+   * starts with the last trigger's params), or did not pass the wait's schema.
+   */
+  kind: "woke" | "started" | "joined" | "mismatch";
   /** The run. */
   runId: string;
   /** The waiting step ("" for a run the event started). */

@@ -76,13 +76,6 @@ export interface SendResult {
   joined: RunRecord[];
 }
 
-/** The note on a `started` effect of an event that began a debounced burst. */
-export const BEGAN_BURST = "debounced: began a burst; the run starts once its triggers are quiet";
-
-/** The note on a `started` effect of an event that joined a debounced burst's run. */
-export const JOINED_BURST =
-  "debounced: joined the burst's queued run, which starts with the last trigger's params";
-
 /** A wait found by a lookup, with its entry as read. */
 type FoundWait = KvEntry<WaitEntry>;
 
@@ -194,9 +187,8 @@ export async function sendEvent(
         addRunCreation(store, op, run);
         started.push(run);
       }
-      const record = effect("started", run.id, "", -1, now);
-      // the event pages say which burst an event began or joined (kinds are fixed)
-      if (of) record.message = run.id === fresh.id ? BEGAN_BURST : JOINED_BURST;
+      // an event that joined a debounced burst's queued run did not start it
+      const record = effect(run.id === fresh.id ? "started" : "joined", run.id, "", -1, now);
       op.set(keys.eventEffect(id, run.id, "", -1), record);
     }
     const event: EventRecord = { ...base, started: [...started, ...joined].map((r) => r.id) };
