@@ -35,6 +35,7 @@ export async function send(invocation: Invocation): Promise<number> {
             pipeline: r.pipeline,
             status: r.status,
           })),
+          joined: result.joined.map((r) => ({ id: r.id, pipeline: r.pipeline, held: r.held })),
         },
         null,
         2,
@@ -56,12 +57,17 @@ export async function send(invocation: Invocation): Promise<number> {
     for (const run of result.started) {
       invocation.out(`  started  run ${run.id} of pipeline ${run.pipeline} (${run.status})`);
     }
-    if (result.woke.length === 0 && result.started.length === 0) {
+    for (const run of result.joined) {
+      invocation.out(
+        `  joined   run ${run.id} of pipeline ${run.pipeline}: ${run.held?.reason ?? run.status}`,
+      );
+    }
+    if (result.woke.length === 0 && result.started.length === 0 && result.joined.length === 0) {
       invocation.out(
         "  no run waits for it now; a wait that starts later still takes it while it is kept",
       );
     }
-    if (result.started.length > 0) {
+    if (result.started.length + result.joined.length > 0) {
       invocation.out(
         "  a worker runs what it started: deno task serve (or deno task worker)",
       );
