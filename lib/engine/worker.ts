@@ -14,7 +14,7 @@ import { type AlertEmail, deliverAlert, pendingAlerts } from "../alerts/deliver.
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
 import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
-import type { Store, WakeMessage } from "../store/store.ts";
+import type { Claim, Store, WakeMessage } from "../store/store.ts";
 import { StepLimit } from "./step_limit.ts";
 import { hostname, pid } from "../platform/process.ts";
 
@@ -250,6 +250,7 @@ export class Worker {
       return "full";
     }
     this.#active.set(runId, null);
+    let claimed: Claim | null = null;
     try {
       const run = await this.#store.getRun(runId);
       if (!run) return "skipped";
@@ -276,6 +277,7 @@ export class Worker {
         run.pipeline,
       );
       if (!claim) return "skipped";
+      claimed = claim;
       const driver = new RunDriver({
         store: this.#store,
         pipeline,
@@ -314,6 +316,8 @@ export class Worker {
       return outcome;
     } finally {
       this.#active.delete(runId);
+      // a run under a limit may have freed its slot: the next queued run starts here now
+      if (claimed?.run.flow?.limit) this.#backlog = true;
       this.#pullBacklog();
     }
   }

@@ -31,6 +31,7 @@ import type { Delivery } from "../model/events.ts";
 import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
 import { pausedRecord } from "./pause.ts";
 import { checkPriority, flowKey } from "../define/flow.ts";
+import { admit, needsAdmission } from "./flow.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -237,6 +238,16 @@ export async function claim(
     run.status === "waiting" && run.dueAt !== null && run.dueAt > now &&
     bellEntry.versionstamp === (run.bellSeen ?? null)
   ) return null;
+  // a queued run under a limit or throttle starts only when they let it
+  const admission = needsAdmission(run) ? await admit(store.kv, run, now) : null;
+  if (admission && !admission.start) {
+    const next: RunRecord = { ...run, held: admission.held, dueAt: admission.dueAt };
+    const op = store.kv.atomic().check(runEntry, leaseEntry).set(keys.run(runId), next);
+    admission.apply(op);
+    moveDue(op, run, next);
+    await commitAtomic(op);
+    return null;
+  }
   const lease: Lease = { ...holder, deadline: now + leaseMs };
   const claimed: RunRecord = {
     ...run,
@@ -246,11 +257,13 @@ export async function claim(
     takeovers: run.takeovers + (takeover ? 1 : 0),
     ...(run.waitingFor ? { waitingFor: null } : {}),
     ...(run.held ? { held: null } : {}),
+    ...(admission?.slot != null ? { slot: admission.slot } : {}),
   };
   // Claims of different runs touch disjoint keys: they may share a commit.
   const result = await store.committer.commit({
-    checks: 2,
-    mutations: 14,
+    // with a slot and a throttle entry taken, a queue entry dropped and a gate
+    checks: 4,
+    mutations: 18,
     bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
     apply: (op) => {
       op.check(runEntry, leaseEntry)
@@ -260,6 +273,7 @@ export async function claim(
       if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
       moveDue(op, run, claimed);
       moveStatus(op, run, claimed);
+      if (admission) admission.apply(op);
     },
   });
   if (!result.ok) return null;
