@@ -259,23 +259,32 @@ export async function claim(
     ...(run.held ? { held: null } : {}),
     ...(admission?.slot != null ? { slot: admission.slot } : {}),
   };
-  // Claims of different runs touch disjoint keys: they may share a commit.
-  const result = await store.committer.commit({
-    // with a slot and a throttle entry taken, a queue entry dropped and a gate
-    checks: 4,
-    mutations: 18,
-    bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
-    apply: (op) => {
-      op.check(runEntry, leaseEntry)
-        .set(keys.lease(runId), lease)
-        .set(keys.run(runId), claimed);
-      // A cross-process total for the metrics endpoint.
-      if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
-      moveDue(op, run, claimed);
-      moveStatus(op, run, claimed);
-      if (admission) admission.apply(op);
-    },
-  });
+  const apply = (op: AtomicOperation) => {
+    op.check(runEntry, leaseEntry)
+      .set(keys.lease(runId), lease)
+      .set(keys.run(runId), claimed);
+    // A cross-process total for the metrics endpoint.
+    if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
+    moveDue(op, run, claimed);
+    moveStatus(op, run, claimed);
+  };
+  // Claims of different runs touch disjoint keys: they may share a commit. Not a start
+  // under flow control: its checks on a slot or throttle entry that other runs' claims
+  // check too would all pass within one grouped commit, so it commits on its own.
+  let result;
+  if (admission) {
+    const op = store.kv.atomic();
+    apply(op);
+    admission.apply(op);
+    result = await commitAtomic(op);
+  } else {
+    result = await store.committer.commit({
+      checks: 2,
+      mutations: 14,
+      bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
+      apply,
+    });
+  }
   if (!result.ok) return null;
   // A run claimed before may hold blobs that an earlier holder wrote and never
   // checkpointed: the new lease fences that holder out, so this claim may reclaim them.
