@@ -14,7 +14,8 @@ import { type AlertEmail, deliverAlert, pendingAlerts } from "../alerts/deliver.
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
 import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
-import type { Claim, Store, WakeMessage } from "../store/store.ts";
+import type { Store, WakeMessage } from "../store/store.ts";
+import { wakeQueued } from "../store/flow.ts";
 import { StepLimit } from "./step_limit.ts";
 import { hostname, pid } from "../platform/process.ts";
 
@@ -54,6 +55,9 @@ export interface WorkerOptions {
 }
 
 const FOREIGN_MS = 60_000;
+
+/** How a driver leaves a run that still holds its limit slot. */
+const HOLDS_SLOT: ReadonlySet<Outcome> = new Set(["waiting", "released", "paused"]);
 
 /** Result of {@linkcode Worker.execute}: how the driver left the run, or why none ran. */
 export type ExecuteResult = Outcome | "busy" | "full" | "skipped" | "unknown-pipeline";
@@ -250,7 +254,6 @@ export class Worker {
       return "full";
     }
     this.#active.set(runId, null);
-    let claimed: Claim | null = null;
     try {
       const run = await this.#store.getRun(runId);
       if (!run) return "skipped";
@@ -277,7 +280,6 @@ export class Worker {
         run.pipeline,
       );
       if (!claim) return "skipped";
-      claimed = claim;
       const driver = new RunDriver({
         store: this.#store,
         pipeline,
@@ -308,6 +310,9 @@ export class Worker {
         );
       }
       if (outcome === "waiting") await this.#timeWakeUp(runId);
+      // a run under a limit that let go of its slot: the next queued run starts here now
+      const limit = claim.run.flow?.limit;
+      if (limit && !HOLDS_SLOT.has(outcome)) this.#wakeQueued(limit);
       // a child that ended tells its parent here at once (a hint does across processes)
       if ((outcome === "succeeded" || outcome === "failed") && run.parent) {
         const parent = run.parent.runId;
@@ -316,10 +321,15 @@ export class Worker {
       return outcome;
     } finally {
       this.#active.delete(runId);
-      // a run under a limit may have freed its slot: the next queued run starts here now
-      if (claimed?.run.flow?.limit) this.#backlog = true;
       this.#pullBacklog();
     }
+  }
+
+  #wakeQueued(limit: { scope: string; key: string; max: number }): void {
+    wakeQueued(this.#store.kv, limit, this.#store.clock.now()).then(
+      (runIds) => runIds.forEach((runId) => this.wake(runId)),
+      (error) => console.error(`kvflow: limit '${limit.key}': ${error?.message ?? error}`),
+    );
   }
 
   /** Runs were turned away for lack of room: look for due work again as soon as room frees. */

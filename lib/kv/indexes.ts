@@ -66,7 +66,7 @@ export function moveDue(op: AtomicOperation, before: RunRecord, after: RunRecord
  * of the run from one per-status count to the other: 8 mutations at most. Every status
  * change goes through here or {@linkcode addRunIndexes}, so the counts change in the
  * commits that move the index entries and never drift from them. The end of a run under
- * a limit also frees what it holds there: 11 mutations at most.
+ * a limit also frees what it holds there: 12 mutations at most.
  */
 export function moveStatus(op: AtomicOperation, before: RunRecord, after: RunRecord): void {
   if (before.status === after.status) return;
@@ -99,8 +99,9 @@ function releaseLimit(op: AtomicOperation, before: RunRecord, after: RunRecord):
     op.delete(keys.limitQueue(scope, key, queueRank(before), before.id));
     return;
   }
-  op.delete(keys.slot(scope, key, before.slot));
-  addGate(op, after.endedAt ?? after.createdAt, limit);
+  const at = after.endedAt ?? after.createdAt;
+  op.delete(keys.slot(scope, key, before.slot)).set(keys.limitRelease(scope, key), at);
+  addGate(op, at, limit);
 }
 
 /** The value of a gate's due-index entry: the limit key whose slot was freed. */

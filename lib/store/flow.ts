@@ -58,6 +58,39 @@ export type Admission =
     apply: (op: AtomicOperation) => void;
   };
 
+/** The tail of each flow key's chain of claims in this process. */
+const turns = new Map<string, Promise<unknown>>();
+
+/**
+ * Runs `fn` when the claims of this process before it on `run`'s limit and throttle keys
+ * are done: the claims of one key never share a grouped commit.
+ */
+export async function withFlowLock<T>(run: RunRecord, fn: () => Promise<T>): Promise<T> {
+  const { limit, throttle } = run.flow ?? {};
+  const chains: string[] = [];
+  if (limit) chains.push(`limit\u0000${limit.scope}\u0000${limit.key}`);
+  if (throttle) chains.push(`throttle\u0000${throttle.scope}\u0000${throttle.key}`);
+  // taken in one order by every claim, so two never wait for each other
+  chains.sort();
+  const inTurn = chains.reduceRight<() => Promise<T>>(
+    (inner, chain) => () => taking(chain, inner),
+    fn,
+  );
+  return await inTurn();
+}
+
+async function taking<T>(chain: string, fn: () => Promise<T>): Promise<T> {
+  const before = turns.get(chain) ?? Promise.resolve();
+  const mine = before.then(fn, fn);
+  const tail = mine.catch(() => {});
+  turns.set(chain, tail);
+  try {
+    return await mine;
+  } finally {
+    if (turns.get(chain) === tail) turns.delete(chain);
+  }
+}
+
 /** Whether a claim of `run` goes through flow control: a queued run holding no slot. */
 export function needsAdmission(run: RunRecord): boolean {
   if (run.status !== "queued" || run.slot != null) return false;
@@ -76,18 +109,28 @@ export function isGate(value: unknown): value is GateDue {
  */
 export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admission> {
   const { limit, throttle } = run.flow ?? {};
+  const throttled = throttle ? readThrottle(kv, throttle.scope, throttle.key) : null;
+  throttled?.catch(() => {}); // awaited below, unless the limit holds the run first
   const applies: ((op: AtomicOperation) => void)[] = [];
   let slot: number | null = null;
   const since = (by: HeldState["by"]) => run.held?.by === by ? run.held.since : now;
   if (limit) {
     const { scope, key, max } = limit;
-    let held = await readSlots(kv, scope, key);
-    if (freeSlot(held, max) < 0) held = await healSlots(kv, held);
+    // read at once: KV is busiest exactly when runs queue up under a limit
+    const [release, slots, queue] = await Promise.all([
+      kv.get(keys.limitRelease(scope, key)),
+      readSlots(kv, scope, key),
+      queued(kv, scope, key, max + 1),
+    ]);
+    let held = slots;
+    // A slot whose holder is gone without freeing it (its run was deleted, say) is rare:
+    // looked for once a run waited out its backstop, not at every claim of a full key.
+    const waitedLong = run.held?.by === "limit" && now - run.held.since >= BACKSTOP_MS;
+    if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held);
     const index = freeSlot(held, max);
     const free = max - held.length;
     const mine = keys.limitQueue(scope, key, queueRank(run), run.id);
-    const queue = await queued(kv, scope, key, free + 1);
-    const ahead = await waitingAhead(kv, queue, mine);
+    const ahead = index < 0 ? 0 : await waitingAhead(kv, queue, mine);
     if (index < 0 || ahead >= free) {
       const reason = index < 0
         ? `${held.length} of ${max} slots of key '${key}' taken`
@@ -97,7 +140,8 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
         held: { by: "limit", key, since: since("limit"), until: null, reason },
         dueAt: now + BACKSTOP_MS,
         apply: (op) => {
-          op.set(mine, run.id);
+          // a slot freed since it was read: the hold fails and the run looks again
+          op.check(release).set(mine, run.id);
           // the free slots belong to the runs ahead: wake them
           if (free > 0) addGate(op, now, limit);
         },
@@ -115,7 +159,7 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
   }
   if (throttle) {
     const { scope, key, max, perMs } = throttle;
-    const pick = pickThrottle(await readThrottle(kv, scope, key), max, perMs, now);
+    const pick = pickThrottle(await throttled!, max, perMs, now);
     if ("until" in pick) {
       const reason = `${max} start(s) of key '${key}' in the last ${formatMs(perMs)}`;
       return {
@@ -135,10 +179,8 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
 }
 
 /**
- * Opens a gate listed in the due-index: makes up to as many queued runs of its key due
- * now as it has free slots, in queue order, and deletes the gate (or leaves it listed
- * when more runs may follow), in one commit checked against the gate and those runs.
- * Queue entries of runs that ended, vanished or started meanwhile are dropped with it.
+ * Opens a gate listed in the due-index: {@linkcode wakeQueued} in one commit with the
+ * gate's deletion, checked against the gate (left listed when more runs may follow).
  *
  * @returns the runs made due, or none when the commit lost a race (the gate stays)
  */
@@ -148,14 +190,31 @@ export async function openGate(
   now: number,
 ): Promise<string[]> {
   const [scope, key, max] = gate.value.gate;
-  let held = await readSlots(kv, scope, key);
-  if (held.length >= max) held = await healSlots(kv, held);
+  return await wakeQueued(kv, { scope, key, max }, now, gate);
+}
+
+/**
+ * Makes up to as many queued runs of a limit key due now as it has free slots, in queue
+ * order, in one commit checked against those runs; queue entries of runs that ended,
+ * vanished or started meanwhile are dropped with it. The worker whose run freed a slot
+ * calls it at once; the gate that the freeing commit wrote does the same for any worker.
+ *
+ * @returns the runs made due, or none when the commit lost a race
+ */
+export async function wakeQueued(
+  kv: Kv,
+  limit: { scope: string; key: string; max: number },
+  now: number,
+  gate?: KvEntry<GateDue>,
+): Promise<string[]> {
+  const { scope, key, max } = limit;
+  const held = await readSlots(kv, scope, key);
   const free = Math.min(max - held.length, GATE_BATCH);
   const entries = free > 0 ? await queued(kv, scope, key, free + GATE_BATCH) : [];
   const runs = entries.length > 0
     ? await kv.getMany<RunRecord[]>(entries.map((e) => keys.run(e.value)))
     : [];
-  const op = kv.atomic().check(gate);
+  const op = kv.atomic();
   const woken: string[] = [];
   let more = false;
   entries.forEach((entry, i) => {
@@ -175,7 +234,10 @@ export async function openGate(
     op.check(runs[i]).set(keys.run(run.id), next);
     moveDue(op, run, next);
   });
-  if (!(more && free === GATE_BATCH)) op.delete(gate.key);
+  if (gate) {
+    op.check(gate);
+    if (!(more && free === GATE_BATCH)) op.delete(gate.key);
+  } else if (entries.length === 0) return [];
   return (await commitAtomic(op)).ok ? woken : [];
 }
 
