@@ -187,7 +187,9 @@ export function addRunCreation(store: StoreParts, op: AtomicOperation, run: RunR
  * Claims a run for a worker: succeeds when the run is active and unleased (or its lease
  * expired, or its holder is a dead process on this host) and, for a waiting run, its
  * retry is due. The commit writes the lease, a due-index entry at the lease deadline
- * (so a crash of this worker still leaves a wake-up), and the run as `running`.
+ * (so a crash of this worker still leaves a wake-up), and the run as `running`. A queued
+ * run under a limit or throttle (`flow.ts`) takes its slot and throttle entry in that
+ * commit, or is recorded still queued with why it is held back, and is not claimed.
  *
  * @returns the claim, or null when another worker has it or there is nothing to do
  */
