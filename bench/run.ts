@@ -15,6 +15,8 @@
  * 10. `parked`: 10,000 and 100,000 parked runs: worker memory, sweep, idle CPU, send.
  * 11. `prune`: a month of a busy pipeline with a 3-day retention and a moved clock: the KV
  *     file's size day by day (it must stop growing), and runs pruned per second.
+ * 12. `limit`: flow control: the 500-run throughput with and without a run limit, and the
+ *     claim latency of a queued run when its slot frees, same process and another.
  *
  * `--only waits` selects 7–10.
  *
@@ -36,6 +38,7 @@ import { sleepLateness, sleepRows, type SleepSizes } from "./sleep_lateness.ts";
 import { sendRows, sends, type SendSizes } from "./sends.ts";
 import { logParked, parked, parkedRows, type ParkedSizes } from "./parked.ts";
 import { prune, pruneRows, type PruneSizes } from "./prune.ts";
+import { flowBench, flowRows, type FlowSizes } from "./flow.ts";
 import { machine, markdown, type Row, writeTable } from "./report.ts";
 import { fmt, log, TIMEOUT_MS } from "./_util.ts";
 
@@ -53,6 +56,7 @@ interface Sizes {
   send: SendSizes;
   parked: ParkedSizes;
   prune: PruneSizes;
+  limit: FlowSizes;
 }
 
 const FULL: Sizes = {
@@ -67,6 +71,7 @@ const FULL: Sizes = {
   send: { sends: 500, groups: 5, inFlight: 16, floorCommits: 500 },
   parked: { engineRuns: 10_000, total: 100_000, samples: 20, cpuSeconds: 5 },
   prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000 },
+  limit: { runs: 500, repeats: 3, local: 50, cross: 20 },
 };
 
 const QUICK: Sizes = {
@@ -81,6 +86,7 @@ const QUICK: Sizes = {
   send: { sends: 100, groups: 2, inFlight: 16, floorCommits: 200 },
   parked: { engineRuns: 2000, total: 10_000, samples: 10, cpuSeconds: 2 },
   prune: { days: 12, runsPerDay: 50, retentionDays: 3, backlog: 300 },
+  limit: { runs: 100, repeats: 1, local: 10, cross: 5 },
 };
 
 const SECTIONS = [
@@ -95,6 +101,7 @@ const SECTIONS = [
   "send",
   "parked",
   "prune",
+  "limit",
 ] as const;
 type Section = typeof SECTIONS[number];
 
@@ -194,6 +201,7 @@ async function main(): Promise<number> {
       return report;
     }, parkedRows);
     await section("prune", () => prune(dir, sizes.prune), pruneRows);
+    await section("limit", (signal) => flowBench(dir, sizes.limit, signal), flowRows);
     info.loadAfter = Deno.loadavg();
     const text = markdown(rows, info);
     console.log(text);

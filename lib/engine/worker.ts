@@ -15,6 +15,7 @@ import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driv
 import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
 import type { Store, WakeMessage } from "../store/store.ts";
+import { wakeQueued } from "../store/flow.ts";
 import { StepLimit } from "./step_limit.ts";
 import { hostname, pid } from "../platform/process.ts";
 
@@ -54,6 +55,9 @@ export interface WorkerOptions {
 }
 
 const FOREIGN_MS = 60_000;
+
+/** How a driver leaves a run that still holds its limit slot. */
+const HOLDS_SLOT: ReadonlySet<Outcome> = new Set(["waiting", "released", "paused"]);
 
 /** Result of {@linkcode Worker.execute}: how the driver left the run, or why none ran. */
 export type ExecuteResult = Outcome | "busy" | "full" | "skipped" | "unknown-pipeline";
@@ -306,6 +310,9 @@ export class Worker {
         );
       }
       if (outcome === "waiting") await this.#timeWakeUp(runId);
+      // a run under a limit that let go of its slot: the next queued run starts here now
+      const limit = claim.run.flow?.limit;
+      if (limit && !HOLDS_SLOT.has(outcome)) this.#wakeQueued(limit);
       // a child that ended tells its parent here at once (a hint does across processes)
       if ((outcome === "succeeded" || outcome === "failed") && run.parent) {
         const parent = run.parent.runId;
@@ -316,6 +323,13 @@ export class Worker {
       this.#active.delete(runId);
       this.#pullBacklog();
     }
+  }
+
+  #wakeQueued(limit: { scope: string; key: string; max: number }): void {
+    wakeQueued(this.#store.kv, limit, this.#store.clock.now()).then(
+      (runIds) => runIds.forEach((runId) => this.wake(runId)),
+      (error) => console.error(`kvflow: limit '${limit.key}': ${error?.message ?? error}`),
+    );
   }
 
   /** Runs were turned away for lack of room: look for due work again as soon as room frees. */

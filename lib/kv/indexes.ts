@@ -65,7 +65,8 @@ export function moveDue(op: AtomicOperation, before: RunRecord, after: RunRecord
  * Adds to `op` the status-index move from `before.status` to `after.status`, and the move
  * of the run from one per-status count to the other: 8 mutations at most. Every status
  * change goes through here or {@linkcode addRunIndexes}, so the counts change in the
- * commits that move the index entries and never drift from them.
+ * commits that move the index entries and never drift from them. The end of a run under
+ * a limit also frees what it holds there: 12 mutations at most.
  */
 export function moveStatus(op: AtomicOperation, before: RunRecord, after: RunRecord): void {
   if (before.status === after.status) return;
@@ -79,6 +80,50 @@ export function moveStatus(op: AtomicOperation, before: RunRecord, after: RunRec
   );
   op.sum(keys.runCount(before.pipeline, before.status), MINUS_ONE);
   op.sum(keys.runCount(after.pipeline, after.status), 1n);
-  if (TERMINAL.has(after.status)) op.delete(keys.activeRun(after.pipeline, after.id));
-  else op.set(keys.activeRun(after.pipeline, after.id), after.createdAt);
+  if (TERMINAL.has(after.status)) {
+    op.delete(keys.activeRun(after.pipeline, after.id));
+    releaseLimit(op, before, after);
+  } else op.set(keys.activeRun(after.pipeline, after.id), after.createdAt);
+}
+
+/**
+ * Adds to `op` the release of what an ending run holds under its limit: its slot, with a
+ * gate that makes the next queued run of its key due (`store/flow.ts`), or its place in
+ * the key's queue when it never got one.
+ */
+function releaseLimit(op: AtomicOperation, before: RunRecord, after: RunRecord): void {
+  const limit = before.flow?.limit;
+  if (!limit) return;
+  const { scope, key } = limit;
+  if (before.slot == null) {
+    op.delete(keys.limitQueue(scope, key, queueRank(before), before.id));
+    return;
+  }
+  const at = after.endedAt ?? after.createdAt;
+  op.delete(keys.slot(scope, key, before.slot)).set(keys.limitRelease(scope, key), at);
+  addGate(op, at, limit);
+}
+
+/** The value of a gate's due-index entry: the limit key whose slot was freed. */
+export interface GateDue {
+  gate: [scope: string, key: string, max: number];
+}
+
+/** A run's place in its limit key's queue: earlier creation and higher priority first. */
+export function queueRank(run: RunRecord): number {
+  return run.createdAt - (run.priority ?? 0) * PRIORITY_STEP_MS;
+}
+
+/** Adds to `op` a gate that makes the first queued runs of a limit key due at `at`. */
+export function addGate(
+  op: AtomicOperation,
+  at: number,
+  limit: { scope: string; key: string; max: number },
+): void {
+  const value: GateDue = { gate: [limit.scope, limit.key, limit.max] };
+  op.set(keys.due(at, gateId(limit.scope, limit.key)), value);
+}
+
+function gateId(scope: string, key: string): string {
+  return `limit ${scope} ${key}`;
 }

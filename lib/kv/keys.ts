@@ -513,6 +513,14 @@ export function limitQueue(scope: string, key: string, rank: number, runId: stri
   return [ROOT, "limit_queue", scope, key, rank, runId];
 }
 
+/**
+ * When a slot of a limit key was last freed: a run that found every slot taken commits
+ * its hold checked against it, so a slot freed meanwhile makes it look again.
+ */
+export function limitRelease(scope: string, key: string): KvKey {
+  return [ROOT, "limit_release", scope, key];
+}
+
 /** Prefix of one limit key's queue. */
 export function limitQueuePrefix(scope: string, key: string): KvKey {
   return [ROOT, "limit_queue", scope, key];

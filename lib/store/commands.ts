@@ -31,6 +31,7 @@ import type { Delivery } from "../model/events.ts";
 import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
 import { pausedRecord } from "./pause.ts";
 import { checkPriority, flowKey } from "../define/flow.ts";
+import { admit, needsAdmission, withFlowLock } from "./flow.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -186,7 +187,9 @@ export function addRunCreation(store: StoreParts, op: AtomicOperation, run: RunR
  * Claims a run for a worker: succeeds when the run is active and unleased (or its lease
  * expired, or its holder is a dead process on this host) and, for a waiting run, its
  * retry is due. The commit writes the lease, a due-index entry at the lease deadline
- * (so a crash of this worker still leaves a wake-up), and the run as `running`.
+ * (so a crash of this worker still leaves a wake-up), and the run as `running`. A queued
+ * run under a limit or throttle (`flow.ts`) takes its slot and throttle entry in that
+ * commit, or is recorded still queued with why it is held back, and is not claimed.
  *
  * @returns the claim, or null when another worker has it or there is nothing to do
  */
@@ -197,6 +200,21 @@ export async function claim(
   leaseMs: number,
   pipeline?: string,
 ): Promise<Claim | null> {
+  // a slot freed while a run under a limit was found held back: it looks again
+  for (let tries = 0; tries < 3; tries++) {
+    const result = await claimOnce(store, runId, holder, leaseMs, pipeline);
+    if (result !== "again") return result;
+  }
+  return null;
+}
+
+async function claimOnce(
+  store: StoreParts,
+  runId: string,
+  holder: Omit<Lease, "deadline">,
+  leaseMs: number,
+  pipeline?: string,
+): Promise<Claim | null | "again"> {
   // the pauses come with the run: the claim is the check that a paused run never starts
   const [runEntry, leaseEntry, bellEntry, pauseEntry, pipelinePause] = await store.kv.getMany<
     [RunRecord, Lease, number, PauseState, PauseState]
@@ -238,7 +256,7 @@ export async function claim(
     bellEntry.versionstamp === (run.bellSeen ?? null)
   ) return null;
   const lease: Lease = { ...holder, deadline: now + leaseMs };
-  const claimed: RunRecord = {
+  let claimed: RunRecord = {
     ...run,
     status: "running",
     startedAt: run.startedAt ?? now,
@@ -247,30 +265,70 @@ export async function claim(
     ...(run.waitingFor ? { waitingFor: null } : {}),
     ...(run.held ? { held: null } : {}),
   };
+  const apply = (op: AtomicOperation) => {
+    op.check(runEntry, leaseEntry)
+      .set(keys.lease(runId), lease)
+      .set(keys.run(runId), claimed);
+    // A cross-process total for the metrics endpoint.
+    if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
+    moveDue(op, run, claimed);
+    moveStatus(op, run, claimed);
+  };
+  const taken = async (versionstamp: string): Promise<Claim> => {
+    // A run claimed before may hold blobs that an earlier holder wrote and never
+    // checkpointed: the new lease fences that holder out, so this claim may reclaim them.
+    if (run.startedAt !== null) {
+      const fence = { key: keys.lease(runId), versionstamp };
+      // Best effort: what a full disk leaves now, the next claim or the run's end reclaims.
+      await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(fence))).catch(() => {});
+    }
+    return { run: claimed, lease, leaseVersion: versionstamp };
+  };
+  const bytes = 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length;
   // Claims of different runs touch disjoint keys: they may share a commit.
-  const result = await store.committer.commit({
-    checks: 2,
-    mutations: 14,
-    bytes: 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length,
-    apply: (op) => {
-      op.check(runEntry, leaseEntry)
-        .set(keys.lease(runId), lease)
-        .set(keys.run(runId), claimed);
-      // A cross-process total for the metrics endpoint.
-      if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
-      moveDue(op, run, claimed);
-      moveStatus(op, run, claimed);
-    },
-  });
-  if (!result.ok) return null;
-  // A run claimed before may hold blobs that an earlier holder wrote and never
-  // checkpointed: the new lease fences that holder out, so this claim may reclaim them.
-  if (run.startedAt !== null) {
-    const fence = { key: keys.lease(runId), versionstamp: result.versionstamp };
-    // Best effort: what a full disk leaves now, the next claim or the run's end reclaims.
-    await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(fence))).catch(() => {});
+  if (!needsAdmission(run)) {
+    const result = await store.committer.commit({ checks: 2, mutations: 14, bytes, apply });
+    return result.ok ? await taken(result.versionstamp) : null;
   }
-  return { run: claimed, lease, leaseVersion: result.versionstamp };
+  // A queued run under a limit or throttle starts only when they let it. Its claim checks
+  // a slot or throttle entry that other claims of its key check too, and such checks
+  // would all pass within one grouped commit: claims of one key take turns here.
+  const decided = await withFlowLock(run, async () => {
+    const at = store.clock.now();
+    const admission = await admit(store.kv, run, at);
+    if (!admission.start) {
+      const next: RunRecord = { ...run, held: admission.held, dueAt: admission.dueAt };
+      const held = await store.committer.commit({
+        checks: 3,
+        mutations: 6,
+        bytes,
+        apply: (op) => {
+          op.check(runEntry, leaseEntry).set(keys.run(runId), next);
+          admission.apply(op);
+          moveDue(op, run, next);
+        },
+      });
+      return held.ok ? "held" : "again";
+    }
+    claimed = {
+      ...claimed,
+      startedAt: run.startedAt ?? at,
+      ...(admission.slot !== null ? { slot: admission.slot } : {}),
+    };
+    // with a slot and a throttle entry taken, a queue entry dropped and a gate
+    return await store.committer.commit({
+      checks: 4,
+      mutations: 18,
+      bytes,
+      apply: (op) => {
+        apply(op);
+        admission.apply(op);
+      },
+    });
+  });
+  if (decided === "held") return null;
+  if (decided === "again") return "again";
+  return decided.ok ? await taken(decided.versionstamp) : null;
 }
 
 /**

@@ -7,6 +7,7 @@
  * @module
  */
 import * as keys from "../kv/keys.ts";
+import { isGate, openGate } from "./flow.ts";
 import { UsageError } from "../model/errors.ts";
 import { isRunId, unknownRun } from "../model/run_id.ts";
 import {
@@ -22,9 +23,9 @@ import type { ArtifactMeta } from "../model/artifacts.ts";
 import { readBlob } from "../kv/blobs.ts";
 import { decodeValue } from "../kv/values.ts";
 import { commitAtomic } from "../kv/commit.ts";
-import { dueIndexTime } from "../kv/indexes.ts";
+import { dueIndexTime, type GateDue } from "../kv/indexes.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
-import type { Kv, KvEntryMaybe, KvListIterator } from "../kv/kv.ts";
+import type { Kv, KvEntry, KvEntryMaybe, KvListIterator } from "../kv/kv.ts";
 
 /** Filters of {@linkcode listRuns}. */
 export interface ListRunsOptions {
@@ -217,12 +218,21 @@ export async function getLease(kv: Kv, runId: string): Promise<KvEntryMaybe<Leas
  */
 export async function dueRuns(kv: Kv, now: number, limit: number): Promise<string[]> {
   const entries: [number, string][] = [];
-  const iter = kv.list<string | RungDue>({ prefix: keys.duePrefix(), end: keys.due(now + 1, "") }, {
+  const iter = kv.list<string | RungDue | GateDue>({
+    prefix: keys.duePrefix(),
+    end: keys.due(now + 1, ""),
+  }, {
     limit,
   });
   const rung = new Map<string, RungDue>();
+  const gates: KvEntry<GateDue>[] = [];
   for await (const e of iter) {
     const at = e.key[2] as number, id = e.key[3] as string;
+    // a freed limit slot: the runs it lets start are due instead
+    if (isGate(e.value)) {
+      gates.push(e as KvEntry<GateDue>);
+      continue;
+    }
     entries.push([at, id]);
     // a delivery's wake-up: due whatever the run record says, until the run takes it
     if (typeof e.value === "object" && e.value !== null) rung.set(`${at}\u0000${id}`, e.value);
@@ -254,6 +264,9 @@ export async function dueRuns(kv: Kv, now: number, limit: number): Promise<strin
       stale++;
     });
     if (stale > 0) await commitAtomic(drop);
+  }
+  for (const gate of gates) {
+    for (const id of await openGate(kv, gate, now)) if (!ids.includes(id)) ids.push(id);
   }
   return ids;
 }

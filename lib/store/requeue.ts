@@ -72,6 +72,9 @@ async function requeue(
     endedAt: null,
     error: null,
     dueAt: now,
+    // its limit slot went with its end: it takes one again when claimed
+    ...(run.slot != null ? { slot: null } : {}),
+    ...(run.held ? { held: null } : {}),
   };
   // Groups of writes that go in one commit: a reset that drops an output stored as a blob
   // comes with the blob's pending marker, so the next claim reclaims it.

@@ -335,10 +335,11 @@ export class Checkpoints {
         result = await this.#store.committer.commit({
           checks: 1,
           // run ops move indexes, due entry and counts (moveDue, moveStatus) or delete the
-          // lease and enqueue: at most 10 mutations, on keys no longer than an index key
-          mutations: batch.length + (last ? runOps.length * 10 : 0),
+          // lease and enqueue: at most 14 mutations (an end frees its limit slot), on keys
+          // no longer than an index key
+          mutations: batch.length + (last ? runOps.length * 14 : 0),
           bytes: size + (last ? runOps.length * 1024 : 0),
-          keyBytes: batchKeyBytes + (last ? runOps.length * 10 * this.#indexKeyBytes : 0),
+          keyBytes: batchKeyBytes + (last ? runOps.length * 14 * this.#indexKeyBytes : 0),
           apply: (op) => {
             op.check(lease);
             for (const w of batch) {

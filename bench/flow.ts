@@ -1,0 +1,234 @@
+/**
+ * Flow control (issue 12), `--only limit`:
+ *
+ * - Throughput: 500 runs of the 5-step diamond, created up front, driven by one worker
+ *   process (`bench/flow_entry.ts worker`), without a limit and with a run limit of
+ *   {@linkcode LIMIT_MAX} per key over {@linkcode LIMIT_KEYS} keys; the ratio of the two.
+ * - Slot latency: a run holding the only slot of its key ends; how long until the queued
+ *   run behind it is claimed (its `startedAt` less the holder's `endedAt`, both wall time
+ *   from the records). Same process: one engine runs both. Another process: a worker
+ *   process runs the holder, this process's engine (sweep every 100 ms, no queue hints
+ *   between processes) the queued run.
+ *
+ * @module
+ */
+import { fileURLToPath } from "node:url";
+import { openEngine } from "../lib/mod.ts";
+import type { RunRecord } from "../lib/model/records.ts";
+import { stopWorkers } from "./throughput.ts";
+import { BENCH_DIAMOND } from "./entry.ts";
+import { LIMIT_KEYS, LIMIT_MAX, LIMITED_DIAMOND, SLOT_FAR, SLOT_NEAR } from "./flow_pipelines.ts";
+import { allRuns, fmt, type Latency, latency, log, median, sleep, withStore } from "./_util.ts";
+import type { Row } from "./report.ts";
+
+const ENTRY = fileURLToPath(new URL("./flow_entry.ts", import.meta.url));
+
+/** Sizes of the flow-control benchmark. */
+export interface FlowSizes {
+  /** Runs of each throughput measurement. */
+  runs: number;
+  /** Repeats of each throughput setting. */
+  repeats: number;
+  /** Slot hand-overs measured within one process. */
+  local: number;
+  /** Slot hand-overs measured across processes. */
+  cross: number;
+}
+
+/** What the flow-control benchmark measured. */
+export interface FlowResult {
+  /** Runs of each throughput measurement. */
+  runs: number;
+  /** Steps per second without a limit, one per repeat. */
+  free: number[];
+  /** Steps per second with the limit, one per repeat. */
+  limited: number[];
+  /** Same process: holder's end → queued run's claim, ms. */
+  local: Latency;
+  /** Another process ran the holder, ms. */
+  cross: Latency;
+  /** This process's sweep interval in the cross-process measurement. */
+  pollMs: number;
+}
+
+function spawnWorker(kvPath: string, runs: number): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ENTRY, "worker"],
+    env: {
+      KVFLOW_KV_PATH: kvPath,
+      NO_COLOR: "1",
+      KVFLOW_POLL_MS: "50",
+      KVFLOW_MAX_RUNS: `${runs}`,
+      KVFLOW_MAX_STEPS: `${2 * runs}`,
+    },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+}
+
+/** Steps per second of `runs` diamonds in one worker process, limited or not. */
+async function measure(dir: string, runs: number, limited: boolean): Promise<number> {
+  const kvPath = `${dir}/flow-${limited ? "limited" : "free"}-${
+    crypto.randomUUID().slice(0, 6)
+  }.kv`;
+  const p = limited ? LIMITED_DIAMOND : BENCH_DIAMOND;
+  await withStore(kvPath, async (store) => {
+    for (let i = 0; i < runs; i += 16) {
+      await Promise.all(
+        Array.from(
+          { length: Math.min(16, runs - i) },
+          (_, j) =>
+            store.createRun(p, limited ? { params: { key: `k${(i + j) % LIMIT_KEYS}` } } : {}),
+        ),
+      );
+    }
+  });
+  const child = spawnWorker(kvPath, runs);
+  try {
+    const deadline = Date.now() + 120_000;
+    while (true) {
+      await sleep(100);
+      const done = await withStore(kvPath, async (store) => {
+        const page = await store.listRuns({ status: "succeeded", limit: runs });
+        return page.runs.length;
+      });
+      if (done === runs) break;
+      if (Date.now() > deadline) throw new Error(`only ${done} of ${runs} runs finished`);
+    }
+  } finally {
+    await stopWorkers([child]);
+  }
+  const records = await withStore(kvPath, (store) => allRuns(store, p.name));
+  const seconds = (Math.max(...records.map((r) => r.endedAt!)) -
+    Math.min(...records.map((r) => r.startedAt!))) / 1000;
+  return (runs * BENCH_DIAMOND.steps.length) / seconds;
+}
+
+async function handOver(
+  holder: () => Promise<RunRecord>,
+  queued: () => Promise<RunRecord>,
+  getRun: (id: string) => Promise<RunRecord | null>,
+): Promise<number> {
+  const a = await holder();
+  const b = await queued();
+  const deadline = Date.now() + 30_000;
+  while (true) {
+    const [ra, rb] = await Promise.all([getRun(a.id), getRun(b.id)]);
+    if (ra?.status === "succeeded" && rb?.status === "succeeded") {
+      return rb.startedAt! - ra.endedAt!;
+    }
+    if (Date.now() > deadline) throw new Error(`hand-over of ${a.id} to ${b.id} timed out`);
+    await sleep(20);
+  }
+}
+
+/** Slot hand-overs: same process, then with the holder in another process. */
+async function slotLatency(
+  dir: string,
+  sizes: FlowSizes,
+  pollMs: number,
+): Promise<{ local: number[]; cross: number[] }> {
+  const kvPath = `${dir}/flow-slot.kv`;
+  const local: number[] = [];
+  const cross: number[] = [];
+  {
+    await using engine = await openEngine({ path: kvPath, pipelines: [SLOT_NEAR], pollMs });
+    engine.start();
+    const started = async (id: string) => {
+      while ((await engine.getRun(id))?.status !== "running") await sleep(2);
+    };
+    for (let i = 0; i < sizes.local; i++) {
+      local.push(
+        await handOver(
+          async () => {
+            const run = await engine.trigger(SLOT_NEAR.name);
+            await started(run.id);
+            return run;
+          },
+          () => engine.trigger(SLOT_NEAR.name),
+          (id) => engine.getRun(id),
+        ),
+      );
+    }
+  }
+  const child = spawnWorker(kvPath, 4);
+  try {
+    await using engine = await openEngine({ path: kvPath, pipelines: [SLOT_NEAR], pollMs });
+    engine.start();
+    for (let i = 0; i < sizes.cross; i++) {
+      cross.push(
+        await handOver(
+          async () => {
+            const run = await engine.store.createRun(SLOT_FAR);
+            while ((await engine.getRun(run.id))?.status !== "running") await sleep(2);
+            return run;
+          },
+          () => engine.trigger(SLOT_NEAR.name),
+          (id) => engine.getRun(id),
+        ),
+      );
+    }
+  } finally {
+    await stopWorkers([child]);
+  }
+  return { local, cross };
+}
+
+/** Runs the flow-control benchmark in `dir`. */
+export async function flowBench(
+  dir: string,
+  sizes: FlowSizes,
+  signal?: AbortSignal,
+): Promise<FlowResult> {
+  const free: number[] = [], limited: number[] = [];
+  for (let r = 0; r < sizes.repeats; r++) {
+    for (const limit of [false, true]) {
+      signal?.throwIfAborted();
+      const steps = await measure(dir, sizes.runs, limit);
+      (limit ? limited : free).push(steps);
+      log(`limit ${r + 1}: ${limit ? "limited" : "no limit"}: ${fmt(steps, 0)} steps/s`);
+    }
+  }
+  const pollMs = 100;
+  const { local, cross } = await slotLatency(dir, sizes, pollMs);
+  return {
+    runs: sizes.runs,
+    free,
+    limited,
+    local: latency(local),
+    cross: latency(cross),
+    pollMs,
+  };
+}
+
+/** Table rows. */
+export function flowRows(r: FlowResult): Row[] {
+  const free = median(r.free), limited = median(r.limited);
+  const ms = (l: Latency) =>
+    `p50 ${fmt(l.p50, 0)} ms, p99 ${fmt(l.p99, 0)} ms, max ${fmt(l.max, 0)} ms`;
+  return [
+    {
+      benchmark:
+        `12. 500 concurrent 5-step runs, 1 worker, run limit ${LIMIT_MAX} per key over ${LIMIT_KEYS} keys (median of ${r.limited.length})`,
+      figure: `${fmt(limited, 0)} steps/s (${r.limited.map((s) => fmt(s, 0)).join(", ")})`,
+      target: "-",
+      met: null,
+      ratio: `${fmt(limited / free)} of the same without a limit (${fmt(free, 0)} steps/s)`,
+    },
+    {
+      benchmark: "12. Slot freed → queued run claimed, same process",
+      figure: ms(r.local),
+      target: "-",
+      met: null,
+      ratio: `${r.local.n} hand-overs`,
+    },
+    {
+      benchmark: `12. Slot freed in another process → queued run claimed (sweep ${r.pollMs} ms)`,
+      figure: ms(r.cross),
+      target: "-",
+      met: null,
+      ratio: `${r.cross.n} hand-overs`,
+    },
+  ];
+}

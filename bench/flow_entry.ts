@@ -1,0 +1,20 @@
+/**
+ * The worker processes of the flow-control benchmark (`bench/flow.ts`): the CLI with the
+ * plain 5-step diamond, the same diamond under a run limit, and the far side of the
+ * slot-latency benchmark (a pipeline that shares its limit's scope with one only the
+ * benchmark's own process knows).
+ *
+ * @module
+ */
+import { main } from "../lib/cli/cli.ts";
+import type { Pipeline } from "../lib/mod.ts";
+import { BENCH_DIAMOND } from "./entry.ts";
+import { LIMITED_DIAMOND, SLOT_FAR } from "./flow_pipelines.ts";
+
+if (import.meta.main) {
+  Deno.exit(
+    await main(Deno.args, {
+      pipelines: [BENCH_DIAMOND, LIMITED_DIAMOND, SLOT_FAR] as Pipeline<unknown>[],
+    }),
+  );
+}

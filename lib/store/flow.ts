@@ -1,0 +1,279 @@
+/**
+ * Run-level flow control, decided in the claim (`commands.ts`): whether a queued run may
+ * start now under its limit and throttle, and what the claim's commit takes for it.
+ *
+ * - A **limit** lets at most `max` runs of a (scope, key) be active: a run that starts
+ *   takes the lowest free slot (`store/slots.ts`) in the claim's commit and keeps it while
+ *   running, waiting, paused and across takeovers; the commit that ends it frees the slot
+ *   and writes a **gate** into the due-index (`kv/indexes.ts`). Whoever lists the gate
+ *   ({@linkcode openGate}, from `dueRuns`) makes the first queued runs due now, so a
+ *   release whose process died right after its commit still wakes the next run.
+ * - Runs that find every slot taken wait in the key's queue (`keys.limitQueue`), ordered
+ *   by creation time less their priority's credit: first come, first served. A run that
+ *   finds a free slot while earlier ones wait for it queues behind them and opens the gate
+ *   for them instead. A held run is also due again after {@linkcode BACKSTOP_MS}, so a
+ *   lost wake-up only delays it.
+ * - A **throttle** lets at most `max` runs of a key start per period: the claim's commit
+ *   takes a throttle entry; when none is free the run stays queued, held until the
+ *   earliest entry frees up.
+ *
+ * @module
+ */
+import * as keys from "../kv/keys.ts";
+import { addGate, type GateDue, moveDue, queueRank } from "../kv/indexes.ts";
+import { commitAtomic } from "../kv/commit.ts";
+import { formatMs } from "../define/duration.ts";
+import { type HeldState, type RunRecord, type SlotHolder, TERMINAL } from "../model/records.ts";
+import type { AtomicOperation, Kv, KvEntry, KvKey } from "../kv/kv.ts";
+import {
+  freeSlot,
+  healSlots,
+  pickThrottle,
+  readSlots,
+  readThrottle,
+  takeThrottle,
+} from "./slots.ts";
+
+/** How long a run held by a limit waits at most before it looks again by itself. */
+export const BACKSTOP_MS = 10_000;
+
+/** Queued runs a gate makes due per commit; a gate with more to wake stays listed. */
+const GATE_BATCH = 10;
+
+/** What the claim of a queued run does about its flow control. */
+export type Admission =
+  | {
+    /** It starts: `slot` is the limit slot it takes (null without a limit). */
+    start: true;
+    slot: number | null;
+    /** Adds the taking of its slot and throttle entry, with their checks, to the claim. */
+    apply: (op: AtomicOperation) => void;
+  }
+  | {
+    /** It waits: recorded queued with `held`, due again at `dueAt`. */
+    start: false;
+    held: HeldState;
+    dueAt: number;
+    /** Adds its queue entry (and a gate for runs ahead of it) to the hold's commit. */
+    apply: (op: AtomicOperation) => void;
+  };
+
+/** The tail of each flow key's chain of claims in this process. */
+const turns = new Map<string, Promise<unknown>>();
+
+/**
+ * Runs `fn` when the claims of this process before it on `run`'s limit and throttle keys
+ * are done: the claims of one key never share a grouped commit.
+ */
+export async function withFlowLock<T>(run: RunRecord, fn: () => Promise<T>): Promise<T> {
+  const { limit, throttle } = run.flow ?? {};
+  const chains: string[] = [];
+  if (limit) chains.push(`limit\u0000${limit.scope}\u0000${limit.key}`);
+  if (throttle) chains.push(`throttle\u0000${throttle.scope}\u0000${throttle.key}`);
+  // taken in one order by every claim, so two never wait for each other
+  chains.sort();
+  const inTurn = chains.reduceRight<() => Promise<T>>(
+    (inner, chain) => () => taking(chain, inner),
+    fn,
+  );
+  return await inTurn();
+}
+
+async function taking<T>(chain: string, fn: () => Promise<T>): Promise<T> {
+  const before = turns.get(chain) ?? Promise.resolve();
+  const mine = before.then(fn, fn);
+  const tail = mine.catch(() => {});
+  turns.set(chain, tail);
+  try {
+    return await mine;
+  } finally {
+    if (turns.get(chain) === tail) turns.delete(chain);
+  }
+}
+
+/** Whether a claim of `run` goes through flow control: a queued run holding no slot. */
+export function needsAdmission(run: RunRecord): boolean {
+  if (run.status !== "queued" || run.slot != null) return false;
+  return Boolean(run.flow?.limit || run.flow?.throttle);
+}
+
+/** Whether a due-index value is a gate (see `kv/indexes.ts`). */
+export function isGate(value: unknown): value is GateDue {
+  return typeof value === "object" && value !== null && "gate" in value;
+}
+
+/**
+ * Decides whether a queued run starts now under its limit and throttle, reading its
+ * key's slots, queue and throttle entries; the claim's commit applies the decision with
+ * checks, so two claims never take one slot or one throttle entry.
+ */
+export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admission> {
+  const { limit, throttle } = run.flow ?? {};
+  const throttled = throttle ? readThrottle(kv, throttle.scope, throttle.key) : null;
+  throttled?.catch(() => {}); // awaited below, unless the limit holds the run first
+  const applies: ((op: AtomicOperation) => void)[] = [];
+  let slot: number | null = null;
+  const since = (by: HeldState["by"]) => run.held?.by === by ? run.held.since : now;
+  if (limit) {
+    const { scope, key, max } = limit;
+    // read at once: KV is busiest exactly when runs queue up under a limit
+    const [release, slots, queue] = await Promise.all([
+      kv.get(keys.limitRelease(scope, key)),
+      readSlots(kv, scope, key),
+      queued(kv, scope, key, max + 1),
+    ]);
+    let held = slots;
+    // A slot whose holder is gone without freeing it (its run was deleted, say) is rare:
+    // looked for once a run waited out its backstop, not at every claim of a full key.
+    const waitedLong = run.held?.by === "limit" && now - run.held.since >= BACKSTOP_MS;
+    if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held);
+    const index = freeSlot(held, max);
+    const free = max - held.length;
+    const mine = keys.limitQueue(scope, key, queueRank(run), run.id);
+    const ahead = index < 0 ? 0 : await waitingAhead(kv, queue, mine);
+    if (index < 0 || ahead >= free) {
+      const reason = index < 0
+        ? `${held.length} of ${max} slots of key '${key}' taken`
+        : `${ahead} earlier run(s) of key '${key}' waiting for ${free} free slot(s)`;
+      return {
+        start: false,
+        held: { by: "limit", key, since: since("limit"), until: null, reason },
+        dueAt: now + BACKSTOP_MS,
+        apply: (op) => {
+          // a slot freed since it was read: the hold fails and the run looks again
+          op.check(release).set(mine, run.id);
+          // the free slots belong to the runs ahead: wake them
+          if (free > 0) addGate(op, now, limit);
+        },
+      };
+    }
+    slot = index;
+    const slotKey = keys.slot(scope, key, index);
+    const holder: SlotHolder = { run: run.id, step: null, item: -1, attempt: 0, at: now };
+    const others = queue.some((e) => e.value !== run.id);
+    applies.push((op) => {
+      op.check({ key: slotKey, versionstamp: null }).set(slotKey, holder).delete(mine);
+      // more slots free and more runs waiting: the next one starts too
+      if (free > 1 && others) addGate(op, now, limit);
+    });
+  }
+  if (throttle) {
+    const { scope, key, max, perMs } = throttle;
+    const pick = pickThrottle(await throttled!, max, perMs, now);
+    if ("until" in pick) {
+      const reason = `${max} start(s) of key '${key}' in the last ${formatMs(perMs)}`;
+      return {
+        start: false,
+        held: { by: "throttle", key, since: since("throttle"), until: pick.until, reason },
+        dueAt: pick.until,
+        apply: (op) => {
+          if (limit) {
+            op.delete(keys.limitQueue(limit.scope, limit.key, queueRank(run), run.id));
+          }
+        },
+      };
+    }
+    applies.push((op) => takeThrottle(op, scope, key, pick, now));
+  }
+  return { start: true, slot, apply: (op) => applies.forEach((apply) => apply(op)) };
+}
+
+/**
+ * Opens a gate listed in the due-index: {@linkcode wakeQueued} in one commit with the
+ * gate's deletion, checked against the gate (left listed when more runs may follow).
+ *
+ * @returns the runs made due, or none when the commit lost a race (the gate stays)
+ */
+export async function openGate(
+  kv: Kv,
+  gate: KvEntry<GateDue>,
+  now: number,
+): Promise<string[]> {
+  const [scope, key, max] = gate.value.gate;
+  return await wakeQueued(kv, { scope, key, max }, now, gate);
+}
+
+/**
+ * Makes up to as many queued runs of a limit key due now as it has free slots, in queue
+ * order, in one commit checked against those runs; queue entries of runs that ended,
+ * vanished or started meanwhile are dropped with it. The worker whose run freed a slot
+ * calls it at once; the gate that the freeing commit wrote does the same for any worker.
+ *
+ * @returns the runs made due, or none when the commit lost a race
+ */
+export async function wakeQueued(
+  kv: Kv,
+  limit: { scope: string; key: string; max: number },
+  now: number,
+  gate?: KvEntry<GateDue>,
+): Promise<string[]> {
+  const { scope, key, max } = limit;
+  const held = await readSlots(kv, scope, key);
+  const free = Math.min(max - held.length, GATE_BATCH);
+  const entries = free > 0 ? await queued(kv, scope, key, free + GATE_BATCH) : [];
+  const runs = entries.length > 0
+    ? await kv.getMany<RunRecord[]>(entries.map((e) => keys.run(e.value)))
+    : [];
+  const op = kv.atomic();
+  const woken: string[] = [];
+  let more = false;
+  entries.forEach((entry, i) => {
+    const run = runs[i].value;
+    if (!run || TERMINAL.has(run.status) || run.slot != null || run.held?.by === "throttle") {
+      op.delete(entry.key);
+      return;
+    }
+    // a paused run keeps its place and is looked at again once unpaused
+    if (run.status !== "queued") return;
+    if (woken.length >= free) {
+      more = true;
+      return;
+    }
+    woken.push(run.id);
+    const next = { ...run, dueAt: now };
+    op.check(runs[i]).set(keys.run(run.id), next);
+    moveDue(op, run, next);
+  });
+  if (gate) {
+    op.check(gate);
+    if (!(more && free === GATE_BATCH)) op.delete(gate.key);
+  } else if (entries.length === 0) return [];
+  return (await commitAtomic(op)).ok ? woken : [];
+}
+
+/** The first `n` entries of a limit key's queue, in order. */
+async function queued(
+  kv: Kv,
+  scope: string,
+  key: string,
+  n: number,
+): Promise<KvEntry<string>[]> {
+  const out: KvEntry<string>[] = [];
+  const iter = kv.list<string>({ prefix: keys.limitQueuePrefix(scope, key) }, { limit: n });
+  for await (const e of iter) out.push(e);
+  return out;
+}
+
+/**
+ * How many of the `queue` entries before `mine` are runs still waiting for a slot: an
+ * entry of a paused, ended or started run does not hold the others back.
+ */
+async function waitingAhead(
+  kv: Kv,
+  queue: readonly KvEntry<string>[],
+  mine: KvKey,
+): Promise<number> {
+  const ahead = queue.filter((e) => compareKeys(e.key, mine) < 0);
+  if (ahead.length === 0) return 0;
+  const runs = await kv.getMany<RunRecord[]>(ahead.map((e) => keys.run(e.value)));
+  return runs.filter(({ value: run }) =>
+    run !== null && run.status === "queued" && run.slot == null
+  ).length;
+}
+
+/** Orders two queue keys of one limit key: by rank, then run id. */
+function compareKeys(a: KvKey, b: KvKey): number {
+  const [ra, ia] = [a[a.length - 2] as number, a[a.length - 1] as string];
+  const [rb, ib] = [b[b.length - 2] as number, b[b.length - 1] as string];
+  return ra !== rb ? ra - rb : ia < ib ? -1 : ia > ib ? 1 : 0;
+}

@@ -1,0 +1,190 @@
+/**
+ * Run limits and throttles across worker processes. Three workers share one KV file; the
+ * limit test SIGKILLs one every 150–500 ms and starts a new one while 200 runs over ten
+ * keys (two at once per key) go through. Every body writes to a side ledger (SQLite)
+ * when it starts and ends; afterwards the ledger and the kills show that no key ever
+ * had more than two bodies running at once, and KV that every run succeeded and no slot
+ * or queue entry is left behind.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import * as keys from "../lib/kv/keys.ts";
+import type { RunRecord } from "../lib/mod.ts";
+import { Store } from "../lib/store/store.ts";
+import { TERMINAL } from "../lib/model/records.ts";
+import { poll, type Proc, Sandbox } from "./_support/harness.ts";
+import {
+  flowLimited,
+  type FlowRow,
+  flowThrottled,
+  openFlowLedger,
+  THROTTLE_MAX,
+  THROTTLE_PER_MS,
+} from "./fixtures/flow_runs.ts";
+
+const ENTRY = "tests/fixtures/flow_runs_cli.ts";
+const WORKERS = 3;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function runsOf(box: Sandbox, pipeline: string): Promise<RunRecord[]> {
+  return await box.withStore(async (store) => {
+    const runs: RunRecord[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await store.listRuns({ pipeline, limit: 1000, cursor });
+      runs.push(...page.runs);
+      cursor = page.cursor;
+    } while (cursor);
+    return runs;
+  });
+}
+
+async function leftovers(box: Sandbox): Promise<{ slots: number; queued: number }> {
+  return await box.withStore(async ({ kv }) => {
+    let slots = 0, queued = 0;
+    for await (const _ of kv.list({ prefix: keys.allSlotsPrefix() })) slots++;
+    for await (const _ of kv.list({ prefix: [keys.allSlotsPrefix()[0], "limit_queue"] })) {
+      queued++;
+    }
+    return { slots, queued };
+  });
+}
+
+async function allEnded(box: Sandbox, pipeline: string, n: number): Promise<RunRecord[]> {
+  return await poll(`every ${pipeline} run to end`, 180_000, async () => {
+    const runs = await runsOf(box, pipeline);
+    return runs.length === n && runs.every((r) => TERMINAL.has(r.status)) ? runs : undefined;
+  }).catch(async (error) => {
+    const open = (await runsOf(box, pipeline)).filter((r) => !TERMINAL.has(r.status));
+    throw new Error(
+      `${error.message}: open: ${
+        open.slice(0, 5).map((r) =>
+          `${r.id} ${r.status} due ${r.dueAt} held ${JSON.stringify(r.held)}`
+        ).join("; ")
+      }`,
+    );
+  });
+}
+
+Deno.test("run limit under a SIGKILL storm: 200 runs over 10 keys never have more than 2 bodies of a key at once; all succeed, no slot leaks", async () => {
+  const RUNS = 200, KEYS = 10, MAX = 2;
+  await using box = await Sandbox.create();
+  const ledgerPath = `${box.dir}/flow.sqlite`;
+  openFlowLedger(ledgerPath).close();
+  const env = { FLOW_LEDGER: ledgerPath, KVFLOW_LEASE_MS: "5000", KVFLOW_POLL_MS: "100" };
+  const spawnWorker = () => box.spawn(["worker"], { entry: ENTRY, env });
+  const workers: Proc[] = Array.from({ length: WORKERS }, spawnWorker);
+  await Promise.all(workers.map((w) => w.waitForOutput(/worker \S+ started/, 60_000)));
+
+  const kills = new Map<number, number>();
+  // runs arrive in batches of ten over 8 s; the storm lasts until every run ended, or 60 s
+  const kv = await Deno.openKv(box.kvPath);
+  const store = new Store(kv, { queues: false });
+  const creating = (async () => {
+    for (let i = 0; i < RUNS; i++) {
+      await store.createRun(flowLimited, { params: { key: `k${i % KEYS}` } });
+      if (i % 10 === 9) await sleep(400);
+    }
+  })();
+  creating.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
+  const stormEnd = Date.now() + 60_000;
+  let created = false;
+  creating.then(() => created = true, () => {});
+  while (Date.now() < stormEnd) {
+    await sleep(150 + Math.random() * 350);
+    const runs = await runsOf(box, "flow-limited");
+    if (created && runs.every((r) => TERMINAL.has(r.status))) break;
+    const slot = Math.floor(Math.random() * WORKERS);
+    const victim = workers[slot];
+    victim.kill("SIGKILL");
+    await victim.exit();
+    kills.set(victim.pid, Date.now());
+    workers[slot] = spawnWorker();
+  }
+  await creating;
+  kv.close();
+  const runs = await allEnded(box, "flow-limited", RUNS);
+  for (const w of workers) w.kill("SIGTERM");
+  await Promise.all(workers.map((w) => w.exit()));
+  assert.ok(kills.size >= 3, `only ${kills.size} kills`);
+
+  for (const run of runs) assert.equal(run.status, "succeeded", `${run.id}: ${run.error?.message}`);
+  assert.deepEqual(await leftovers(box), { slots: 0, queued: 0 });
+
+  // A body is running from its start row to its end row; a killed one until its process died.
+  const db = openFlowLedger(ledgerPath);
+  const rows = db.prepare("SELECT * FROM ledger ORDER BY id").all() as unknown as FlowRow[];
+  db.close();
+  const open = new Map<string, FlowRow>();
+  const intervals: { key: string; from: number; to: number }[] = [];
+  for (const row of rows) {
+    const id = `${row.run} ${row.pid}`;
+    if (row.event === "start") open.set(id, row);
+    else {
+      const start = open.get(id)!;
+      open.delete(id);
+      intervals.push({ key: row.key, from: start.at, to: row.at });
+    }
+  }
+  for (const start of open.values()) {
+    const killedAt = kills.get(start.pid);
+    assert.ok(killedAt !== undefined, `a body of ${start.run} never ended and was not killed`);
+    intervals.push({ key: start.key, from: start.at, to: killedAt });
+  }
+  let most = 0;
+  for (let k = 0; k < KEYS; k++) {
+    const key = `k${k}`;
+    const points = intervals.filter((i) => i.key === key).flatMap((i) => [
+      [i.from, 1],
+      [i.to, -1],
+    ]);
+    // an end and a start at the same ms do not overlap
+    points.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    let now = 0;
+    for (const [, d] of points) {
+      now += d;
+      most = Math.max(most, now);
+      assert.ok(now <= MAX, `${now} bodies of key ${key} at once`);
+    }
+  }
+  assert.equal(most, MAX, "the limit was reached");
+  console.log(`${kills.size} kills, ${rows.length} ledger rows, at most ${most} per key`);
+});
+
+Deno.test("run throttle across 3 workers: no period has more than max starts, and every run ends", async () => {
+  const RUNS = 24;
+  await using box = await Sandbox.create();
+  const env = { KVFLOW_POLL_MS: "100" };
+  const workers = Array.from(
+    { length: WORKERS },
+    () => box.spawn(["worker"], { entry: ENTRY, env }),
+  );
+  await Promise.all(workers.map((w) => w.waitForOutput(/worker \S+ started/, 60_000)));
+  const kv = await Deno.openKv(box.kvPath);
+  try {
+    const store = new Store(kv, { queues: false });
+    for (let i = 0; i < RUNS; i++) {
+      await store.createRun(flowThrottled, { params: { key: "all" } });
+    }
+  } finally {
+    kv.close();
+  }
+  const runs = await allEnded(box, "flow-throttled", RUNS);
+  for (const w of workers) w.kill("SIGTERM");
+  await Promise.all(workers.map((w) => w.exit()));
+  // a run's start is its first claim, the commit that took its throttle entry
+  const starts = runs.map((r) => {
+    assert.equal(r.status, "succeeded");
+    return r.startedAt!;
+  }).sort((a, b) => a - b);
+  for (const from of starts) {
+    const n = starts.filter((t) => t >= from && t < from + THROTTLE_PER_MS).length;
+    assert.ok(n <= THROTTLE_MAX, `${n} starts within ${THROTTLE_PER_MS} ms of ${from}`);
+  }
+  const span = starts[starts.length - 1] - starts[0];
+  assert.ok(span >= (RUNS / THROTTLE_MAX - 1) * THROTTLE_PER_MS, `all started in ${span} ms`);
+});
