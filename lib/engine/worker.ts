@@ -16,6 +16,7 @@ import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
 import type { Store, WakeMessage } from "../store/store.ts";
 import { StepLimit } from "./step_limit.ts";
+import { SlotNotifier } from "./driver/step_flow.ts";
 import { hostname, pid } from "../platform/process.ts";
 
 /** Options of a {@linkcode Worker}. */
@@ -67,6 +68,8 @@ export class Worker {
     & Required<Pick<WorkerOptions, "maxRuns" | "leaseMs" | "pollMs" | "holdMs">>
     & WorkerOptions;
   readonly #stepLimit: StepLimit;
+  /** Wakes this worker's tasks waiting for a step limit's slot when one of its own frees. */
+  readonly #slots = new SlotNotifier();
   readonly #holder: Omit<Lease, "deadline">;
   readonly #active = new Map<string, RunDriver | null>();
   readonly #timers = new Map<string, () => void>();
@@ -283,6 +286,7 @@ export class Worker {
         leaseMs: this.#options.leaseMs,
         holdMs: this.#options.holdMs,
         stepLimit: this.#stepLimit,
+        slots: this.#slots,
         channels: {
           webhook: Boolean(this.#options.alertWebhook),
           email: Boolean(this.#options.alertEmail),

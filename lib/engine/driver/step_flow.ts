@@ -1,0 +1,312 @@
+/**
+ * Step-level flow control (DESIGN §11): a step's concurrency limit (at most `max` attempts
+ * running at once per key, across workers and runs) and its throttle (at most `max`
+ * attempt starts per period per key).
+ *
+ * A limited or throttled task that is ready computes its key, then takes a slot and/or a
+ * throttle entry in ONE commit, fenced by the run's lease, that also records the task's
+ * start (`running`, with `slot: [scope, key, index]`): a slot is never held without a
+ * running task naming it, so `healSlots` can free one whose task no longer runs. The slot
+ * is freed in the commit that records the attempt's end (`RunRecords.setTask`), or by the
+ * takeover of a dead holder (`RunRecords.recoverCrash`), or by a cancel.
+ *
+ * A task that finds every slot taken (after healing) or its throttle spent waits here: it
+ * holds no worker step slot, and is tried again on a timer with backoff, at once when
+ * this process frees a slot of the same key ({@linkcode SlotNotifier}), or when its
+ * throttle entry frees up.
+ *
+ * @module
+ */
+import { flowKey, type Limit, type Throttle } from "../../define/flow.ts";
+import * as keys from "../../kv/keys.ts";
+import type { ErrorInfo } from "../../model/errors.ts";
+import type { SlotHolder, TaskRecord } from "../../model/records.ts";
+import { pendingTask, startAttempt } from "../../model/transitions.ts";
+import { freeSlot, healSlots, pickThrottle, readSlots, readThrottle } from "../../store/slots.ts";
+import { takeThrottle } from "../../store/slots.ts";
+import type { Kv } from "../../kv/kv.ts";
+import type { Clock } from "../../model/clock.ts";
+import type { Checkpoints } from "./checkpoints.ts";
+import type { StepNode } from "./graph.ts";
+
+/** First wait of a task that found its limit full, ms; it doubles up to the next. */
+const FIRST_BACKOFF_MS = 50;
+/** Longest wait between two tries of a task that finds its limit full, ms. */
+const MAX_BACKOFF_MS = 1_000;
+
+/**
+ * Tells the tasks of this process waiting for a slot of a (scope, key) that one was freed
+ * here. One per engine, shared by every worker and run.
+ */
+export class SlotNotifier {
+  readonly #listeners = new Map<string, Set<() => void>>();
+
+  /** Calls `fn` once, at the next free of a slot of (scope, key); returns a canceller. */
+  listen(scope: string, key: string, fn: () => void): () => void {
+    const id = `${scope}\u0000${key}`;
+    let set = this.#listeners.get(id);
+    if (!set) this.#listeners.set(id, set = new Set());
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+      if (set.size === 0 && this.#listeners.get(id) === set) this.#listeners.delete(id);
+    };
+  }
+
+  /** A slot of (scope, key) was freed: wakes who waits for one. */
+  notify(scope: string, key: string): void {
+    const id = `${scope}\u0000${key}`;
+    const set = this.#listeners.get(id);
+    if (!set) return;
+    this.#listeners.delete(id);
+    for (const fn of set) fn();
+  }
+}
+
+/** A task in flow control: taking its slot or throttle entry, or waiting for one. */
+interface FlowTask {
+  node: StepNode;
+  index: number;
+  limit: Limit | null;
+  throttle: Throttle | null;
+  /** Its keys, once computed. */
+  limitKey?: string;
+  throttleKey?: string;
+  /** The next wait when its limit is full, ms. */
+  backoff: number;
+}
+
+/** What step flow control needs from its driver. */
+export interface StepFlowHost {
+  kv: Kv;
+  clock: Clock;
+  runId: string;
+  pipeline: string;
+  checkpoints: Checkpoints;
+  notifier: SlotNotifier;
+  /** Its steps' limits and throttles. */
+  steps: ReadonlyMap<string, { limit: Limit | null; throttle: Throttle | null }>;
+  /** Whether the driver still drives the run. */
+  acting(): boolean;
+  /** The input of a task's key function: the step's inputs object, or the item. */
+  input(node: StepNode, index: number): Promise<unknown>;
+  /** The task's record now. */
+  record(node: StepNode, index: number): TaskRecord;
+  /** The task's start, with its slot, is durable: the driver runs its body. */
+  started(node: StepNode, index: number, record: TaskRecord): void;
+  /** The task cannot start (its key function failed): it fails with `error`. */
+  failed(node: StepNode, index: number, error: ErrorInfo): void;
+  /**
+   * The task gives back the worker step slot it held: it waits, or (`dropped`) the driver
+   * left the run and it is dropped.
+   */
+  release(node: StepNode, index: number, dropped: boolean): void;
+  /** A waiting task may try again: the driver's walk calls {@linkcode StepFlow.take}. */
+  wake(): void;
+}
+
+/** The flow-controlled tasks of one run. */
+export class StepFlow {
+  readonly #host: StepFlowHost;
+  /** Tasks taking a slot or waiting for one, by task id. */
+  readonly #tasks = new Map<string, FlowTask>();
+  /** Waiting tasks whose wait ended: to take again. */
+  #ready: FlowTask[] = [];
+  readonly #cancels = new Map<string, () => void>();
+
+  /** @param host what it needs from the driver */
+  constructor(host: StepFlowHost) {
+    this.#host = host;
+  }
+
+  /** Whether a step has a limit or a throttle (waits never do: they take no step slot). */
+  limited(node: StepNode): boolean {
+    if (node.def.wait) return false;
+    const flow = this.#host.steps.get(node.def.name);
+    return !!flow && (flow.limit !== null || flow.throttle !== null);
+  }
+
+  /** Whether the task is in flow control now (the walk must not start it again). */
+  has(node: StepNode, index: number): boolean {
+    return this.#tasks.has(taskId(node, index));
+  }
+
+  /** How many tasks are in flow control. */
+  get size(): number {
+    return this.#tasks.size;
+  }
+
+  /** The waiting tasks that may try again, taken from the list. */
+  ready(): { node: StepNode; index: number }[] {
+    const ready = this.#ready;
+    this.#ready = [];
+    return ready;
+  }
+
+  /** Puts back a task from {@linkcode ready} that cannot try again yet (no worker slot). */
+  later(task: { node: StepNode; index: number }): void {
+    const found = this.#tasks.get(taskId(task.node, task.index));
+    if (found) this.#ready.push(found);
+  }
+
+  /**
+   * Starts a task under its limit and throttle: the caller took a worker step slot for it
+   * (and counted a fan-out item as running). Resolves once it started, waits or failed.
+   */
+  async take(node: StepNode, index: number): Promise<void> {
+    const host = this.#host;
+    const id = taskId(node, index);
+    let task = this.#tasks.get(id);
+    if (!task) {
+      const flow = host.steps.get(node.def.name)!;
+      task = { node, index, limit: flow.limit, throttle: flow.throttle, backoff: 0 };
+      this.#tasks.set(id, task);
+    }
+    try {
+      await this.#take(task);
+    } catch (error) {
+      // KV failed: the driver finds out through its own commits; the task is dropped
+      this.#drop(task);
+      throw error;
+    }
+  }
+
+  async #take(task: FlowTask): Promise<void> {
+    const host = this.#host;
+    const { node, index } = task;
+    const id = taskId(node, index);
+    const where = `step '${node.def.name}' of pipeline '${host.pipeline}'`;
+    if (task.limitKey === undefined && task.throttleKey === undefined) {
+      try {
+        const input = await host.input(node, index);
+        if (task.limit) task.limitKey = flowKey(`limit key of ${where}`, task.limit.key, input);
+        if (task.throttle) {
+          task.throttleKey = flowKey(`throttle key of ${where}`, task.throttle.key, input);
+        }
+      } catch (error) {
+        if (!host.acting()) return this.#drop(task);
+        this.#tasks.delete(id);
+        const message = error instanceof Error ? error.message : String(error);
+        host.failed(node, index, { name: "FlowKeyError", message, retryable: false });
+        return;
+      }
+    }
+    for (let tries = 0; tries < 20; tries++) {
+      if (!host.acting()) return this.#drop(task);
+      let slot = -1;
+      if (task.limit) {
+        const { scope, max } = task.limit;
+        let held = await readSlots(host.kv, scope, task.limitKey!);
+        slot = freeSlot(held, max);
+        if (slot < 0) {
+          held = await healSlots(host.kv, held);
+          slot = freeSlot(held, max);
+        }
+        if (slot < 0) {
+          this.#wait(task, { scope, key: task.limitKey! });
+          return;
+        }
+      }
+      let pick: ReturnType<typeof pickThrottle> | undefined;
+      const now = host.clock.now();
+      if (task.throttle) {
+        const { scope, max, perMs } = task.throttle;
+        pick = pickThrottle(await readThrottle(host.kv, scope, task.throttleKey!), max, perMs, now);
+        if ("until" in pick) {
+          this.#wait(task, undefined, pick.until - host.clock.now());
+          return;
+        }
+      }
+      if (!host.acting()) return this.#drop(task);
+      const before = host.record(node, index);
+      const record: TaskRecord = startAttempt(before, now);
+      if (task.limit) record.slot = [task.limit.scope, task.limitKey!, slot];
+      const holder: SlotHolder = {
+        run: host.runId,
+        step: node.def.name,
+        item: index,
+        attempt: record.attempt,
+        at: now,
+      };
+      const outcome = await host.checkpoints.commitFenced((op) => {
+        if (task.limit) {
+          const k = keys.slot(task.limit.scope, task.limitKey!, slot);
+          op.check({ key: k, versionstamp: null }).set(k, holder);
+        }
+        if (pick && !("until" in pick)) {
+          takeThrottle(op, task.throttle!.scope, task.throttleKey!, pick, now);
+        }
+        op.set(index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record);
+      });
+      if (outcome === "lost") return this.#drop(task);
+      if (outcome === "ok") {
+        this.#tasks.delete(id);
+        host.started(node, index, record);
+        return;
+      }
+      // conflict: another holder took that slot or entry first: look again
+    }
+    this.#wait(task, undefined);
+  }
+
+  /** The task waits: for a freed slot of its key, a timer, or `ms`. */
+  #wait(task: FlowTask, slotOf: { scope: string; key: string } | undefined, ms?: number): void {
+    const host = this.#host;
+    const id = taskId(task.node, task.index);
+    host.release(task.node, task.index, false);
+    let delay = ms;
+    if (delay === undefined) {
+      task.backoff = Math.min(
+        MAX_BACKOFF_MS,
+        task.backoff === 0 ? FIRST_BACKOFF_MS : task.backoff * 2,
+      );
+      delay = task.backoff;
+    }
+    let done = false;
+    const go = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      unlisten?.();
+      this.#cancels.delete(id);
+      if (!host.acting()) {
+        this.#tasks.delete(id);
+        return;
+      }
+      this.#ready.push(task);
+      host.wake();
+    };
+    const timer = setTimeout(go, Math.max(0, delay));
+    const unlisten = slotOf ? host.notifier.listen(slotOf.scope, slotOf.key, go) : undefined;
+    this.#cancels.set(id, () => {
+      done = true;
+      clearTimeout(timer);
+      unlisten?.();
+    });
+  }
+
+  /** Drops a task that held a worker step slot: the driver left the run. */
+  #drop(task: FlowTask): void {
+    this.#tasks.delete(taskId(task.node, task.index));
+    this.#host.release(task.node, task.index, true);
+  }
+
+  /** Stops every wait: the driver left the run (what KV holds of the tasks stays). */
+  stop(): void {
+    for (const cancel of this.#cancels.values()) cancel();
+    this.#cancels.clear();
+    this.#tasks.clear();
+    this.#ready = [];
+  }
+}
+
+/** The record a fan-out item or plain step has before its first start. */
+export function taskRecord(node: StepNode, index: number): TaskRecord {
+  return index < 0
+    ? node.record
+    : node.fan!.records.get(index) ?? pendingTask(node.record.generation);
+}
+
+function taskId(node: StepNode, index: number): string {
+  return `${node.def.name}\u0000${index}`;
+}
