@@ -74,6 +74,8 @@ interface FlowTask {
   throttleKey?: string;
   /** The next wait when its limit is full, ms. */
   backoff: number;
+  /** When it came, in this run: waiting tasks try again in that order. */
+  seq: number;
 }
 
 /** What step flow control needs from its driver. */
@@ -113,6 +115,14 @@ export class StepFlow {
   /** Waiting tasks whose wait ended: to take again. */
   #ready: FlowTask[] = [];
   readonly #cancels = new Map<string, () => void>();
+  #seq = 0;
+  /**
+   * The tasks waiting for a throttle key's next free entry, by key, with their one timer:
+   * they try again together, in the order they came, so a throttle keeps their order.
+   */
+  readonly #gates = new Map<string, { tasks: FlowTask[]; cancel: () => void }>();
+  /** The take in progress: the next waits for it. */
+  #queue: Promise<void> = Promise.resolve();
 
   /** @param host what it needs from the driver */
   constructor(host: StepFlowHost) {
@@ -140,7 +150,7 @@ export class StepFlow {
   ready(): { node: StepNode; index: number }[] {
     const ready = this.#ready;
     this.#ready = [];
-    return ready;
+    return ready.sort((a, b) => a.seq - b.seq);
   }
 
   /** Puts back a task from {@linkcode ready} that cannot try again yet (no worker slot). */
@@ -159,11 +169,22 @@ export class StepFlow {
     let task = this.#tasks.get(id);
     if (!task) {
       const flow = host.steps.get(node.def.name)!;
-      task = { node, index, limit: flow.limit, throttle: flow.throttle, backoff: 0 };
+      task = {
+        node,
+        index,
+        limit: flow.limit,
+        throttle: flow.throttle,
+        backoff: 0,
+        seq: this.#seq++,
+      };
       this.#tasks.set(id, task);
     }
+    // One take at a time per run: tasks start in the order the walk chose them, and
+    // siblings do not race each other for the same slot or throttle entry.
+    const taking = this.#queue.then(() => this.#take(task));
+    this.#queue = taking.catch(() => {});
     try {
-      await this.#take(task);
+      await taking;
     } catch (error) {
       // KV failed: the driver finds out through its own commits; the task is dropped
       this.#drop(task);
@@ -213,7 +234,7 @@ export class StepFlow {
         const { scope, max, perMs } = task.throttle;
         pick = pickThrottle(await readThrottle(host.kv, scope, task.throttleKey!), max, perMs, now);
         if ("until" in pick) {
-          this.#wait(task, undefined, pick.until - host.clock.now());
+          this.#waitThrottle(task, pick.until - host.clock.now());
           return;
         }
       }
@@ -285,6 +306,29 @@ export class StepFlow {
     });
   }
 
+  /** The task waits for its throttle key's next free entry, with the others waiting for it. */
+  #waitThrottle(task: FlowTask, ms: number): void {
+    const host = this.#host;
+    host.release(task.node, task.index, false);
+    const id = `${task.throttle!.scope}\u0000${task.throttleKey}`;
+    const gate = this.#gates.get(id);
+    if (gate) {
+      gate.tasks.push(task);
+      return;
+    }
+    const tasks = [task];
+    const timer = setTimeout(() => {
+      this.#gates.delete(id);
+      if (!host.acting()) {
+        for (const t of tasks) this.#tasks.delete(taskId(t.node, t.index));
+        return;
+      }
+      this.#ready.push(...tasks);
+      host.wake();
+    }, Math.max(0, ms));
+    this.#gates.set(id, { tasks, cancel: () => clearTimeout(timer) });
+  }
+
   /** Drops a task that held a worker step slot: the driver left the run. */
   #drop(task: FlowTask): void {
     this.#tasks.delete(taskId(task.node, task.index));
@@ -295,6 +339,8 @@ export class StepFlow {
   stop(): void {
     for (const cancel of this.#cancels.values()) cancel();
     this.#cancels.clear();
+    for (const gate of this.#gates.values()) gate.cancel();
+    this.#gates.clear();
     this.#tasks.clear();
     this.#ready = [];
   }
