@@ -24,7 +24,7 @@ import type { SlotHolder, TaskRecord } from "../../model/records.ts";
 import { pendingTask, startAttempt } from "../../model/transitions.ts";
 import { freeSlot, healSlots, pickThrottle, readSlots, readThrottle } from "../../store/slots.ts";
 import { takeThrottle } from "../../store/slots.ts";
-import type { Kv } from "../../kv/kv.ts";
+import type { Kv, KvEntry } from "../../kv/kv.ts";
 import type { Clock } from "../../model/clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import type { StepNode } from "./graph.ts";
@@ -53,13 +53,18 @@ export class SlotNotifier {
     };
   }
 
-  /** A slot of (scope, key) was freed: wakes who waits for one. */
+  /**
+   * A slot of (scope, key) was freed: wakes the task that waited longest for one (one
+   * slot, one taker: the others would only find it taken; their timers still run).
+   */
   notify(scope: string, key: string): void {
     const id = `${scope}\u0000${key}`;
     const set = this.#listeners.get(id);
     if (!set) return;
-    this.#listeners.delete(id);
-    for (const fn of set) fn();
+    const [first] = set;
+    set.delete(first);
+    if (set.size === 0) this.#listeners.delete(id);
+    first();
   }
 }
 
@@ -218,10 +223,10 @@ export class StepFlow {
       if (task.limit) {
         const { scope, max } = task.limit;
         let held = await readSlots(host.kv, scope, task.limitKey!);
-        slot = freeSlot(held, max);
+        slot = anyFreeSlot(held, max);
         if (slot < 0) {
           held = await healSlots(host.kv, held);
-          slot = freeSlot(held, max);
+          slot = anyFreeSlot(held, max);
         }
         if (slot < 0) {
           this.#wait(task, { scope, key: task.limitKey! });
@@ -351,6 +356,18 @@ export function taskRecord(node: StepNode, index: number): TaskRecord {
   return index < 0
     ? node.record
     : node.fan!.records.get(index) ?? pendingTask(node.record.generation);
+}
+
+/**
+ * A free slot below `max` picked at random, or -1 when all are held: takers of many runs
+ * and workers reading the same slots at once then rarely pick the same one.
+ */
+function anyFreeSlot(held: readonly KvEntry<SlotHolder>[], max: number): number {
+  if (held.length >= max) return freeSlot(held, max);
+  const taken = new Set(held.map((e) => e.key[e.key.length - 1] as number));
+  const free: number[] = [];
+  for (let i = 0; i < max; i++) if (!taken.has(i)) free.push(i);
+  return free[Math.floor(Math.random() * free.length)];
 }
 
 function taskId(node: StepNode, index: number): string {
