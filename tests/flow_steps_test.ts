@@ -179,3 +179,42 @@ Deno.test("a wait step is not held by step flow control", async () => {
   assert.equal(await engine.store.getOutput(run.id, "after"), "done");
   await noSlots(engine.store.kv);
 });
+
+Deno.test("a cancel frees the step limit slot of a running attempt, and a waiting run then takes it", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let bodies = 0;
+  const slow = step("slow", { limit: { max: 1, scope: "one-at-a-time" } }, async (_i, ctx) => {
+    bodies++;
+    if (bodies === 1) {
+      await Promise.race([gate, new Promise((r) => ctx.signal.addEventListener("abort", r))]);
+    }
+    return bodies;
+  });
+  const p = pipeline("cancelled", { steps: [slow] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const first = await engine.store.createRun(p);
+  const firstEnd = engine.runToEnd(first.id);
+  const kv = engine.store.kv;
+  const slots = async () => {
+    const out = [];
+    for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) out.push(e);
+    return out;
+  };
+  while ((await slots()).length === 0) await new Promise((r) => setTimeout(r, 5));
+  const second = await engine.store.createRun(p);
+  const secondEnd = engine.runToEnd(second.id);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(bodies, 1, "the second run waits for the slot");
+  assert.notEqual((await engine.store.getSteps(second.id)).get("slow")?.status, "running");
+  await engine.store.cancel(first.id);
+  assert.ok(
+    (await slots()).every((e) => (e.value as { run: string }).run !== first.id),
+    "the cancel's commit freed the slot",
+  );
+  assert.equal((await firstEnd).status, "cancelled");
+  assert.equal((await secondEnd).status, "succeeded");
+  release();
+  assert.equal(bodies, 2);
+  assert.deepEqual(await slots(), []);
+});
