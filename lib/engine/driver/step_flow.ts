@@ -33,6 +33,8 @@ import type { StepNode } from "./graph.ts";
 const FIRST_BACKOFF_MS = 50;
 /** Longest wait between two tries of a task that finds its limit full, ms. */
 const MAX_BACKOFF_MS = 1_000;
+/** How often a process heals the slots of one key at most, ms. */
+const HEAL_EVERY_MS = 1_000;
 
 /**
  * Tells the tasks of this process waiting for a slot of a (scope, key) that one was freed
@@ -40,6 +42,21 @@ const MAX_BACKOFF_MS = 1_000;
  */
 export class SlotNotifier {
   readonly #listeners = new Map<string, Set<() => void>>();
+  /** When this process last healed the slots of a (scope, key), by key. */
+  readonly #healed = new Map<string, number>();
+
+  /**
+   * Whether a task that found (scope, key) full should heal its slots now: at most once
+   * per {@linkcode HEAL_EVERY_MS} per key in a process, since a heal reads every holder
+   * and many waiting tasks would otherwise each do it at every try.
+   */
+  mayHeal(scope: string, key: string, now: number): boolean {
+    const id = `${scope}\u0000${key}`;
+    if ((this.#healed.get(id) ?? -Infinity) + HEAL_EVERY_MS > now) return false;
+    if (this.#healed.size > 10_000) this.#healed.clear();
+    this.#healed.set(id, now);
+    return true;
+  }
 
   /** Calls `fn` once, at the next free of a slot of (scope, key); returns a canceller. */
   listen(scope: string, key: string, fn: () => void): () => void {
@@ -224,7 +241,7 @@ export class StepFlow {
         const { scope, max } = task.limit;
         let held = await readSlots(host.kv, scope, task.limitKey!);
         slot = anyFreeSlot(held, max);
-        if (slot < 0) {
+        if (slot < 0 && host.notifier.mayHeal(scope, task.limitKey!, Date.now())) {
           held = await healSlots(host.kv, held);
           slot = anyFreeSlot(held, max);
         }
@@ -237,9 +254,12 @@ export class StepFlow {
       const now = host.clock.now();
       if (task.throttle) {
         const { scope, max, perMs } = task.throttle;
-        pick = pickThrottle(await readThrottle(host.kv, scope, task.throttleKey!), max, perMs, now);
+        // a rate against a service is in wall time, also on a test kit's clock
+        const wall = Date.now();
+        const entries = await readThrottle(host.kv, scope, task.throttleKey!);
+        pick = pickThrottle(entries, max, perMs, wall);
         if ("until" in pick) {
-          this.#waitThrottle(task, pick.until - host.clock.now());
+          this.#waitThrottle(task, pick.until - Date.now());
           return;
         }
       }
@@ -260,7 +280,7 @@ export class StepFlow {
           op.check({ key: k, versionstamp: null }).set(k, holder);
         }
         if (pick && !("until" in pick)) {
-          takeThrottle(op, task.throttle!.scope, task.throttleKey!, pick, now);
+          takeThrottle(op, task.throttle!.scope, task.throttleKey!, pick, Date.now());
         }
         op.set(index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record);
       });
