@@ -338,7 +338,10 @@ export class RunDriver {
   async release(graceMs: number): Promise<void> {
     if (!this.#drain()) return;
     const deadline = Date.now() + graceMs;
-    while (this.#attempts.size > 0 && Date.now() < deadline && this.#state === "draining") {
+    while (
+      (this.#attempts.size > 0 || this.#flow.taking > 0) && Date.now() < deadline &&
+      this.#state === "draining"
+    ) {
       await new Promise((r) => setTimeout(r, 20));
     }
     if (this.#state !== "draining") return;
@@ -373,7 +376,7 @@ export class RunDriver {
   }
 
   async #letGoPaused(): Promise<void> {
-    while (this.#attempts.size > 0 && this.#state === "draining") {
+    while ((this.#attempts.size > 0 || this.#flow.taking > 0) && this.#state === "draining") {
       await new Promise((r) => setTimeout(r, 20));
     }
     if (this.#state !== "draining") return;

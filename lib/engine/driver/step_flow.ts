@@ -138,6 +138,7 @@ export class StepFlow {
   #ready: FlowTask[] = [];
   readonly #cancels = new Map<string, () => void>();
   #seq = 0;
+  #taking = 0;
   /**
    * The tasks waiting for a throttle key's next free entry, by key, with their one timer:
    * they try again together, in the order they came, so a throttle keeps their order.
@@ -161,6 +162,14 @@ export class StepFlow {
   /** Whether the task is in flow control now (the walk must not start it again). */
   has(node: StepNode, index: number): boolean {
     return this.#tasks.has(taskId(node, index));
+  }
+
+  /**
+   * How many tasks are taking a slot now: a stop waits for them as for running attempts,
+   * so a start committed meanwhile is handed back, not left `running`.
+   */
+  get taking(): number {
+    return this.#taking;
   }
 
   /** How many tasks are in flow control. */
@@ -205,12 +214,15 @@ export class StepFlow {
     // siblings do not race each other for the same slot or throttle entry.
     const taking = this.#queue.then(() => this.#take(task));
     this.#queue = taking.catch(() => {});
+    this.#taking++;
     try {
       await taking;
     } catch (error) {
       // KV failed: the driver finds out through its own commits; the task is dropped
       this.#drop(task);
       throw error;
+    } finally {
+      this.#taking--;
     }
   }
 
