@@ -35,6 +35,8 @@ const FIRST_BACKOFF_MS = 50;
 const MAX_BACKOFF_MS = 1_000;
 /** How often a process heals the slots of one key at most, ms. */
 const HEAL_EVERY_MS = 1_000;
+/** How long a key found full is taken to stay full in a process without a free, ms. */
+const FULL_FOR_MS = 100;
 
 /**
  * Tells the tasks of this process waiting for a slot of a (scope, key) that one was freed
@@ -42,6 +44,8 @@ const HEAL_EVERY_MS = 1_000;
  */
 export class SlotNotifier {
   readonly #listeners = new Map<string, Set<() => void>>();
+  /** When a take of this process last found a (scope, key) full, by key; a free clears it. */
+  readonly #full = new Map<string, number>();
   /** When this process last healed the slots of a (scope, key), by key. */
   readonly #healed = new Map<string, number>();
 
@@ -50,6 +54,23 @@ export class SlotNotifier {
    * per {@linkcode HEAL_EVERY_MS} per key in a process, since a heal reads every holder
    * and many waiting tasks would otherwise each do it at every try.
    */
+  /**
+   * Whether (scope, key) is known full: a take of this process found it so within
+   * {@linkcode FULL_FOR_MS} and none of its slots freed here since. A task woken by its
+   * timer then waits again without reading KV: many waiting tasks cost a few reads a
+   * second, not one each per try. (A free in another process is seen once that passed.)
+   */
+  knownFull(scope: string, key: string, now: number): boolean {
+    const at = this.#full.get(`${scope}\u0000${key}`);
+    return at !== undefined && at + FULL_FOR_MS > now;
+  }
+
+  /** A take found (scope, key) full. */
+  full(scope: string, key: string, now: number): void {
+    if (this.#full.size > 10_000) this.#full.clear();
+    this.#full.set(`${scope}\u0000${key}`, now);
+  }
+
   mayHeal(scope: string, key: string, now: number): boolean {
     const id = `${scope}\u0000${key}`;
     if ((this.#healed.get(id) ?? -Infinity) + HEAL_EVERY_MS > now) return false;
@@ -76,6 +97,7 @@ export class SlotNotifier {
    */
   notify(scope: string, key: string): void {
     const id = `${scope}\u0000${key}`;
+    this.#full.delete(id);
     const set = this.#listeners.get(id);
     if (!set) return;
     const [first] = set;
@@ -251,13 +273,21 @@ export class StepFlow {
       let slot = -1;
       if (task.limit) {
         const { scope, max } = task.limit;
-        let held = await readSlots(host.kv, scope, task.limitKey!);
-        slot = anyFreeSlot(held, max);
-        if (slot < 0 && host.notifier.mayHeal(scope, task.limitKey!, Date.now())) {
-          held = await healSlots(host.kv, held);
+        if (host.notifier.knownFull(scope, task.limitKey!, Date.now())) {
+          this.#wait(task, { scope, key: task.limitKey! });
+          return;
+        }
+        slot = await probeSlots(host.kv, scope, task.limitKey!, max);
+        if (slot < 0) {
+          let held = await readSlots(host.kv, scope, task.limitKey!);
           slot = anyFreeSlot(held, max);
+          if (slot < 0 && host.notifier.mayHeal(scope, task.limitKey!, Date.now())) {
+            held = await healSlots(host.kv, held);
+            slot = anyFreeSlot(held, max);
+          }
         }
         if (slot < 0) {
+          host.notifier.full(scope, task.limitKey!, Date.now());
           this.#wait(task, { scope, key: task.limitKey! });
           return;
         }
@@ -388,6 +418,24 @@ export function taskRecord(node: StepNode, index: number): TaskRecord {
   return index < 0
     ? node.record
     : node.fan!.records.get(index) ?? pendingTask(node.record.generation);
+}
+
+/** Slots a take looks at first, picked at random, before it lists them all. */
+const PROBES = 4;
+
+/**
+ * A free slot among {@linkcode PROBES} picked at random, or -1: one read of a few keys,
+ * where listing a key's slots reads every one held (up to `max`). Only for a `max` well
+ * above the probes; a small limit is listed at once.
+ */
+async function probeSlots(kv: Kv, scope: string, key: string, max: number): Promise<number> {
+  if (max <= 2 * PROBES) return -1;
+  const picked = new Set<number>();
+  while (picked.size < PROBES) picked.add(Math.floor(Math.random() * max));
+  const indices = [...picked];
+  const got = await kv.getMany(indices.map((i) => keys.slot(scope, key, i)));
+  const free = got.findIndex((e) => e.versionstamp === null);
+  return free < 0 ? -1 : indices[free];
 }
 
 /**
