@@ -40,7 +40,7 @@ const FULL_FOR_MS = 100;
 
 /**
  * Tells the tasks of this process waiting for a slot of a (scope, key) that one was freed
- * here. One per engine, shared by every worker and run.
+ * here. One per worker, shared by every run it drives.
  */
 export class SlotNotifier {
   readonly #listeners = new Map<string, Set<() => void>>();
@@ -49,11 +49,6 @@ export class SlotNotifier {
   /** When this process last healed the slots of a (scope, key), by key. */
   readonly #healed = new Map<string, number>();
 
-  /**
-   * Whether a task that found (scope, key) full should heal its slots now: at most once
-   * per {@linkcode HEAL_EVERY_MS} per key in a process, since a heal reads every holder
-   * and many waiting tasks would otherwise each do it at every try.
-   */
   /**
    * Whether (scope, key) is known full: a take of this process found it so within
    * {@linkcode FULL_FOR_MS} and none of its slots freed here since. A task woken by its
@@ -71,6 +66,11 @@ export class SlotNotifier {
     this.#full.set(`${scope}\u0000${key}`, now);
   }
 
+  /**
+   * Whether a task that found (scope, key) full should heal its slots now: at most once
+   * per {@linkcode HEAL_EVERY_MS} per key in a process, since a heal reads every holder
+   * and many waiting tasks would otherwise each do it at every try.
+   */
   mayHeal(scope: string, key: string, now: number): boolean {
     const id = `${scope}\u0000${key}`;
     if ((this.#healed.get(id) ?? -Infinity) + HEAL_EVERY_MS > now) return false;
