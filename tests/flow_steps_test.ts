@@ -9,6 +9,8 @@ import assert from "node:assert/strict";
 import { openEngine, pipeline, sleep, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
 import type { Kv } from "../lib/kv/kv.ts";
+import { accountingRate } from "../pipelines/nightly/config.ts";
+import nightly from "../pipelines/nightly/mod.ts";
 
 /** Bodies running per key, and the most seen at once. */
 class Ledger {
@@ -217,4 +219,28 @@ Deno.test("a cancel frees the step limit slot of a running attempt, and a waitin
   release();
   assert.equal(bodies, 2);
   assert.deepEqual(await slots(), []);
+});
+
+Deno.test("KVFLOW_ACCOUNTING_RATE sets the nightly's accounting throttle; a bad value is a clear TypeError", () => {
+  const before = Deno.env.get("KVFLOW_ACCOUNTING_RATE");
+  try {
+    Deno.env.delete("KVFLOW_ACCOUNTING_RATE");
+    assert.equal(accountingRate(), 10);
+    Deno.env.set("KVFLOW_ACCOUNTING_RATE", "3");
+    assert.equal(accountingRate(), 3);
+    for (const bad of ["0", "2.5", "fast", "1001"]) {
+      Deno.env.set("KVFLOW_ACCOUNTING_RATE", bad);
+      assert.throws(
+        () => accountingRate(),
+        (e: unknown) =>
+          e instanceof TypeError &&
+          /Invalid KVFLOW_ACCOUNTING_RATE of pipeline 'nightly'.*from 1 to 1000/.test(e.message),
+      );
+    }
+  } finally {
+    if (before === undefined) Deno.env.delete("KVFLOW_ACCOUNTING_RATE");
+    else Deno.env.set("KVFLOW_ACCOUNTING_RATE", before);
+  }
+  const throttle = nightly.flow.steps.get("update-accounting")!.throttle!;
+  assert.deepEqual([throttle.scope, throttle.max, throttle.perMs], ["accounting-api", 10, 1000]);
 });
