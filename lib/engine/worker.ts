@@ -17,6 +17,7 @@ import { TERMINAL } from "../model/records.ts";
 import type { Store, WakeMessage } from "../store/store.ts";
 import { wakeQueued } from "../store/flow.ts";
 import { StepLimit } from "./step_limit.ts";
+import { SlotNotifier } from "./driver/step_flow.ts";
 import { hostname, pid } from "../platform/process.ts";
 
 /** Options of a {@linkcode Worker}. */
@@ -71,6 +72,8 @@ export class Worker {
     & Required<Pick<WorkerOptions, "maxRuns" | "leaseMs" | "pollMs" | "holdMs">>
     & WorkerOptions;
   readonly #stepLimit: StepLimit;
+  /** Wakes this worker's tasks waiting for a step limit's slot when one of its own frees. */
+  readonly #slots = new SlotNotifier();
   readonly #holder: Omit<Lease, "deadline">;
   readonly #active = new Map<string, RunDriver | null>();
   readonly #timers = new Map<string, () => void>();
@@ -287,6 +290,7 @@ export class Worker {
         leaseMs: this.#options.leaseMs,
         holdMs: this.#options.holdMs,
         stepLimit: this.#stepLimit,
+        slots: this.#slots,
         channels: {
           webhook: Boolean(this.#options.alertWebhook),
           email: Boolean(this.#options.alertEmail),

@@ -117,6 +117,11 @@ function endWait(record: TaskRecord, runId: string): KvWrite[] {
   );
 }
 
+/** The write that frees the step limit slot a running task holds. */
+function freeSlot(record: TaskRecord): KvWrite[] {
+  return record.status === "running" && record.slot ? [[keys.slot(...record.slot), null]] : [];
+}
+
 async function cancelWrites(
   store: StoreParts,
   run: RunRecord,
@@ -131,6 +136,7 @@ async function cancelWrites(
           writes.push([
             [keys.item(run.id, name, index), cancelTask(item, now, reason)],
             ...endWait(item, run.id),
+            ...freeSlot(item),
           ]);
         }
       }
@@ -141,6 +147,7 @@ async function cancelWrites(
       writes.push([
         [keys.step(run.id, name), cancelTask(record, now, reason)],
         ...endWait(record, run.id),
+        ...freeSlot(record),
       ]);
     }
   }

@@ -13,9 +13,20 @@ import { type JournalEntry, Posting, postJournalEntry } from "./ledger.ts";
 import { simulateOutage } from "./outage.ts";
 import { pullSales } from "./pull_sales.ts";
 import { ACCOUNTS } from "./rules.ts";
+import { accountingRate } from "./config.ts";
 
 /** Retries of one entry: an accounting API's hiccups are short. */
 export const ACCOUNTING_RETRY = { attempts: 5, delay: "500ms", maxDelay: "30s" } as const;
+
+/**
+ * The accounting API's rate limit: journal entries started per second, across every
+ * worker and run (`KVFLOW_ACCOUNTING_RATE`, see `config.ts`). Entries over it wait.
+ */
+export const ACCOUNTING_THROTTLE = {
+  max: accountingRate(),
+  per: "1s",
+  scope: "accounting-api",
+} as const;
 
 /**
  * The step: one item per salesperson with a commission, once the night is approved (or
@@ -29,6 +40,7 @@ export const updateAccounting = step("update-accounting", {
   },
   concurrency: 4,
   retry: ACCOUNTING_RETRY,
+  throttle: ACCOUNTING_THROTTLE,
   timeout: "1m",
   output: Posting,
 }, async (commission, ctx) => {

@@ -10,6 +10,10 @@
  * | `KVFLOW_MAIL_FROM`      | see below       | the sender of report mails                         |
  * | `KVFLOW_ACCOUNTING_URL` | unset: ledger   | the accounting API endpoint journal entries go to  |
  * | `KVFLOW_OUT_DIR`        | `out`           | where reports and the outbox are written           |
+ * | `KVFLOW_ACCOUNTING_RATE`| `10`            | journal entries started per second, all workers    |
+ *
+ * `KVFLOW_ACCOUNTING_RATE` is read once, when the pipeline is loaded: it sets the throttle
+ * of `update-accounting` (a worker restart picks up a change).
  *
  * @module
  */
@@ -52,6 +56,29 @@ export function accountingUrl(): string | undefined {
 /** The directory reports and the outbox are written under. */
 export function outDir(): string {
   return env("KVFLOW_OUT_DIR") ?? "out";
+}
+
+/** Journal entries started per second when `KVFLOW_ACCOUNTING_RATE` is unset. */
+export const DEFAULT_ACCOUNTING_RATE = 10;
+
+/**
+ * How many journal entries may start per second, across all workers: the throttle of
+ * `update-accounting`, so the accounting API is not flooded.
+ *
+ * @throws {TypeError} when `KVFLOW_ACCOUNTING_RATE` is not a whole number from 1 to 1000
+ */
+export function accountingRate(): number {
+  const raw = env("KVFLOW_ACCOUNTING_RATE");
+  if (raw === undefined) return DEFAULT_ACCOUNTING_RATE;
+  const rate = Number(raw.trim());
+  if (!/^\d+$/.test(raw.trim()) || !Number.isInteger(rate) || rate < 1 || rate > 1000) {
+    throw new TypeError(
+      `Invalid KVFLOW_ACCOUNTING_RATE of pipeline 'nightly': must be a whole number of journal entries per second from 1 to 1000, got ${
+        JSON.stringify(raw)
+      }`,
+    );
+  }
+  return rate;
 }
 
 function env(name: string): string | undefined {

@@ -52,6 +52,7 @@ import {
 } from "./graph.ts";
 import { expandItems } from "./items.ts";
 import { LeaseRenewal } from "./lease.ts";
+import { SlotNotifier, StepFlow, taskRecord } from "./step_flow.ts";
 import { RunRecords } from "./records.ts";
 import { earliestWait, type WaitResult, Waits } from "./waits.ts";
 import { runInfo } from "./context.ts";
@@ -102,6 +103,8 @@ export interface DriverOptions {
   holdMs: number;
   /** The worker's step limit, shared by every run it drives. */
   stepLimit: StepLimit;
+  /** Tells this process's tasks waiting for a step limit's slot that one was freed. */
+  slots?: SlotNotifier;
   /** Which alert channels are configured, so a failure queues their delivery. */
   channels: { webhook: boolean; email: boolean };
   /** Called after each change is durable. */
@@ -138,6 +141,8 @@ export class RunDriver {
   readonly #lease: LeaseRenewal;
   readonly #contextHost: ContextHost;
   readonly #waits: Waits;
+  /** Step limits and throttles: tasks taking a slot or waiting for one. */
+  readonly #flow: StepFlow;
   /** Whether the run is being parked (its waits recorded, its lease given up). */
   #parking = false;
   /**
@@ -181,11 +186,14 @@ export class RunDriver {
         onEvent: options.onEvent,
       },
     );
+    const slots = options.slots ?? new SlotNotifier();
     this.#records = new RunRecords(claim.run, {
       checkpoints: this.#checkpoints,
       graph: this.#graph,
       store,
+      freed: (scope, key) => slots.notify(scope, key),
     });
+    this.#flow = this.#stepFlow(slots);
     this.#lease = new LeaseRenewal(
       {
         kv: this.#kv,
@@ -330,7 +338,10 @@ export class RunDriver {
   async release(graceMs: number): Promise<void> {
     if (!this.#drain()) return;
     const deadline = Date.now() + graceMs;
-    while (this.#attempts.size > 0 && Date.now() < deadline && this.#state === "draining") {
+    while (
+      (this.#attempts.size > 0 || this.#flow.taking > 0) && Date.now() < deadline &&
+      this.#state === "draining"
+    ) {
       await new Promise((r) => setTimeout(r, 20));
     }
     if (this.#state !== "draining") return;
@@ -365,7 +376,7 @@ export class RunDriver {
   }
 
   async #letGoPaused(): Promise<void> {
-    while (this.#attempts.size > 0 && this.#state === "draining") {
+    while ((this.#attempts.size > 0 || this.#flow.taking > 0) && this.#state === "draining") {
       await new Promise((r) => setTimeout(r, 20));
     }
     if (this.#state !== "draining") return;
@@ -434,6 +445,7 @@ export class RunDriver {
    */
   #end(outcome: Outcome, cause?: { error: unknown }): void {
     if (this.#state === "lost" || this.#state === "ended") return;
+    this.#flow.stop();
     if (outcome === "lost") {
       this.#state = "lost";
       if (cause?.error instanceof KvUnavailableError) {
@@ -659,6 +671,16 @@ export class RunDriver {
     const graph = this.#graph;
     let capacity = pipeline.concurrency - this.#attempts.size;
     let starved = false;
+    const flow = this.#flow;
+    for (const task of flow.ready()) {
+      if (capacity <= 0 || !stepLimit.tryAcquire()) {
+        if (capacity > 0) starved = true;
+        flow.later(task);
+        continue;
+      }
+      capacity--;
+      flow.take(task.node, task.index).catch(this.#onFlushError);
+    }
     // Runs once per finished step: plain loops over the open nodes only, no allocation. A
     // step that succeeded, failed or was skipped stays so in this driver and leaves the
     // list, as does a pending step until a need of it ends: a long chain rescans neither
@@ -695,13 +717,14 @@ export class RunDriver {
             this.#waits.act(node, -1, now);
             continue;
           }
-          if (!isReady(node.record, now) || capacity <= 0) continue;
+          if (!isReady(node.record, now) || capacity <= 0 || flow.has(node, -1)) continue;
           if (!stepLimit.tryAcquire()) {
             starved = true;
             continue;
           }
           capacity--;
-          this.#startAttempt(node, -1, now);
+          if (flow.limited(node)) flow.take(node, -1).catch(this.#onFlushError);
+          else this.#startAttempt(node, -1, now);
           continue;
         }
         const fan = node.fan;
@@ -727,13 +750,20 @@ export class RunDriver {
           }
           takeItem(fan, now);
           capacity--;
-          this.#startAttempt(node, index, now);
+          if (flow.limited(node)) {
+            fan.running++;
+            flow.take(node, index).catch(this.#onFlushError);
+          } else {
+            this.#startAttempt(node, index, now);
+          }
         }
       }
     } while (graph.walkAgain());
     const expanding = graph.endWalk();
     if (starved) stepLimit.waitFor(this);
-    if (this.#attempts.size === 0 && !starved && !expanding && !this.#waits.busy) {
+    if (
+      this.#attempts.size === 0 && !starved && !expanding && !this.#waits.busy && flow.size === 0
+    ) {
       this.#idle(now);
     } else {
       // Other steps are still running: a retry due meanwhile must not wait for them. A
@@ -782,6 +812,54 @@ export class RunDriver {
       node.expanding = false;
     }
     this.wake();
+  }
+
+  /** The step limits and throttles of the run's steps, wired to this driver. */
+  #stepFlow(slots: SlotNotifier): StepFlow {
+    return new StepFlow({
+      kv: this.#kv,
+      clock: this.#clock,
+      runId: this.#runId,
+      pipeline: this.#options.pipeline.name,
+      checkpoints: this.#checkpoints,
+      notifier: slots,
+      steps: this.#options.pipeline.flow.steps,
+      acting: () => this.#state === "driving",
+      input: async (node, index) =>
+        index < 0 ? knownInputs(node) ?? await this.#inputs(node) : node.fan!.values[index],
+      record: taskRecord,
+      started: (node, index, record) => {
+        this.#records.adoptTask(node, index, record);
+        if (!this.#acting()) {
+          // left the run meanwhile: the next holder's takeover frees the slot
+          this.#options.stepLimit.release();
+          return;
+        }
+        void this.#execute(this.#attempts.add(node, index, record));
+      },
+      failed: (node, index, error) => {
+        this.#options.stepLimit.release();
+        const record = taskRecord(node, index);
+        const now = this.#clock.now();
+        this.#records.setTask(node, index, {
+          ...record,
+          status: "failed",
+          endedAt: now,
+          nextAt: null,
+          error,
+        });
+        if (index >= 0) {
+          node.fan!.running--;
+          this.#checkFanDone(node);
+        }
+        this.wake();
+      },
+      release: (node, index, dropped) => {
+        this.#options.stepLimit.release();
+        if (dropped && index >= 0) node.fan!.running--;
+      },
+      wake: () => this.wake(),
+    });
   }
 
   #startAttempt(node: StepNode, index: number, now: number): void {

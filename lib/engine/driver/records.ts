@@ -30,6 +30,7 @@ export class RunRecords {
   readonly #checkpoints: Checkpoints;
   readonly #graph: StepGraph;
   readonly #store: StoreParts;
+  readonly #freed: ((scope: string, key: string) => void) | undefined;
 
   /**
    * Starts from the run as claimed.
@@ -38,9 +39,16 @@ export class RunRecords {
    */
   constructor(
     run: RunRecord,
-    parts: { checkpoints: Checkpoints; graph: StepGraph; store: StoreParts },
+    parts: {
+      checkpoints: Checkpoints;
+      graph: StepGraph;
+      store: StoreParts;
+      /** Told once a step limit's slot this run held is freed. */
+      freed?: (scope: string, key: string) => void;
+    },
   ) {
     this.#run = run;
+    this.#freed = parts.freed;
     this.#store = parts.store;
     this.#checkpoints = parts.checkpoints;
     this.#graph = parts.graph;
@@ -53,6 +61,7 @@ export class RunRecords {
 
   /** Records the task of `node` (item `index`, or -1 for the step) as `record`. */
   setTask(node: StepNode, index: number, record: TaskRecord, size = 1024): void {
+    record = this.#freeSlot(record);
     if (index < 0) {
       this.setStep(node, record, size);
       return;
@@ -68,6 +77,7 @@ export class RunRecords {
 
   /** Records a step as `record`; once it ended, the steps that need it may act. */
   setStep(node: StepNode, record: TaskRecord, size = 1024): void {
+    record = this.#freeSlot(record);
     node.record = record;
     // the steps that need it may act now (run, or be skipped)
     if (isEnded(record.status)) this.#graph.openDependents(node);
@@ -79,6 +89,19 @@ export class RunRecords {
       taskBytes(record, size),
     );
     this.#emitTask(node, -1, record);
+  }
+
+  /**
+   * A task whose attempt ended gives back the step limit's slot it held, in the commit
+   * that records the end (see `step_flow.ts`).
+   */
+  #freeSlot(record: TaskRecord): TaskRecord {
+    const slot = record.slot;
+    if (!slot || record.status === "running") return record;
+    this.#checkpoints.write(keys.slot(...slot), null, 256);
+    const freed = this.#freed;
+    if (freed) this.#checkpoints.afterCommit(() => freed(slot[0], slot[1]));
+    return { ...record, slot: null };
   }
 
   /** Tells listeners that a task (item `index`, or -1 for the step) is now `record`. */
@@ -177,7 +200,9 @@ export class RunRecords {
   recoverCrash(step: string, item: number, record: TaskRecord, now: number): TaskRecord {
     const error = crashError(record.attempt);
     this.writeAttempt(attemptRecord(step, item, record, "crashed", error, [], now));
-    return crashTask(record, now);
+    // the dead holder's step limit slot is freed in the takeover's commit
+    if (record.slot) this.#checkpoints.write(keys.slot(...record.slot), null, 256);
+    return crashTask({ ...record, slot: null }, now);
   }
 
   /** Records an attempt that was started, or still running, as handed back by a stop. */

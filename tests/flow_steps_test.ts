@@ -1,0 +1,246 @@
+/**
+ * Step-level flow control in process: a step's concurrency limit per key (across runs and
+ * steps sharing a scope), its throttle per period, its release on failure and retry, a
+ * key function that throws, and a wait step that takes no slot.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { openEngine, pipeline, sleep, step } from "../lib/mod.ts";
+import * as keys from "../lib/kv/keys.ts";
+import type { Kv } from "../lib/kv/kv.ts";
+import { accountingRate } from "../pipelines/nightly/config.ts";
+import nightly from "../pipelines/nightly/mod.ts";
+
+/** Bodies running per key, and the most seen at once. */
+class Ledger {
+  readonly running = new Map<string, number>();
+  readonly most = new Map<string, number>();
+  readonly starts: { key: string; at: number }[] = [];
+  ended = 0;
+
+  start(key: string): void {
+    const n = (this.running.get(key) ?? 0) + 1;
+    this.running.set(key, n);
+    this.most.set(key, Math.max(this.most.get(key) ?? 0, n));
+    this.starts.push({ key, at: Date.now() });
+  }
+
+  end(key: string): void {
+    this.running.set(key, this.running.get(key)! - 1);
+    this.ended++;
+  }
+}
+
+async function noSlots(kv: Kv): Promise<void> {
+  const left = [];
+  for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) left.push(e.key);
+  assert.deepEqual(left, [], "no slot is left held");
+}
+
+function limitedFan(name: string, ledger: Ledger, opts: { scope?: string; fail?: number } = {}) {
+  const items = step(
+    "items",
+    () => Array.from({ length: 20 }, (_, i) => ({ i, key: `k${i % 3}` })),
+  );
+  const work = step("work", {
+    needs: { items },
+    items: ({ items }) => items,
+    concurrency: 10,
+    retry: { attempts: 3, delay: "5ms" },
+    limit: { key: (item: { key: string }) => item.key, max: 2, scope: opts.scope },
+  }, async (item: { i: number; key: string }, ctx) => {
+    ledger.start(item.key);
+    await new Promise((r) => setTimeout(r, 5 + (item.i % 4) * 3));
+    ledger.end(item.key);
+    if (opts.fail !== undefined && item.i % opts.fail === 0 && ctx.attempt === 1) {
+      throw new Error(`flaky ${item.i}`);
+    }
+    return item.i;
+  });
+  return pipeline(name, { steps: [items, work] });
+}
+
+Deno.test("a fan-out step limited to 2 per key runs at most 2 items of a key at once, all succeed", async () => {
+  const ledger = new Ledger();
+  const p = limitedFan("limited", ledger);
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.equal(ledger.ended, 20);
+  for (const [key, most] of ledger.most) assert.ok(most <= 2, `${key}: ${most} at once`);
+  assert.ok([...ledger.most.values()].some((m) => m === 2), "the limit is used");
+  assert.equal((await engine.store.getOutput(run.id, "work") as number[]).length, 20);
+  await noSlots(engine.store.kv);
+});
+
+Deno.test("two runs share a step limit, and a limited item that fails and retries releases and re-takes its slot", async () => {
+  const ledger = new Ledger();
+  const p = limitedFan("shared", ledger, { fail: 5 });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const a = await engine.store.createRun(p);
+  const b = await engine.store.createRun(p);
+  const [ea, eb] = await Promise.all([engine.runToEnd(a.id), engine.runToEnd(b.id)]);
+  assert.equal(ea.status, "succeeded");
+  assert.equal(eb.status, "succeeded");
+  assert.equal(ledger.ended, 2 * (20 + 4), "each run retried items 0, 5, 10, 15 once");
+  for (const [key, most] of ledger.most) assert.ok(most <= 2, `${key}: ${most} at once`);
+  const items = await engine.store.getItems(a.id, "work");
+  assert.equal(items.get(5)!.attempt, 2);
+  assert.equal(items.get(5)!.slot, null, "the slot went with the attempt's end");
+  await noSlots(engine.store.kv);
+});
+
+Deno.test("a scope shared by two steps limits both together", async () => {
+  const ledger = new Ledger();
+  const body = (tag: string) => async (item: number) => {
+    ledger.start("api");
+    await new Promise((r) => setTimeout(r, 4));
+    ledger.end("api");
+    return `${tag}${item}`;
+  };
+  const list = step("list", () => [1, 2, 3, 4, 5, 6]);
+  const limit = { max: 2, scope: "accounting-api" };
+  const one = step(
+    "one",
+    { needs: { list }, items: ({ list }) => list, concurrency: 6, limit },
+    body("a"),
+  );
+  const two = step(
+    "two",
+    { needs: { list }, items: ({ list }) => list, concurrency: 6, limit },
+    body("b"),
+  );
+  const p = pipeline("scoped", { steps: [list, one, two] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.equal(ledger.ended, 12);
+  assert.equal(ledger.most.get("api"), 2);
+  await noSlots(engine.store.kv);
+});
+
+Deno.test("a limit key function that throws fails the step with a clear, final error", async () => {
+  let calls = 0;
+  const charge = step("charge", {
+    retry: { attempts: 3, delay: "1ms" },
+    limit: {
+      key: () => {
+        throw new Error("no customer");
+      },
+      max: 1,
+    },
+  }, () => calls++);
+  const p = pipeline("badkey", { steps: [charge] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const run = await engine.store.createRun(p);
+  const ended = await engine.runToEnd(run.id);
+  assert.equal(ended.status, "failed");
+  assert.equal(calls, 0, "the body never ran");
+  const record = (await engine.store.getSteps(run.id)).get("charge")!;
+  assert.equal(record.error?.retryable, false);
+  assert.match(
+    record.error!.message,
+    /limit key of step 'charge' of pipeline 'badkey' could not be computed: no customer/,
+  );
+  await noSlots(engine.store.kv);
+});
+
+Deno.test("a step throttle lets at most N starts through per period, and drops none", async () => {
+  const ledger = new Ledger();
+  const list = step("list", () => Array.from({ length: 9 }, (_, i) => i));
+  const call = step("call", {
+    needs: { list },
+    items: ({ list }) => list,
+    concurrency: 9,
+    throttle: { max: 3, per: "300ms" },
+  }, (i: number) => {
+    ledger.start("t");
+    ledger.end("t");
+    return i;
+  });
+  const p = pipeline("throttled", { steps: [list, call] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.equal(ledger.starts.length, 9, "none dropped");
+  // any window of one period holds at most 3 starts
+  const at = ledger.starts.map((s) => s.at).sort((a, b) => a - b);
+  for (let i = 0; i + 3 < at.length; i++) {
+    assert.ok(at[i + 3] - at[i] >= 300 - 5, `starts ${i}..${i + 3} within a period: ${at}`);
+  }
+});
+
+Deno.test("a wait step is not held by step flow control", async () => {
+  const nap = sleep("nap", { for: "1ms" });
+  const after = step("after", { needs: { nap }, limit: { max: 1 } }, () => "done");
+  const p = pipeline("waits", { steps: [nap, after] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+  const run = await engine.store.createRun(p);
+  assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  assert.equal(await engine.store.getOutput(run.id, "after"), "done");
+  await noSlots(engine.store.kv);
+});
+
+Deno.test("a cancel frees the step limit slot of a running attempt, and a waiting run then takes it", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let bodies = 0;
+  const slow = step("slow", { limit: { max: 1, scope: "one-at-a-time" } }, async (_i, ctx) => {
+    bodies++;
+    if (bodies === 1) {
+      await Promise.race([gate, new Promise((r) => ctx.signal.addEventListener("abort", r))]);
+    }
+    return bodies;
+  });
+  const p = pipeline("cancelled", { steps: [slow] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const first = await engine.store.createRun(p);
+  const firstEnd = engine.runToEnd(first.id);
+  const kv = engine.store.kv;
+  const slots = async () => {
+    const out = [];
+    for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) out.push(e);
+    return out;
+  };
+  while ((await slots()).length === 0) await new Promise((r) => setTimeout(r, 5));
+  const second = await engine.store.createRun(p);
+  const secondEnd = engine.runToEnd(second.id);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(bodies, 1, "the second run waits for the slot");
+  assert.notEqual((await engine.store.getSteps(second.id)).get("slow")?.status, "running");
+  await engine.store.cancel(first.id);
+  assert.ok(
+    (await slots()).every((e) => (e.value as { run: string }).run !== first.id),
+    "the cancel's commit freed the slot",
+  );
+  assert.equal((await firstEnd).status, "cancelled");
+  assert.equal((await secondEnd).status, "succeeded");
+  release();
+  assert.equal(bodies, 2);
+  assert.deepEqual(await slots(), []);
+});
+
+Deno.test("KVFLOW_ACCOUNTING_RATE sets the nightly's accounting throttle; a bad value is a clear TypeError", () => {
+  const before = Deno.env.get("KVFLOW_ACCOUNTING_RATE");
+  try {
+    Deno.env.delete("KVFLOW_ACCOUNTING_RATE");
+    assert.equal(accountingRate(), 10);
+    Deno.env.set("KVFLOW_ACCOUNTING_RATE", "3");
+    assert.equal(accountingRate(), 3);
+    for (const bad of ["0", "2.5", "fast", "1001"]) {
+      Deno.env.set("KVFLOW_ACCOUNTING_RATE", bad);
+      assert.throws(
+        () => accountingRate(),
+        (e: unknown) =>
+          e instanceof TypeError &&
+          /Invalid KVFLOW_ACCOUNTING_RATE of pipeline 'nightly'.*from 1 to 1000/.test(e.message),
+      );
+    }
+  } finally {
+    if (before === undefined) Deno.env.delete("KVFLOW_ACCOUNTING_RATE");
+    else Deno.env.set("KVFLOW_ACCOUNTING_RATE", before);
+  }
+  const throttle = nightly.flow.steps.get("update-accounting")!.throttle!;
+  assert.deepEqual([throttle.scope, throttle.max, throttle.perMs], ["accounting-api", 10, 1000]);
+});
