@@ -9,6 +9,7 @@ import example from "./example/mod.ts";
 import nightly from "./nightly/mod.ts";
 import refunds from "./refunds/mod.ts";
 import regions, { regionReport } from "./regions/mod.ts";
+import statements from "./statements/mod.ts";
 
 /** Every registered pipeline. */
 export const pipelines: readonly Pipeline<unknown>[] = [
@@ -17,4 +18,5 @@ export const pipelines: readonly Pipeline<unknown>[] = [
   refunds as Pipeline<unknown>,
   regions as Pipeline<unknown>,
   regionReport as Pipeline<unknown>,
+  statements as Pipeline<unknown>,
 ];

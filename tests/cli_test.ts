@@ -175,6 +175,7 @@ Deno.test("status, runs and pipelines print JSON a script can read", async () =>
     "refund-credits",
     "regions",
     "region-report",
+    "customer-statement",
     "five-steps",
     "fan-six",
     "flaky-once",

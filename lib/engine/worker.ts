@@ -330,7 +330,8 @@ export class Worker {
   }
 
   #wakeQueued(limit: { scope: string; key: string; max: number }): void {
-    wakeQueued(this.#store.kv, limit, this.#store.clock.now()).then(
+    const store = this.#store;
+    wakeQueued(store.kv, limit, store.clock.now(), undefined, store.committer).then(
       (runIds) => runIds.forEach((runId) => this.wake(runId)),
       (error) => console.error(`kvflow: limit '${limit.key}': ${error?.message ?? error}`),
     );

@@ -21,7 +21,7 @@
  */
 import * as keys from "../kv/keys.ts";
 import { addGate, type GateDue, moveDue, queueRank } from "../kv/indexes.ts";
-import { commitAtomic } from "../kv/commit.ts";
+import { commitAtomic, type GroupCommitter } from "../kv/commit.ts";
 import { formatMs } from "../define/duration.ts";
 import { type HeldState, type RunRecord, type SlotHolder, TERMINAL } from "../model/records.ts";
 import type { AtomicOperation, Kv, KvEntry, KvKey } from "../kv/kv.ts";
@@ -188,9 +188,10 @@ export async function openGate(
   kv: Kv,
   gate: KvEntry<GateDue>,
   now: number,
+  committer?: GroupCommitter,
 ): Promise<string[]> {
   const [scope, key, max] = gate.value.gate;
-  return await wakeQueued(kv, { scope, key, max }, now, gate);
+  return await wakeQueued(kv, { scope, key, max }, now, gate, committer);
 }
 
 /**
@@ -206,6 +207,7 @@ export async function wakeQueued(
   limit: { scope: string; key: string; max: number },
   now: number,
   gate?: KvEntry<GateDue>,
+  committer?: GroupCommitter,
 ): Promise<string[]> {
   const { scope, key, max } = limit;
   const held = await readSlots(kv, scope, key);
@@ -214,13 +216,15 @@ export async function wakeQueued(
   const runs = entries.length > 0
     ? await kv.getMany<RunRecord[]>(entries.map((e) => keys.run(e.value)))
     : [];
-  const op = kv.atomic();
+  // built as a list of changes, so the commit may share a grouped commit (its keys are
+  // this limit key's: a worker opens one gate of a key at a time)
+  const changes: ((op: AtomicOperation) => void)[] = [];
   const woken: string[] = [];
   let more = false;
   entries.forEach((entry, i) => {
     const run = runs[i].value;
     if (!run || TERMINAL.has(run.status) || run.slot != null || run.held?.by === "throttle") {
-      op.delete(entry.key);
+      changes.push((op) => op.delete(entry.key));
       return;
     }
     // a paused run keeps its place and is looked at again once unpaused
@@ -231,14 +235,28 @@ export async function wakeQueued(
     }
     woken.push(run.id);
     const next = { ...run, dueAt: now };
-    op.check(runs[i]).set(keys.run(run.id), next);
-    moveDue(op, run, next);
+    changes.push((op) => {
+      op.check(runs[i]).set(keys.run(run.id), next);
+      moveDue(op, run, next);
+    });
   });
   if (gate) {
-    op.check(gate);
-    if (!(more && free === GATE_BATCH)) op.delete(gate.key);
+    const drop = !(more && free === GATE_BATCH);
+    changes.push((op) => {
+      op.check(gate);
+      if (drop) op.delete(gate.key);
+    });
   } else if (entries.length === 0) return [];
-  return (await commitAtomic(op)).ok ? woken : [];
+  const apply = (op: AtomicOperation) => changes.forEach((change) => change(op));
+  const result = committer
+    ? await committer.commit({
+      checks: changes.length,
+      mutations: 3 * changes.length,
+      bytes: 4096 * changes.length,
+      apply,
+    })
+    : await commitAtomic(applied(kv, apply));
+  return result.ok ? woken : [];
 }
 
 /** The first `n` entries of a limit key's queue, in order. */
@@ -276,4 +294,10 @@ function compareKeys(a: KvKey, b: KvKey): number {
   const [ra, ia] = [a[a.length - 2] as number, a[a.length - 1] as string];
   const [rb, ib] = [b[b.length - 2] as number, b[b.length - 1] as string];
   return ra !== rb ? ra - rb : ia < ib ? -1 : ia > ib ? 1 : 0;
+}
+
+function applied(kv: Kv, apply: (op: AtomicOperation) => void): AtomicOperation {
+  const op = kv.atomic();
+  apply(op);
+  return op;
 }

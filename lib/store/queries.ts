@@ -22,7 +22,7 @@ import type { RungDue } from "../model/events.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { readBlob } from "../kv/blobs.ts";
 import { decodeValue } from "../kv/values.ts";
-import { commitAtomic } from "../kv/commit.ts";
+import { commitAtomic, type GroupCommitter } from "../kv/commit.ts";
 import { dueIndexTime, type GateDue } from "../kv/indexes.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { Kv, KvEntry, KvEntryMaybe, KvListIterator } from "../kv/kv.ts";
@@ -216,7 +216,12 @@ export async function getLease(kv: Kv, runId: string): Promise<KvEntryMaybe<Leas
  * at all) is deleted instead of returned: left in place, every sweep would list it
  * again, and entries at the head of the index would hide the due work behind them.
  */
-export async function dueRuns(kv: Kv, now: number, limit: number): Promise<string[]> {
+export async function dueRuns(
+  kv: Kv,
+  now: number,
+  limit: number,
+  committer?: GroupCommitter,
+): Promise<string[]> {
   const entries: [number, string][] = [];
   const iter = kv.list<string | RungDue | GateDue>({
     prefix: keys.duePrefix(),
@@ -266,7 +271,7 @@ export async function dueRuns(kv: Kv, now: number, limit: number): Promise<strin
     if (stale > 0) await commitAtomic(drop);
   }
   for (const gate of gates) {
-    for (const id of await openGate(kv, gate, now)) if (!ids.includes(id)) ids.push(id);
+    for (const id of await openGate(kv, gate, now, committer)) if (!ids.includes(id)) ids.push(id);
   }
   return ids;
 }

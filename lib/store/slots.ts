@@ -115,11 +115,18 @@ export function pickThrottle(
   max: number,
   perMs: number,
   now: number,
+  skip?: (index: number) => boolean,
 ): ThrottlePick {
   const byIndex = new Map(entries.map((e) => [e.key[e.key.length - 1] as number, e]));
   let oldest: KvEntry<number> | undefined;
   let oldestIndex = -1;
+  let skipped = false;
   for (let i = 0; i < max; i++) {
+    // being taken by a commit of this process in flight: as good as used now
+    if (skip?.(i)) {
+      skipped = true;
+      continue;
+    }
     const e = byIndex.get(i);
     if (!e) return { index: i, entry: { key: [], value: null, versionstamp: null } };
     if (!oldest || e.value < oldest.value) {
@@ -127,8 +134,9 @@ export function pickThrottle(
       oldestIndex = i;
     }
   }
-  if (oldest!.value + perMs <= now) return { index: oldestIndex, entry: oldest! };
-  return { until: oldest!.value + perMs };
+  if (!oldest) return { until: now + (skipped ? Math.min(perMs, 10) : perMs) };
+  if (oldest.value + perMs <= now) return { index: oldestIndex, entry: oldest };
+  return { until: oldest.value + perMs };
 }
 
 /** Adds to `op` the taking of a throttle entry picked by {@linkcode pickThrottle}. */

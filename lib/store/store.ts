@@ -248,7 +248,7 @@ export class Store {
    * again, and entries at the head of the index would hide the due work behind them.
    */
   async dueRuns(now: number, limit: number): Promise<string[]> {
-    return await queries.dueRuns(this.kv, now, limit);
+    return await queries.dueRuns(this.kv, now, limit, this.committer);
   }
 
   /**

@@ -249,24 +249,37 @@ export class Checkpoints {
    * wait's heads, the run's bell) and must not share a commit whose failure would mean
    * the run was lost.
    *
+   * @param grouped when given, the commit may share a KV commit with other runs' (the
+   * store's group committer, which commits each alone when a grouped commit fails): its
+   * checks and mutations, within the committer's limits. The caller must make sure no two
+   * such commits of this process in flight at once check the same key for absence (two
+   * such checks would both pass in one grouped commit).
    * @returns `ok`; `conflict` when another of its checks failed and the lease is still
    * the driver's; or `lost` (the driver was told)
    */
   async commitFenced(
     apply: (op: AtomicOperation) => void,
     writesLease = false,
+    grouped?: { checks: number; mutations: number },
   ): Promise<"ok" | "conflict" | "lost"> {
     await this.flush();
     while (this.#committing) await this.#committing.catch(noop);
     const commit = (async (): Promise<"ok" | "conflict" | "lost"> => {
-      const op = this.#store.kv.atomic().check({
-        key: this.#lease,
-        versionstamp: this.#leaseVersion,
-      });
-      apply(op);
+      const fence = { key: this.#lease, versionstamp: this.#leaseVersion };
       let result: KvCommitResult | KvCommitError;
       try {
-        result = await commitAtomic(op);
+        if (grouped) {
+          result = await this.#store.committer.commit({
+            checks: grouped.checks + 1,
+            mutations: grouped.mutations,
+            bytes: 4096,
+            apply: (op) => apply(op.check(fence)),
+          });
+        } else {
+          const op = this.#store.kv.atomic().check(fence);
+          apply(op);
+          result = await commitAtomic(op);
+        }
       } catch (error) {
         this.#hooks.failed(error);
         throw error;

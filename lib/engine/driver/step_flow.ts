@@ -22,7 +22,7 @@ import * as keys from "../../kv/keys.ts";
 import type { ErrorInfo } from "../../model/errors.ts";
 import type { SlotHolder, TaskRecord } from "../../model/records.ts";
 import { pendingTask, startAttempt } from "../../model/transitions.ts";
-import { freeSlot, healSlots, pickThrottle, readSlots, readThrottle } from "../../store/slots.ts";
+import { healSlots, pickThrottle, readSlots, readThrottle } from "../../store/slots.ts";
 import { takeThrottle } from "../../store/slots.ts";
 import type { Kv, KvEntry } from "../../kv/kv.ts";
 import type { Clock } from "../../model/clock.ts";
@@ -77,6 +77,31 @@ export class SlotNotifier {
     if (this.#healed.size > 10_000) this.#healed.clear();
     this.#healed.set(id, now);
     return true;
+  }
+
+  /** Slots and throttle entries that a commit of this process in flight is taking. */
+  readonly #taking = new Set<string>();
+
+  /**
+   * Marks a slot (`kind` "slot") or throttle entry ("throttle") as being taken by a commit
+   * of this process: such commits may share one grouped KV commit, where two checks that
+   * the same key is free would both pass. Returns false when another has it.
+   */
+  reserve(kind: string, scope: string, key: string, index: number): boolean {
+    const id = `${kind}\u0000${scope}\u0000${key}\u0000${index}`;
+    if (this.#taking.has(id)) return false;
+    this.#taking.add(id);
+    return true;
+  }
+
+  /** Ends a {@linkcode reserve}: its commit is done. */
+  unreserve(kind: string, scope: string, key: string, index: number): void {
+    this.#taking.delete(`${kind}\u0000${scope}\u0000${key}\u0000${index}`);
+  }
+
+  /** Whether a commit of this process in flight is taking that slot or entry. */
+  reserved(kind: string, scope: string, key: string, index: number): boolean {
+    return this.#taking.has(`${kind}\u0000${scope}\u0000${key}\u0000${index}`);
   }
 
   /** Calls `fn` once, at the next free of a slot of (scope, key); returns a canceller. */
@@ -277,13 +302,14 @@ export class StepFlow {
           this.#wait(task, { scope, key: task.limitKey! });
           return;
         }
-        slot = await probeSlots(host.kv, scope, task.limitKey!, max);
+        const busy = (i: number) => host.notifier.reserved("slot", scope, task.limitKey!, i);
+        slot = await probeSlots(host.kv, scope, task.limitKey!, max, busy);
         if (slot < 0) {
           let held = await readSlots(host.kv, scope, task.limitKey!);
-          slot = anyFreeSlot(held, max);
+          slot = anyFreeSlot(held, max, busy);
           if (slot < 0 && host.notifier.mayHeal(scope, task.limitKey!, Date.now())) {
             held = await healSlots(host.kv, held);
-            slot = anyFreeSlot(held, max);
+            slot = anyFreeSlot(held, max, busy);
           }
         }
         if (slot < 0) {
@@ -299,7 +325,13 @@ export class StepFlow {
         // a rate against a service is in wall time, also on a test kit's clock
         const wall = Date.now();
         const entries = await readThrottle(host.kv, scope, task.throttleKey!);
-        pick = pickThrottle(entries, max, perMs, wall);
+        pick = pickThrottle(
+          entries,
+          max,
+          perMs,
+          wall,
+          (i) => host.notifier.reserved("throttle", scope, task.throttleKey!, i),
+        );
         if ("until" in pick) {
           this.#waitThrottle(task, pick.until - Date.now());
           return;
@@ -316,16 +348,40 @@ export class StepFlow {
         attempt: record.attempt,
         at: now,
       };
-      const outcome = await host.checkpoints.commitFenced((op) => {
-        if (task.limit) {
-          const k = keys.slot(task.limit.scope, task.limitKey!, slot);
-          op.check({ key: k, versionstamp: null }).set(k, holder);
+      // Reserved in this process while the commit is in flight: it may share a grouped
+      // commit with other runs' takes, which must not check the same slot or entry.
+      const reserved: [string, string, string, number][] = [];
+      if (task.limit) {
+        if (!host.notifier.reserve("slot", task.limit.scope, task.limitKey!, slot)) continue;
+        reserved.push(["slot", task.limit.scope, task.limitKey!, slot]);
+      }
+      if (pick && !("until" in pick)) {
+        const entry = ["throttle", task.throttle!.scope, task.throttleKey!, pick.index] as const;
+        if (!host.notifier.reserve(...entry)) {
+          for (const r of reserved) host.notifier.unreserve(...r);
+          continue;
         }
-        if (pick && !("until" in pick)) {
-          takeThrottle(op, task.throttle!.scope, task.throttleKey!, pick, Date.now());
-        }
-        op.set(index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record);
-      });
+        reserved.push([...entry]);
+      }
+      let outcome: "ok" | "conflict" | "lost";
+      try {
+        outcome = await host.checkpoints.commitFenced(
+          (op) => {
+            if (task.limit) {
+              const k = keys.slot(task.limit.scope, task.limitKey!, slot);
+              op.check({ key: k, versionstamp: null }).set(k, holder);
+            }
+            if (pick && !("until" in pick)) {
+              takeThrottle(op, task.throttle!.scope, task.throttleKey!, pick, Date.now());
+            }
+            op.set(index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record);
+          },
+          false,
+          { checks: 2, mutations: 3 },
+        );
+      } finally {
+        for (const r of reserved) host.notifier.unreserve(...r);
+      }
       if (outcome === "lost") return this.#drop(task);
       if (outcome === "ok") {
         this.#tasks.delete(id);
@@ -428,13 +484,19 @@ const PROBES = 4;
  * where listing a key's slots reads every one held (up to `max`). Only for a `max` well
  * above the probes; a small limit is listed at once.
  */
-async function probeSlots(kv: Kv, scope: string, key: string, max: number): Promise<number> {
+async function probeSlots(
+  kv: Kv,
+  scope: string,
+  key: string,
+  max: number,
+  busy: (index: number) => boolean,
+): Promise<number> {
   if (max <= 2 * PROBES) return -1;
   const picked = new Set<number>();
   while (picked.size < PROBES) picked.add(Math.floor(Math.random() * max));
   const indices = [...picked];
   const got = await kv.getMany(indices.map((i) => keys.slot(scope, key, i)));
-  const free = got.findIndex((e) => e.versionstamp === null);
+  const free = got.findIndex((e, i) => e.versionstamp === null && !busy(indices[i]));
   return free < 0 ? -1 : indices[free];
 }
 
@@ -442,12 +504,16 @@ async function probeSlots(kv: Kv, scope: string, key: string, max: number): Prom
  * A free slot below `max` picked at random, or -1 when all are held: takers of many runs
  * and workers reading the same slots at once then rarely pick the same one.
  */
-function anyFreeSlot(held: readonly KvEntry<SlotHolder>[], max: number): number {
-  if (held.length >= max) return freeSlot(held, max);
+function anyFreeSlot(
+  held: readonly KvEntry<SlotHolder>[],
+  max: number,
+  busy: (index: number) => boolean,
+): number {
+  if (held.length >= max) return -1;
   const taken = new Set(held.map((e) => e.key[e.key.length - 1] as number));
   const free: number[] = [];
-  for (let i = 0; i < max; i++) if (!taken.has(i)) free.push(i);
-  return free[Math.floor(Math.random() * free.length)];
+  for (let i = 0; i < max; i++) if (!taken.has(i) && !busy(i)) free.push(i);
+  return free.length === 0 ? -1 : free[Math.floor(Math.random() * free.length)];
 }
 
 function taskId(node: StepNode, index: number): string {
