@@ -9,12 +9,23 @@
 import { main } from "../lib/cli/cli.ts";
 import type { Pipeline } from "../lib/mod.ts";
 import { BENCH_DIAMOND } from "./entry.ts";
-import { LIMITED_DIAMOND, SLOT_FAR } from "./flow_pipelines.ts";
+import {
+  KEYED_DIAMOND,
+  LIMITED_DIAMOND,
+  SLOT_FAR,
+  STEP_LIMITED_DIAMOND,
+} from "./flow_pipelines.ts";
 
 if (import.meta.main) {
   Deno.exit(
     await main(Deno.args, {
-      pipelines: [BENCH_DIAMOND, LIMITED_DIAMOND, SLOT_FAR] as Pipeline<unknown>[],
+      pipelines: [
+        BENCH_DIAMOND,
+        KEYED_DIAMOND,
+        LIMITED_DIAMOND,
+        STEP_LIMITED_DIAMOND,
+        SLOT_FAR,
+      ] as Pipeline<unknown>[],
     }),
   );
 }

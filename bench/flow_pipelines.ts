@@ -20,6 +20,38 @@ export const LIMITED_DIAMOND = pipeline("bench-diamond-limited", {
   steps: [...BENCH_DIAMOND.steps],
 }) as Pipeline<unknown>;
 
+/** Runs at once per key of the keyed diamond: never reached by 500 runs over 50 keys. */
+export const KEYED_MAX = 10;
+
+/**
+ * The 5-step diamond under a run limit that is never reached: what the bookkeeping costs
+ * (every run takes a slot in its claim and frees it, with a gate, at its end).
+ */
+export const KEYED_DIAMOND = pipeline("bench-diamond-keyed", {
+  params: z.object({ key: z.string() }),
+  limit: { key: (params) => params.key, max: KEYED_MAX },
+  steps: [...BENCH_DIAMOND.steps],
+}) as Pipeline<unknown>;
+
+/** Slots of the step-limited diamond's one shared key: never reached by 500 runs. */
+export const STEP_MAX = 1000;
+
+/**
+ * The 5-step diamond with every step under one step limit shared by all runs, never
+ * reached: each attempt takes a slot in KV with its start and frees it with its end.
+ */
+export const STEP_LIMITED_DIAMOND = ((): Pipeline<unknown> => {
+  const limit = { max: STEP_MAX, scope: "bench-steps" };
+  const load = step("load", { limit }, () => ({ n: 1 }));
+  const left = step("left", { needs: { load }, limit }, ({ load }) => load.n + 1);
+  const right = step("right", { needs: { load }, limit }, ({ load }) => load.n + 2);
+  const join = step("join", { needs: { left, right }, limit }, ({ left, right }) => left + right);
+  const report = step("report", { needs: { join }, limit }, ({ join }) => `sum=${join}`);
+  return pipeline("bench-diamond-step-limited", {
+    steps: [load, left, right, join, report],
+  }) as Pipeline<unknown>;
+})();
+
 /** How long the holder of the slot-latency benchmark's slot runs, ms. */
 export const HOLD_MS = 50;
 

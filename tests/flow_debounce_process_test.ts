@@ -56,6 +56,7 @@ Deno.test("bursts of events from 3 processes give one run per quiet burst, with 
     const runOf = new Map<string, string>();
     const stamp = new Map<string, string>();
     const data = new Map<string, unknown>();
+    const kinds = new Map<string, string>();
     for (const s of sent) {
       const event = await kv.get<EventRecord>(keys.event(s.id));
       assert.ok(event.value, `event ${s.id} stored`);
@@ -66,11 +67,17 @@ Deno.test("bursts of events from 3 processes give one run per quiet burst, with 
         effects.push(e.value);
       }
       assert.equal(effects.length, 1, `event ${s.id}: ${JSON.stringify(effects)}`);
-      assert.equal(effects[0].kind, "started");
+      assert.ok(["started", "joined"].includes(effects[0].kind), effects[0].kind);
       runOf.set(s.id, effects[0].runId);
+      kinds.set(s.id, effects[0].kind);
     }
     const runIds = [...new Set(runOf.values())];
     assert.equal(runIds.length, BURSTS, "one run per quiet burst");
+    // each run was started by one event (its burst's first) and joined by the others
+    for (const runId of runIds) {
+      const into = sent.filter((s) => runOf.get(s.id) === runId).map((s) => kinds.get(s.id));
+      assert.equal(into.filter((k) => k === "started").length, 1, runId);
+    }
     for (const runId of runIds) {
       await waitFor(
         `run ${runId}`,
