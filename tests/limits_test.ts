@@ -554,6 +554,7 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     throttlePrefix: keys.throttlePrefix(scope, flowKey),
     limitQueue: keys.limitQueue(scope, flowKey, -at, runId),
     limitQueuePrefix: keys.limitQueuePrefix(scope, flowKey),
+    limitRelease: keys.limitRelease(scope, flowKey),
     debounce: keys.debounce(name, flowKey),
     debouncePrefix: keys.debouncePrefix(name),
   };
