@@ -186,6 +186,11 @@ async function pruneRun(
       idem = scans.idempotency.get(run.id);
     }
     if (idem && (await store.kv.get<string>(idem)).value === run.id) extra.push(idem);
+    // the entry of the debounced burst the run gathered, when no later burst replaced it
+    const burst = run.flow?.debounce ? keys.debounce(run.pipeline, run.flow.debounce.key) : null;
+    if (burst && (await store.kv.get<{ runId: string }>(burst)).value?.runId === run.id) {
+      extra.push(burst);
+    }
     const byStatus = await store.kv.get(
       keys.runsByPipelineStatus(run.pipeline, run.status, run.createdAt, run.id),
     );
