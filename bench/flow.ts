@@ -200,9 +200,12 @@ export async function flowBench(
   signal?: AbortSignal,
 ): Promise<FlowResult> {
   const steps: Record<Setting, number[]> = { free: [], keyed: [], step: [], binding: [] };
+  // KVFLOW_BENCH_LIMITS=free,step measures only those (to compare two versions quickly)
+  const only = Deno.env.get("KVFLOW_BENCH_LIMITS")?.split(",");
+  const settings = (Object.keys(SETTINGS) as Setting[]).filter((s) => !only || only.includes(s));
   // alternated, so the machine's drift falls on every setting alike
   for (let r = 0; r < sizes.repeats; r++) {
-    for (const setting of Object.keys(SETTINGS) as Setting[]) {
+    for (const setting of settings) {
       signal?.throwIfAborted();
       const perSecond = await measure(dir, sizes.runs, setting);
       steps[setting].push(perSecond);

@@ -16,6 +16,9 @@ import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
 import type { Store, WakeMessage } from "../store/store.ts";
 import { wakeQueued } from "../store/flow.ts";
+import { releaseGate } from "../kv/indexes.ts";
+import { commitAtomic } from "../kv/commit.ts";
+import type { KvKey } from "../kv/kv.ts";
 import { StepLimit } from "./step_limit.ts";
 import { SlotNotifier } from "./driver/step_flow.ts";
 import { hostname, pid } from "../platform/process.ts";
@@ -59,6 +62,9 @@ const FOREIGN_MS = 60_000;
 
 /** How a driver leaves a run that still holds its limit slot. */
 const HOLDS_SLOT: ReadonlySet<Outcome> = new Set(["waiting", "released", "paused"]);
+
+/** Gates of ended runs a worker deletes in one commit at most. */
+const GATE_DROP_BATCH = 200;
 
 /** Result of {@linkcode Worker.execute}: how the driver left the run, or why none ran. */
 export type ExecuteResult = Outcome | "busy" | "full" | "skipped" | "unknown-pipeline";
@@ -316,7 +322,11 @@ export class Worker {
       if (outcome === "waiting") await this.#timeWakeUp(runId);
       // a run under a limit that let go of its slot: the next queued run starts here now
       const limit = claim.run.flow?.limit;
-      if (limit && !HOLDS_SLOT.has(outcome)) this.#wakeQueued(limit);
+      if (limit && !HOLDS_SLOT.has(outcome)) {
+        this.#wakeQueued(limit);
+        // its end's gate is for a worker that died before this wake-up: not needed now
+        if (TERMINAL.has(driver.run.status)) this.#dropGate(releaseGate(driver.run));
+      }
       // a child that ended tells its parent here at once (a hint does across processes)
       if ((outcome === "succeeded" || outcome === "failed") && run.parent) {
         const parent = run.parent.runId;
@@ -327,6 +337,36 @@ export class Worker {
       this.#active.delete(runId);
       this.#pullBacklog();
     }
+  }
+
+  /** Gates of ended runs whose wake-up this worker did, deleted together soon. */
+  #gates: KvKey[] = [];
+  #gateTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /**
+   * Deletes the gate of a run this worker ended, with others in one commit within 200 ms:
+   * a delete each would cost a commit per run. A gate whose delete did not make it (the
+   * process died) opens a second later; it only wakes what is queued then.
+   */
+  #dropGate(gate: KvKey): void {
+    this.#gates.push(gate);
+    if (this.#gates.length >= GATE_DROP_BATCH) this.#dropGates();
+    else this.#gateTimer ??= setTimeout(() => this.#dropGates(), 200);
+  }
+
+  #dropGates(): Promise<void> {
+    clearTimeout(this.#gateTimer);
+    this.#gateTimer = undefined;
+    const gates = this.#gates;
+    this.#gates = [];
+    if (gates.length === 0) return Promise.resolve();
+    const op = this.#store.kv.atomic();
+    for (const gate of gates) op.delete(gate);
+    // a gate left opens later: harmless
+    const dropping = commitAtomic(op).then(() => {}, () => {});
+    this.#deliveries.add(dropping);
+    dropping.finally(() => this.#deliveries.delete(dropping));
+    return dropping;
   }
 
   #wakeQueued(limit: { scope: string; key: string; max: number }): void {
@@ -372,6 +412,7 @@ export class Worker {
     await Promise.all(drivers.map((d) => d.release(graceMs)));
     await Promise.allSettled([...this.#sweeping]);
     while (this.#active.size > 0) await new Promise((r) => setTimeout(r, 5));
+    await this.#dropGates();
     await Promise.allSettled([...this.#deliveries]);
   }
 
@@ -382,6 +423,7 @@ export class Worker {
     clearTimeout(this.#sweepTimer);
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
     await Promise.all(drivers.map((d) => d.interrupt(reason)));
+    await this.#dropGates();
   }
 
   /** Resolves once the queue listener has ended (after the KV is closed). */

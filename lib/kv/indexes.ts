@@ -9,7 +9,7 @@
  */
 import * as keys from "./keys.ts";
 import { type RunRecord, TERMINAL } from "../model/records.ts";
-import type { AtomicOperation } from "./kv.ts";
+import type { AtomicOperation, KvKey } from "./kv.ts";
 import { PRIORITY_STEP_MS } from "../define/flow.ts";
 
 /**
@@ -101,7 +101,25 @@ function releaseLimit(op: AtomicOperation, before: RunRecord, after: RunRecord):
   }
   const at = after.endedAt ?? after.createdAt;
   op.delete(keys.slot(scope, key, before.slot)).set(keys.limitRelease(scope, key), at);
-  addGate(op, at, limit);
+  const value: GateDue = { gate: [limit.scope, limit.key, limit.max] };
+  op.set(releaseGate(after), value);
+}
+
+/**
+ * How long after a run's end the gate of its freed slot comes due. The worker that ended
+ * the run wakes the next queued run itself at once and deletes the gate (in a commit it
+ * shares with other gates); the gate opens only when that worker died in between.
+ */
+export const RELEASE_GATE_DELAY_MS = 1_000;
+
+/**
+ * The due-index key of the gate an ended run's freed slot leaves (one per run, so the
+ * worker that ended it may delete it without a check).
+ */
+export function releaseGate(run: RunRecord): KvKey {
+  const limit = run.flow!.limit!;
+  const at = (run.endedAt ?? run.createdAt) + RELEASE_GATE_DELAY_MS;
+  return keys.due(at, `${gateId(limit.scope, limit.key)} ${run.id}`);
 }
 
 /** The value of a gate's due-index entry: the limit key whose slot was freed. */

@@ -31,7 +31,7 @@ import type { Delivery } from "../model/events.ts";
 import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
 import { pausedRecord } from "./pause.ts";
 import { checkPriority, flowKey } from "../define/flow.ts";
-import { admit, needsAdmission, withFlowLock } from "./flow.ts";
+import { admit, needsAdmission } from "./flow.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -291,9 +291,10 @@ async function claimOnce(
     return result.ok ? await taken(result.versionstamp) : null;
   }
   // A queued run under a limit or throttle starts only when they let it. Its claim checks
-  // a slot or throttle entry that other claims of its key check too, and such checks
-  // would all pass within one grouped commit: claims of one key take turns here.
-  const decided = await withFlowLock(run, async () => {
+  // a slot or throttle entry that other claims of its key check too; within one grouped
+  // commit such checks would all pass, so a claim picks none that another claim of this
+  // process is taking (`admit`), and claims of one key still share commits.
+  const decided = await (async () => {
     const at = store.clock.now();
     const admission = await admit(store.kv, run, at);
     if (!admission.start) {
@@ -316,16 +317,20 @@ async function claimOnce(
       ...(admission.slot !== null ? { slot: admission.slot } : {}),
     };
     // with a slot and a throttle entry taken, a queue entry dropped and a gate
-    return await store.committer.commit({
-      checks: 4,
-      mutations: 18,
-      bytes,
-      apply: (op) => {
-        apply(op);
-        admission.apply(op);
-      },
-    });
-  });
+    try {
+      return await store.committer.commit({
+        checks: 4,
+        mutations: 18,
+        bytes,
+        apply: (op) => {
+          apply(op);
+          admission.apply(op);
+        },
+      });
+    } finally {
+      admission.done();
+    }
+  })();
   if (decided === "held") return null;
   if (decided === "again") return "again";
   return decided.ok ? await taken(decided.versionstamp) : null;

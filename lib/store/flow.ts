@@ -48,6 +48,8 @@ export type Admission =
     slot: number | null;
     /** Adds the taking of its slot and throttle entry, with their checks, to the claim. */
     apply: (op: AtomicOperation) => void;
+    /** Call once the claim's commit is done: other claims here may pick them again. */
+    done: () => void;
   }
   | {
     /** It waits: recorded queued with `held`, due again at `dueAt`. */
@@ -58,37 +60,15 @@ export type Admission =
     apply: (op: AtomicOperation) => void;
   };
 
-/** The tail of each flow key's chain of claims in this process. */
-const turns = new Map<string, Promise<unknown>>();
-
 /**
- * Runs `fn` when the claims of this process before it on `run`'s limit and throttle keys
- * are done: the claims of one key never share a grouped commit.
+ * Slots and throttle entries that a claim of this process is taking, its commit in flight.
+ * Claims of different runs may share one grouped commit, in which two checks that one
+ * slot is free would both pass: a claim picks only what no other claim here is taking.
  */
-export async function withFlowLock<T>(run: RunRecord, fn: () => Promise<T>): Promise<T> {
-  const { limit, throttle } = run.flow ?? {};
-  const chains: string[] = [];
-  if (limit) chains.push(`limit\u0000${limit.scope}\u0000${limit.key}`);
-  if (throttle) chains.push(`throttle\u0000${throttle.scope}\u0000${throttle.key}`);
-  // taken in one order by every claim, so two never wait for each other
-  chains.sort();
-  const inTurn = chains.reduceRight<() => Promise<T>>(
-    (inner, chain) => () => taking(chain, inner),
-    fn,
-  );
-  return await inTurn();
-}
+const taking = new Set<string>();
 
-async function taking<T>(chain: string, fn: () => Promise<T>): Promise<T> {
-  const before = turns.get(chain) ?? Promise.resolve();
-  const mine = before.then(fn, fn);
-  const tail = mine.catch(() => {});
-  turns.set(chain, tail);
-  try {
-    return await mine;
-  } finally {
-    if (turns.get(chain) === tail) turns.delete(chain);
-  }
+function takingId(kind: string, scope: string, key: string, index: number): string {
+  return `${kind}\u0000${scope}\u0000${key}\u0000${index}`;
 }
 
 /** Whether a claim of `run` goes through flow control: a queued run holding no slot. */
@@ -112,6 +92,8 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
   const throttled = throttle ? readThrottle(kv, throttle.scope, throttle.key) : null;
   throttled?.catch(() => {}); // awaited below, unless the limit holds the run first
   const applies: ((op: AtomicOperation) => void)[] = [];
+  const reserved: string[] = [];
+  const done = () => reserved.forEach((id) => taking.delete(id));
   let slot: number | null = null;
   const since = (by: HeldState["by"]) => run.held?.by === by ? run.held.since : now;
   if (limit) {
@@ -127,8 +109,12 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
     // looked for once a run waited out its backstop, not at every claim of a full key.
     const waitedLong = run.held?.by === "limit" && now - run.held.since >= BACKSTOP_MS;
     if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held);
-    const index = freeSlot(held, max);
-    const free = max - held.length;
+    // what other claims of this process are taking counts as taken
+    const busy = (i: number) => taking.has(takingId("slot", scope, key, i));
+    const index = freeSlot(held, max, busy);
+    let inFlight = 0;
+    for (let i = 0; i < max; i++) if (busy(i)) inFlight++;
+    const free = max - held.length - inFlight;
     const mine = keys.limitQueue(scope, key, queueRank(run), run.id);
     const ahead = index < 0 ? 0 : await waitingAhead(kv, queue, mine);
     if (index < 0 || ahead >= free) {
@@ -148,6 +134,8 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
       };
     }
     slot = index;
+    reserved.push(takingId("slot", scope, key, index));
+    taking.add(reserved[reserved.length - 1]);
     const slotKey = keys.slot(scope, key, index);
     const holder: SlotHolder = { run: run.id, step: null, item: -1, attempt: 0, at: now };
     const others = queue.some((e) => e.value !== run.id);
@@ -159,8 +147,15 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
   }
   if (throttle) {
     const { scope, key, max, perMs } = throttle;
-    const pick = pickThrottle(await throttled!, max, perMs, now);
+    const pick = pickThrottle(
+      await throttled!,
+      max,
+      perMs,
+      now,
+      (i) => taking.has(takingId("throttle", scope, key, i)),
+    );
     if ("until" in pick) {
+      done();
       const reason = `${max} start(s) of key '${key}' in the last ${formatMs(perMs)}`;
       return {
         start: false,
@@ -173,9 +168,11 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
         },
       };
     }
+    reserved.push(takingId("throttle", scope, key, pick.index));
+    taking.add(reserved[reserved.length - 1]);
     applies.push((op) => takeThrottle(op, scope, key, pick, now));
   }
-  return { start: true, slot, apply: (op) => applies.forEach((apply) => apply(op)) };
+  return { start: true, slot, apply: (op) => applies.forEach((apply) => apply(op)), done };
 }
 
 /**

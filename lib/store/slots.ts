@@ -30,10 +30,17 @@ export async function readSlots(
   return out;
 }
 
-/** The lowest slot index below `max` that no entry holds, or -1 when all are held. */
-export function freeSlot(held: readonly KvEntry<SlotHolder>[], max: number): number {
+/**
+ * The lowest slot index below `max` that no entry holds (nor `busy` says is being taken),
+ * or -1 when there is none.
+ */
+export function freeSlot(
+  held: readonly KvEntry<SlotHolder>[],
+  max: number,
+  busy?: (index: number) => boolean,
+): number {
   const taken = new Set(held.map((e) => e.key[e.key.length - 1] as number));
-  for (let i = 0; i < max; i++) if (!taken.has(i)) return i;
+  for (let i = 0; i < max; i++) if (!taken.has(i) && !busy?.(i)) return i;
   return -1;
 }
 

@@ -246,6 +246,11 @@ export class RunDriver {
     this.done.catch(() => {});
   }
 
+  /** The run as this driver last recorded it. */
+  get run(): RunRecord {
+    return this.#records.run;
+  }
+
   /** The run id. */
   get runId(): string {
     return this.#runId;
