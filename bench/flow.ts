@@ -242,7 +242,7 @@ export function flowRows(r: FlowResult): Row[] {
   };
   return [
     row("keyed", `run limit ${KEYED_MAX} per key over ${LIMIT_KEYS} keys (never reached)`, true),
-    row("step", `every step under one step limit of ${STEP_MAX} (never reached)`, true),
+    row("step", `every step under a step limit of ${STEP_MAX} (never reached)`, true),
     row(
       "binding",
       `run limit ${LIMIT_MAX} per key over ${LIMIT_KEYS} keys (reached: 200 run at once)`,

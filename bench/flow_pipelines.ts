@@ -37,11 +37,12 @@ export const KEYED_DIAMOND = pipeline("bench-diamond-keyed", {
 export const STEP_MAX = 1000;
 
 /**
- * The 5-step diamond with every step under one step limit shared by all runs, never
- * reached: each attempt takes a slot in KV with its start and frees it with its end.
+ * The 5-step diamond with every step under a step limit shared by all runs (one per step,
+ * the default scope), never reached: at most 500 attempts of a step run at once. Each
+ * attempt takes a slot in KV with its start and frees it with its end.
  */
 export const STEP_LIMITED_DIAMOND = ((): Pipeline<unknown> => {
-  const limit = { max: STEP_MAX, scope: "bench-steps" };
+  const limit = { max: STEP_MAX };
   const load = step("load", { limit }, () => ({ n: 1 }));
   const left = step("left", { needs: { load }, limit }, ({ load }) => load.n + 1);
   const right = step("right", { needs: { load }, limit }, ({ load }) => load.n + 2);

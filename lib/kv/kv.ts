@@ -19,6 +19,8 @@ export type KvEntry<T> = Deno.KvEntry<T>;
 export type KvEntryMaybe<T> = Deno.KvEntryMaybe<T>;
 /** A set of checks and mutations committed together, all or nothing. */
 export type AtomicOperation = Deno.AtomicOperation;
+/** A check of an atomic operation: the key's versionstamp must be this (null: absent). */
+export type KvCheck = Deno.AtomicCheck;
 /** What a commit that passed its checks returns. */
 export type KvCommitResult = Deno.KvCommitResult;
 /** What a commit whose checks failed returns. */

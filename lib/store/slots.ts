@@ -127,11 +127,11 @@ export function pickThrottle(
   const byIndex = new Map(entries.map((e) => [e.key[e.key.length - 1] as number, e]));
   let oldest: KvEntry<number> | undefined;
   let oldestIndex = -1;
-  let skipped = false;
+  // an entry being taken by a commit of this process in flight is as good as used now
+  let next = Infinity;
   for (let i = 0; i < max; i++) {
-    // being taken by a commit of this process in flight: as good as used now
     if (skip?.(i)) {
-      skipped = true;
+      next = Math.min(next, now + perMs);
       continue;
     }
     const e = byIndex.get(i);
@@ -141,9 +141,8 @@ export function pickThrottle(
       oldestIndex = i;
     }
   }
-  if (!oldest) return { until: now + (skipped ? Math.min(perMs, 10) : perMs) };
-  if (oldest.value + perMs <= now) return { index: oldestIndex, entry: oldest };
-  return { until: oldest.value + perMs };
+  if (oldest && oldest.value + perMs <= now) return { index: oldestIndex, entry: oldest };
+  return { until: Math.min(next, oldest ? oldest.value + perMs : Infinity) };
 }
 
 /** Adds to `op` the taking of a throttle entry picked by {@linkcode pickThrottle}. */

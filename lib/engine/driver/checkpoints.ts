@@ -9,7 +9,7 @@
  */
 import type { ErrorInfo } from "../../model/errors.ts";
 import { kvLimit } from "../../model/errors.ts";
-import { commitAtomic } from "../../kv/commit.ts";
+import { addWrites, commitAtomic, type KvWrite } from "../../kv/commit.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS } from "../../kv/limits.ts";
@@ -22,7 +22,13 @@ import type {
 } from "../../model/records.ts";
 import type { Store } from "../../store/store.ts";
 import type { StepNode } from "./graph.ts";
-import type { AtomicOperation, KvCommitError, KvCommitResult, KvKey } from "../../kv/kv.ts";
+import type {
+  AtomicOperation,
+  KvCheck,
+  KvCommitError,
+  KvCommitResult,
+  KvKey,
+} from "../../kv/kv.ts";
 
 /** A change the driver made durable, for progress lines and live views. */
 export type RunEvent =
@@ -77,6 +83,14 @@ export interface CheckpointHooks {
   paused(): void;
 }
 
+/** Writes that go into a commit only if their checks pass there. */
+interface Conditional {
+  checks: readonly KvCheck[];
+  writes: readonly KvWrite[];
+  /** Told whether they were committed. */
+  settle: (ok: boolean) => void;
+}
+
 /** The queue of one run's checkpoint writes. */
 export class Checkpoints {
   readonly #store: Store;
@@ -93,6 +107,7 @@ export class Checkpoints {
   #runOps: ((op: AtomicOperation) => void)[] = [];
   #events: RunEvent[] = [];
   #afterCommit: (() => void)[] = [];
+  #conditionals: Conditional[] = [];
   #committing: Promise<void> | null = null;
   #queued: Promise<void> | null = null;
   /**
@@ -173,12 +188,29 @@ export class Checkpoints {
     this.#afterCommit.push(fn);
   }
 
+  /**
+   * Queues writes that go into the next commit only if `checks` pass there — a step's
+   * start with the limit slot it takes, checked to be free. When a check fails and the
+   * lease is still the driver's, the commit is made again without them.
+   *
+   * @returns whether they were committed (false: a check failed, or the run was lost)
+   */
+  conditional(
+    checks: readonly KvCheck[],
+    writes: readonly KvWrite[],
+  ): Promise<boolean> {
+    return new Promise((settle) => this.#conditionals.push({ checks, writes, settle }));
+  }
+
   /** Drops everything queued: writes, run ops, events and callbacks. */
   discard(): void {
     this.#writes = new Map();
     this.#runOps = [];
     this.#events = [];
     this.#afterCommit = [];
+    const conditionals = this.#conditionals;
+    this.#conditionals = [];
+    for (const c of conditionals) c.settle(false);
   }
 
   /** Commits every pending write; resolves when they (and any queued before) are durable. */
@@ -196,7 +228,7 @@ export class Checkpoints {
       }
       return this.#queued;
     }
-    if (this.#writes.size === 0 && this.#runOps.length === 0) {
+    if (this.#writes.size === 0 && this.#runOps.length === 0 && this.#conditionals.length === 0) {
       this.#runAfterCommit();
       return Promise.resolve();
     }
@@ -311,7 +343,33 @@ export class Checkpoints {
     const runOps = this.#runOps;
     const events = this.#events;
     const after = this.#afterCommit;
+    let conditionals = this.#conditionals;
+    this.#conditionals = [];
     this.discard();
+    let done: boolean;
+    try {
+      done = await this.#commitBatches(writes, runOps, conditionals, (left) => conditionals = left);
+    } finally {
+      // what a failure, a refusal or the lease's loss left unsettled was not committed
+      for (const c of conditionals) c.settle(false);
+    }
+    if (!done) return;
+    // Durable, and nothing of this driver in flight: the writes of what the events and
+    // the steps started below lead to (the next step's result) go into a new commit at
+    // once, not after this promise settles.
+    this.#committing = null;
+    const onEvent = this.#hooks.onEvent;
+    if (onEvent) { for (const e of events) onEvent(e); }
+    for (const fn of after) fn();
+  }
+
+  async #commitBatches(
+    writes: Write[],
+    runOps: ((op: AtomicOperation) => void)[],
+    queued: Conditional[],
+    left: (conditionals: Conditional[]) => void,
+  ): Promise<boolean> {
+    let conditionals = queued;
     const batches: Write[][] = [[]];
     let bytes = 0;
     let keyBytes = 0;
@@ -345,12 +403,14 @@ export class Checkpoints {
       }
       let result: KvCommitResult | KvCommitError;
       try {
+        const conds = last ? conditionals : [];
         result = await this.#store.committer.commit({
-          checks: 1,
+          checks: 1 + conds.reduce((n, c) => n + c.checks.length, 0),
           // run ops move indexes, due entry and counts (moveDue, moveStatus) or delete the
           // lease and enqueue: at most 14 mutations (an end frees its limit slot), on keys
           // no longer than an index key
-          mutations: batch.length + (last ? runOps.length * 14 : 0),
+          mutations: batch.length + (last ? runOps.length * 14 : 0) +
+            conds.reduce((n, c) => n + c.writes.length, 0),
           bytes: size + (last ? runOps.length * 1024 : 0),
           keyBytes: batchKeyBytes + (last ? runOps.length * 14 * this.#indexKeyBytes : 0),
           apply: (op) => {
@@ -360,13 +420,29 @@ export class Checkpoints {
               else op.set(w.key, w.value);
             }
             if (last) { for (const apply of runOps) apply(op); }
+            // after the batch's writes: on a key they share, the last write wins
+            for (const c of conds) {
+              op.check(...c.checks);
+              addWrites(op, c.writes);
+            }
           },
         });
       } catch (error) {
         const limit = kvLimit(error);
         if (limit === undefined || this.#hooks.refusing()) throw error;
         await this.#hooks.refuse(limit, batch, batches.slice(i).flat());
-        return;
+        return false;
+      }
+      if (!result.ok && last && conditionals.length > 0) {
+        // a conditional's check failed, or the lease did: the lease says which
+        const lease = await this.#store.kv.get(this.#lease);
+        if (lease.versionstamp === this.#leaseVersion) {
+          for (const c of conditionals) c.settle(false);
+          conditionals = [];
+          left(conditionals);
+          i--;
+          continue;
+        }
       }
       if (!result.ok) {
         // a pause marked the lease: the same batch again, checked against the marked one
@@ -376,17 +452,13 @@ export class Checkpoints {
           continue;
         }
         this.#hooks.lost();
-        return;
+        return false;
       }
       if (leaseWritten) this.#leaseVersion = result.versionstamp;
     }
-    // Durable, and nothing of this driver in flight: the writes of what the events and
-    // the steps started below lead to (the next step's result) go into a new commit at
-    // once, not after this promise settles.
-    this.#committing = null;
-    const onEvent = this.#hooks.onEvent;
-    if (onEvent) { for (const e of events) onEvent(e); }
-    for (const fn of after) fn();
+    for (const c of conditionals) c.settle(true);
+    left([]);
+    return true;
   }
 
   /**

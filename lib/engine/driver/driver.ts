@@ -191,7 +191,7 @@ export class RunDriver {
       checkpoints: this.#checkpoints,
       graph: this.#graph,
       store,
-      freed: (scope, key) => slots.notify(scope, key),
+      freed: (scope, key, index) => slots.notify(scope, key, index),
     });
     this.#flow = this.#stepFlow(slots);
     this.#lease = new LeaseRenewal(
@@ -777,7 +777,9 @@ export class RunDriver {
       const retryAt = graph.earliestRetry(now, false);
       if (retryAt !== Infinity) this.#wakeAt(retryAt);
     }
-    this.#checkpoints.flush().catch(this.#onFlushError);
+    // A step taking its limit slot commits its start with what is queued now (the result
+    // that made it ready): the last such take to be ready flushes instead.
+    if (flow.preparing === 0) this.#checkpoints.flush().catch(this.#onFlushError);
   }
 
   async #expand(node: StepNode): Promise<void> {

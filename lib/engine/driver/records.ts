@@ -30,7 +30,7 @@ export class RunRecords {
   readonly #checkpoints: Checkpoints;
   readonly #graph: StepGraph;
   readonly #store: StoreParts;
-  readonly #freed: ((scope: string, key: string) => void) | undefined;
+  readonly #freed: ((scope: string, key: string, index: number) => void) | undefined;
 
   /**
    * Starts from the run as claimed.
@@ -44,7 +44,7 @@ export class RunRecords {
       graph: StepGraph;
       store: StoreParts;
       /** Told once a step limit's slot this run held is freed. */
-      freed?: (scope: string, key: string) => void;
+      freed?: (scope: string, key: string, index: number) => void;
     },
   ) {
     this.#run = run;
@@ -100,7 +100,7 @@ export class RunRecords {
     if (!slot || record.status === "running") return record;
     this.#checkpoints.write(keys.slot(...slot), null, 256);
     const freed = this.#freed;
-    if (freed) this.#checkpoints.afterCommit(() => freed(slot[0], slot[1]));
+    if (freed) this.#checkpoints.afterCommit(() => freed(slot[0], slot[1], slot[2]));
     return { ...record, slot: null };
   }
 

@@ -23,8 +23,8 @@ import type { ErrorInfo } from "../../model/errors.ts";
 import type { SlotHolder, TaskRecord } from "../../model/records.ts";
 import { pendingTask, startAttempt } from "../../model/transitions.ts";
 import { healSlots, pickThrottle, readSlots, readThrottle } from "../../store/slots.ts";
-import { takeThrottle } from "../../store/slots.ts";
-import type { Kv, KvEntry } from "../../kv/kv.ts";
+import type { Kv, KvCheck, KvEntry } from "../../kv/kv.ts";
+import type { KvWrite } from "../../kv/commit.ts";
 import type { Clock } from "../../model/clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import type { StepNode } from "./graph.ts";
@@ -35,6 +35,11 @@ const FIRST_BACKOFF_MS = 50;
 const MAX_BACKOFF_MS = 1_000;
 /** How often a process heals the slots of one key at most, ms. */
 const HEAL_EVERY_MS = 1_000;
+/**
+ * Smallest limit whose slots a take may pick without reading KV first (see
+ * `SlotNotifier.blindPick`): with few slots per key, workers would meet at once.
+ */
+const BLIND_MIN = 16;
 /** How long a key found full is taken to stay full in a process without a free, ms. */
 const FULL_FOR_MS = 100;
 
@@ -79,8 +84,11 @@ export class SlotNotifier {
     return true;
   }
 
-  /** Slots and throttle entries that a commit of this process in flight is taking. */
-  readonly #taking = new Set<string>();
+  /**
+   * Slots and throttle entries that commits of this process in flight are taking, by
+   * kind, scope and key.
+   */
+  readonly #taking = new Map<string, Set<number>>();
 
   /**
    * Marks a slot (`kind` "slot") or throttle entry ("throttle") as being taken by a commit
@@ -88,21 +96,74 @@ export class SlotNotifier {
    * the same key is free would both pass. Returns false when another has it.
    */
   reserve(kind: string, scope: string, key: string, index: number): boolean {
-    const id = `${kind}\u0000${scope}\u0000${key}\u0000${index}`;
-    if (this.#taking.has(id)) return false;
-    this.#taking.add(id);
+    const id = `${kind}\u0000${scope}\u0000${key}`;
+    let set = this.#taking.get(id);
+    if (!set) this.#taking.set(id, set = new Set());
+    if (set.has(index)) return false;
+    set.add(index);
     return true;
   }
 
   /** Ends a {@linkcode reserve}: its commit is done. */
   unreserve(kind: string, scope: string, key: string, index: number): void {
-    this.#taking.delete(`${kind}\u0000${scope}\u0000${key}\u0000${index}`);
+    const id = `${kind}\u0000${scope}\u0000${key}`;
+    const set = this.#taking.get(id);
+    if (!set) return;
+    set.delete(index);
+    if (set.size === 0) this.#taking.delete(id);
   }
 
-  /** Whether a commit of this process in flight is taking that slot or entry. */
-  reserved(kind: string, scope: string, key: string, index: number): boolean {
-    return this.#taking.has(`${kind}\u0000${scope}\u0000${key}\u0000${index}`);
+  /**
+   * Whether a commit of this process in flight is taking an index of (scope, key): a live
+   * view, asked again at each pick.
+   */
+  reservedOf(kind: string, scope: string, key: string): (index: number) => boolean {
+    const id = `${kind}\u0000${scope}\u0000${key}`;
+    return (index) => this.#taking.get(id)?.has(index) ?? false;
   }
+
+  /** The slots of each (scope, key) that tasks of this process hold. */
+  readonly #mine = new Map<string, Set<number>>();
+  /** Until when blind picks of a (scope, key) are off: one of them met another's slot. */
+  readonly #blindOff = new Map<string, number>();
+
+  /** A take of this process now holds slot `index` of (scope, key). */
+  holding(scope: string, key: string, index: number): void {
+    const id = `${scope}\u0000${key}`;
+    let set = this.#mine.get(id);
+    if (!set) this.#mine.set(id, set = new Set());
+    set.add(index);
+  }
+
+  /**
+   * A slot of a large limit to try without reading KV, or -1: the first index from this
+   * process's own starting point that no task here holds or is taking. Workers start at
+   * different points, so until their takes meet, a pick finds the slot free; a pick that
+   * finds it taken turns blind picks of that key off for a second ({@linkcode blindMissed}).
+   */
+  blindPick(scope: string, key: string, max: number, now: number): number {
+    const id = `${scope}\u0000${key}`;
+    if (max < BLIND_MIN || (this.#blindOff.get(id) ?? 0) > now) return -1;
+    const mine = this.#mine.get(id);
+    const taking = this.#taking.get(`slot\u0000${scope}\u0000${key}`);
+    const busy = (mine?.size ?? 0) + (taking?.size ?? 0);
+    // past half of the slots held here, what others hold matters: read instead
+    if (2 * busy >= max) return -1;
+    for (let n = 0; n < max; n++) {
+      const i = (this.#start + n) % max;
+      if (!mine?.has(i) && !taking?.has(i)) return i;
+    }
+    return -1;
+  }
+
+  /** A blind pick of (scope, key) found its slot taken by another process. */
+  blindMissed(scope: string, key: string, now: number): void {
+    if (this.#blindOff.size > 10_000) this.#blindOff.clear();
+    this.#blindOff.set(`${scope}\u0000${key}`, now + 1_000);
+  }
+
+  /** Where this process's blind picks start, the same for every key. */
+  readonly #start = Math.floor(Math.random() * 1_000_000);
 
   /** Calls `fn` once, at the next free of a slot of (scope, key); returns a canceller. */
   listen(scope: string, key: string, fn: () => void): () => void {
@@ -120,8 +181,9 @@ export class SlotNotifier {
    * A slot of (scope, key) was freed: wakes the task that waited longest for one (one
    * slot, one taker: the others would only find it taken; their timers still run).
    */
-  notify(scope: string, key: string): void {
+  notify(scope: string, key: string, index?: number): void {
     const id = `${scope}\u0000${key}`;
+    if (index !== undefined) this.#mine.get(id)?.delete(index);
     this.#full.delete(id);
     const set = this.#listeners.get(id);
     if (!set) return;
@@ -130,6 +192,16 @@ export class SlotNotifier {
     if (set.size === 0) this.#listeners.delete(id);
     first();
   }
+}
+
+/** A take's progress towards queueing its start. */
+interface Prepared {
+  /** Whether it queued its start (or gave up). */
+  done: boolean;
+  /** Resolves once the take begun before it did. */
+  turn: Promise<void>;
+  /** Tells the take begun after it that this one did. */
+  markQueued: () => void;
 }
 
 /** A task in flow control: taking its slot or throttle entry, or waiting for one. */
@@ -191,8 +263,16 @@ export class StepFlow {
    * they try again together, in the order they came, so a throttle keeps their order.
    */
   readonly #gates = new Map<string, { tasks: FlowTask[]; cancel: () => void }>();
-  /** The take in progress: the next waits for it. */
-  #queue: Promise<void> = Promise.resolve();
+  /**
+   * Takes that have not yet queued their start (computing a key, reading slots): the
+   * driver leaves the flush of what it queued to the last of them, so a start goes into
+   * the commit of the result that made it ready.
+   */
+  #preparing = 0;
+  /** Resolves once the last throttled take begun is done (started, waiting or dropped). */
+  #serial: Promise<void> = Promise.resolve();
+  /** Resolves once the last take begun has queued its start or given up. */
+  #lastQueued: Promise<void> = Promise.resolve();
 
   /** @param host what it needs from the driver */
   constructor(host: StepFlowHost) {
@@ -217,6 +297,11 @@ export class StepFlow {
    */
   get taking(): number {
     return this.#taking;
+  }
+
+  /** How many takes have not queued their start yet (see `#preparing`). */
+  get preparing(): number {
+    return this.#preparing;
   }
 
   /** How many tasks are in flow control. */
@@ -257,23 +342,45 @@ export class StepFlow {
       };
       this.#tasks.set(id, task);
     }
-    // One take at a time per run: tasks start in the order the walk chose them, and
-    // siblings do not race each other for the same slot or throttle entry.
-    const taking = this.#queue.then(() => this.#take(task));
-    this.#queue = taking.catch(() => {});
+    // Takes of one run go on together: what they take is reserved in this process, so
+    // siblings never check the same slot or throttle entry in one commit. A throttle's
+    // takes go one after another: a take that lost its entry to another process tries
+    // again, and its siblings must not pass it (a throttled API is called in item order).
     this.#taking++;
+    let serialDone = () => {};
+    if (task.throttle) {
+      const before = this.#serial;
+      this.#serial = new Promise<void>((resolve) => serialDone = resolve);
+      await before;
+    }
+    this.#preparing++;
+    // they prepare together but queue their starts in the order they began, so the bodies
+    // start in the order the walk chose them
+    let markQueued!: () => void;
+    const queued = new Promise<void>((resolve) => markQueued = resolve);
+    const prepared: Prepared = { done: false, turn: this.#lastQueued, markQueued };
+    this.#lastQueued = queued;
     try {
-      await taking;
+      await this.#take(task, prepared);
     } catch (error) {
       // KV failed: the driver finds out through its own commits; the task is dropped
       this.#drop(task);
       throw error;
     } finally {
       this.#taking--;
+      if (!prepared.done) this.#prepared(prepared);
+      serialDone();
     }
   }
 
-  async #take(task: FlowTask): Promise<void> {
+  /** A take queued its start, or gave up: the last one flushes what the driver queued. */
+  #prepared(prepared: Prepared): void {
+    prepared.done = true;
+    prepared.markQueued();
+    if (--this.#preparing === 0) this.#host.checkpoints.flush().catch(() => {});
+  }
+
+  async #take(task: FlowTask, prepared: Prepared): Promise<void> {
     const host = this.#host;
     const { node, index } = task;
     const id = taskId(node, index);
@@ -296,14 +403,16 @@ export class StepFlow {
     for (let tries = 0; tries < 20; tries++) {
       if (!host.acting()) return this.#drop(task);
       let slot = -1;
+      let blind = -1;
       if (task.limit) {
         const { scope, max } = task.limit;
         if (host.notifier.knownFull(scope, task.limitKey!, Date.now())) {
           this.#wait(task, { scope, key: task.limitKey! });
           return;
         }
-        const busy = (i: number) => host.notifier.reserved("slot", scope, task.limitKey!, i);
-        slot = await probeSlots(host.kv, scope, task.limitKey!, max, busy);
+        const busy = host.notifier.reservedOf("slot", scope, task.limitKey!);
+        blind = host.notifier.blindPick(scope, task.limitKey!, max, Date.now());
+        slot = blind >= 0 ? blind : await probeSlots(host.kv, scope, task.limitKey!, max, busy);
         if (slot < 0) {
           let held = await readSlots(host.kv, scope, task.limitKey!);
           slot = anyFreeSlot(held, max, busy);
@@ -330,7 +439,7 @@ export class StepFlow {
           max,
           perMs,
           wall,
-          (i) => host.notifier.reserved("throttle", scope, task.throttleKey!, i),
+          host.notifier.reservedOf("throttle", scope, task.throttleKey!),
         );
         if ("until" in pick) {
           this.#waitThrottle(task, pick.until - Date.now());
@@ -363,31 +472,44 @@ export class StepFlow {
         }
         reserved.push([...entry]);
       }
-      let outcome: "ok" | "conflict" | "lost";
+      // The start and what it takes go into the run's next checkpoint commit (with the
+      // result that made the task ready, usually), only if the slot and entry are still
+      // free there; reserved in this process meanwhile, since that commit may be grouped
+      // with other runs' takes, and two checks of one key would both pass in it.
+      const checks: KvCheck[] = [];
+      const writes: KvWrite[] = [];
+      if (task.limit) {
+        const k = keys.slot(task.limit.scope, task.limitKey!, slot);
+        checks.push({ key: k, versionstamp: null });
+        writes.push([k, holder]);
+      }
+      if (pick && !("until" in pick)) {
+        const k = keys.throttleSlot(task.throttle!.scope, task.throttleKey!, pick.index);
+        checks.push({ key: k, versionstamp: pick.entry.versionstamp });
+        writes.push([k, Date.now()]);
+      }
+      writes.push([index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record]);
+      let committed: boolean;
       try {
-        outcome = await host.checkpoints.commitFenced(
-          (op) => {
-            if (task.limit) {
-              const k = keys.slot(task.limit.scope, task.limitKey!, slot);
-              op.check({ key: k, versionstamp: null }).set(k, holder);
-            }
-            if (pick && !("until" in pick)) {
-              takeThrottle(op, task.throttle!.scope, task.throttleKey!, pick, Date.now());
-            }
-            op.set(index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record);
-          },
-          false,
-          { checks: 2, mutations: 3 },
-        );
+        // after the takes begun before it (their starts, or their giving up)
+        if (!prepared.done) await prepared.turn;
+        if (!host.acting()) return this.#drop(task);
+        const conditional = host.checkpoints.conditional(checks, writes);
+        // a failed flush tells the driver itself
+        if (!prepared.done) this.#prepared(prepared);
+        else host.checkpoints.flush().catch(() => {});
+        committed = await conditional;
       } finally {
         for (const r of reserved) host.notifier.unreserve(...r);
       }
-      if (outcome === "lost") return this.#drop(task);
-      if (outcome === "ok") {
+      if (!host.acting()) return this.#drop(task);
+      if (committed) {
         this.#tasks.delete(id);
+        if (task.limit) host.notifier.holding(task.limit.scope, task.limitKey!, slot);
         host.started(node, index, record);
         return;
       }
+      if (blind >= 0) host.notifier.blindMissed(task.limit!.scope, task.limitKey!, Date.now());
       // conflict: another holder took that slot or entry first: look again
     }
     this.#wait(task, undefined);
@@ -476,8 +598,8 @@ export function taskRecord(node: StepNode, index: number): TaskRecord {
     : node.fan!.records.get(index) ?? pendingTask(node.record.generation);
 }
 
-/** Slots a take looks at first, picked at random, before it lists them all. */
-const PROBES = 4;
+/** Slots a take looks at first, picked at random, before it lists them all (one read). */
+const PROBES = 10;
 
 /**
  * A free slot among {@linkcode PROBES} picked at random, or -1: one read of a few keys,
