@@ -4,11 +4,12 @@
  *
  * The burst's entry `keys.debounce(pipeline, key)` names its run and when the burst began.
  * The first trigger creates the run `queued`, held by `debounce` until `now + quiet`, due
- * then. Each later trigger, while that run is still queued and held, replaces its params
- * with its own and moves the hold (and the due entry) to `now + quiet`, never past
- * `firstAt + maxWait`; the commit checks the entry and the run record, so a claim that
- * took the run meanwhile makes the trigger look again and begin a new burst. The claim
- * clears the hold, which is how a burst ends.
+ * then. Each later trigger, while that run is still queued and its burst not yet quiet,
+ * replaces its params with its own and moves the hold (and the due entry) to
+ * `now + quiet`, never past `firstAt + maxWait`; the commit checks the entry and the run
+ * record, so a claim that took the run meanwhile makes the trigger look again and begin a
+ * new burst. A trigger after the quiet period begins a new burst too, even while no
+ * worker has claimed the run yet.
  *
  * @module
  */
@@ -98,7 +99,7 @@ export function addTrigger(
   const now = store.clock.now();
   const entryKey = keys.debounce(fresh.pipeline, key);
   const open = burst.run?.value;
-  if (burst.entry.value && burst.run && open && joinable(open)) {
+  if (burst.entry.value && burst.run && open && joinable(open, now)) {
     // past already when maxWait ran out and no worker claimed the run yet: due at once
     const until = Math.min(now + debounce.quietMs, burst.entry.value.firstAt + debounce.maxWaitMs);
     const joined: RunRecord = {
@@ -170,9 +171,14 @@ export async function triggerDebounced(
   );
 }
 
-/** Whether a trigger may still join the run: not claimed yet, still held by its burst. */
-function joinable(run: RunRecord): boolean {
-  return run.status === "queued" && run.startedAt === null && run.held?.by === "debounce";
+/**
+ * Whether a trigger may still join the run: not claimed yet, still held by its burst, and
+ * the burst not quiet yet (a run whose quiet period passed while no worker ran starts
+ * with what it gathered; a later trigger begins the next burst).
+ */
+function joinable(run: RunRecord, now: number): boolean {
+  return run.status === "queued" && run.startedAt === null && run.held?.by === "debounce" &&
+    (run.held.until ?? 0) > now;
 }
 
 function heldReason(key: string, until: number, now: number): string {
