@@ -149,6 +149,26 @@ Deno.test("a trigger after the burst's run started begins a new burst", async ()
   assert.deepEqual(seen.get(second.id), { customer: "acme", n: 2 });
 });
 
+Deno.test("a trigger after the quiet period begins a new burst, though no worker took the first run yet", async () => {
+  await using s = await startService({
+    worker: false,
+    pipelines: [digestPipeline("digest", { quiet: "300ms", maxWait: "5s" })],
+  });
+  const first = await trigger(s, "digest", { customer: "acme", n: 1 });
+  const joined = await trigger(s, "digest", { customer: "acme", n: 2 });
+  assert.equal(joined.id, first.id);
+  assert.equal(joined.joined, true);
+  await new Promise((r) => setTimeout(r, 400));
+  const second = await trigger(s, "digest", { customer: "acme", n: 3 });
+  assert.equal(second.joined, false, "the first burst went quiet");
+  assert.notEqual(second.id, first.id);
+  const runs = await runsOf(s, "digest");
+  assert.deepEqual(
+    runs.map((r) => [r.id, r.params]).sort(),
+    [[first.id, { customer: "acme", n: 2 }], [second.id, { customer: "acme", n: 3 }]].sort(),
+  );
+});
+
 Deno.test("Idempotency-Key on a debounced trigger returns the burst's run once", async () => {
   await using s = await start();
   const send = (key: string, n: number) =>
