@@ -15,6 +15,7 @@ import { loadPipeline } from "./load.ts";
 import { parseParams } from "./params.ts";
 import { priorityFlag } from "./parse.ts";
 import { runWaitText, sendCommand } from "./waiting.ts";
+import { heldText } from "../define/flow_view.ts";
 
 /**
  * How often a parked run in the foreground looks whether a delivery rang it: an event sent
@@ -137,7 +138,17 @@ async function foreground(
   const stopListening = onStopSignal(onSignal);
   try {
     // a send from another process rings the run's bell: look at it often while parked
-    const end = await engine.runToEnd(run.id, { signal: follow, parkedPollMs: PARKED_POLL_MS });
+    let heldBy = "";
+    const end = await engine.runToEnd(run.id, {
+      signal: follow,
+      parkedPollMs: PARKED_POLL_MS,
+      onHeld: (held) => {
+        // once per reason: a limit's hold, then a throttle's, say
+        if (held.held!.by === heldBy) return;
+        heldBy = held.held!.by;
+        invocation.out(`  … ${heldText(held.held!)}`);
+      },
+    });
     if (detach.signal.aborted && !TERMINAL.has(end.status)) {
       detachedLines(invocation, end);
       return EXIT.ok;

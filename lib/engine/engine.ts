@@ -403,7 +403,13 @@ export class Engine {
    */
   async runToEnd(
     runId: string,
-    options: { signal?: AbortSignal; followMs?: number; parkedPollMs?: number } = {},
+    options: {
+      signal?: AbortSignal;
+      followMs?: number;
+      parkedPollMs?: number;
+      /** Told when the run is held back by flow control (a limit, a throttle, a debounce). */
+      onHeld?: (run: RunRecord) => void;
+    } = {},
   ): Promise<RunRecord> {
     while (true) {
       const result = await this.worker.execute(runId);
@@ -442,7 +448,8 @@ export class Engine {
         stop.abort();
         options.signal?.removeEventListener("abort", abort);
       } else {
-        // another worker holds the run: look again shortly
+        // another worker holds the run, or flow control holds it back: look again shortly
+        if (run.status === "queued" && run.held) options.onHeld?.(run);
         await sleep(options.followMs ?? 200, options.signal);
       }
     }

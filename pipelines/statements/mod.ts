@@ -34,7 +34,8 @@ const render = step("render", {
   needs: { gather },
   limit: { max: 2, scope: "pdf-renderer" },
 }, async ({ gather }, ctx) => {
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  // a stand-in for the PDF renderer, which takes a second a statement
+  await new Promise((resolve) => setTimeout(resolve, 1000));
   ctx.log.info("rendered", { pages: Math.ceil(gather.lines / 4) });
   return { file: `statement-${gather.customer}-${gather.period}.pdf` };
 });

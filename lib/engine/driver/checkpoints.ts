@@ -346,12 +346,12 @@ export class Checkpoints {
     let conditionals = this.#conditionals;
     this.#conditionals = [];
     this.discard();
-    let done: boolean;
+    let done = false;
     try {
       done = await this.#commitBatches(writes, runOps, conditionals, (left) => conditionals = left);
     } finally {
       // what a failure, a refusal or the lease's loss left unsettled was not committed
-      for (const c of conditionals) c.settle(false);
+      if (!done) { for (const c of conditionals) c.settle(false); }
     }
     if (!done) return;
     // Durable, and nothing of this driver in flight: the writes of what the events and
@@ -361,6 +361,10 @@ export class Checkpoints {
     const onEvent = this.#hooks.onEvent;
     if (onEvent) { for (const e of events) onEvent(e); }
     for (const fn of after) fn();
+    // the starts committed with these writes are told after what made them ready
+    const committed = conditionals;
+    conditionals = [];
+    for (const c of committed) c.settle(true);
   }
 
   async #commitBatches(
@@ -456,8 +460,6 @@ export class Checkpoints {
       }
       if (leaseWritten) this.#leaseVersion = result.versionstamp;
     }
-    for (const c of conditionals) c.settle(true);
-    left([]);
     return true;
   }
 
