@@ -106,11 +106,12 @@ export function addTrigger(
       ...open,
       params: fresh.params,
       ...(fresh.flow ? { flow: fresh.flow } : {}),
-      priority: fresh.priority,
+      // the burst's most urgent trigger sets its priority
+      priority: Math.max(open.priority ?? 0, fresh.priority ?? 0),
       dueAt: until,
       held: { ...open.held!, until, reason: heldReason(key, until, now) },
     };
-    if (joined.priority === undefined) delete joined.priority;
+    if (!joined.priority) delete joined.priority;
     op.check(burst.entry, burst.run).set(keys.run(open.id), joined);
     moveDue(op, open, joined);
     store.wake(op, open.id, until - now);
