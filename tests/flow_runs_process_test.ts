@@ -19,6 +19,7 @@ import {
   type FlowRow,
   flowThrottled,
   openFlowLedger,
+  POST_BUCKETS,
   THROTTLE_MAX,
   THROTTLE_PER_MS,
 } from "./fixtures/flow_runs.ts";
@@ -70,7 +71,7 @@ async function allEnded(box: Sandbox, pipeline: string, n: number): Promise<RunR
   });
 }
 
-Deno.test("run limit under a SIGKILL storm: 200 runs over 10 keys never have more than 2 bodies of a key at once; all succeed, no slot leaks", async () => {
+Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys never have more than 2 bodies of a key at once, nor 2 posts of a bucket; all succeed, no slot leaks", async () => {
   const RUNS = 200, KEYS = 10, MAX = 2;
   await using box = await Sandbox.create();
   const ledgerPath = `${box.dir}/flow.sqlite`;
@@ -122,7 +123,7 @@ Deno.test("run limit under a SIGKILL storm: 200 runs over 10 keys never have mor
   const open = new Map<string, FlowRow>();
   const intervals: { key: string; from: number; to: number }[] = [];
   for (const row of rows) {
-    const id = `${row.run} ${row.pid}`;
+    const id = `${row.run} ${row.pid} ${row.key}`;
     if (row.event === "start") open.set(id, row);
     else {
       const start = open.get(id)!;
@@ -152,7 +153,27 @@ Deno.test("run limit under a SIGKILL storm: 200 runs over 10 keys never have mor
     }
   }
   assert.equal(most, MAX, "the limit was reached");
-  console.log(`${kills.size} kills, ${rows.length} ledger rows, at most ${most} per key`);
+  // the step limit: one post at a time per bucket, across runs and workers
+  let posts = 0;
+  for (let b = 0; b < POST_BUCKETS; b++) {
+    const key = `post:b${b}`;
+    const points = intervals.filter((i) => i.key === key).flatMap((i) => [
+      [i.from, 1],
+      [i.to, -1],
+    ]);
+    assert.ok(points.length > 0, `no post of bucket ${b}`);
+    points.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    let now = 0;
+    for (const [, d] of points) {
+      now += d;
+      assert.ok(now <= 1, `${now} posts of bucket ${b} at once`);
+    }
+    posts += points.length / 2;
+  }
+  assert.ok(posts >= RUNS, `${posts} posts for ${RUNS} runs`);
+  console.log(
+    `${kills.size} kills, ${rows.length} ledger rows, at most ${most} runs per key, one post per bucket`,
+  );
 });
 
 Deno.test("run throttle across 3 workers: no period has more than max starts, and every run ends", async () => {
