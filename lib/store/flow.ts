@@ -24,7 +24,7 @@ import { addGate, type GateDue, moveDue, queueRank } from "../kv/indexes.ts";
 import { commitAtomic, type GroupCommitter } from "../kv/commit.ts";
 import { formatMs } from "../define/duration.ts";
 import { type HeldState, type RunRecord, type SlotHolder, TERMINAL } from "../model/records.ts";
-import type { AtomicOperation, Kv, KvEntry, KvKey } from "../kv/kv.ts";
+import type { AtomicOperation, Kv, KvEntry, KvEntryMaybe, KvKey } from "../kv/kv.ts";
 import {
   freeSlot,
   healSlots,
@@ -98,26 +98,37 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
   const since = (by: HeldState["by"]) => run.held?.by === by ? run.held.since : now;
   if (limit) {
     const { scope, key, max } = limit;
-    // read at once: KV is busiest exactly when runs queue up under a limit
-    const [release, slots, queue] = await Promise.all([
-      kv.get(keys.limitRelease(scope, key)),
-      readSlots(kv, scope, key),
-      queued(kv, scope, key, max + 1),
-    ]);
-    let held = slots;
+    const mine = keys.limitQueue(scope, key, queueRank(run), run.id);
+    // what other claims of this process are taking counts as taken
+    const busy = (i: number) => taking.has(takingId("slot", scope, key, i));
     // A slot whose holder is gone without freeing it (its run was deleted, say) is rare:
     // looked for once a run waited out its backstop, not at every claim of a full key.
     const waitedLong = run.held?.by === "limit" && now - run.held.since >= BACKSTOP_MS;
-    if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held);
-    // what other claims of this process are taking counts as taken
-    const busy = (i: number) => taking.has(takingId("slot", scope, key, i));
-    const index = freeSlot(held, max, busy);
-    let inFlight = 0;
-    for (let i = 0; i < max; i++) if (busy(i)) inFlight++;
-    const free = max - held.length - inFlight;
-    const mine = keys.limitQueue(scope, key, queueRank(run), run.id);
-    const ahead = index < 0 ? 0 : await waitingAhead(kv, queue, mine);
-    if (index < 0 || ahead >= free) {
+    const decide = async (release: KvEntryMaybe<unknown> | null) => {
+      // read together: KV is busiest exactly when runs queue up under a limit
+      const [slots, queue] = await Promise.all([
+        readSlots(kv, scope, key),
+        queued(kv, scope, key, max + 1),
+      ]);
+      let held = slots;
+      if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held);
+      const index = freeSlot(held, max, busy);
+      let inFlight = 0;
+      for (let i = 0; i < max; i++) if (busy(i)) inFlight++;
+      const free = max - held.length - inFlight;
+      const ahead = index < 0 ? 0 : await waitingAhead(kv, queue, mine);
+      return { release, held, queue, index, free, ahead, hold: index < 0 || ahead >= free };
+    };
+    let d = await decide(null);
+    if (d.hold) {
+      // A hold is committed checked against the key's last release, read before the slots
+      // it decides on: a slot freed after that read fails the hold, and the run looks again.
+      // (A run that starts needs no such read: its slot's own check decides.)
+      d = await decide(await kv.get(keys.limitRelease(scope, key)));
+    }
+    const { held, queue, index, free, ahead } = d;
+    if (d.hold) {
+      const release = d.release!;
       const reason = index < 0
         ? `${held.length} of ${max} slots of key '${key}' taken`
         : `${ahead} earlier run(s) of key '${key}' waiting for ${free} free slot(s)`;
@@ -207,9 +218,14 @@ export async function wakeQueued(
   committer?: GroupCommitter,
 ): Promise<string[]> {
   const { scope, key, max } = limit;
+  // most keys have nobody queued: one read says so
+  const head = await queued(kv, scope, key, 1);
+  if (head.length === 0 && !gate) return [];
   const held = await readSlots(kv, scope, key);
   const free = Math.min(max - held.length, GATE_BATCH);
-  const entries = free > 0 ? await queued(kv, scope, key, free + GATE_BATCH) : [];
+  const entries = free > 0 && head.length > 0
+    ? await queued(kv, scope, key, free + GATE_BATCH)
+    : [];
   const runs = entries.length > 0
     ? await kv.getMany<RunRecord[]>(entries.map((e) => keys.run(e.value)))
     : [];
