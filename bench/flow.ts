@@ -15,7 +15,7 @@
 import { fileURLToPath } from "node:url";
 import { openEngine } from "../lib/mod.ts";
 import type { RunRecord } from "../lib/model/records.ts";
-import { stopWorkers } from "./throughput.ts";
+import { allSucceeded, stopWorkers } from "./throughput.ts";
 import { BENCH_DIAMOND } from "./entry.ts";
 import {
   KEYED_DIAMOND,
@@ -104,16 +104,7 @@ async function measure(dir: string, runs: number, setting: Setting): Promise<num
   });
   const child = spawnWorker(kvPath, runs);
   try {
-    const deadline = Date.now() + 120_000;
-    while (true) {
-      await sleep(100);
-      const done = await withStore(kvPath, async (store) => {
-        const page = await store.listRuns({ status: "succeeded", limit: runs });
-        return page.runs.length;
-      });
-      if (done === runs) break;
-      if (Date.now() > deadline) throw new Error(`only ${done} of ${runs} runs finished`);
-    }
+    await allSucceeded(kvPath, runs);
   } finally {
     await stopWorkers([child]);
   }

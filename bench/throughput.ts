@@ -100,16 +100,7 @@ async function measure(
     KVFLOW_GROUP_COMMIT: groupCommit ? "on" : "off",
   });
   try {
-    const deadline = Date.now() + 120_000;
-    while (true) {
-      await sleep(100);
-      const done = await withStore(kvPath, async (store) => {
-        const page = await store.listRuns({ status: "succeeded", limit: runs });
-        return page.runs.length;
-      });
-      if (done === runs) break;
-      if (Date.now() > deadline) throw new Error(`only ${done} of ${runs} runs finished`);
-    }
+    await allSucceeded(kvPath, runs);
   } finally {
     await stopWorkers(children);
   }
@@ -182,4 +173,18 @@ export function throughputRows(all: Throughput[]): Row[] {
     }
   }
   return rows;
+}
+
+/** Resolves once `runs` runs in the KV file at `kvPath` have succeeded (two minutes at most). */
+export async function allSucceeded(kvPath: string, runs: number): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  while (true) {
+    await sleep(100);
+    const done = await withStore(kvPath, async (store) => {
+      const page = await store.listRuns({ status: "succeeded", limit: runs });
+      return page.runs.length;
+    });
+    if (done === runs) return;
+    if (Date.now() > deadline) throw new Error(`only ${done} of ${runs} runs finished`);
+  }
 }
