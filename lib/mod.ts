@@ -34,6 +34,7 @@ export {
   type Pipeline,
   pipeline,
   type PipelineDefaults,
+  type PipelineFlow,
   type PipelineOptions,
 } from "./define/pipeline.ts";
 export { type ResolvedRetry, type RetryPolicy } from "./define/retry.ts";
@@ -119,7 +120,13 @@ export {
   type TaskRecord,
 } from "./model/records.ts";
 export { type ArtifactMeta } from "./model/artifacts.ts";
-export { type PauseState, type WaitState } from "./model/records.ts";
+export {
+  type HeldState,
+  type PauseState,
+  type RunFlow,
+  type SlotHolder,
+  type WaitState,
+} from "./model/records.ts";
 export { type EventEffect, type EventRecord, type EventSource } from "./model/events.ts";
 export { type EventPage, type SendResult } from "./store/events.ts";
 export { type AlertRecord, type ChannelState, type DeadlineMissInfo } from "./alerts/alert.ts";
