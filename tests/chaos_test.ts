@@ -99,20 +99,6 @@ function taskId(run: string, step: string, item: number): string {
   return `${run}\u0000${step}\u0000${item}`;
 }
 
-/** Every run of a pipeline, read from the KV file now. */
-async function runsOf(box: Sandbox, pipeline: string): Promise<RunRecord[]> {
-  return await box.withStore(async (store) => {
-    const runs: RunRecord[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await store.listRuns({ pipeline, limit: 1000, cursor });
-      runs.push(...page.runs);
-      cursor = page.cursor;
-    } while (cursor);
-    return runs;
-  });
-}
-
 /** The ticks of {@linkcode TICK_CRON} from `first` to `last`, inclusive, by croner. */
 function ticksFrom(first: number, last: number): number[] {
   const cron = new Cron(TICK_CRON, { timezone: "UTC", paused: true });
@@ -202,10 +188,10 @@ Deno.test("chaos: three workers SIGKILLed or SIGTERMed at random for 60 s run 30
 
   // After the storm the three workers (unharmed now) finish everything.
   const all = await poll("every chaos run to end", 180_000, async () => {
-    const runs = await runsOf(box, "chaos");
+    const runs = await box.runsOf("chaos");
     return runs.length === RUNS && runs.every((r) => TERMINAL.has(r.status)) ? runs : undefined;
   }).catch(async (error) => {
-    const runs = await runsOf(box, "chaos");
+    const runs = await box.runsOf("chaos");
     const open = runs.filter((r) => !TERMINAL.has(r.status));
     throw new Error(
       `${error.message}: ${runs.length} runs, open: ${
@@ -217,7 +203,7 @@ Deno.test("chaos: three workers SIGKILLed or SIGTERMed at random for 60 s run 30
   // Ticks up to now must have run before the workers stop.
   const tickCutoff = Date.now();
   await poll("tick runs up to the cutoff to end", 60_000, async () => {
-    const runs = await runsOf(box, "chaos-tick");
+    const runs = await box.runsOf("chaos-tick");
     return runs.every((r) => r.tick! > tickCutoff || TERMINAL.has(r.status)) || undefined;
   });
   const stopAt = Date.now();
@@ -240,7 +226,7 @@ Deno.test("chaos: three workers SIGKILLed or SIGTERMed at random for 60 s run 30
   assert.equal(new Set(pids).size, pids.length, "a pid was reused: kills would be ambiguous");
 
   // ---- what KV holds ------------------------------------------------------------------
-  const ticks = (await runsOf(box, "chaos-tick")).sort((a, b) => a.tick! - b.tick!);
+  const ticks = (await box.runsOf("chaos-tick")).sort((a, b) => a.tick! - b.tick!);
   const finished = [...all, ...ticks.filter((r) => TERMINAL.has(r.status))];
   const tasks = new Map<string, Task>();
   const task = (run: string, step: string, item: number): Task => {

@@ -78,8 +78,19 @@ async function runsOf(s: Service, name: string): Promise<RunRecord[]> {
 Deno.test("an HTTP burst gives one run with the last payload, started after the quiet period", async () => {
   await using s = await start();
   const answers: Answer[] = [];
-  for (let n = 1; n <= 5; n++) answers.push(await trigger(s, "digest", { customer: "acme", n }));
+  for (let n = 1; n <= 5; n++) {
+    // the third trigger is urgent: the burst keeps its priority, not the last one's
+    const priority = n === 3 ? 7 : undefined;
+    answers.push(
+      await s.post(
+        "/api/pipelines/digest/runs",
+        { params: { customer: "acme", n }, priority },
+        202,
+      ),
+    );
+  }
   assert.deepEqual(answers.map((a) => a.joined), [false, true, true, true, true]);
+  assert.deepEqual(answers.map((a) => a.priority ?? 0), [0, 0, 7, 7, 7]);
   const id = answers[0].id;
   assert.ok(answers.every((a) => a.id === id && a.debounced === true));
   assert.equal(answers[4].status, "queued");

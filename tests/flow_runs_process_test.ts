@@ -31,19 +31,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-async function runsOf(box: Sandbox, pipeline: string): Promise<RunRecord[]> {
-  return await box.withStore(async (store) => {
-    const runs: RunRecord[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await store.listRuns({ pipeline, limit: 1000, cursor });
-      runs.push(...page.runs);
-      cursor = page.cursor;
-    } while (cursor);
-    return runs;
-  });
-}
-
 async function leftovers(box: Sandbox): Promise<{ slots: number; queued: number }> {
   return await box.withStore(async ({ kv }) => {
     let slots = 0, queued = 0;
@@ -57,10 +44,10 @@ async function leftovers(box: Sandbox): Promise<{ slots: number; queued: number 
 
 async function allEnded(box: Sandbox, pipeline: string, n: number): Promise<RunRecord[]> {
   return await poll(`every ${pipeline} run to end`, 180_000, async () => {
-    const runs = await runsOf(box, pipeline);
+    const runs = await box.runsOf(pipeline);
     return runs.length === n && runs.every((r) => TERMINAL.has(r.status)) ? runs : undefined;
   }).catch(async (error) => {
-    const open = (await runsOf(box, pipeline)).filter((r) => !TERMINAL.has(r.status));
+    const open = (await box.runsOf(pipeline)).filter((r) => !TERMINAL.has(r.status));
     throw new Error(
       `${error.message}: open: ${
         open.slice(0, 5).map((r) =>
@@ -97,7 +84,7 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   creating.then(() => created = true, () => {});
   while (Date.now() < stormEnd) {
     await sleep(150 + Math.random() * 350);
-    const runs = await runsOf(box, "flow-limited");
+    const runs = await box.runsOf("flow-limited");
     if (created && runs.every((r) => TERMINAL.has(r.status))) break;
     const slot = Math.floor(Math.random() * WORKERS);
     const victim = workers[slot];

@@ -167,6 +167,20 @@ export class Sandbox implements AsyncDisposable {
     return await this.withStore((store) => store.requireRun(runId));
   }
 
+  /** Every run of a pipeline, read straight from the KV file, a page at a time. */
+  async runsOf(pipeline: string): Promise<RunRecord[]> {
+    return await this.withStore(async (store) => {
+      const runs: RunRecord[] = [];
+      let cursor: string | undefined;
+      do {
+        const page = await store.listRuns({ pipeline, limit: 1000, cursor });
+        runs.push(...page.runs);
+        cursor = page.cursor;
+      } while (cursor);
+      return runs;
+    });
+  }
+
   /** Waits until the run's record satisfies `done`. */
   async waitForRun(
     runId: string,
