@@ -251,6 +251,35 @@ Deno.test("a run throttle lets at most max runs start per period; the rest wait 
   }
 });
 
+Deno.test("a throttle counts a run's first start: a paused run goes on at once when unpaused", async () => {
+  const gate = deferred();
+  const first = step("first", async () => {
+    await gate.promise;
+    return 1;
+  });
+  const second = step("second", { needs: { first } }, ({ first }) => first + 1);
+  const p = pipeline("throttled-once", {
+    throttle: { max: 1, per: "1m" },
+    steps: [first, second],
+  });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], pollMs: 20 });
+  engine.start();
+  const run = await engine.trigger("throttled-once");
+  await waitFor("the first step running", async () => {
+    return (await engine.store.getSteps(run.id)).get("first")?.status === "running";
+  });
+  await engine.pause(run.id);
+  gate.resolve();
+  await waitFor("the run paused", async () => (await engine.getRun(run.id))?.status === "paused");
+  await engine.unpause(run.id);
+  // the throttle's one start a minute was this run's own: it is not held for it again
+  await waitFor("the run succeeded", async () => {
+    const now = await engine.getRun(run.id);
+    assert.notEqual(now?.held?.by, "throttle", "held by its own start");
+    return now?.status === "succeeded";
+  }, 3_000);
+});
+
 Deno.test("a saturated worker claims higher priority first, and a long-waiting run overtakes", async () => {
   const clock = new TestClock(Date.UTC(2026, 0, 5, 9), { auto: false });
   const order: string[] = [];

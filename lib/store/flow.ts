@@ -71,10 +71,15 @@ function takingId(kind: string, scope: string, key: string, index: number): stri
   return `${kind}\u0000${scope}\u0000${key}\u0000${index}`;
 }
 
-/** Whether a claim of `run` goes through flow control: a queued run holding no slot. */
+/**
+ * Whether a claim of `run` goes through flow control: a queued run that needs a limit slot,
+ * or a throttled run that never started.
+ */
 export function needsAdmission(run: RunRecord): boolean {
-  if (run.status !== "queued" || run.slot != null) return false;
-  return Boolean(run.flow?.limit || run.flow?.throttle);
+  if (run.status !== "queued") return false;
+  if (run.flow?.limit && run.slot == null) return true;
+  // a throttle counts a run's first start: not its going on after a pause or a resume
+  return Boolean(run.flow?.throttle) && run.startedAt === null;
 }
 
 /** Whether a due-index value is a gate (see `kv/indexes.ts`). */
@@ -88,7 +93,8 @@ export function isGate(value: unknown): value is GateDue {
  * checks, so two claims never take one slot or one throttle entry.
  */
 export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admission> {
-  const { limit, throttle } = run.flow ?? {};
+  const limit = run.flow?.limit;
+  const throttle = run.startedAt === null ? run.flow?.throttle : undefined;
   const throttled = throttle ? readThrottle(kv, throttle.scope, throttle.key) : null;
   throttled?.catch(() => {}); // awaited below, unless the limit holds the run first
   const applies: ((op: AtomicOperation) => void)[] = [];
