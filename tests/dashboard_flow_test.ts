@@ -8,24 +8,10 @@
  */
 import assert from "node:assert/strict";
 import { openBrowser, shot, skipBrowser } from "./_support/browser.ts";
-import { tempKv } from "./_support/helpers.ts";
+import { hold, tempKv } from "./_support/helpers.ts";
 import { metered, plain } from "./fixtures/flow_surfaces.ts";
 import { openEngine } from "../lib/mod.ts";
 import { serve } from "../lib/http/service.ts";
-import * as keys from "../lib/kv/keys.ts";
-import { moveDue, moveStatus } from "../lib/kv/indexes.ts";
-import type { HeldState, RunRecord } from "../lib/model/records.ts";
-import type { Kv } from "../lib/kv/kv.ts";
-
-async function hold(kv: Kv, runId: string, held: HeldState): Promise<void> {
-  const entry = await kv.get<RunRecord>(keys.run(runId));
-  const before = entry.value!;
-  const after: RunRecord = { ...before, held, dueAt: held.until ?? before.dueAt };
-  const op = kv.atomic().check(entry).set(keys.run(runId), after);
-  moveDue(op, before, after);
-  moveStatus(op, before, after);
-  assert.ok((await op.commit()).ok);
-}
 
 Deno.test({
   name: "dashboard in Chromium: held runs say why and show their priority; pipelines their flow",

@@ -11,24 +11,12 @@ import { type Service, startService } from "./_support/http.ts";
 import { Sandbox } from "./_support/harness.ts";
 import { metered, plain } from "./fixtures/flow_surfaces.ts";
 import * as keys from "../lib/kv/keys.ts";
-import { moveDue, moveStatus } from "../lib/kv/indexes.ts";
-import type { HeldState, RunRecord, SlotHolder } from "../lib/model/records.ts";
+import type { HeldState, SlotHolder } from "../lib/model/records.ts";
 import type { Kv } from "../lib/kv/kv.ts";
 import type { Store } from "../lib/store/store.ts";
+import { hold } from "./_support/helpers.ts";
 
 const ENTRY = "tests/fixtures/flow_surfaces.ts";
-
-/** Holds a queued run back as the claim would: one commit, checked, indexes moved. */
-async function hold(kv: Kv, runId: string, held: HeldState): Promise<RunRecord> {
-  const entry = await kv.get<RunRecord>(keys.run(runId));
-  const before = entry.value!;
-  const after: RunRecord = { ...before, held, dueAt: held.until ?? before.dueAt };
-  const op = kv.atomic().check(entry).set(keys.run(runId), after);
-  moveDue(op, before, after);
-  moveStatus(op, before, after);
-  assert.ok((await op.commit()).ok, "the hold was committed");
-  return after;
-}
 
 /** Takes a limit slot for a run, as the claim does. */
 async function takeSlot(kv: Kv, scope: string, key: string, index: number, run: string) {

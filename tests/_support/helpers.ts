@@ -5,6 +5,10 @@
  * @module
  */
 import * as keys from "../../lib/kv/keys.ts";
+import assert from "node:assert/strict";
+import { moveDue, moveStatus } from "../../lib/kv/indexes.ts";
+import type { Kv } from "../../lib/kv/kv.ts";
+import type { HeldState, RunRecord } from "../../lib/model/records.ts";
 
 /** A temporary directory holding a KV file; removed when disposed. */
 export interface TempKv extends AsyncDisposable {
@@ -141,4 +145,19 @@ export async function auditBlobs(kv: Deno.Kv): Promise<BlobAudit> {
     missing: [...referenced].filter((b) => !stored.has(b)),
     pending,
   };
+}
+
+/**
+ * Holds a queued run back as the claim would (flow control), to test how a hold is shown:
+ * one commit, checked, indexes moved.
+ */
+export async function hold(kv: Kv, runId: string, held: HeldState): Promise<RunRecord> {
+  const entry = await kv.get<RunRecord>(keys.run(runId));
+  const before = entry.value!;
+  const after: RunRecord = { ...before, held, dueAt: held.until ?? before.dueAt };
+  const op = kv.atomic().check(entry).set(keys.run(runId), after);
+  moveDue(op, before, after);
+  moveStatus(op, before, after);
+  assert.ok((await op.commit()).ok, "the hold was committed");
+  return after;
 }
