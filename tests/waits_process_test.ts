@@ -236,6 +236,40 @@ Deno.test("a child started by a step whose worker was SIGKILLed mid-start exists
   }).catch(async (error) => {
     const runs = await allRuns(box);
     const open = runs.filter((r) => !TERMINAL.has(r.status));
+    if (open.length === 0) {
+      // every run ended, but not as many as expected: say which are missing or extra
+      const counts: Record<string, number> = {};
+      for (const r of runs) {
+        counts[`${r.pipeline} ${r.status}`] = (counts[`${r.pipeline} ${r.status}`] ?? 0) + 1;
+      }
+      const perParent = new Map<string, string[]>();
+      for (const r of runs) {
+        if (r.parent) perParent.set(r.parent.runId, [...perParent.get(r.parent.runId) ?? [], r.id]);
+      }
+      const odd = [...perParent].filter(([, kids]) => kids.length !== ITEMS)
+        .map(([id, kids]) => `${id}: ${kids.length} children`);
+      // a child missing from the list: is its record there (an index lost) or not (never made)?
+      const records = await box.withStore(async (store) => {
+        const found: string[] = [];
+        for (const [parent, kids] of perParent) {
+          if (kids.length === ITEMS) continue;
+          let there = 0;
+          for (let i = 0; i < ITEMS; i++) {
+            if (await store.getRun(childRunId(parent, "children", i))) there++;
+          }
+          found.push(`${parent}: ${there} child records`);
+        }
+        return found;
+      });
+      odd.push(...records);
+      const failed = runs.filter((r) => r.status !== "succeeded")
+        .map((r) => `${r.id} ${r.status}: ${r.error?.step} ${r.error?.message}`);
+      throw new Error(
+        `${error.message}: ${runs.length} runs, all ended: ${JSON.stringify(counts)}; ${
+          odd.join("; ")
+        }; ${failed.slice(0, 5).join("; ")}`,
+      );
+    }
     const dump = await box.withStore(async ({ kv }) => {
       const r = open[0];
       const out: unknown[] = [{ ...r, graph: undefined, params: undefined }];
