@@ -136,6 +136,25 @@ summary { cursor: pointer; }
 .cards { display: grid; gap: .8rem; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: .7rem .9rem; }
 .card h3 { margin: 0 0 .3rem; }
+.grid-wrap { overflow-x: auto; max-width: 100%; border: 1px solid var(--line); border-radius: 8px; }
+table.grid { width: max-content; min-width: 100%; border-collapse: separate; border-spacing: 0; }
+table.grid th, table.grid td { padding: .25rem .3rem; white-space: nowrap; vertical-align: middle; }
+table.grid th.grid-step { position: sticky; left: 0; z-index: 1; background: var(--bg);
+  border-right: 1px solid var(--line); max-width: 9rem; overflow: hidden; text-overflow: ellipsis; }
+table.grid thead th { font-weight: 500; font-size: .75rem; }
+.grid-run { display: flex; flex-direction: column; align-items: center; text-decoration: none;
+  background: none; border-radius: 4px; padding: 0 .2rem; }
+.grid-run small { font-size: .7rem; }
+.cell { display: flex; flex-direction: column; align-items: center; min-width: 4.2rem; padding: .15rem .3rem;
+  border-radius: 4px; border: 1px solid currentColor; text-decoration: none; font-size: .78rem; line-height: 1.25; }
+.cell small { font-size: .7rem; color: inherit; }
+.cell.s-absent { border-style: dotted; color: var(--muted); }
+.grid-rate { font-variant-numeric: tabular-nums; }
+.trend { display: block; }
+.trend polyline { fill: none; stroke: var(--run); stroke-width: 1.5; }
+.trend circle { fill: var(--ok); }
+.trend circle.t-failed { fill: var(--bad); }
+.grid-paging { display: flex; justify-content: space-between; margin: .4rem 0; }
 .no-js .needs-js { display: none; }
 .js .no-js-only { display: none; }
 @media (max-width: 719px) {

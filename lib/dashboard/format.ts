@@ -93,6 +93,11 @@ export function taskLabel(step: string, item: number): string {
   return item >= 0 ? `${step}[${item}]` : step;
 }
 
+/** The id of an attempt's entry on the run page, for links from elsewhere (the grid). */
+export function attemptAnchor(step: string, item: number, n: number): string {
+  return `attempt-${taskLabel(step, item)}-${n}`;
+}
+
 export function attemptsByTask(attempts: AttemptRecord[]): Map<string, AttemptRecord[]> {
   const out = new Map<string, AttemptRecord[]>();
   for (const a of attempts) {

@@ -27,6 +27,7 @@ import { formatRetention } from "../define/retention.ts";
 import { flowJson, flowLines } from "../define/flow_view.ts";
 import type { DeadlineMiss } from "../engine/deadlines.ts";
 import { deadlineText } from "../define/deadline.ts";
+import { type GridData, RunGrid } from "./grid.tsx";
 
 /** Runs on one page of the list, unless `?limit=` says otherwise. */
 export const DEFAULT_LIMIT = 25;
@@ -183,11 +184,16 @@ export interface PipelinePageData extends Frame {
   now: number;
   /** The pipeline's pause, while it is paused. */
   paused: PauseState | null;
+  /** Its grid: a page of runs by steps. */
+  grid: GridData;
 }
 
-/** `GET /pipelines/:name`: steps, params, schedule, recent runs, and a trigger form. */
+/**
+ * `GET /pipelines/:name`: facts, the grid of runs by steps, steps, params, recent runs,
+ * and a trigger form.
+ */
 export function PipelinePage(
-  { pipeline, runs, misses, now, auth, session, paused }: PipelinePageData,
+  { pipeline, runs, misses, now, auth, session, paused, grid }: PipelinePageData,
 ): JSX.Element {
   const api = `/api/pipelines/${encodeURIComponent(pipeline.name)}`;
   const fields = paramFields(pipeline);
@@ -256,6 +262,7 @@ export function PipelinePage(
             : flow.map((line) => <div key={line}>{line}</div>)}
         </dd>
       </dl>
+      <RunGrid {...grid} />
       <h2>Steps</h2>
       <StepGraph graph={pipeline.graph} />
       <h2>Params</h2>

@@ -23,6 +23,8 @@ import { DEFAULT_LIMIT, PipelinePage, RunsPage } from "./list_pages.tsx";
 import { RunPage } from "./run_page.tsx";
 import { EventPage, EVENTS_LIMIT, EventsPage } from "./events_page.tsx";
 import { isEventName } from "../define/wait.ts";
+import { type GridPageOptions, gridRuns, gridTasks } from "../store/grid.ts";
+import { GRID_MAX_RUNS, GRID_RUNS } from "./grid.tsx";
 
 /** Options of {@linkcode dashboard}. */
 export interface DashboardOptions {
@@ -48,7 +50,8 @@ const PAGE_HEADERS: Record<string, string> = {
 
 /**
  * Builds the dashboard's routes: `GET /` (runs, filters, failures, pipelines),
- * `GET /runs/:id`, `GET /pipelines/:name`, `GET /events` (events and what each did),
+ * `GET /runs/:id`, `GET /pipelines/:name` (with its grid of runs by steps: `?runs=N`,
+ * `before=`/`after=` a run id), `GET /events` (events and what each did),
  * `GET /events/:id`, `GET /assets/kvflow.css|js`, and — for a read token — `GET|POST
  * /login`, `POST /logout`. It adds no error handler or middleware that
  * would reach the routes of the app it is mounted on.
@@ -252,18 +255,30 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
     "/pipelines/:name",
     page(async (c) => {
       const pipeline = engine.pipeline(c.req.param("name") ?? "");
-      const [{ runs }, misses] = await Promise.all([
+      const gridPage = gridQuery(c);
+      const [{ runs }, misses, grid] = await Promise.all([
         engine.store.listRuns({ pipeline: pipeline.name, limit: 10 }),
         deadlineMisses(engine.kv, pipeline.name, 10),
+        gridRuns(engine.kv, pipeline.name, gridPage),
       ]);
+      const steps = pipeline.steps.map((s) => s.name);
+      const now = engine.store.clock.now();
       return c.html(
         <PipelinePage
           {...frame(c, pipeline.name)}
           pipeline={pipeline}
           runs={runs satisfies RunRecord[]}
           misses={misses}
-          now={engine.store.clock.now()}
+          now={now}
           paused={(await engine.pausedPipelines()).get(pipeline.name) ?? null}
+          grid={{
+            ...grid,
+            pipeline: pipeline.name,
+            steps,
+            tasks: await gridTasks(engine.kv, grid.runs, steps),
+            size: gridPage.runs,
+            now,
+          }}
         />,
       );
     }),
@@ -320,6 +335,24 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
     });
   }
   return app;
+}
+
+/** The grid's page from `?runs=&before=&after=`, checked. */
+function gridQuery(c: Context): GridPageOptions {
+  const runsText = c.req.query("runs");
+  const runs = runsText ? Number(runsText) : GRID_RUNS;
+  if (!Number.isInteger(runs) || runs < 1 || runs > GRID_MAX_RUNS) {
+    throw new UsageError(
+      `Invalid runs ${
+        JSON.stringify(runsText?.slice(0, 40))
+      }: use an integer from 1 to ${GRID_MAX_RUNS}`,
+    );
+  }
+  return {
+    runs,
+    before: c.req.query("before") || undefined,
+    after: c.req.query("after") || undefined,
+  };
 }
 
 /**

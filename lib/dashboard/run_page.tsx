@@ -26,6 +26,7 @@ import { WaitPanel } from "./wait_panel.tsx";
 import { heldText } from "../define/flow_view.ts";
 import { formatRetention } from "../define/retention.ts";
 import {
+  attemptAnchor,
   attemptsByTask,
   bytes,
   clip,
@@ -624,7 +625,7 @@ function StepDetails(d: RunPageData): JSX.Element {
             </summary>
             {keys.slice(0, 200).map((k) =>
               attempts.get(k)!.map((a) => (
-                <div class="attempt">
+                <div class="attempt" id={attemptAnchor(a.step, a.item, a.n)}>
                   <h3>
                     {taskLabel(a.step, a.item)} attempt {a.n} <Badge status={a.status} />{" "}
                     <small>
