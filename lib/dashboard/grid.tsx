@@ -106,8 +106,8 @@ function RunHeader({ run }: { run: RunRecord }): JSX.Element {
       title={`${run.id}: ${run.status}, created ${utc(run.createdAt)}`}
     >
       <a href={runHref(run.id)} class={`grid-run s-${run.status}`}>
-        <span aria-hidden="true">{ICONS[run.status] ?? ""}</span>
-        <span class="sr">run {run.id}, {run.status},</span> {run.logicalDate}
+        <span aria-hidden="true">{ICONS[run.status] ?? ""}</span>{" "}
+        <span class="sr">run {run.id}, {run.status},</span> {run.logicalDate}{" "}
         <small>{utc(run.createdAt).slice(11, 16)}</small>
       </a>
     </th>
