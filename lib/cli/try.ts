@@ -12,7 +12,7 @@ import { openKv } from "../kv/open.ts";
 import * as keys from "../kv/keys.ts";
 import { SCHEMA_VERSION } from "../kv/migrations.ts";
 import { type ErrorInfo, UsageError } from "../model/errors.ts";
-import type { LogLine, RunRecord } from "../model/records.ts";
+import { type LogLine, type RunRecord, TERMINAL } from "../model/records.ts";
 import { env } from "../platform/env.ts";
 import { onStopSignal } from "../platform/process.ts";
 import { Store } from "../store/store.ts";
@@ -147,8 +147,9 @@ function nextStep(trial: Trial): string {
   if (run.status === "succeeded") {
     return `run ${run.id} already succeeded; to run the step again in it: deno task rerun ${run.id} --from ${trial.node.def.name}`;
   }
-  const force = run.version === pipeline.version ? "" : " --force";
-  return `the fix works: resume the run with: deno task resume ${run.id}${force}`;
+  const resume = `deno task resume ${run.id}${run.version === pipeline.version ? "" : " --force"}`;
+  if (TERMINAL.has(run.status)) return `the fix works: resume the run with: ${resume}`;
+  return `the fix works; run ${run.id} is ${run.status} and goes on by itself (if it fails, resume it with: ${resume})`;
 }
 
 function logLine(line: LogLine): string {
