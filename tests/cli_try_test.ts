@@ -42,7 +42,7 @@ Deno.test("try fails as the run did, succeeds once fixed, writes nothing, and re
   assert.equal(broken.code, 1, broken.stdout + broken.stderr);
   const out = broken.stdout.split("\n");
   assert.match(out[0], /^⚠ trying publish of run .* failed\).*nothing is written.*is real$/);
-  assert.match(broken.stdout, /info  publishing \{"items":3\}/);
+  assert.match(broken.stdout, /info {2}publishing \{"items":3\}/);
   assert.match(broken.stdout, /✗ publish failed after .*: Publisher down: connection refused/);
   assert.doesNotMatch(broken.stdout, /at .*tryable\.ts/, "a stack without KVFLOW_DEBUG");
   assert.match(broken.stdout, new RegExp(`try again: deno task try ${id} publish$`, "m"));
@@ -80,7 +80,7 @@ Deno.test("try --item runs one item of a fan-out step, and --json prints one obj
   const item = await box.cli(["try", id, "each", "--item", "2"]);
   assert.equal(item.code, 0, item.stdout + item.stderr);
   assert.match(item.stdout, /^⚠ trying each\[2\] of run /);
-  assert.match(item.stdout, /info  item \{"n":3\}/);
+  assert.match(item.stdout, /info {2}item \{"n":3\}/);
   assert.match(item.stdout, /^ {2}output 30$/m);
   assert.match(item.stdout, new RegExp(`idempotency key ${id}:each:2:try`));
 

@@ -49,6 +49,7 @@ export async function tryStep(invocation: Invocation): Promise<number> {
     }
     if (json) invocation.out(JSON.stringify(jsonResult(trial, result), jsonValue));
     else printResult(invocation, trial, result);
+    if (interrupt.signal.aborted) return EXIT.interrupted;
     return result.ok ? EXIT.ok : EXIT.failed;
   } finally {
     opened.kv.close();
