@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { withChildren } from "../define/pipeline.ts";
+import { type Pipeline, withChildren } from "../define/pipeline.ts";
 import { formatMs } from "../define/duration.ts";
 import { openKv } from "../kv/open.ts";
 import * as keys from "../kv/keys.ts";
@@ -75,7 +75,7 @@ function itemFlag(value: string | undefined): number | undefined {
  * The run's pipeline as its code is now: registered (or a child of one), or imported again
  * from the module the run was started from.
  */
-async function pipelineOf(invocation: Invocation, run: RunRecord) {
+async function pipelineOf(invocation: Invocation, run: RunRecord): Promise<Pipeline<unknown>> {
   const registered = withChildren([...invocation.context.pipelines])
     .find((p) => p.name === run.pipeline);
   if (registered) return registered;
