@@ -1,6 +1,6 @@
 /**
  * The command line: `run`, `resume`, `rerun`, `cancel`, `pause`, `unpause`, `status`, `runs`,
- * `pipelines`, `prune`, `send`, `backfill`, `serve`, `worker`. Usage errors exit 2 with one line; a failed run exits 1
+ * `pipelines`, `prune`, `send`, `backfill`, `serve`, `worker`, `try`. Usage errors exit 2 with one line; a failed run exits 1
  * and prints the command that resumes it.
  *
  * @module
@@ -17,6 +17,7 @@ import * as longRunning from "./serve.ts";
 import { send } from "./send.ts";
 import { prune } from "./prune.ts";
 import { pause, unpause } from "./pause.ts";
+import { tryStep } from "./try.ts";
 
 export { type CliContext, EXIT } from "./invocation.ts";
 export { heartbeat } from "./serve.ts";
@@ -30,6 +31,7 @@ const COMMANDS: Record<Command, (invocation: Invocation) => Promise<number>> = {
   pause,
   unpause,
   status: inspect.status,
+  try: tryStep,
   runs: inspect.runs,
   pipelines: inspect.pipelines,
   prune,

@@ -22,6 +22,7 @@ usage: deno task <command> [arguments]
   pause <pipeline|run-id> [--json]
   unpause <pipeline|run-id> [--json]
   status <run-id> [--json]
+  try <run-id> <step> [--item N] [--json]
   runs [--pipeline P] [--status S] [--limit N] [--json]
   send <event> [--data JSON] [--id ID] [--json]
   pipelines [--json]
@@ -54,6 +55,7 @@ const OPTIONS = {
   priority: { type: "string" },
   "older-than": { type: "string" },
   "dry-run": { type: "boolean" },
+  item: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -77,6 +79,7 @@ export type Flags = {
   priority?: string;
   "older-than"?: string;
   "dry-run"?: boolean;
+  item?: string;
   help?: boolean;
 };
 
@@ -89,6 +92,7 @@ const COMMANDS = {
   pause: "<pipeline|run-id>",
   unpause: "<pipeline|run-id>",
   status: "<run-id>",
+  try: "<run-id> <step>",
   runs: null,
   pipelines: null,
   prune: null,
@@ -142,8 +146,12 @@ export function parseCommand(args: readonly string[]): ParsedCommand {
   if (what === null && rest.length > 0) {
     throw new UsageError(`${name} takes no arguments, got: ${rest.join(" ")}`);
   }
-  if (what !== null && rest.length !== 1) {
-    throw new UsageError(`${name} takes exactly one argument: ${name} ${what}`);
+  // `try` alone takes two: a run and its step
+  const arity = name === "try" ? 2 : 1;
+  if (what !== null && rest.length !== arity) {
+    throw new UsageError(
+      `${name} takes exactly ${arity === 1 ? "one argument" : "two arguments"}: ${name} ${what}`,
+    );
   }
   if (name === "rerun" && !flags.from) throw new UsageError("rerun needs --from <step>");
   if (name === "backfill" && (!flags.from || !flags.to)) {

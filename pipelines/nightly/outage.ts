@@ -5,7 +5,9 @@
  * `deno task resume <run id>` finds the system back.
  *
  * A resume starts `ctx.attempt` at 1 again, so the attempts the outage has taken are
- * counted in a file per item under `out/.simulated-outage/`.
+ * counted in a file per item under `out/.simulated-outage/`. A trial of the step (`deno
+ * task try`) counts as its task: once the run's attempts are spent, the outage is over for
+ * the trial too.
  *
  * @module
  */
@@ -39,7 +41,9 @@ export async function simulateOutage(
   attempts: number,
 ): Promise<void> {
   if (ctx.run.params.simulateOutage !== system) return;
-  const counter = join(outDir(), ".simulated-outage", fileSafe(ctx.idempotencyKey));
+  // `deno task try` marks its key `:try`; it meets the outage as the run's attempts left it
+  const task = ctx.idempotencyKey.replace(/:try$/, "");
+  const counter = join(outDir(), ".simulated-outage", fileSafe(task));
   const failed = Number(await readTextIfAny(counter) ?? 0);
   if (failed >= attempts) return;
   await writeFileAtomic(counter, String(failed + 1));

@@ -35,7 +35,19 @@ export interface ContextHost {
   run(): RunRecord;
   readonly store: Store;
   readonly clock: Clock;
-  readonly artifacts: Artifacts;
+  readonly artifacts: ArtifactStore;
+}
+
+/** Where `ctx.artifact` puts an artifact: the run's KV, or memory for a trial of a step. */
+export interface ArtifactStore {
+  /** Stores an artifact of a step's attempt (item `item`, or -1) and returns its reference. */
+  store(
+    step: string,
+    item: number,
+    name: string,
+    data: Uint8Array | string,
+    options?: ArtifactOptions,
+  ): Promise<ArtifactRef>;
 }
 
 /** What a step (or a wait's functions) knows of its run. */
@@ -104,7 +116,7 @@ export function stepContext(
 }
 
 /** The artifacts a run's attempts store, through its checkpoint queue. */
-export class Artifacts {
+export class Artifacts implements ArtifactStore {
   readonly #kv: Kv;
   readonly #runId: string;
   readonly #clock: Clock;
