@@ -23,6 +23,7 @@ import { DEFAULT_LIMIT, PipelinePage, RunsPage } from "./list_pages.tsx";
 import { RunPage } from "./run_page.tsx";
 import { EventPage, EVENTS_LIMIT, EventsPage } from "./events_page.tsx";
 import { isEventName } from "../define/wait.ts";
+import { logLine } from "../platform/log.ts";
 
 /** Options of {@linkcode dashboard}. */
 export interface DashboardOptions {
@@ -104,7 +105,8 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
           status,
         );
       }
-      console.error(
+      logLine(
+        "error",
         `kvflow: dashboard ${c.req.method} ${c.req.path}: ${
           error instanceof Error ? error.message : String(error)
         }`,
