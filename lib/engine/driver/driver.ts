@@ -59,13 +59,7 @@ import { runInfo } from "./context.ts";
 import { moveDue, moveStatus } from "../../kv/indexes.ts";
 import { blame, queueHandBack } from "./refusal.ts";
 import type { Kv, KvKey } from "../../kv/kv.ts";
-import {
-  type AttemptSpan,
-  SessionSpans,
-  startRunTrace,
-  tracingOn,
-  withinAttempt,
-} from "../../platform/tracing.ts";
+import { SessionSpans, startRunTrace, tracingOn, withinAttempt } from "../../platform/tracing.ts";
 import { logLine } from "../../platform/log.ts";
 
 export type { RunEvent } from "./checkpoints.ts";
