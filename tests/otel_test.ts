@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { poll, runIdOf, Sandbox } from "./_support/harness.ts";
+import { FIXTURE_CLI, poll, runIdOf, Sandbox } from "./_support/harness.ts";
 import { OtlpReceiver, type ReceivedSpan } from "./_support/otlp.ts";
 
 function one(spans: ReceivedSpan[], name: string): ReceivedSpan {
@@ -142,4 +142,34 @@ Deno.test("a run taken over after SIGKILL continues the same trace", async () =>
   assert.equal(s3.parentSpanId, session.spanId);
   assert.equal(s3.attributes["kvflow.attempt"], 2);
   one(spans, "step s5");
+});
+
+Deno.test("a child run's trace nests under its parent's session, in the parent's trace", async () => {
+  await using box = await Sandbox.create();
+  await using receiver = new OtlpReceiver();
+  const run = await box.cli(["run", "fan-parent", "--param", "items=2"], {
+    entry: FIXTURE_CLI,
+    env: receiver.env(),
+  });
+  assert.equal(run.code, 0, run.stdout + run.stderr);
+  const id = runIdOf(run.stdout);
+  const stored = (await box.run(id)).trace!;
+  await receiver.waitForSpan(
+    "the parent's last session",
+    (s) => s.name === "session fan-parent" && s.attributes["kvflow.outcome"] === "succeeded",
+  );
+  const sessions = receiver.spansOf(id).filter((s) => s.name === "session fan-parent");
+  const children = await box.runsOf("fan-child");
+  assert.equal(children.length, 2);
+  for (const child of children) {
+    assert.equal(child.trace?.traceId, stored.traceId, "the child has a trace of its own");
+    const root = one(receiver.spansOf(child.id), "run fan-child");
+    assert.equal(root.spanId, child.trace!.spanId);
+    assert.equal(root.attributes["kvflow.parent_run_id"], id);
+    assert.ok(sessions.some((s) => s.spanId === root.parentSpanId), "not under a parent session");
+    const item = child.parent!.item;
+    const wait = one(receiver.spansOf(id), `wait children[${item}]`);
+    assert.equal(wait.attributes["kvflow.wait"], "child");
+    assert.equal(wait.attributes["kvflow.outcome"], "succeeded");
+  }
 });
