@@ -115,6 +115,7 @@ export {
   type LogLine,
   type RunRecord,
   type RunStatus,
+  type RunTrace,
   type StepStatus,
   type Stored,
   type TaskRecord,

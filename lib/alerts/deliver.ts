@@ -9,6 +9,7 @@ import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import type { Kv } from "../kv/kv.ts";
 import { type AlertRecord, alertText } from "./alert.ts";
+import { logLine } from "../platform/log.ts";
 
 /** Where alert e-mail goes. */
 export interface AlertEmail {
@@ -107,7 +108,11 @@ export async function deliverAlert(
   );
   for (const [channel, error] of [["webhook", done.webhookError], ["e-mail", done.emailError]]) {
     if (error) {
-      console.error(`kvflow: could not deliver the alert of run ${runId} by ${channel}: ${error}`);
+      logLine(
+        "error",
+        `kvflow: could not deliver the alert of run ${runId} by ${channel}: ${error}`,
+        { run: runId },
+      );
     }
   }
   return done;

@@ -11,6 +11,7 @@ import { exit, onStopSignal } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
 import { priorityFlag } from "./parse.ts";
+import { formatLogLine } from "../platform/log.ts";
 
 /** The engine of a running `serve` or `worker`, for the cron heartbeat. */
 let serving: Engine | undefined;
@@ -71,7 +72,7 @@ export async function serve(invocation: Invocation): Promise<number> {
     port,
     token: env("KVFLOW_TOKEN") || undefined,
     readToken: env("KVFLOW_READ_TOKEN") || undefined,
-    log: invocation.err,
+    log: (line, level) => invocation.err(formatLogLine(level ?? "info", line)),
   });
   // Requests and event streams end before the engine closes under them.
   await untilSignal(invocation, engine, () => server.shutdown());
@@ -84,7 +85,9 @@ export async function worker(invocation: Invocation): Promise<number> {
   const engine = await openCliEngine(invocation, invocation.context.pipelines);
   engine.start();
   serving = engine;
-  invocation.err(`kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`);
+  invocation.err(
+    formatLogLine("info", `kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`),
+  );
   await untilSignal(invocation, engine);
   serving = undefined;
   return EXIT.ok;
@@ -101,7 +104,12 @@ async function untilSignal(
   const onSignal = () => {
     if (stopping) exit(EXIT.interrupted);
     stopping = true;
-    invocation.err("kvflow: stopping: finishing running steps (signal again to exit at once)");
+    invocation.err(
+      formatLogLine(
+        "info",
+        "kvflow: stopping: finishing running steps (signal again to exit at once)",
+      ),
+    );
     resolve();
   };
   const stopListening = onStopSignal(onSignal);

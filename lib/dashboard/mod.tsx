@@ -25,6 +25,7 @@ import { EventPage, EVENTS_LIMIT, EventsPage } from "./events_page.tsx";
 import { isEventName } from "../define/wait.ts";
 import { type GridPageOptions, gridRuns, gridTasks } from "../store/grid.ts";
 import { GRID_MAX_RUNS, GRID_RUNS } from "./grid.tsx";
+import { logLine } from "../platform/log.ts";
 
 /** Options of {@linkcode dashboard}. */
 export interface DashboardOptions {
@@ -107,7 +108,8 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
           status,
         );
       }
-      console.error(
+      logLine(
+        "error",
         `kvflow: dashboard ${c.req.method} ${c.req.path}: ${
           error instanceof Error ? error.message : String(error)
         }`,

@@ -23,6 +23,7 @@ import {
   TriggerForm,
 } from "./layout.tsx";
 import { WaitPanel } from "./wait_panel.tsx";
+import { traceUrl } from "../http/run_view.ts";
 import { heldText } from "../define/flow_view.ts";
 import { formatRetention } from "../define/retention.ts";
 import {
@@ -312,6 +313,19 @@ function Actions(d: RunPageData): JSX.Element {
   );
 }
 
+/** The run's trace id, a link into the tracing backend when `KVFLOW_TRACE_URL` is set. */
+function TraceFact({ traceId }: { traceId: string }): JSX.Element {
+  const url = traceUrl(traceId);
+  return (
+    <>
+      <dt>Trace</dt>
+      <dd class="mono" id="trace-id">
+        {url ? <a href={url} rel="external">{traceId}</a> : traceId}
+      </dd>
+    </>
+  );
+}
+
 function Facts({ run, now, steps, items }: RunPageData): JSX.Element {
   const children = childRuns(steps, items);
   return (
@@ -421,6 +435,7 @@ function Facts({ run, now, steps, items }: RunPageData): JSX.Element {
             <dd>{run.takeovers} (a worker took it over from one that stopped)</dd>
           </>
         )}
+        {run.trace && <TraceFact traceId={run.trace.traceId} />}
         {run.module && (
           <>
             <dt>Module</dt>

@@ -14,6 +14,7 @@ import { workerSettingsFromEnv } from "./settings.ts";
 import { env } from "../platform/env.ts";
 import { type HttpServer, startServer } from "../platform/serve.ts";
 import type { Kv } from "../kv/kv.ts";
+import { logLine } from "../platform/log.ts";
 
 /** A started deployment. */
 export interface Deployment {
@@ -59,7 +60,7 @@ function deployment(engine: Engine): Deployment {
   let token = env("KVFLOW_TOKEN") || undefined;
   if (!token) {
     // A deployment is public: without a token, nobody may trigger, resume or cancel.
-    console.error("kvflow: KVFLOW_TOKEN is not set: the HTTP API is read-only");
+    logLine("warn", "kvflow: KVFLOW_TOKEN is not set: the HTTP API is read-only");
     token = crypto.randomUUID() + crypto.randomUUID();
   }
   return {

@@ -43,6 +43,7 @@ import {
 } from "../model/events.ts";
 import { type Duration, toMs } from "../define/duration.ts";
 import { type PruneOptions, type PruneReport, pruneRuns } from "../store/prune.ts";
+import { logLine } from "../platform/log.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
 export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
@@ -182,7 +183,9 @@ export class Engine {
         for (const listener of this.#listeners) listener(event);
       },
       onAlert: (alert) => {
-        (options.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
+        (options.onAlert ?? ((a: AlertRecord) => logLine("error", alertText(a), { run: a.runId })))(
+          alert,
+        );
         for (const listener of this.#listeners) listener({ type: "alert", alert });
       },
     });

@@ -22,6 +22,7 @@ import type { KvKey } from "../kv/kv.ts";
 import { StepLimit } from "./step_limit.ts";
 import { SlotNotifier } from "./driver/step_flow.ts";
 import { hostname, pid } from "../platform/process.ts";
+import { logLine } from "../platform/log.ts";
 
 /** Options of a {@linkcode Worker}. */
 export interface WorkerOptions {
@@ -160,7 +161,7 @@ export class Worker {
     if (this.#options.beforeSweep) {
       await this.#options.beforeSweep().catch((error) => {
         if (!this.#stop.signal.aborted) {
-          console.error(`kvflow: schedules: ${error instanceof Error ? error.message : error}`);
+          logLine("error", `kvflow: schedules: ${error instanceof Error ? error.message : error}`);
         }
       });
     }
@@ -197,7 +198,9 @@ export class Worker {
   wake(runId: string): void {
     if (this.#stop.signal.aborted || this.#active.has(runId)) return;
     this.execute(runId).catch((error) =>
-      console.error(`kvflow: run ${runId}: ${error instanceof Error ? error.message : error}`)
+      logLine("error", `kvflow: run ${runId}: ${error instanceof Error ? error.message : error}`, {
+        run: runId,
+      })
     );
   }
 
@@ -268,10 +271,12 @@ export class Worker {
       if (!run) return "skipped";
       const pipeline = this.#options.pipelines.get(run.pipeline) ??
         await this.#options.resolvePipeline?.(run).catch((error) => {
-          console.error(
+          logLine(
+            "error",
             `kvflow: run ${runId}: cannot load pipeline '${run.pipeline}' from ${run.module}: ${
               error instanceof Error ? error.message : error
             }`,
+            { run: runId },
           );
           return undefined;
         });
@@ -315,8 +320,10 @@ export class Worker {
       if (outcome === "lost") {
         // Paused past its deadline, cancelled, or taken over: an operator should know
         // why this worker dropped a run it was driving.
-        console.error(
+        logLine(
+          "warn",
           `kvflow: run ${runId}: lost its lease (cancelled, or taken over by another worker); results of this worker's attempts were not stored`,
+          { run: runId },
         );
       }
       if (outcome === "waiting") await this.#timeWakeUp(runId);
@@ -373,7 +380,7 @@ export class Worker {
     const store = this.#store;
     wakeQueued(store.kv, limit, store.clock.now(), undefined, store.committer).then(
       (runIds) => runIds.forEach((runId) => this.wake(runId)),
-      (error) => console.error(`kvflow: limit '${limit.key}': ${error?.message ?? error}`),
+      (error) => logLine("error", `kvflow: limit '${limit.key}': ${error?.message ?? error}`),
     );
   }
 
@@ -387,7 +394,7 @@ export class Worker {
   /** Runs a sweep that `stop()` waits for, logging (not throwing) its failure. */
   #runSweep(): Promise<void> {
     const sweep = this.sweep().catch((error) => {
-      if (!this.#stop.signal.aborted) console.error(`kvflow: sweep failed: ${error?.message}`);
+      if (!this.#stop.signal.aborted) logLine("error", `kvflow: sweep failed: ${error?.message}`);
     }).finally(() => this.#sweeping.delete(sweep));
     this.#sweeping.add(sweep);
     return sweep;
@@ -472,7 +479,10 @@ export class Worker {
    * delivers it when channels are configured.
    */
   alert(alert: AlertRecord): void {
-    (this.#options.onAlert ?? ((a: AlertRecord) => console.error(alertText(a))))(alert);
+    (this.#options.onAlert ??
+      ((a: AlertRecord) => logLine("error", alertText(a), { run: a.runId })))(
+        alert,
+      );
     if (this.#options.alertWebhook || this.#options.alertEmail) {
       this.#deliver(alert.runId, alert.seq);
     }
@@ -489,7 +499,9 @@ export class Worker {
       email: this.#options.alertEmail,
       owner: this.id,
       backoff: this.#options.alertBackoff,
-    }).catch((error) => console.error(`kvflow: alert of run ${runId}: ${error?.message}`))
+    }).catch((error) =>
+      logLine("error", `kvflow: alert of run ${runId}: ${error?.message}`, { run: runId })
+    )
       .finally(() => {
         this.#deliveries.delete(delivery);
         this.#delivering.delete(key);

@@ -25,6 +25,7 @@ import { retentionJson } from "../define/retention.ts";
 import { flowJson } from "../define/flow_view.ts";
 import type { PipelineJson, RunDetail, RunJson, StepJson, WaitJson } from "./schemas.ts";
 import type { Kv } from "../kv/kv.ts";
+import { env } from "../platform/env.ts";
 
 type AttemptJson = StepJson["attempts"][number];
 type ItemJson = NonNullable<StepJson["items"]>[number];
@@ -69,6 +70,8 @@ export function runJson(run: RunRecord, now = Date.now()): RunJson {
     priority: run.priority ?? 0,
     held: run.status === "queued" && run.held ? heldJson(run.held) : null,
     flow: run.flow ? runFlowJson(run.flow) : null,
+    traceId: run.trace?.traceId ?? null,
+    traceUrl: run.trace ? traceUrl(run.trace.traceId) : null,
   };
 }
 
@@ -131,6 +134,15 @@ function childOf(task: TaskRecord): string | undefined {
 /** Where the API serves a run. */
 export function runUrl(id: string): string {
   return `/api/runs/${encodeURIComponent(id)}`;
+}
+
+/**
+ * A trace in the tracing backend: `KVFLOW_TRACE_URL` (such as
+ * `http://localhost:16686/trace/{traceId}`) with the trace id put in; null when unset.
+ */
+export function traceUrl(traceId: string): string | null {
+  const template = env("KVFLOW_TRACE_URL");
+  return template ? template.replaceAll("{traceId}", traceId) : null;
 }
 
 /** Where the API serves an event. */

@@ -236,6 +236,13 @@ export const RunSchema = response(
     flow: RunFlowSchema.nullable().describe(
       "The limit, throttle and debounce it counts against; null when none",
     ),
+    traceId: z.string().nullable().describe(
+      "Its OpenTelemetry trace id (32 hex digits); null when it was never traced",
+    ),
+    traceUrl: z.string().nullable().describe(
+      "Its trace in the tracing backend, from KVFLOW_TRACE_URL with {traceId} replaced; " +
+        "null when that is not set or the run has no trace",
+    ),
   }),
 );
 

@@ -41,8 +41,8 @@ export interface ServiceOptions extends Tokens {
    * woke and started before it answers, ms. Default 25,000.
    */
   inlineBudgetMs?: number;
-  /** Where unexpected errors are logged. Default: stderr. */
-  log?: (line: string) => void;
+  /** Where unexpected errors (level `error`) and the listening line are logged. Default: stderr. */
+  log?: (line: string, level?: "info" | "error") => void;
 }
 
 /** Options of {@linkcode serve}. */
@@ -241,6 +241,7 @@ export class HttpService {
       const detail = thrown instanceof Error ? thrown.stack ?? thrown.message : String(thrown);
       log(
         `kvflow: HTTP ${req.method} ${quote(req.path, 200)} failed (reference ${ref}): ${detail}`,
+        "error",
       );
     });
   }
@@ -311,7 +312,7 @@ export function serve(engine: Engine, options: ServeOptions): Server {
         }`
         : "loopback only: KVFLOW_TOKEN is not set, so anyone on this machine may trigger, " +
           "resume and cancel runs; set it to accept other hosts";
-      log(`kvflow: serving on http://${hostname}:${port} (${access})`);
+      log(`kvflow: serving on http://${hostname}:${port} (${access})`, "info");
       options.onListen?.(port);
     },
   }, service.app.fetch);

@@ -41,6 +41,14 @@ export const RUN_STATUSES: readonly RunStatus[] = [
   "cancelled",
 ];
 
+/** A run's OpenTelemetry trace: its trace id and the id of its root `run` span. */
+export interface RunTrace {
+  /** 32 hex digits. */
+  traceId: string;
+  /** 16 hex digits: the root span every driver session of the run nests under. */
+  spanId: string;
+}
+
 /** The stored record of a run. */
 export interface RunRecord {
   /** Sortable by creation time. */
@@ -100,6 +108,8 @@ export interface RunRecord {
   paused?: PauseState | null;
   /** Its priority, 0 to 10 (`define/flow.ts`); absent: 0. */
   priority?: number;
+  /** Its trace, when it was created or driven with tracing on (`platform/tracing.ts`). */
+  trace?: RunTrace;
   /**
    * The limit and throttle it counts against, with their keys computed from its params
    * when it was created (absent: none).

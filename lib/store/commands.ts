@@ -18,6 +18,7 @@ import {
   type PauseState,
   type RunFlow,
   type RunRecord,
+  type RunTrace,
   TERMINAL,
 } from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
@@ -26,6 +27,7 @@ import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
 import { reclaimBlobs } from "../kv/blobs.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
+import { startRunTrace } from "../platform/tracing.ts";
 import type { StoreParts } from "./parts.ts";
 import type { Delivery } from "../model/events.ts";
 import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
@@ -59,6 +61,8 @@ export interface CreateRunInput {
   parent?: { runId: string; step: string; item: number };
   /** Its priority, 0 to 10. Default: the pipeline's (`priority`, else 0). */
   priority?: number;
+  /** With tracing on: the span its trace's root nests under (a child's parent session). */
+  traceParent?: RunTrace;
 }
 
 /** A claimed run: the records a driver starts from. */
@@ -159,6 +163,8 @@ export function newRun(
     ...(priority ? { priority } : {}),
     ...(flow ? { flow } : {}),
   };
+  const trace = startRunTrace(run, input.traceParent);
+  if (trace) run.trace = trace;
   // Refused here, not by KV in the middle of the run: the record grows later (an error
   // message of up to 4,000 characters), and every change rewrites it whole.
   const size = v8.serialize(run).byteLength;

@@ -24,6 +24,7 @@ import type { Clock } from "../../model/clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import type { Attempt } from "./attempt.ts";
 import type { Kv } from "../../kv/kv.ts";
+import { logStepLine, printStepLogs } from "../../platform/log.ts";
 
 const MAX_LOG_LINES = 500;
 const MAX_LOG_BYTES = 32_000;
@@ -89,6 +90,15 @@ export function stepContext(
         ? { at: clock.now(), level, message: text, fields: kept.fields }
         : { at: clock.now(), level, message: text },
     );
+    if (printStepLogs) {
+      logStepLine(level, text, {
+        run: runRecord.id,
+        step: node.def.name,
+        item: index,
+        attempt: record.attempt,
+        fields: kept?.fields,
+      });
+    }
     if (logs.length === MAX_LOG_LINES || bytes >= MAX_LOG_BYTES) {
       logs.push({
         at: clock.now(),

@@ -59,6 +59,8 @@ import { runInfo } from "./context.ts";
 import { moveDue, moveStatus } from "../../kv/indexes.ts";
 import { blame, queueHandBack } from "./refusal.ts";
 import type { Kv, KvKey } from "../../kv/kv.ts";
+import { SessionSpans, startRunTrace, tracingOn, withinAttempt } from "../../platform/tracing.ts";
+import { logLine } from "../../platform/log.ts";
 
 export type { RunEvent } from "./checkpoints.ts";
 
@@ -143,6 +145,8 @@ export class RunDriver {
   readonly #waits: Waits;
   /** Step limits and throttles: tasks taking a slot or waiting for one. */
   readonly #flow: StepFlow;
+  /** With tracing on, from `start`: the spans of this session of the run. */
+  #spans: SessionSpans | undefined;
   /** Whether the run is being parked (its waits recorded, its lease given up). */
   #parking = false;
   /**
@@ -222,6 +226,7 @@ export class RunDriver {
       records: this.#records,
       checkpoints: this.#checkpoints,
       runInfo: () => runInfo(this.#records.run),
+      traceParent: () => this.#spans?.trace,
       inputs: async (node) => knownInputs(node) ?? await this.#inputs(node),
       acting: () => this.#acting(),
       settle: (node, index, record, result, consumed) =>
@@ -284,11 +289,27 @@ export class RunDriver {
         keyBytes: keySize(key),
       });
     }
+    if (tracingOn) this.#openSpans();
     this.#checkpoints.emit({ type: "run", run: this.#records.run });
     this.#lease.start();
     // claimed because a delivery rang the bell, or holding deliveries from before
     if (this.#graph.anyWaiting()) await this.#waits.readInbox();
     this.wake();
+  }
+
+  /**
+   * Opens this session's span under the run's trace. A run created without tracing gets
+   * its trace now, stored with the next checkpoint, so its later sessions share it.
+   */
+  #openSpans(): void {
+    const run = this.#records.run;
+    let trace = run.trace;
+    if (!trace) {
+      trace = startRunTrace(run);
+      if (!trace) return;
+      this.#records.changeRun({ ...run, trace });
+    }
+    this.#spans = new SessionSpans(run, trace);
   }
 
   /**
@@ -457,8 +478,10 @@ export class RunDriver {
         // the caller reports it: a full disk ends the run's driving here, not in retries
         this.#unavailable = cause.error;
       } else if (cause) {
-        console.error(
+        logLine(
+          "error",
           `kvflow: run ${this.#runId}: could not write to KV: ${toErrorInfo(cause.error).message}`,
+          { run: this.#runId },
         );
       }
       this.#abortRunning("Run cancelled or taken over by another worker");
@@ -477,6 +500,7 @@ export class RunDriver {
     this.#attempts.stop();
     this.#cancelWake?.();
     this.#options.stepLimit.forget(this);
+    this.#spans?.end(outcome);
     if (this.#unavailable) this.#reject(this.#unavailable);
     else this.#resolve(outcome);
   }
@@ -634,6 +658,20 @@ export class RunDriver {
       done = succeedTask(started, now, stored);
       if (index < 0) node.output = { value };
       else node.fan!.outputs.set(index, value);
+    }
+    if (this.#spans && record.wait) {
+      this.#spans.interval(
+        "wait",
+        {
+          step: node.def.name,
+          item: index,
+          start: record.wait.since,
+          end: now,
+          outcome: done.status,
+        },
+        { "kvflow.wait": record.wait.kind },
+        done.status === "failed" ? done.error : null,
+      );
     }
     // the delivery that ended the wait leaves the inbox in the commit of its result
     for (const key of consumed) this.#checkpoints.write(key, null, 256);
@@ -874,6 +912,15 @@ export class RunDriver {
       ? node.record
       : node.fan!.records.get(index) ?? pendingTask(node.record.generation);
     const record = startAttempt(before, now);
+    if (this.#spans && before.status === "retrying" && before.endedAt !== null) {
+      this.#spans.interval("retry", {
+        step: node.def.name,
+        item: index,
+        start: before.endedAt,
+        end: now,
+        outcome: "retried",
+      }, { "kvflow.attempt": before.attempt, "kvflow.retry_at": before.nextAt ?? now });
+    }
     this.#records.setTask(node, index, record);
     const attempt = this.#attempts.add(node, index, record);
     if (node.fan) node.fan.running++;
@@ -902,6 +949,7 @@ export class RunDriver {
       ok: false;
       error: ErrorInfo;
     };
+    const span = this.#spans?.attempt(name, index, record.attempt);
     try {
       const inputs = knownInputs(node) ?? await this.#inputs(node);
       const ctx = stepContext(this.#contextHost, attempt, inputs);
@@ -918,10 +966,13 @@ export class RunDriver {
           idempotencyKey: ctx.idempotencyKey,
         });
       }
-      if (!attempts.owns(attempt)) return;
-      const body = index < 0
-        ? node.def.run(inputs, ctx)
-        : node.def.run(node.fan!.values[index], ctx);
+      if (!attempts.owns(attempt)) {
+        if (span) this.#spans!.endAttempt(span, "abandoned");
+        return;
+      }
+      const run = () =>
+        index < 0 ? node.def.run(inputs, ctx) : node.def.run(node.fan!.values[index], ctx);
+      const body = span ? withinAttempt(span, run) : run();
       const value = checkOutput(node.def, await untilAborted(body, attempt));
       // small values (the usual case) without an await
       const stored = encodeSmall(this.#kv, value) ?? await encodeMeasured(
@@ -937,6 +988,10 @@ export class RunDriver {
     } finally {
       // the timeout timer skips it from now on; it stays armed for the next body
       attempt.deadline = Infinity;
+    }
+    if (!attempts.owns(attempt) || !this.#acting()) {
+      // lost, stopped or timed out meanwhile: the result is not this session's to record
+      if (span) this.#spans!.endAttempt(span, "abandoned", result.ok ? null : result.error);
     }
     if (!attempts.owns(attempt)) return;
     attempts.delete(attempt);
@@ -959,6 +1014,7 @@ export class RunDriver {
       node.retry.attempts,
       retryDelay(node.retry, spentAttempts(record)),
     );
+    if (span) this.#spans!.endAttempt(span, done.status, result.ok ? null : result.error, now);
     const size = result.ok && "inline" in result.stored ? 50_000 : 1024;
     if (result.ok && "blob" in result.stored) {
       // the checkpoint refers to the blob: it is no longer pending

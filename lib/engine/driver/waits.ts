@@ -20,7 +20,7 @@ import {
 } from "../../model/events.ts";
 import type { ErrorInfo } from "../../model/errors.ts";
 import { toErrorInfo, UsageError } from "../../model/errors.ts";
-import type { RunRecord, TaskRecord, WaitState } from "../../model/records.ts";
+import type { RunRecord, RunTrace, TaskRecord, WaitState } from "../../model/records.ts";
 import { pendingTask } from "../../model/transitions.ts";
 import * as keys from "../../kv/keys.ts";
 import { dueIndexTime } from "../../kv/indexes.ts";
@@ -55,6 +55,8 @@ export interface WaitHost {
   checkpoints: Checkpoints;
   /** The run as a step sees it. */
   runInfo(): RunInfo;
+  /** With tracing on: the driver session's span, which a child run's trace nests under. */
+  traceParent(): RunTrace | undefined;
   /** The inputs of a node's step. */
   inputs(node: StepNode): Promise<Record<string, unknown>>;
   /** Whether the driver still acts on the run. */
@@ -330,6 +332,7 @@ export class Waits {
         trigger: "child",
         logicalDate: host.records.run.logicalDate,
         parent: { runId: host.runId, step, item: index },
+        traceParent: host.traceParent(),
       });
       if (!host.acting()) return;
       const outcome = await host.checkpoints.commitFenced((op) => {
