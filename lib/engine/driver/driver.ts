@@ -147,6 +147,12 @@ export class RunDriver {
   readonly #flow: StepFlow;
   /** With tracing on, from `start`: the spans of this session of the run. */
   #spans: SessionSpans | undefined;
+  /**
+   * Whether `start` has built the step graph from KV. Before, the driver neither wakes
+   * nor reads the inbox: an empty graph would look all succeeded, and every delivery
+   * would look as if it were for no step and be dropped.
+   */
+  #started = false;
   /** Whether the run is being parked (its waits recorded, its lease given up). */
   #parking = false;
   /**
@@ -290,9 +296,11 @@ export class RunDriver {
       });
     }
     if (tracingOn) this.#openSpans();
+    this.#started = true;
     this.#checkpoints.emit({ type: "run", run: this.#records.run });
     this.#lease.start();
-    // claimed because a delivery rang the bell, or holding deliveries from before
+    // claimed because a delivery rang the bell, or holding deliveries from before (a
+    // notify that came while the graph was loading was left for this read)
     if (this.#graph.anyWaiting()) await this.#waits.readInbox();
     this.wake();
   }
@@ -317,7 +325,8 @@ export class RunDriver {
    * queue hint from another). Its waits take what was delivered.
    */
   notify(): void {
-    if (!this.#acting()) return;
+    // before the graph is built, `start` reads the inbox itself
+    if (!this.#acting() || !this.#started) return;
     this.#waits.readInbox().then(() => this.wake(), this.#onFlushError);
   }
 
@@ -698,6 +707,8 @@ export class RunDriver {
    * run when nothing runs and nothing can start.
    */
   wake(): void {
+    // nothing to look at before `start` built the graph (and it wakes the run then)
+    if (!this.#started) return;
     const state = this.#state;
     if (state === "draining") {
       // shutting down: start nothing new, but make finished results durable
