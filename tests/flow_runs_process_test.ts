@@ -48,6 +48,33 @@ async function allEnded(box: Sandbox, pipeline: string, n: number): Promise<RunR
     return runs.length === n && runs.every((r) => TERMINAL.has(r.status)) ? runs : undefined;
   }).catch(async (error) => {
     const open = (await box.runsOf(pipeline)).filter((r) => !TERMINAL.has(r.status));
+    const dump = await box.withStore(async ({ kv }) => {
+      const out: string[] = [`${open.length} open`];
+      const ids = new Set(open.map((r) => r.id));
+      for await (const e of kv.list({ prefix: keys.duePrefix() })) {
+        const id = String(e.key[3]);
+        if (ids.has(id) || id.startsWith("limit")) {
+          out.push(`due ${String(e.key[2])} ${id} ${JSON.stringify(e.value)}`);
+        }
+      }
+      for (const r of open.slice(0, 5)) {
+        out.push(
+          `run ${r.id} status=${r.status} started=${r.startedAt} slot=${r.slot} flow=${
+            JSON.stringify(r.flow)
+          } due=${r.dueAt} created=${r.createdAt} prio=${r.priority} takeovers=${r.takeovers}`,
+        );
+        const lease = await kv.get(keys.lease(r.id));
+        out.push(`  lease ${JSON.stringify(lease.value)}`);
+      }
+      for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) {
+        out.push(`slot ${JSON.stringify(e.key)} ${JSON.stringify(e.value)}`);
+      }
+      for await (const e of kv.list({ prefix: [keys.allSlotsPrefix()[0], "limit_queue"] })) {
+        out.push(`queue ${JSON.stringify(e.key)} ${JSON.stringify(e.value)}`);
+      }
+      return out.join("\n");
+    });
+    console.log(dump);
     throw new Error(
       `${error.message}: open: ${
         open.slice(0, 5).map((r) =>
@@ -64,7 +91,12 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   const ledgerPath = `${box.dir}/flow.sqlite`;
   openFlowLedger(ledgerPath).close();
   const env = { FLOW_LEDGER: ledgerPath, KVFLOW_LEASE_MS: "5000", KVFLOW_POLL_MS: "100" };
-  const spawnWorker = () => box.spawn(["worker"], { entry: ENTRY, env });
+  const spawned: Proc[] = [];
+  const spawnWorker = () => {
+    const p = box.spawn(["worker"], { entry: ENTRY, env });
+    spawned.push(p);
+    return p;
+  };
   const workers: Proc[] = Array.from({ length: WORKERS }, spawnWorker);
   await Promise.all(workers.map((w) => w.waitForOutput(/worker \S+ started/, 60_000)));
 
@@ -95,7 +127,13 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   }
   await creating;
   kv.close();
-  const runs = await allEnded(box, "flow-limited", RUNS);
+  const runs = await allEnded(box, "flow-limited", RUNS).catch((e) => {
+    for (const p of spawned) {
+      const err = p.stderr.split("\n").filter((l) => l && !/started/.test(l));
+      if (err.length) console.log(`worker ${p.pid}: ${err.slice(-8).join(" | ")}`);
+    }
+    throw e;
+  });
   for (const w of workers) w.kill("SIGTERM");
   await Promise.all(workers.map((w) => w.exit()));
   assert.ok(kills.size >= 3, `only ${kills.size} kills`);

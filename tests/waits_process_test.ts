@@ -49,6 +49,59 @@ async function allRuns(box: Sandbox): Promise<RunRecord[]> {
   });
 }
 
+/** What KV holds of a parent: its run, its steps, its items by status, its children. */
+async function dumpParent(box: Sandbox, id: string, items: number): Promise<string> {
+  return await box.withStore(async (store) => {
+    const run = await store.getRun(id);
+    const out: string[] = [
+      `run ${id} ${run?.status} takeovers=${run?.takeovers} ended=${run?.endedAt}`,
+    ];
+    for (const step of ["list", "children", "sum"]) {
+      const e = await store.kv.get<TaskRecord>(keys.step(id, step));
+      const r = e.value;
+      out.push(
+        `step ${step}: ${r?.status} items=${r?.items} attempt=${r?.attempt} gen=${r?.generation} start=${r?.startedAt} end=${r?.endedAt} out=${!!r
+          ?.output} vs=${e.versionstamp}`,
+      );
+    }
+    const byStatus: Record<string, number> = {};
+    const kinds: string[] = [];
+    for await (const e of store.kv.list<TaskRecord>({ prefix: keys.itemPrefix(id, "children") })) {
+      byStatus[e.value.status] = (byStatus[e.value.status] ?? 0) + 1;
+      if (e.value.status !== "succeeded") kinds.push(`${String(e.key[4])}:${e.value.status}`);
+    }
+    out.push(`items ${JSON.stringify(byStatus)} ${kinds.slice(0, 10).join(",")}`);
+    let there = 0;
+    const missing: number[] = [];
+    for (let i = 0; i < items; i++) {
+      if (await store.getRun(childRunId(id, "children", i))) there++;
+      else missing.push(i);
+    }
+    out.push(`child records ${there}, missing ${missing.slice(0, 20).join(",")}`);
+    const attempts: string[] = [];
+    for await (
+      const e of store.kv.list<
+        {
+          step: string;
+          item: number;
+          n: number;
+          status?: string;
+          startedAt?: number;
+          endedAt?: number;
+        }
+      >({ prefix: keys.attemptPrefix(id) })
+    ) {
+      if (e.value.step !== "children") {
+        attempts.push(
+          `${e.value.step}#${e.value.n} ${e.value.status} ${e.value.startedAt}-${e.value.endedAt}`,
+        );
+      }
+    }
+    out.push(`attempts ${attempts.join("; ")}`);
+    return out.join("\n");
+  });
+}
+
 /** How many entries KV holds under each prefix. */
 async function countEntries(
   box: Sandbox,
@@ -262,6 +315,9 @@ Deno.test("a child started by a step whose worker was SIGKILLed mid-start exists
         return found;
       });
       odd.push(...records);
+      for (const [parent, kids] of perParent) {
+        if (kids.length !== ITEMS) odd.push(await dumpParent(box, parent, ITEMS));
+      }
       const failed = runs.filter((r) => r.status !== "succeeded")
         .map((r) => `${r.id} ${r.status}: ${r.error?.step} ${r.error?.message}`);
       throw new Error(
@@ -325,8 +381,11 @@ Deno.test("a child started by a step whose worker was SIGKILLed mid-start exists
       const run = await store.requireRun(p.id);
       assert.equal(run.status, "succeeded", `${p.id}: ${run.error?.message}`);
       for (let i = 0; i < ITEMS; i++) assert.ok(seen.has(`${p.id}/${i}`), `${p.id}/${i}`);
+      const got = await store.getOutput(p.id, "children").catch(async (e) => {
+        throw new Error(`${e.message}\n${await dumpParent(box, p.id, ITEMS)}`);
+      });
       assert.deepEqual(
-        await store.getOutput(p.id, "children"),
+        got,
         Array.from({ length: ITEMS }, (_, i) => 2 * i),
       );
       assert.equal(await store.getOutput(p.id, "sum"), ITEMS * (ITEMS - 1));
