@@ -109,6 +109,47 @@ Deno.test("runs held by a full limit start first come, first served, with the re
   assert.deepEqual(await flowLeftovers(engine.store.kv), { slots: 0, queued: 0 });
 });
 
+Deno.test("a long queue under a limit drains: 25 runs of one key, 2 at a time, each freed slot wakes the next in order", async () => {
+  const order: number[] = [];
+  const gate = deferred();
+  const seen = concurrency();
+  const work = step("work", async (_inputs, ctx) => {
+    const n = (ctx.run.params as { n: number }).n;
+    seen.enter("k");
+    order.push(n);
+    if (n < 2) await gate.promise;
+    await delay(2);
+    seen.leave("k");
+    return n;
+  });
+  const p = pipeline("long-queue", {
+    params: z.object({ n: z.number() }),
+    limit: { key: () => "k", max: 2 },
+    steps: [work],
+  });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], pollMs: 20 });
+  engine.start();
+  const ids: string[] = [];
+  for (let n = 0; n < 25; n++) {
+    ids.push((await engine.trigger("long-queue", { params: { n } })).id);
+    await delay(2);
+  }
+  // more runs wait in the key's queue than KV reads in one getMany
+  await waitFor("23 runs held", async () => {
+    const runs = await Promise.all(ids.slice(2).map((id) => engine.store.requireRun(id)));
+    return runs.every((r) => r.held?.by === "limit");
+  });
+  gate.resolve();
+  await waitFor("every run ended", () => allEnded(engine.store, ids), 20_000);
+  for (const id of ids) assert.equal((await engine.store.requireRun(id)).status, "succeeded");
+  // first come, first served: two freed slots may start two queued runs in either order,
+  // but no run starts before one queued two places ahead of it
+  assert.deepEqual([...order].sort((a, b) => a - b), Array.from({ length: 25 }, (_, i) => i));
+  order.forEach((n, i) => assert.ok(n <= i + 1, `run ${n} started ${i}th: ${order.join(",")}`));
+  assert.equal(seen.most.get("k"), 2);
+  assert.deepEqual(await flowLeftovers(engine.store.kv), { slots: 0, queued: 0 });
+});
+
 Deno.test("cancel of a running run frees its slot and the next run starts; cancel of a held run leaves the queue", async () => {
   const started: string[] = [];
   const work = step("work", async (_inputs, ctx) => {

@@ -15,6 +15,7 @@ import { deadlineOf, deadlineText, lastTickDue } from "../define/deadline.ts";
 import type { AlertRecord, DeadlineMissInfo } from "../alerts/alert.ts";
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
+import { getAll } from "../kv/reads.ts";
 import type { Kv } from "../kv/kv.ts";
 import type { RunRecord } from "../model/records.ts";
 import type { Store } from "../store/store.ts";
@@ -93,10 +94,8 @@ export class DeadlineWatch {
     ).filter((t) => t > since && !this.#settled.has(`${pipeline}@${t}`));
     if (ticks.length === 0) return [];
     const kv = this.#store.kv;
-    const misses = await kv.getMany<DeadlineMiss[]>(
-      ticks.map((t) => keys.deadlineMiss(pipeline, t)),
-    );
-    const runs = await kv.getMany<RunRecord[]>(ticks.map((t) => keys.run(tickRunId(pipeline, t))));
+    const misses = await getAll<DeadlineMiss>(kv, ticks.map((t) => keys.deadlineMiss(pipeline, t)));
+    const runs = await getAll<RunRecord>(kv, ticks.map((t) => keys.run(tickRunId(pipeline, t))));
     const out: AlertRecord[] = [];
     for (const [i, tick] of ticks.entries()) {
       const deadline = deadlineOf(schedule.deadline!, schedule.timezone, tick);

@@ -23,6 +23,9 @@ export const KV_COMMIT_BYTES = 800 * 1024;
 /** Bytes of keys KV allows in one atomic commit (80 KiB). */
 export const KV_COMMIT_KEY_BYTES = 80 * 1024;
 
+/** Keys KV reads in one `getMany` ("Too many ranges" beyond). */
+export const KV_GET_MANY_KEYS = 10;
+
 /** The longest delay of a queue message (30 days). */
 export const KV_ENQUEUE_DELAY_MS = 30 * 86_400_000;
 

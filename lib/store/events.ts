@@ -31,6 +31,7 @@ import type { RunRecord } from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
 import { KV_COMMIT_CHECKS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
 import { commitAtomic } from "../kv/commit.ts";
+import { getAll } from "../kv/reads.ts";
 import { addRunCreation, newRun } from "./commands.ts";
 import type { StoreParts } from "./parts.ts";
 import { addTrigger, debounceOf, readBurst } from "./debounce.ts";
@@ -169,7 +170,7 @@ export async function sendEvent(
   const burstChecks = 2 * debounced.filter((d) => d !== null).length;
   const budget = deliveryBudget(store, index.length + burstChecks, json.length);
   for (let tries = 0; tries < 50; tries++) {
-    const heads = await store.kv.getMany(index.map(([f, v]) => keys.eventHead(name, f, v)));
+    const heads = await getAll(store.kv, index.map(([f, v]) => keys.eventHead(name, f, v)));
     const waits = await matchingWaits(store, name, index);
     const op = store.kv.atomic().check({ key: keys.event(id), versionstamp: null });
     for (const head of heads) op.check(head).set(head.key, id);

@@ -22,6 +22,7 @@
 import * as keys from "../kv/keys.ts";
 import { addGate, type GateDue, moveDue, queueRank } from "../kv/indexes.ts";
 import { commitAtomic, type GroupCommitter } from "../kv/commit.ts";
+import { getAll } from "../kv/reads.ts";
 import { formatMs } from "../define/duration.ts";
 import { type HeldState, type RunRecord, type SlotHolder, TERMINAL } from "../model/records.ts";
 import type { AtomicOperation, Kv, KvEntry, KvEntryMaybe, KvKey } from "../kv/kv.ts";
@@ -233,7 +234,7 @@ export async function wakeQueued(
     ? await queued(kv, scope, key, free + GATE_BATCH)
     : [];
   const runs = entries.length > 0
-    ? await kv.getMany<RunRecord[]>(entries.map((e) => keys.run(e.value)))
+    ? await getAll<RunRecord>(kv, entries.map((e) => keys.run(e.value)))
     : [];
   // built as a list of changes, so the commit may share a grouped commit (its keys are
   // this limit key's: a worker opens one gate of a key at a time)
@@ -302,7 +303,7 @@ async function waitingAhead(
 ): Promise<number> {
   const ahead = queue.filter((e) => compareKeys(e.key, mine) < 0);
   if (ahead.length === 0) return 0;
-  const runs = await kv.getMany<RunRecord[]>(ahead.map((e) => keys.run(e.value)));
+  const runs = await getAll<RunRecord>(kv, ahead.map((e) => keys.run(e.value)));
   return runs.filter(({ value: run }) =>
     run !== null && run.status === "queued" && run.slot == null
   ).length;

@@ -9,6 +9,7 @@
  */
 import * as keys from "../kv/keys.ts";
 import type { Kv, KvKey } from "../kv/kv.ts";
+import { getAll } from "../kv/reads.ts";
 import { UsageError } from "../model/errors.ts";
 import { isRunId } from "../model/run_id.ts";
 import type { RunRecord, StepStatus, TaskRecord } from "../model/records.ts";
@@ -122,11 +123,7 @@ async function page(
 
 /** Values of many keys, ten to a `getMany` (KV's limit), the batches read in parallel. */
 async function getManyValues<T>(kv: Kv, list: KvKey[]): Promise<(T | null)[]> {
-  const batches: Promise<(T | null)[]>[] = [];
-  for (let i = 0; i < list.length; i += 10) {
-    batches.push(kv.getMany<T[]>(list.slice(i, i + 10)).then((es) => es.map((e) => e.value)));
-  }
-  return (await Promise.all(batches)).flat();
+  return (await getAll<T>(kv, list)).map((e) => e.value);
 }
 
 /** A cell's key in {@linkcode GridTasks}' maps. */

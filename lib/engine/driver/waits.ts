@@ -25,6 +25,7 @@ import { pendingTask } from "../../model/transitions.ts";
 import * as keys from "../../kv/keys.ts";
 import { dueIndexTime } from "../../kv/indexes.ts";
 import type { KvKey } from "../../kv/kv.ts";
+import { getAll } from "../../kv/reads.ts";
 import {
   addWaitEntries,
   deleteWaitEntries,
@@ -228,7 +229,7 @@ export class Waits {
     };
     const waiting = waitingTask(record, wait);
     for (let tries = 0; tries < 100; tries++) {
-      const heads = await host.store.kv.getMany(waitHeads(names, spec.field, value));
+      const heads = await getAll(host.store.kv, waitHeads(names, spec.field, value));
       const { found, mismatches } = await lookupEvents(
         host.store,
         { names, field: spec.field, value, after },
