@@ -85,6 +85,8 @@ export function encodeSmall(kv: Kv, value: unknown): Stored | undefined {
  * inline output can be. Small values cost a few hundred nanoseconds to measure.
  */
 export function inlineBytes(value: unknown): number {
+  if (typeof value === "string") return Math.min(INLINE_BYTES, 10 + 2 * value.length);
+  if (value === null || (typeof value !== "object" && typeof value !== "bigint")) return 16;
   return Math.min(INLINE_BYTES, estimateSize(value, INLINE_BYTES));
 }
 
