@@ -25,6 +25,27 @@ interface Profile {
   timeDeltas: number[];
 }
 
+/**
+ * Where a function's self time belongs: kvflow's own code, KV's native calls, KV's value
+ * (de)serialization, the rest of KV's JavaScript binding, garbage collection, the benchmark
+ * itself, or the runtime (event loop, timers, promises, ops, the profiler's `(program)`).
+ */
+function category(cf: CallFrame): string {
+  const name = cf.functionName;
+  if (name === "(idle)") return "idle";
+  if (name === "(garbage collector)") return "garbage collection";
+  if (/^op_kv_atomic_write/.test(name)) return "KV writes (native commit call)";
+  if (/^op_kv_/.test(name)) return "KV reads and other native KV calls";
+  if (
+    /^(op_)?(de)?serialize(Value)?$/.test(name) || /deno_node\/v8\.ts/.test(cf.url) ||
+    /^(read|write)Value$/.test(name)
+  ) return "KV serialization (V8 structured clone)";
+  if (/deno_kv/.test(cf.url)) return "KV JavaScript binding (keys, atomic ops)";
+  if (/\/lib\//.test(cf.url)) return "kvflow JavaScript (lib/)";
+  if (/\/bench\//.test(cf.url)) return "benchmark code";
+  return "runtime (event loop, timers, promises, other ops)";
+}
+
 function label(cf: CallFrame): string {
   const file = cf.url.split("/").slice(-2).join("/");
   return `${cf.functionName || "(anonymous)"} ${file}${file ? `:${cf.lineNumber + 1}` : ""}`;
@@ -46,10 +67,13 @@ if (import.meta.main) {
     totalUs += dt;
   });
   const self = new Map<string, number>();
+  const byCategory = new Map<string, number>();
   const inclusive = new Map<string, number>();
   for (const [id, us] of selfUs) {
     const name = label(nodes.get(id)!.callFrame);
     self.set(name, (self.get(name) ?? 0) + us);
+    const kind = category(nodes.get(id)!.callFrame);
+    byCategory.set(kind, (byCategory.get(kind) ?? 0) + us);
     const seen = new Set<string>();
     for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
       const n = label(nodes.get(cur)!.callFrame);
@@ -72,6 +96,7 @@ if (import.meta.main) {
       );
     }
   };
+  print("self time by kind", byCategory);
   print("self time", self);
   print("inclusive time", inclusive);
 }

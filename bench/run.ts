@@ -15,6 +15,8 @@
  * 10. `parked`: 10,000 and 100,000 parked runs: worker memory, sweep, idle CPU, send.
  * 11. `prune`: a month of a busy pipeline with a 3-day retention and a moved clock: the KV
  *     file's size day by day (it must stop growing), and runs pruned per second.
+ * 2b. `inflight`: throughput against runs in flight (50, 500, 5,000) in one process, with
+ *     CPU time per step of each thread and bytes written per step.
  * 12. `limit`: flow control: the 500-run throughput with and without a run limit, and the
  *     claim latency of a queued run when its slot frees, same process and another.
  *
@@ -39,6 +41,7 @@ import { sendRows, sends, type SendSizes } from "./sends.ts";
 import { logParked, parked, parkedRows, type ParkedSizes } from "./parked.ts";
 import { prune, pruneRows, type PruneSizes } from "./prune.ts";
 import { flowBench, flowRows, type FlowSizes } from "./flow.ts";
+import { inflight, inflightRows, type InflightSizes } from "./inflight.ts";
 import { machine, markdown, type Row, writeTable } from "./report.ts";
 import { fmt, log, TIMEOUT_MS } from "./_util.ts";
 
@@ -57,6 +60,7 @@ interface Sizes {
   parked: ParkedSizes;
   prune: PruneSizes;
   limit: FlowSizes;
+  inflight: InflightSizes;
 }
 
 const FULL: Sizes = {
@@ -72,6 +76,7 @@ const FULL: Sizes = {
   parked: { engineRuns: 10_000, total: 100_000, samples: 20, cpuSeconds: 5 },
   prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000 },
   limit: { runs: 500, repeats: 3, local: 50, cross: 20 },
+  inflight: { runs: [50, 500, 5000], repeats: 3 },
 };
 
 const QUICK: Sizes = {
@@ -87,11 +92,13 @@ const QUICK: Sizes = {
   parked: { engineRuns: 2000, total: 10_000, samples: 10, cpuSeconds: 2 },
   prune: { days: 12, runsPerDay: 50, retentionDays: 3, backlog: 300 },
   limit: { runs: 100, repeats: 1, local: 10, cross: 5 },
+  inflight: { runs: [50, 500], repeats: 1 },
 };
 
 const SECTIONS = [
   "sequential",
   "throughput",
+  "inflight",
   "restart",
   "retry",
   "history",
@@ -184,6 +191,7 @@ async function main(): Promise<number> {
       (signal) => throughput(dir, sizes.throughput, signal),
       throughputRows,
     );
+    await section("inflight", (signal) => inflight(dir, sizes.inflight, signal), inflightRows);
     await section("restart", (signal) => restart(dir, sizes.restart, signal), restartRows);
     await section("retry", () => retry(file("retry"), sizes.retry), retryRows);
     await section("history", () => history(dir, sizes.history), historyRows);

@@ -79,6 +79,17 @@ export function encodeSmall(kv: Kv, value: unknown): Stored | undefined {
   return undefined;
 }
 
+/**
+ * Bytes an inline output may add to a commit, for sizing group commits: an upper estimate
+ * (strings at two bytes a character), capped at {@linkcode INLINE_BYTES}, the most an
+ * inline output can be. Small values cost a few hundred nanoseconds to measure.
+ */
+export function inlineBytes(value: unknown): number {
+  if (typeof value === "string") return Math.min(INLINE_BYTES, 10 + 2 * value.length);
+  if (value === null || (typeof value !== "object" && typeof value !== "bigint")) return 16;
+  return Math.min(INLINE_BYTES, estimateSize(value, INLINE_BYTES));
+}
+
 /** Reads back a value stored by {@linkcode encodeValue}. */
 export async function decodeValue(kv: Kv, runId: string, stored: Stored): Promise<unknown> {
   if ("inline" in stored) return stored.inline;

@@ -21,7 +21,7 @@ import { KvUnavailableError, toErrorInfo } from "../../model/errors.ts";
 import type { ErrorInfo } from "../../model/errors.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
-import { decodeValue, encodeMeasured, encodeSmall } from "../../kv/values.ts";
+import { decodeValue, encodeMeasured, encodeSmall, inlineBytes } from "../../kv/values.ts";
 import type { PauseState, RunRecord, Stored, TaskRecord } from "../../model/records.ts";
 import { pausedRecord } from "../../store/pause.ts";
 import {
@@ -661,7 +661,7 @@ export class RunDriver {
       if ("blob" in stored) {
         this.#checkpoints.write(keys.blobPending(this.#runId, stored.blob.id), null, 256);
       } else {
-        size = 50_000;
+        size = 1024 + inlineBytes(value);
       }
       now = this.#clock.now();
       done = succeedTask(started, now, stored);
@@ -1026,7 +1026,8 @@ export class RunDriver {
       retryDelay(node.retry, spentAttempts(record)),
     );
     if (span) this.#spans!.endAttempt(span, done.status, result.ok ? null : result.error, now);
-    const size = result.ok && "inline" in result.stored ? 50_000 : 1024;
+    // an inline output counted at its size: a group commit then holds as many as fit
+    const size = result.ok && "inline" in result.stored ? 1024 + inlineBytes(result.value) : 1024;
     if (result.ok && "blob" in result.stored) {
       // the checkpoint refers to the blob: it is no longer pending
       this.#checkpoints.write(keys.blobPending(this.#runId, result.stored.blob.id), null, 256);
