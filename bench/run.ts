@@ -18,6 +18,10 @@
  * 12. `limit`: flow control: the 500-run throughput with and without a run limit, and the
  *     claim latency of a queued run when its slot frees, same process and another.
  *
+ * 13. `remote`: the engine over a simulated remote KV (10 checks a commit, no queues, a
+ *     round trip of 5, 20, 50 ms a call): the sequential step, throughput with 1, 4 and 16
+ *     engines, round trips per step next to home's.
+ *
  * `--only waits` selects 7–10.
  *
  * Every time is also given as a ratio to the KV commit floor measured next to it, in the
@@ -39,6 +43,7 @@ import { sendRows, sends, type SendSizes } from "./sends.ts";
 import { logParked, parked, parkedRows, type ParkedSizes } from "./parked.ts";
 import { prune, pruneRows, type PruneSizes } from "./prune.ts";
 import { flowBench, flowRows, type FlowSizes } from "./flow.ts";
+import { remote, remoteRows, type RemoteSizes } from "./remote.ts";
 import { machine, markdown, type Row, writeTable } from "./report.ts";
 import { fmt, log, TIMEOUT_MS } from "./_util.ts";
 
@@ -57,6 +62,7 @@ interface Sizes {
   parked: ParkedSizes;
   prune: PruneSizes;
   limit: FlowSizes;
+  remote: RemoteSizes;
 }
 
 const FULL: Sizes = {
@@ -72,6 +78,15 @@ const FULL: Sizes = {
   parked: { engineRuns: 10_000, total: 100_000, samples: 20, cpuSeconds: 5 },
   prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000 },
   limit: { runs: 500, repeats: 3, local: 50, cross: 20 },
+  remote: {
+    rtts: [5, 20, 50],
+    steps: 30,
+    repeats: 3,
+    throughputRtt: 20,
+    workers: [1, 4, 16],
+    inFlight: [8, 64],
+    rounds: 2,
+  },
 };
 
 const QUICK: Sizes = {
@@ -87,6 +102,15 @@ const QUICK: Sizes = {
   parked: { engineRuns: 2000, total: 10_000, samples: 10, cpuSeconds: 2 },
   prune: { days: 12, runsPerDay: 50, retentionDays: 3, backlog: 300 },
   limit: { runs: 100, repeats: 1, local: 10, cross: 5 },
+  remote: {
+    rtts: [5, 20],
+    steps: 10,
+    repeats: 1,
+    throughputRtt: 20,
+    workers: [1, 4],
+    inFlight: [8],
+    rounds: 1,
+  },
 };
 
 const SECTIONS = [
@@ -102,6 +126,7 @@ const SECTIONS = [
   "parked",
   "prune",
   "limit",
+  "remote",
 ] as const;
 type Section = typeof SECTIONS[number];
 
@@ -202,6 +227,7 @@ async function main(): Promise<number> {
     }, parkedRows);
     await section("prune", () => prune(dir, sizes.prune), pruneRows);
     await section("limit", (signal) => flowBench(dir, sizes.limit, signal), flowRows);
+    await section("remote", (signal) => remote(dir, sizes.remote, signal), remoteRows);
     info.loadAfter = Deno.loadavg();
     const text = markdown(rows, info);
     console.log(text);
