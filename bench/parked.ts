@@ -410,11 +410,11 @@ function reopenedRow(idle: ParkedStage, s: ParkedStage): Row {
       fmt(s.heapUsedMiB, 1)
     } MiB; RSS ${fmt(s.rssOpenedMiB ?? NaN, 0)} MiB once open, ${
       fmt(s.rssFirstSweepMiB ?? NaN, 0)
-    } after the first sweep; one sweep p50 ${fmt(s.sweep.p50, 2)} ms, max ${fmt(s.sweep.max, 2)}; idle CPU ${
-      fmt(s.cpuMsPerSecond, 1)
-    } ms/s (idle engine ${fmt(idle.cpuMsPerSecond, 1)}); send matching 0 / 1 p50 ${
-      fmt(s.sendNone.p50, 2)
-    } / ${fmt(s.sendOne.p50, 2)} ms`,
+    } after the first sweep; one sweep p50 ${fmt(s.sweep.p50, 2)} ms, max ${
+      fmt(s.sweep.max, 2)
+    }; idle CPU ${fmt(s.cpuMsPerSecond, 1)} ms/s (idle engine ${
+      fmt(idle.cpuMsPerSecond, 1)
+    }); send matching 0 / 1 p50 ${fmt(s.sendNone.p50, 2)} / ${fmt(s.sendOne.p50, 2)} ms`,
     target: "RSS <= idle + 20 MiB",
     met: more <= 20,
     ratio: "-",

@@ -209,9 +209,9 @@ async function throughputAt(
     log(
       `remote: rtt ${rttMs} ms, ${workers} workers x ${inFlight} in flight: ${runs} runs, ${
         fmt(result.stepsPerSecond, 0)
-      } steps/s, CPU ${fmt(result.cpuCores)} cores, ${fmt(counts.trips / steps)} trips/step, ${
-        counts.commitFailed
-      } failed commits`,
+      } steps/s, CPU ${fmt(result.cpuCores)} cores, ${
+        fmt(counts.trips / steps)
+      } trips/step, ${counts.commitFailed} failed commits`,
     );
     return result;
   } finally {
@@ -271,7 +271,9 @@ export function remoteRows(r: RemoteResult): Row[] {
         s.where === "home"
           ? "at home (local KV with queues, counted)"
           : `remote KV at ${s.rttMs} ms a round trip`
-      }${s.where === "remote" ? "**" : ""} (${s.steps}-step chain, median of ${s.msPerStep.length})`,
+      }${
+        s.where === "remote" ? "**" : ""
+      } (${s.steps}-step chain, median of ${s.msPerStep.length})`,
       figure: `${fmt(step, 2)} ms/step (p50 step-to-step ${fmt(p50, 2)}); one commit ${
         fmt(s.commitMs, 2)
       } ms; ${fmt(trips)} round trips a step (${fmt(s.perStep.commit / s.steps)} commits, ${

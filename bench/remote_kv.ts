@@ -88,7 +88,10 @@ export function remoteKv(
   const rules = options.rules ?? true;
   const half = options.rttMs / 2;
   const counts = emptyRemoteCounts();
-  const trip = async <T>(kind: "get" | "getMany" | "listPage" | "commit", call: () => Promise<T>) => {
+  const trip = async <T>(
+    kind: "get" | "getMany" | "listPage" | "commit",
+    call: () => Promise<T>,
+  ) => {
     counts.trips++;
     counts[kind]++;
     await pause(half);

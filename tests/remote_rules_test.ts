@@ -67,7 +67,10 @@ Deno.test("over a remote KV (10 checks a commit, no queues, 5 ms a round trip) a
     const squares = Array.from({ length: 30 }, (_, i) => i * i);
     assert.deepEqual(await engine.store.getOutput(run.id, "squares"), squares);
     const sum = squares.reduce((a, b) => a + b, 0);
-    assert.equal(await engine.store.getOutput(run.id, "done"), `${sum} approved by remote.approved`);
+    assert.equal(
+      await engine.store.getOutput(run.id, "done"),
+      `${sum} approved by remote.approved`,
+    );
     assert.equal(state.tries, 2, "the retry ran");
     assert.equal(counts.refused, 0, "no call broke a remote rule");
     assert.ok(counts.maxChecks <= 10, `at most 10 checks a commit (saw ${counts.maxChecks})`);
