@@ -123,7 +123,9 @@ if (import.meta.main) {
   }
   if (Deno.args[0] === "parked-reopen") {
     const sizes = JSON.parse(Deno.args[2]) as ParkedSizes;
-    console.log(JSON.stringify(await parkedReopenProcess(Deno.args[1], sizes)));
+    console.log(
+      JSON.stringify(await parkedReopenProcess(Deno.args[1], sizes, Number(Deno.args[3]))),
+    );
     Deno.exit(0);
   }
   if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {
