@@ -16,7 +16,7 @@ import { pipelines } from "../pipelines/mod.ts";
 import { diamond, PARKED, parking, RESTART } from "./pipelines.ts";
 import { sleep } from "./_util.ts";
 import { sendEvents } from "./event_wake.ts";
-import { parkedProcess, type ParkedSizes } from "./parked.ts";
+import { parkedProcess, parkedReopenProcess, type ParkedSizes } from "./parked.ts";
 
 /** The pipelines the benchmark processes know, besides the real ones. */
 export const BENCH_DIAMOND = diamond("bench-diamond");
@@ -119,6 +119,13 @@ if (import.meta.main) {
   if (Deno.args[0] === "parked") {
     const sizes = JSON.parse(Deno.args[2]) as ParkedSizes;
     console.log(JSON.stringify(await parkedProcess(Deno.args[1], sizes)));
+    Deno.exit(0);
+  }
+  if (Deno.args[0] === "parked-reopen") {
+    const sizes = JSON.parse(Deno.args[2]) as ParkedSizes;
+    console.log(
+      JSON.stringify(await parkedReopenProcess(Deno.args[1], sizes, Number(Deno.args[3]))),
+    );
     Deno.exit(0);
   }
   if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {

@@ -20,6 +20,10 @@
  * 12. `limit`: flow control: the 500-run throughput with and without a run limit, and the
  *     claim latency of a queued run when its slot frees, same process and another.
  *
+ * 13. `remote`: the engine over a simulated remote KV (10 checks a commit, no queues, a
+ *     round trip of 5, 20, 50 ms a call): the sequential step, throughput with 1, 4 and 16
+ *     engines, round trips per step next to home's.
+ *
  * `--only waits` selects 7–10.
  *
  * Every time is also given as a ratio to the KV commit floor measured next to it, in the
@@ -42,6 +46,7 @@ import { logParked, parked, parkedRows, type ParkedSizes } from "./parked.ts";
 import { prune, pruneRows, type PruneSizes } from "./prune.ts";
 import { flowBench, flowRows, type FlowSizes } from "./flow.ts";
 import { inflight, inflightRows, type InflightSizes } from "./inflight.ts";
+import { remote, remoteRows, type RemoteSizes } from "./remote.ts";
 import { machine, markdown, type Row, writeTable } from "./report.ts";
 import { fmt, log, TIMEOUT_MS } from "./_util.ts";
 
@@ -61,6 +66,7 @@ interface Sizes {
   prune: PruneSizes;
   limit: FlowSizes;
   inflight: InflightSizes;
+  remote: RemoteSizes;
 }
 
 const FULL: Sizes = {
@@ -77,6 +83,15 @@ const FULL: Sizes = {
   prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000 },
   limit: { runs: 500, repeats: 3, local: 50, cross: 20 },
   inflight: { runs: [50, 500, 5000], repeats: 3 },
+  remote: {
+    rtts: [5, 20, 50],
+    steps: 30,
+    repeats: 3,
+    throughputRtt: 20,
+    workers: [1, 4, 16],
+    inFlight: [8, 64],
+    rounds: 2,
+  },
 };
 
 const QUICK: Sizes = {
@@ -93,6 +108,15 @@ const QUICK: Sizes = {
   prune: { days: 12, runsPerDay: 50, retentionDays: 3, backlog: 300 },
   limit: { runs: 100, repeats: 1, local: 10, cross: 5 },
   inflight: { runs: [50, 500], repeats: 1 },
+  remote: {
+    rtts: [5, 20],
+    steps: 10,
+    repeats: 1,
+    throughputRtt: 20,
+    workers: [1, 4],
+    inFlight: [8],
+    rounds: 1,
+  },
 };
 
 const SECTIONS = [
@@ -109,6 +133,7 @@ const SECTIONS = [
   "parked",
   "prune",
   "limit",
+  "remote",
 ] as const;
 type Section = typeof SECTIONS[number];
 
@@ -210,6 +235,7 @@ async function main(): Promise<number> {
     }, parkedRows);
     await section("prune", () => prune(dir, sizes.prune), pruneRows);
     await section("limit", (signal) => flowBench(dir, sizes.limit, signal), flowRows);
+    await section("remote", (signal) => remote(dir, sizes.remote, signal), remoteRows);
     info.loadAfter = Deno.loadavg();
     const text = markdown(rows, info);
     console.log(text);

@@ -62,3 +62,42 @@ Deno.test("a group never exceeds the commit limits it was given", async () => {
     kv.close();
   }
 });
+
+Deno.test("with several commits allowed in flight (remote KV), groups of at most 10 checks go out together", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    let most = 0;
+    let now = 0;
+    const counted = new Proxy(kv, {
+      get(target, prop) {
+        if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
+        return () => {
+          const op = target.atomic();
+          const commit = op.commit.bind(op);
+          op.commit = async () => {
+            most = Math.max(most, ++now);
+            await new Promise((r) => setTimeout(r, 10));
+            try {
+              return await commit();
+            } finally {
+              now--;
+            }
+          };
+          return op;
+        };
+      },
+    });
+    const remote = new GroupCommitter(counted, { checks: 10, inFlight: 3 });
+    const results = await Promise.all(
+      Array.from({ length: 41 }, (_, i) => remote.commit(batch(`r${i}`, i, null))),
+    );
+    assert.ok(results.every((r) => r.ok));
+    for (let i = 0; i < 41; i++) assert.equal((await kv.get(["v", `r${i}`])).value, i);
+    assert.equal(most, 3, "three commits in flight at once, no more");
+    // 3 alone at first, then the 38 queued behind them in groups of at most 10 checks
+    // (10, 10, 10 go out together as the first three end, then the last 8)
+    assert.equal(remote.stats.commits, 3 + 4);
+  } finally {
+    kv.close();
+  }
+});

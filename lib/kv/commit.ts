@@ -121,6 +121,13 @@ export interface GroupLimits {
    * as if there were no committer (to measure what grouping buys). Default true.
    */
   group: boolean;
+  /**
+   * Grouped commits in flight at once. Local KV: 1 (a commit's time is its fsync, which KV
+   * does not overlap). Remote KV: more, since a commit's time is mostly its round trip and
+   * only 10 checks fit in one; groups in flight together hold disjoint batches as before.
+   * Default 1.
+   */
+  inFlight: number;
 }
 
 interface Queued {
@@ -148,7 +155,7 @@ export class GroupCommitter {
   readonly #kv: Kv;
   readonly #limits: GroupLimits;
   #queue: Queued[] = [];
-  #inFlight = false;
+  #inFlight = 0;
   /** What it did: batches in, KV commits made, grouped commits, and fallbacks. */
   readonly stats = { batches: 0, commits: 0, grouped: 0, fallbacks: 0 };
 
@@ -166,6 +173,7 @@ export class GroupCommitter {
       bytes: BATCH_BYTES,
       keyBytes: BATCH_KEY_BYTES,
       group: true,
+      inFlight: 1,
       ...limits,
     };
   }
@@ -181,9 +189,9 @@ export class GroupCommitter {
         return await commitAtomic(op);
       })();
     }
-    if (!this.#inFlight && this.#queue.length === 0) {
+    if (this.#inFlight < this.#limits.inFlight && this.#queue.length === 0) {
       // Alone: straight to KV, as without a committer; those that come meanwhile queue.
-      this.#inFlight = true;
+      this.#inFlight++;
       this.stats.commits++;
       let commit: Promise<KvCommitResult | KvCommitError>;
       try {
@@ -203,14 +211,15 @@ export class GroupCommitter {
   }
 
   #pump(): void {
-    if (this.#inFlight || this.#queue.length === 0) return;
-    this.#inFlight = true;
-    this.#commitGroup(this.#take()).then(this.#next, this.#next);
+    while (this.#inFlight < this.#limits.inFlight && this.#queue.length > 0) {
+      this.#inFlight++;
+      this.#commitGroup(this.#take()).then(this.#next, this.#next);
+    }
   }
 
   /** Runs once a commit ended: the batches queued meanwhile go next. */
   readonly #next = (): void => {
-    this.#inFlight = false;
+    this.#inFlight--;
     this.#pump();
   };
 

@@ -16,6 +16,12 @@ export const KV_VALUE_BYTES = 65_536;
 export const KV_COMMIT_CHECKS = 100;
 /** Checks a remote KV server (KV Connect, Deno Deploy) allows in one atomic commit. */
 export const REMOTE_KV_COMMIT_CHECKS = 10;
+/**
+ * Grouped commits kvflow keeps in flight at once on a remote KV (locally one: there a commit's
+ * time is its fsync). Remotely a commit's time is its round trip and holds 10 checks, so one
+ * at a time would cap a worker at 10 checkpoints a round trip.
+ */
+export const REMOTE_COMMITS_IN_FLIGHT = 16;
 /** Mutations (sets, deletes, enqueues) KV allows in one atomic commit. */
 export const KV_COMMIT_MUTATIONS = 1000;
 /** Bytes of keys and values KV allows in one atomic commit (800 KiB). */

@@ -243,9 +243,15 @@ export async function dueRuns(
     if (typeof e.value === "object" && e.value !== null) rung.set(`${at}\u0000${id}`, e.value);
   }
   const ids: string[] = [];
-  for (let i = 0; i < entries.length; i += 10) {
-    const chunk = entries.slice(i, i + 10);
-    const runs = await kv.getMany<RunRecord[]>(chunk.map(([, id]) => keys.run(id)));
+  // getMany reads 10 keys: the chunks are read at once, not one round trip after another
+  const chunks: [number, string][][] = [];
+  for (let i = 0; i < entries.length; i += 10) chunks.push(entries.slice(i, i + 10));
+  const reads = await Promise.all(
+    chunks.map((chunk) => kv.getMany<RunRecord[]>(chunk.map(([, id]) => keys.run(id)))),
+  );
+  const drops: Promise<unknown>[] = [];
+  chunks.forEach((chunk, c) => {
+    const runs = reads[c];
     // Checked against the run as read, so a run that moved meanwhile keeps its entry.
     const drop = kv.atomic();
     let stale = 0;
@@ -268,8 +274,9 @@ export async function dueRuns(
       }
       stale++;
     });
-    if (stale > 0) await commitAtomic(drop);
-  }
+    if (stale > 0) drops.push(commitAtomic(drop));
+  });
+  await Promise.all(drops);
   for (const gate of gates) {
     for (const id of await openGate(kv, gate, now, committer)) if (!ids.includes(id)) ids.push(id);
   }

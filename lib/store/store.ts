@@ -10,7 +10,12 @@ import type { Pipeline } from "../define/pipeline.ts";
 import type { AttemptRecord, Lease, RunRecord, TaskRecord } from "../model/records.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { GroupCommitter } from "../kv/commit.ts";
-import { KV_COMMIT_CHECKS, KV_ENQUEUE_DELAY_MS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
+import {
+  KV_COMMIT_CHECKS,
+  KV_ENQUEUE_DELAY_MS,
+  REMOTE_COMMITS_IN_FLIGHT,
+  REMOTE_KV_COMMIT_CHECKS,
+} from "../kv/limits.ts";
 import { type Clock, systemClock } from "../model/clock.ts";
 import * as queries from "./queries.ts";
 import * as commands from "./commands.ts";
@@ -65,6 +70,7 @@ export class Store {
     // without queues this is remote KV (Deploy, KV Connect), which allows fewer checks
     this.committer = new GroupCommitter(kv, {
       checks: this.queues ? KV_COMMIT_CHECKS : REMOTE_KV_COMMIT_CHECKS,
+      inFlight: this.queues ? 1 : REMOTE_COMMITS_IN_FLIGHT,
       group: options.groupCommit ?? true,
     });
   }
