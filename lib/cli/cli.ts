@@ -74,9 +74,12 @@ export async function main(args: string[], context: CliContext): Promise<number>
     }
     const paint = paintFor(stdout());
     const code = await COMMANDS[command]();
+    // a name in both registries is the static one's
+    const lazy = Object.keys(context.loaders ?? {})
+      .filter((name) => !context.pipelines.some((p) => p.name === name));
     const registry = ONE_PIPELINE.has(command) || !context.loaders ? context : {
       ...context,
-      pipelines: [...context.pipelines, ...await loadRegistered(context.loaders)],
+      pipelines: [...context.pipelines, ...await loadRegistered(context.loaders, lazy)],
       loaders: undefined,
     };
     return await code({ context: registry, flags, args: rest, out, err, paint });

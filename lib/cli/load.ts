@@ -56,7 +56,8 @@ export async function registryFor(
     return [...pipelines, ...await loadRegistered(loaders, [target])];
   }
   if (looksLikePath(target)) return pipelines;
-  return [...pipelines, ...await loadRegistered(loaders)];
+  const lazy = Object.keys(loaders).filter((name) => !pipelines.some((p) => p.name === name));
+  return [...pipelines, ...await loadRegistered(loaders, lazy)];
 }
 
 function looksLikePath(target: string): boolean {
