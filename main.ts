@@ -3,17 +3,23 @@
  * `runs`, `backfill`, `serve`, `worker` — see `deno task run --help`), and on Deno Deploy
  * the HTTP service driven by a heartbeat cron.
  *
+ * The command line starts with the lazy registry (`pipelines/lazy.ts`) and imports only
+ * what its command needs; Deploy imports every pipeline (`pipelines/mod.ts`).
+ *
  * @module
  */
 import { heartbeat, main } from "./lib/cli/cli.ts";
-import { pipelines } from "./pipelines/mod.ts";
+import { loaders } from "./pipelines/lazy.ts";
 import { onDeploy } from "./lib/platform/env.ts";
 import { everyMinute } from "./lib/platform/cron.ts";
 import { exit } from "./lib/platform/process.ts";
 
 if (onDeploy()) {
   // Deploy registers crons only while the module is first evaluated, before serving.
-  const { startDeploy } = await import("./lib/engine/deploy.ts");
+  const [{ startDeploy }, { pipelines }] = await Promise.all([
+    import("./lib/engine/deploy.ts"),
+    import("./pipelines/mod.ts"),
+  ]);
   const deployment = await startDeploy(pipelines);
   everyMinute("kvflow heartbeat", () => deployment.heartbeat());
   deployment.serve();
@@ -21,5 +27,5 @@ if (onDeploy()) {
   if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {
     everyMinute("kvflow heartbeat", heartbeat);
   }
-  exit(await main(Deno.args, { pipelines }));
+  exit(await main(Deno.args, { pipelines: [], loaders }));
 }

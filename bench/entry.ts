@@ -11,17 +11,17 @@
  * @module
  */
 import { heartbeat, main } from "../lib/cli/cli.ts";
-import { openEngine, type Pipeline } from "../lib/mod.ts";
-import { pipelines } from "../pipelines/mod.ts";
+import type { Pipeline } from "../lib/mod.ts";
+import { loaders } from "../pipelines/lazy.ts";
 import { diamond, PARKED, parking, RESTART } from "./pipelines.ts";
 import { sleep } from "./_util.ts";
-import { sendEvents } from "./event_wake.ts";
-import { parkedProcess, parkedReopenProcess, type ParkedSizes } from "./parked.ts";
+import type { ParkedSizes } from "./parked.ts";
 
 /** The pipelines the benchmark processes know, besides the real ones. */
 export const BENCH_DIAMOND = diamond("bench-diamond");
 
-const REGISTRY = [...pipelines, BENCH_DIAMOND, RESTART] as Pipeline<unknown>[];
+/** The real pipelines (imported when a command needs them) and the benchmark's. */
+const REGISTRY = [BENCH_DIAMOND, RESTART] as Pipeline<unknown>[];
 
 /** Memory of a process, MiB. */
 export interface Memory {
@@ -61,6 +61,7 @@ async function collect(): Promise<void> {
 /** `runs` runs parked in a running step at once in one engine; memory before, during, after. */
 async function rss(path: string, runs: number): Promise<RssReport> {
   let succeeded = 0;
+  const { openEngine } = await import("../lib/mod.ts");
   const engine = await openEngine({
     path,
     pipelines: [PARKED],
@@ -113,16 +114,19 @@ if (import.meta.main) {
     Deno.exit(0);
   }
   if (Deno.args[0] === "send-events") {
+    const { sendEvents } = await import("./event_wake.ts");
     await sendEvents(Deno.args[1], Deno.args[2].split(","));
     Deno.exit(0);
   }
   if (Deno.args[0] === "parked") {
     const sizes = JSON.parse(Deno.args[2]) as ParkedSizes;
+    const { parkedProcess } = await import("./parked.ts");
     console.log(JSON.stringify(await parkedProcess(Deno.args[1], sizes)));
     Deno.exit(0);
   }
   if (Deno.args[0] === "parked-reopen") {
     const sizes = JSON.parse(Deno.args[2]) as ParkedSizes;
+    const { parkedReopenProcess } = await import("./parked.ts");
     console.log(
       JSON.stringify(await parkedReopenProcess(Deno.args[1], sizes, Number(Deno.args[3]))),
     );
@@ -131,5 +135,5 @@ if (import.meta.main) {
   if (Deno.args[0] === "serve" || Deno.args[0] === "worker") {
     Deno.cron("kvflow heartbeat", "* * * * *", heartbeat);
   }
-  Deno.exit(await main(Deno.args, { pipelines: REGISTRY }));
+  Deno.exit(await main(Deno.args, { pipelines: REGISTRY, loaders }));
 }

@@ -10,36 +10,51 @@ import { env } from "../platform/env.ts";
 import { stdout } from "../platform/process.ts";
 import { type Command, parseCommand, USAGE } from "./parse.ts";
 import { type CliContext, EXIT, type Invocation } from "./invocation.ts";
+import { loadRegistered } from "./load.ts";
 import { paintFor } from "./progress.ts";
-import * as foreground from "./foreground.ts";
-import * as inspect from "./inspect.ts";
-import * as longRunning from "./serve.ts";
-import { send } from "./send.ts";
-import { prune } from "./prune.ts";
-import { pause, unpause } from "./pause.ts";
-import { tryStep } from "./try.ts";
 
 export { type CliContext, EXIT } from "./invocation.ts";
-export { heartbeat } from "./serve.ts";
+export type { PipelineLoaders } from "./load.ts";
 
-/** What runs each command. */
-const COMMANDS: Record<Command, (invocation: Invocation) => Promise<number>> = {
-  run: foreground.run,
-  resume: foreground.resume,
-  rerun: foreground.rerun,
-  cancel: foreground.cancel,
-  pause,
-  unpause,
-  status: inspect.status,
-  try: tryStep,
-  runs: inspect.runs,
-  pipelines: inspect.pipelines,
-  prune,
-  send,
-  backfill: longRunning.backfill,
-  serve: longRunning.serve,
-  worker: longRunning.worker,
+/** A command's code. */
+type Run = (invocation: Invocation) => Promise<number>;
+
+/**
+ * What runs each command, imported when it is the command given: a process loads only
+ * the code of its command (`resume` does not load the HTTP service, say).
+ */
+const COMMANDS: Record<Command, () => Promise<Run>> = {
+  run: async () => (await import("./foreground.ts")).run,
+  resume: async () => (await import("./foreground.ts")).resume,
+  rerun: async () => (await import("./foreground.ts")).rerun,
+  cancel: async () => (await import("./foreground.ts")).cancel,
+  pause: async () => (await import("./pause.ts")).pause,
+  unpause: async () => (await import("./pause.ts")).unpause,
+  status: async () => (await import("./inspect.ts")).status,
+  try: async () => (await import("./try.ts")).tryStep,
+  runs: async () => (await import("./inspect.ts")).runs,
+  pipelines: async () => (await import("./inspect.ts")).pipelines,
+  prune: async () => (await import("./prune.ts")).prune,
+  send: async () => (await import("./send.ts")).send,
+  backfill: async () => (await import("./serve.ts")).backfill,
+  serve: async () => (await import("./serve.ts")).serve,
+  worker: async () => (await import("./serve.ts")).worker,
 };
+
+/**
+ * The commands that import from the lazy registry (`CliContext.loaders`) only the pipeline
+ * they name or their run belongs to; every other command gets the whole registry.
+ */
+const ONE_PIPELINE: ReadonlySet<Command> = new Set(["run", "resume", "rerun", "cancel"]);
+
+/**
+ * The cron heartbeat of `serve` and `worker`: checks schedules and due runs once.
+ * (They also check on their own short timer; the heartbeat is the clock that survives
+ * on platforms that stop idle processes.)
+ */
+export async function heartbeat(): Promise<void> {
+  await (await import("./serve.ts")).heartbeat();
+}
 
 /**
  * Runs the CLI.
@@ -58,7 +73,16 @@ export async function main(args: string[], context: CliContext): Promise<number>
       return command === "usage" ? EXIT.usage : EXIT.ok;
     }
     const paint = paintFor(stdout());
-    return await COMMANDS[command]({ context, flags, args: rest, out, err, paint });
+    const code = await COMMANDS[command]();
+    // a name in both registries is the static one's
+    const lazy = Object.keys(context.loaders ?? {})
+      .filter((name) => !context.pipelines.some((p) => p.name === name));
+    const registry = ONE_PIPELINE.has(command) || !context.loaders ? context : {
+      ...context,
+      pipelines: [...context.pipelines, ...await loadRegistered(context.loaders, lazy)],
+      loaders: undefined,
+    };
+    return await code({ context: registry, flags, args: rest, out, err, paint });
   } catch (error) {
     if (error instanceof UsageError) {
       err(`kvflow: ${oneLine(error.message)}`);

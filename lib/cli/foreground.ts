@@ -11,7 +11,7 @@ import { exit, onStopSignal } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
 import { withChildren } from "../define/pipeline.ts";
 import { EXIT, type Invocation, openCliEngine, openEngineForRun } from "./invocation.ts";
-import { loadPipeline } from "./load.ts";
+import { loadPipeline, registryFor } from "./load.ts";
 import { parseParams } from "./params.ts";
 import { priorityFlag } from "./parse.ts";
 import { runWaitText, sendCommand } from "./waiting.ts";
@@ -27,7 +27,11 @@ const PARKED_POLL_MS = 250;
 /** `run`: starts a run and drives it here, or with `--detach` queues it for a worker. */
 export async function run(invocation: Invocation): Promise<number> {
   const target = invocation.args[0];
-  const { pipeline, module } = await loadPipeline(target, invocation.context.pipelines);
+  const { pipelines, loaders } = invocation.context;
+  const { pipeline, module } = await loadPipeline(
+    target,
+    await registryFor(target, pipelines, loaders),
+  );
   const params = parseParams(pipeline, invocation.flags.param ?? [], invocation.flags.params);
   // the pipelines it invokes as children run here too
   const engine = await openCliEngine(

@@ -7,15 +7,21 @@
 import type { Pipeline } from "../define/pipeline.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import { workerSettingsFromEnv } from "../engine/settings.ts";
+import { type OpenedKv, openKv } from "../kv/open.ts";
 import type { RunRecord } from "../model/records.ts";
 import type { Flags } from "./parse.ts";
-import { loadPipeline } from "./load.ts";
+import { loadPipeline, loadRegistered, type PipelineLoaders } from "./load.ts";
 import { type Paint, progressPrinter } from "./progress.ts";
 
 /** Where the CLI writes, and the pipelines it knows. */
 export interface CliContext {
   /** The static registry. */
   pipelines: readonly Pipeline<unknown>[];
+  /**
+   * The lazy registry: more pipelines by name, imported only by the commands that need
+   * them (`run <name>` and `resume <id>` import one; `pipelines`, `worker`, `serve`… all).
+   */
+  loaders?: PipelineLoaders;
   /** Standard output lines. Default: console.log. */
   out?: (line: string) => void;
   /** Standard error lines. Default: console.error. */
@@ -51,31 +57,49 @@ export async function openCliEngine(
   invocation: Invocation,
   pipelines: readonly Pipeline<unknown>[],
   progress = false,
+  opened?: OpenedKv,
 ): Promise<Engine> {
   return await openEngine({
     pipelines,
     ...workerSettingsFromEnv(),
-    resolvePipeline: async (run) =>
-      run.module ? (await loadPipeline(run.module, [])).pipeline : undefined,
+    ...(opened ? { kv: opened.kv, queues: opened.queues, closeKv: true } : {}),
+    resolvePipeline: async (run) => {
+      const loaders = invocation.context.loaders ?? {};
+      if (Object.hasOwn(loaders, run.pipeline)) {
+        return (await loadRegistered(loaders, [run.pipeline]))[0];
+      }
+      return run.module ? (await loadPipeline(run.module, [])).pipeline : undefined;
+    },
     onEvent: progress ? progressPrinter(undefined, invocation.out, invocation.paint) : undefined,
   });
 }
 
 /**
- * Opens the engine for driving an existing run, printing its progress: the registry,
- * plus the module the run was started from when its pipeline is not registered.
+ * Opens the engine for driving an existing run, printing its progress: the registry, plus
+ * the run's pipeline from the lazy registry, or else from the module the run was started
+ * from, when its pipeline is not in the static one. The database is opened once: the run
+ * is read, and then driven, on the same handle.
  */
 export async function openEngineForRun(invocation: Invocation, runId: string): Promise<Engine> {
   const registry = [...invocation.context.pipelines];
-  const peek = await openEngine({ pipelines: [] });
-  let run: RunRecord;
+  const opened = await openKv();
   try {
-    run = await peek.store.requireRun(runId);
-  } finally {
-    await peek.close();
+    const peek = await openEngine({ kv: opened.kv, queues: opened.queues, pipelines: [] });
+    let run: RunRecord;
+    try {
+      run = await peek.store.requireRun(runId);
+    } finally {
+      await peek.close();
+    }
+    if (!registry.some((p) => p.name === run.pipeline)) {
+      const loaders = invocation.context.loaders ?? {};
+      if (Object.hasOwn(loaders, run.pipeline)) {
+        registry.push(...await loadRegistered(loaders, [run.pipeline]));
+      } else if (run.module) registry.push((await loadPipeline(run.module, [])).pipeline);
+    }
+    return await openCliEngine(invocation, registry, true, opened);
+  } catch (error) {
+    opened.kv.close();
+    throw error;
   }
-  if (run.module && !registry.some((p) => p.name === run.pipeline)) {
-    registry.push((await loadPipeline(run.module, [])).pipeline);
-  }
-  return await openCliEngine(invocation, registry, true);
 }

@@ -58,8 +58,10 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
   pipelines: Iterable<Pipeline<any>>;
   /** KV location: a file path, `:memory:` or a URL. Default: `KVFLOW_KV_PATH` or `./data/kvflow.kv`. */
   path?: string;
-  /** An already open KV to use instead of `path`; the engine does not close it. */
+  /** An already open KV to use instead of `path`; the engine does not close it, unless `closeKv`. */
   kv?: Kv;
+  /** Whether closing the engine closes the `kv` it was given. Default false. */
+  closeKv?: boolean;
   /** Whether the KV has queues. Default: detected from the location. */
   queues?: boolean;
   /** The clock that decides when work is due. Default: wall time. */
@@ -628,7 +630,12 @@ function eventRegistry(pipelines: ReadonlyMap<string, Pipeline<unknown>>): Event
  */
 export async function openEngine(options: EngineOptions): Promise<Engine> {
   if (options.kv) {
-    const engine = new Engine(options.kv, options.queues ?? true, options, false);
+    const engine = new Engine(
+      options.kv,
+      options.queues ?? true,
+      options,
+      options.closeKv ?? false,
+    );
     await migrate(engine.store);
     return engine;
   }

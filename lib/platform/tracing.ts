@@ -17,16 +17,7 @@
  *
  * @module
  */
-import {
-  type Attributes,
-  type Context,
-  context,
-  ROOT_CONTEXT,
-  type Span,
-  SpanStatusCode,
-  trace,
-  TraceFlags,
-} from "@opentelemetry/api";
+import type { Attributes, Context, Span } from "@opentelemetry/api";
 import type { ErrorInfo } from "../model/errors.ts";
 import type { RunRecord, RunTrace } from "../model/records.ts";
 import { env } from "./env.ts";
@@ -42,7 +33,13 @@ function readFlag(): boolean {
   }
 }
 
-const tracer = trace.getTracer("kvflow");
+/**
+ * The OpenTelemetry API, imported only when tracing is on: loading it costs a process's
+ * start ≈ 15 ms, and with tracing off nothing here is called.
+ */
+const otel = tracingOn ? await import("@opentelemetry/api") : undefined;
+
+const tracer = otel?.trace.getTracer("kvflow");
 
 /** What a run's spans carry: pipeline, run id, logical date, trigger. */
 function runAttributes(
@@ -58,10 +55,10 @@ function runAttributes(
 
 /** The context of a span made in another process (or earlier), to make children under. */
 function remoteContext(parent: RunTrace): Context {
-  return trace.setSpanContext(ROOT_CONTEXT, {
+  return otel!.trace.setSpanContext(otel!.ROOT_CONTEXT, {
     traceId: parent.traceId,
     spanId: parent.spanId,
-    traceFlags: TraceFlags.SAMPLED,
+    traceFlags: otel!.TraceFlags.SAMPLED,
     isRemote: true,
   });
 }
@@ -79,10 +76,10 @@ export function startRunTrace(
   if (!tracingOn) return undefined;
   const attributes = runAttributes(run);
   if (run.parent) attributes["kvflow.parent_run_id"] = run.parent.runId;
-  const span = tracer.startSpan(
+  const span = tracer!.startSpan(
     `run ${run.pipeline}`,
     { attributes },
-    parent ? remoteContext(parent) : context.active(),
+    parent ? remoteContext(parent) : otel!.context.active(),
   );
   span.end();
   const { traceId, spanId } = span.spanContext();
@@ -109,10 +106,10 @@ export class SessionSpans {
    */
   constructor(run: RunRecord, runTrace: RunTrace) {
     this.#attributes = runAttributes(run);
-    this.#span = tracer.startSpan(`session ${run.pipeline}`, {
+    this.#span = tracer!.startSpan(`session ${run.pipeline}`, {
       attributes: { ...this.#attributes, "kvflow.takeovers": run.takeovers },
     }, remoteContext(runTrace));
-    this.#context = trace.setSpan(ROOT_CONTEXT, this.#span);
+    this.#context = otel!.trace.setSpan(otel!.ROOT_CONTEXT, this.#span);
   }
 
   /** The session span's ids: a child run created in this session nests under them. */
@@ -123,12 +120,12 @@ export class SessionSpans {
 
   /** Starts the span of an attempt of `step` (item `item`, or -1). */
   attempt(step: string, item: number, attempt: number): AttemptSpan {
-    const span = tracer.startSpan(
+    const span = tracer!.startSpan(
       item < 0 ? `step ${step}` : `step ${step}[${item}]`,
       { attributes: this.#taskAttributes(step, item, { "kvflow.attempt": attempt }) },
       this.#context,
     );
-    return { span, context: trace.setSpan(this.#context, span) };
+    return { span, context: otel!.trace.setSpan(this.#context, span) };
   }
 
   /**
@@ -154,7 +151,7 @@ export class SessionSpans {
     attributes: Attributes,
     error?: ErrorInfo | null,
   ): void {
-    const span = tracer.startSpan(
+    const span = tracer!.startSpan(
       task.item < 0 ? `${name} ${task.step}` : `${name} ${task.step}[${task.item}]`,
       { startTime: task.start, attributes: this.#taskAttributes(task.step, task.item, attributes) },
       this.#context,
@@ -180,20 +177,20 @@ export class SessionSpans {
 
 /** Runs `fn` with `attempt`'s span active: its `fetch` calls and console lines nest under it. */
 export function withinAttempt<T>(attempt: AttemptSpan, fn: () => T): T {
-  return context.with(attempt.context, fn);
+  return otel!.context.with(attempt.context, fn);
 }
 
 /** The trace id of the active span, if any (for log lines). */
 export function activeTraceId(): string | undefined {
   if (!tracingOn) return undefined;
-  return trace.getActiveSpan()?.spanContext().traceId;
+  return otel!.trace.getActiveSpan()?.spanContext().traceId;
 }
 
 function endSpan(span: Span, outcome: string, error?: ErrorInfo | null, end?: number): void {
   span.setAttribute("kvflow.outcome", outcome);
   if (error) {
     span.recordException({ name: error.name, message: error.message, stack: error.stack });
-    span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+    span.setStatus({ code: otel!.SpanStatusCode.ERROR, message: error.message });
   }
   span.end(end);
 }
