@@ -163,13 +163,7 @@ export class Artifacts implements ArtifactStore {
     data: Uint8Array | string,
     options?: ArtifactOptions,
   ): Promise<ArtifactRef> {
-    checkArtifactName(name);
-    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-    if (!(bytes instanceof Uint8Array)) {
-      throw new TypeError(`Artifact '${name}' must be a Uint8Array or a string`);
-    }
-    const contentType = options?.contentType ??
-      (typeof data === "string" ? "text/plain; charset=utf-8" : "application/octet-stream");
+    const { bytes, contentType } = artifactBytes(name, data, options);
     const checkpoints = this.#checkpoints;
     const blob = await writeBlob(
       this.#kv,
@@ -232,4 +226,25 @@ function storableFields(
     note = `(fields not stored: ${toErrorInfo(error).message.slice(0, 200)})`;
   }
   return { fields: { note }, size: 2 * note.length };
+}
+
+/**
+ * An artifact's name checked, its data as bytes and its content type (given, or from the
+ * data's kind).
+ *
+ * @throws {UsageError} on a bad name; {@linkcode TypeError} when the data is not bytes or text
+ */
+export function artifactBytes(
+  name: string,
+  data: Uint8Array | string,
+  options?: ArtifactOptions,
+): { bytes: Uint8Array; contentType: string } {
+  checkArtifactName(name);
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  if (!(bytes instanceof Uint8Array)) {
+    throw new TypeError(`Artifact '${name}' must be a Uint8Array or a string`);
+  }
+  const contentType = options?.contentType ??
+    (typeof data === "string" ? "text/plain; charset=utf-8" : "application/octet-stream");
+  return { bytes, contentType };
 }

@@ -47,20 +47,8 @@ export async function expandItems(
   const { store, records, checkpoints } = options;
   const name = node.def.name;
   const runId = records.run.id;
-  const values = await withinTimeout(
-    Promise.resolve(node.def.fanOut!.items(options.inputs)),
-    node.timeoutMs,
-    `items of step '${name}' did not return within ${node.timeoutMs} ms (the step's timeout)`,
-  );
-  if (!Array.isArray(values)) {
-    throw new NonRetryableError(`items of step '${name}' must return an array`);
-  }
-  if (values.length > MAX_ITEMS) {
-    // refused before any item is written: nothing of the fan-out is half done
-    throw new NonRetryableError(
-      `items of step '${name}' returned ${values.length} items: a fan-out step may have at most ${MAX_ITEMS} (batch the items, or split the list over several steps)`,
-    );
-  }
+  // refused before any item is written: nothing of the fan-out is half done
+  const values = await callItems(node, options.inputs);
   // A rerun clears the step's item count (its list may change) but keeps its items'
   // records, back at pending: their attempt history goes on after the earlier attempts.
   const rerun = node.record.items === undefined && node.record.generation > 0;
@@ -93,4 +81,32 @@ export async function expandItems(
     }
   }
   return { fan, now };
+}
+
+/**
+ * Calls a fan-out step's `items` on its inputs, within the step's timeout, and checks
+ * what it returned (the driver's expansion, and a trial of one item).
+ *
+ * @throws {NonRetryableError} when the items are not a list or too many; a TimeoutError
+ *   when they take longer than the step's timeout
+ */
+export async function callItems(
+  node: StepNode,
+  inputs: Record<string, unknown>,
+): Promise<unknown[]> {
+  const name = node.def.name;
+  const values = await withinTimeout(
+    Promise.resolve(node.def.fanOut!.items(inputs)),
+    node.timeoutMs,
+    `items of step '${name}' did not return within ${node.timeoutMs} ms (the step's timeout)`,
+  );
+  if (!Array.isArray(values)) {
+    throw new NonRetryableError(`items of step '${name}' must return an array`);
+  }
+  if (values.length > MAX_ITEMS) {
+    throw new NonRetryableError(
+      `items of step '${name}' returned ${values.length} items: a fan-out step may have at most ${MAX_ITEMS} (batch the items, or split the list over several steps)`,
+    );
+  }
+  return values;
 }

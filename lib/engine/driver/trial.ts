@@ -12,19 +12,18 @@ import v8 from "node:v8";
 import type { ArtifactOptions, ArtifactRef } from "../../define/context.ts";
 import { diffGraphs, type Pipeline } from "../../define/pipeline.ts";
 import { resolveRetry } from "../../define/retry.ts";
-import { MAX_ITEMS } from "../../define/step.ts";
 import { toMs } from "../../define/duration.ts";
-import { type ErrorInfo, NonRetryableError, toErrorInfo, UsageError } from "../../model/errors.ts";
+import { type ErrorInfo, toErrorInfo, UsageError } from "../../model/errors.ts";
 import type { LogLine, RunRecord, TaskRecord } from "../../model/records.ts";
 import { pendingTask } from "../../model/transitions.ts";
 import { systemClock } from "../../model/clock.ts";
-import { checkArtifactName } from "../../model/artifacts.ts";
 import * as keys from "../../kv/keys.ts";
 import { keySize } from "../../kv/keys.ts";
 import type { Store } from "../../store/store.ts";
-import { abortAttempt, Attempts, checkOutput, untilAborted, withinTimeout } from "./attempt.ts";
-import { type ArtifactStore, stepContext } from "./context.ts";
+import { abortAttempt, Attempts, checkOutput, untilAborted } from "./attempt.ts";
+import { artifactBytes, type ArtifactStore, stepContext } from "./context.ts";
 import { newFan } from "./fan_out.ts";
+import { callItems } from "./items.ts";
 import type { StepNode } from "./graph.ts";
 
 /** The suffix that marks a trial's idempotency key. */
@@ -167,7 +166,7 @@ export async function prepareTrial(
   }
   let values: unknown[];
   try {
-    values = await expand(node, inputs);
+    values = await callItems(node, inputs);
   } catch (error) {
     return {
       store,
@@ -294,25 +293,6 @@ function checkInputsUnchanged(run: RunRecord, pipeline: Pipeline<unknown>, step:
   }
 }
 
-/** A fan-out step's items, as the driver expands them: within the step's timeout, checked. */
-async function expand(node: StepNode, inputs: Record<string, unknown>): Promise<unknown[]> {
-  const name = node.def.name;
-  const values = await withinTimeout(
-    Promise.resolve(node.def.fanOut!.items(inputs)),
-    node.timeoutMs,
-    `items of step '${name}' did not return within ${node.timeoutMs} ms (the step's timeout)`,
-  );
-  if (!Array.isArray(values)) {
-    throw new NonRetryableError(`items of step '${name}' must return an array`);
-  }
-  if (values.length > MAX_ITEMS) {
-    throw new NonRetryableError(
-      `items of step '${name}' returned ${values.length} items: a fan-out step may have at most ${MAX_ITEMS}`,
-    );
-  }
-  return values;
-}
-
 /** A trial's artifacts: kept in memory with their size, so nothing reaches the run. */
 class TrialArtifacts implements ArtifactStore {
   readonly #runId: string;
@@ -329,13 +309,12 @@ class TrialArtifacts implements ArtifactStore {
     data: Uint8Array | string,
     options?: ArtifactOptions,
   ): Promise<ArtifactRef> {
-    checkArtifactName(name);
-    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-    if (!(bytes instanceof Uint8Array)) {
-      return Promise.reject(new TypeError(`Artifact '${name}' must be a Uint8Array or a string`));
+    let bytes: Uint8Array, contentType: string;
+    try {
+      ({ bytes, contentType } = artifactBytes(name, data, options));
+    } catch (error) {
+      return Promise.reject(error);
     }
-    const contentType = options?.contentType ??
-      (typeof data === "string" ? "text/plain; charset=utf-8" : "application/octet-stream");
     const artifact = { name, contentType, size: bytes.byteLength };
     this.#stored.set(name, artifact);
     return Promise.resolve({ artifact: true, runId: this.#runId, ...artifact });
