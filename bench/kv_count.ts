@@ -50,8 +50,13 @@ export function emptyCounts(): KvCounts {
 
 /** `b - a`, field by field. */
 export function diffCounts(a: KvCounts, b: KvCounts): KvCounts {
-  const out = emptyCounts();
-  for (const k of Object.keys(out) as (keyof KvCounts)[]) out[k] = b[k] - a[k];
+  return diffFields(a, b);
+}
+
+/** `b - a` for every numeric field of a counts record. */
+export function diffFields<T extends { [K in keyof T]: number }>(a: T, b: T): T {
+  const out = { ...b };
+  for (const k of Object.keys(b) as (keyof T)[]) out[k] = (b[k] - a[k]) as T[keyof T];
   return out;
 }
 
@@ -67,35 +72,24 @@ export function countingKv(kv: Deno.Kv): { kv: Deno.Kv; counts: KvCounts } {
     // Counted once committed: an operation built and dropped (kvflow builds one to test
     // that a value serializes) writes nothing.
     const mine = { check: 0, set: 0, delete: 0, enqueue: 0 };
-    const proxy: Deno.AtomicOperation = new Proxy(op, {
-      get(target, prop) {
-        const value = Reflect.get(target, prop, target);
-        if (typeof value !== "function") return value;
-        return (...args: unknown[]) => {
-          if (prop === "check") mine.check += args.length;
-          else if (prop === "set") mine.set++;
-          else if (prop === "delete") mine.delete++;
-          else if (prop === "enqueue") mine.enqueue++;
-          else if (prop === "commit") {
-            counts.commit++;
-            counts.check += mine.check;
-            counts.set += mine.set;
-            counts.delete += mine.delete;
-            counts.enqueue += mine.enqueue;
-            const t0 = performance.now();
-            return (value.apply(target, args) as Promise<Deno.KvCommitResult | Deno.KvCommitError>)
-              .then((result) => {
-                counts.commitMs += performance.now() - t0;
-                if (!result.ok) counts.commitFailed++;
-                return result;
-              });
-          }
-          const result = value.apply(target, args);
-          return result === target ? proxy : result;
-        };
-      },
+    return watchAtomic(op, (prop, args) => {
+      if (prop === "check") mine.check += args.length;
+      else if (prop === "set") mine.set++;
+      else if (prop === "delete") mine.delete++;
+      else if (prop === "enqueue") mine.enqueue++;
+    }, (commit) => {
+      counts.commit++;
+      counts.check += mine.check;
+      counts.set += mine.set;
+      counts.delete += mine.delete;
+      counts.enqueue += mine.enqueue;
+      const t0 = performance.now();
+      return commit().then((result) => {
+        counts.commitMs += performance.now() - t0;
+        if (!result.ok) counts.commitFailed++;
+        return result;
+      });
     });
-    return proxy;
   };
   const wrapped = new Proxy(kv, {
     get(target, prop) {
@@ -124,4 +118,39 @@ export function countingKv(kv: Deno.Kv): { kv: Deno.Kv; counts: KvCounts } {
     },
   });
   return { kv: wrapped, counts };
+}
+
+/**
+ * Wraps an atomic operation for a benchmark's KV wrapper: `onCall` sees every call but
+ * `commit` (with its arguments) as it is made, and `commit` decides how the commit goes;
+ * the chained calls return the wrapper, so the operation reads as before.
+ *
+ * @param op the operation to wrap
+ * @param onCall told of each call but `commit`
+ * @param commit given the real commit to run; returns its result (or a refusal)
+ */
+export function watchAtomic(
+  op: Deno.AtomicOperation,
+  onCall: (prop: string | symbol, args: unknown[]) => void,
+  commit: (
+    run: () => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
+  ) => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
+): Deno.AtomicOperation {
+  const proxy: Deno.AtomicOperation = new Proxy(op, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (typeof value !== "function") return value;
+      return (...args: unknown[]) => {
+        if (prop === "commit") {
+          return commit(() =>
+            value.apply(target, args) as Promise<Deno.KvCommitResult | Deno.KvCommitError>
+          );
+        }
+        onCall(prop, args);
+        const result = value.apply(target, args);
+        return result === target ? proxy : result;
+      };
+    },
+  });
+  return proxy;
 }

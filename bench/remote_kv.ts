@@ -13,6 +13,7 @@
  * @module
  */
 import { REMOTE_KV_COMMIT_CHECKS } from "../lib/kv/limits.ts";
+import { diffFields, watchAtomic } from "./kv_count.ts";
 
 /** How the simulated remote behaves. */
 export interface RemoteKvOptions {
@@ -61,10 +62,7 @@ export function emptyRemoteCounts(): RemoteCounts {
 
 /** `b - a`, field by field (`maxChecks` is `b`'s). */
 export function diffRemoteCounts(a: RemoteCounts, b: RemoteCounts): RemoteCounts {
-  const out = emptyRemoteCounts();
-  for (const k of Object.keys(out) as (keyof RemoteCounts)[]) out[k] = b[k] - a[k];
-  out.maxChecks = b.maxChecks;
-  return out;
+  return { ...diffFields(a, b), maxChecks: b.maxChecks };
 }
 
 const pause = (ms: number) =>
@@ -135,34 +133,21 @@ export function remoteKv(
 
   const wrapAtomic = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
     let checks = 0;
-    const proxy: Deno.AtomicOperation = new Proxy(op, {
-      get(target, prop) {
-        const value = Reflect.get(target, prop, target);
-        if (typeof value !== "function") return value;
-        return (...args: unknown[]) => {
-          if (prop === "check") checks += args.length;
-          else if (prop === "enqueue" && rules) refuse("no queues (atomic enqueue)");
-          else if (prop === "commit") {
-            counts.maxChecks = Math.max(counts.maxChecks, checks);
-            if (rules && checks > REMOTE_KV_COMMIT_CHECKS) {
-              return Promise.reject(
-                refused(`too many checks (${checks}, max ${REMOTE_KV_COMMIT_CHECKS})`),
-              );
-            }
-            return trip(
-              "commit",
-              () => value.apply(target, args) as Promise<Deno.KvCommitResult | Deno.KvCommitError>,
-            ).then((result) => {
-              if (!result.ok) counts.commitFailed++;
-              return result;
-            });
-          }
-          const result = value.apply(target, args);
-          return result === target ? proxy : result;
-        };
-      },
+    return watchAtomic(op, (prop, args) => {
+      if (prop === "check") checks += args.length;
+      else if (prop === "enqueue" && rules) refuse("no queues (atomic enqueue)");
+    }, (commit) => {
+      counts.maxChecks = Math.max(counts.maxChecks, checks);
+      if (rules && checks > REMOTE_KV_COMMIT_CHECKS) {
+        return Promise.reject(
+          refused(`too many checks (${checks}, max ${REMOTE_KV_COMMIT_CHECKS})`),
+        );
+      }
+      return trip("commit", commit).then((result) => {
+        if (!result.ok) counts.commitFailed++;
+        return result;
+      });
     });
-    return proxy;
   };
 
   const wrapped = new Proxy(kv, {
