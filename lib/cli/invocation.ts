@@ -8,7 +8,7 @@ import type { Pipeline } from "../define/pipeline.ts";
 import { type Engine, openEngine } from "../engine/engine.ts";
 import { workerSettingsFromEnv } from "../engine/settings.ts";
 import { type OpenedKv, openKv } from "../kv/open.ts";
-import type { RunRecord } from "../model/records.ts";
+import { requireRun } from "../store/queries.ts";
 import type { Flags } from "./parse.ts";
 import { loadPipeline, loadRegistered, type PipelineLoaders } from "./load.ts";
 import { type Paint, progressPrinter } from "./progress.ts";
@@ -84,13 +84,8 @@ export async function openEngineForRun(invocation: Invocation, runId: string): P
   const registry = [...invocation.context.pipelines];
   const opened = await openKv();
   try {
-    const peek = await openEngine({ kv: opened.kv, queues: opened.queues, pipelines: [] });
-    let run: RunRecord;
-    try {
-      run = await peek.store.requireRun(runId);
-    } finally {
-      await peek.close();
-    }
+    // a read of the record: the engine (which migrates, once) is opened for its pipeline
+    const run = await requireRun(opened.kv, runId);
     if (!registry.some((p) => p.name === run.pipeline)) {
       const loaders = invocation.context.loaders ?? {};
       if (Object.hasOwn(loaders, run.pipeline)) {

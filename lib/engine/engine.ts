@@ -23,7 +23,7 @@ import { type Clock, systemClock } from "../model/clock.ts";
 import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { DeadlineWatch } from "./deadlines.ts";
 import { type AlertRecord, alertText } from "../alerts/alert.ts";
-import { migrate } from "../kv/migrations.ts";
+import { migrate, SCHEMA_VERSION } from "../kv/migrations.ts";
 import type { Kv } from "../kv/kv.ts";
 import {
   type EventPage,
@@ -636,18 +636,27 @@ export async function openEngine(options: EngineOptions): Promise<Engine> {
       options,
       options.closeKv ?? false,
     );
-    await migrate(engine.store);
+    await migrateStore(engine.store);
     return engine;
   }
   const opened = await openKv(options.path);
   try {
     const engine = new Engine(opened.kv, options.queues ?? opened.queues, options, true);
-    await migrate(engine.store);
+    await migrateStore(engine.store);
     return engine;
   } catch (error) {
     opened.kv.close();
     throw error;
   }
+}
+
+/**
+ * Migrates the store's database; a database without a version and without runs (a new
+ * one) gets its version with the first run this process creates.
+ */
+async function migrateStore(store: Store): Promise<void> {
+  const { to } = await migrate(store);
+  store.schemaUnwritten = to < SCHEMA_VERSION;
 }
 
 function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<void> {

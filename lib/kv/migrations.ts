@@ -73,7 +73,8 @@ export async function migrate(store: MigrationTarget): Promise<MigrationResult> 
   }
   if (from === SCHEMA_VERSION) return { from, to: from, counted: 0 };
   // A database without runs (new, or shared with an application) is left as it is: every
-  // run this kvflow stores is counted, and the first open that finds runs writes the version.
+  // run this kvflow stores is counted, and the first run an engine creates in it, or else
+  // the first open that finds runs, writes the version.
   for await (const _ of kv.list({ prefix: keys.allRunsByPipelinePrefix() }, { limit: 1 })) {
     try {
       return await migrateRuns(store, entry, from);

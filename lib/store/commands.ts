@@ -24,6 +24,7 @@ import {
 import * as keys from "../kv/keys.ts";
 import { MAX_RUN_RECORD_BYTES } from "../kv/limits.ts";
 import { addRunIndexes, moveDue, moveStatus } from "../kv/indexes.ts";
+import { SCHEMA_VERSION } from "../kv/migrations.ts";
 import { reclaimBlobs } from "../kv/blobs.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
@@ -187,6 +188,13 @@ export function newRun(
 export function addRunCreation(store: StoreParts, op: AtomicOperation, run: RunRecord): void {
   addRunIndexes(op, run);
   store.wake(op, run.id, 0);
+  if (store.schemaUnwritten) {
+    // the run is counted in this commit, as every run this kvflow creates: the database
+    // is current from its first run on. Written once; should this commit fail, the next
+    // open migrates (and finds every run counted).
+    op.set(keys.schema(), SCHEMA_VERSION);
+    store.schemaUnwritten = false;
+  }
 }
 
 /**

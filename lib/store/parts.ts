@@ -21,4 +21,10 @@ export interface StoreParts {
   readonly clock: Clock;
   /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */
   wake(op: AtomicOperation, runId: string, delayMs: number): void;
+  /**
+   * Set when the database had no schema version and no runs as this process opened it:
+   * the next run created here writes the version in its creation commit, so that a later
+   * process (a restart) finds the database current and has nothing to migrate.
+   */
+  schemaUnwritten?: boolean;
 }

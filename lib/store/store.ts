@@ -56,6 +56,8 @@ export class Store {
   readonly committer: GroupCommitter;
   /** The clock that decides when work is due. */
   readonly clock: Clock;
+  /** See `StoreParts.schemaUnwritten` (`parts.ts`); the engine sets it after migrating. */
+  schemaUnwritten = false;
 
   /**
    * Creates it.
