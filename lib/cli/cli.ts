@@ -10,7 +10,7 @@ import { env } from "../platform/env.ts";
 import { stdout } from "../platform/process.ts";
 import { type Command, parseCommand, USAGE } from "./parse.ts";
 import { type CliContext, EXIT, type Invocation } from "./invocation.ts";
-import { loadRegistered } from "./load.ts";
+import { lazyNames, loadRegistered } from "./load.ts";
 import { paintFor } from "./progress.ts";
 
 export { type CliContext, EXIT } from "./invocation.ts";
@@ -42,10 +42,12 @@ const COMMANDS: Record<Command, () => Promise<Run>> = {
 };
 
 /**
- * The commands that import from the lazy registry (`CliContext.loaders`) only the pipeline
- * they name or their run belongs to; every other command gets the whole registry.
+ * The commands that get the lazy registry (`CliContext.loaders`) as it is: `run`, `resume`,
+ * `rerun` and `cancel` import only the pipeline they name or their run belongs to, and
+ * `worker` imports them all while it takes up the runs it finds due. Every other command
+ * gets the whole registry, imported before it starts.
  */
-const ONE_PIPELINE: ReadonlySet<Command> = new Set(["run", "resume", "rerun", "cancel"]);
+const LAZY: ReadonlySet<Command> = new Set(["run", "resume", "rerun", "cancel", "worker"]);
 
 /**
  * The cron heartbeat of `serve` and `worker`: checks schedules and due runs once.
@@ -75,11 +77,12 @@ export async function main(args: string[], context: CliContext): Promise<number>
     const paint = paintFor(stdout());
     const code = await COMMANDS[command]();
     // a name in both registries is the static one's
-    const lazy = Object.keys(context.loaders ?? {})
-      .filter((name) => !context.pipelines.some((p) => p.name === name));
-    const registry = ONE_PIPELINE.has(command) || !context.loaders ? context : {
+    const registry = LAZY.has(command) || !context.loaders ? context : {
       ...context,
-      pipelines: [...context.pipelines, ...await loadRegistered(context.loaders, lazy)],
+      pipelines: [
+        ...context.pipelines,
+        ...await loadRegistered(context.loaders, lazyNames(context.pipelines, context.loaders)),
+      ],
       loaders: undefined,
     };
     return await code({ context: registry, flags, args: rest, out, err, paint });

@@ -41,6 +41,14 @@ export async function loadRegistered(
   );
 }
 
+/** The names of `loaders` that `pipelines` (the static registry, which wins) lacks. */
+export function lazyNames(
+  pipelines: readonly Pipeline<unknown>[],
+  loaders: PipelineLoaders = {},
+): string[] {
+  return Object.keys(loaders).filter((name) => !pipelines.some((p) => p.name === name));
+}
+
 /**
  * The registry a command needs to find `target` (a pipeline's name or a module path):
  * `pipelines`, plus the pipeline of that name from `loaders`. An unknown name imports
@@ -56,8 +64,7 @@ export async function registryFor(
     return [...pipelines, ...await loadRegistered(loaders, [target])];
   }
   if (looksLikePath(target)) return pipelines;
-  const lazy = Object.keys(loaders).filter((name) => !pipelines.some((p) => p.name === name));
-  return [...pipelines, ...await loadRegistered(loaders, lazy)];
+  return [...pipelines, ...await loadRegistered(loaders, lazyNames(pipelines, loaders))];
 }
 
 function looksLikePath(target: string): boolean {

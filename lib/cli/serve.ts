@@ -10,6 +10,7 @@ import { env } from "../platform/env.ts";
 import { exit, onStopSignal } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
+import { lazyNames, loadRegistered } from "./load.ts";
 import { priorityFlag } from "./parse.ts";
 import { formatLogLine } from "../platform/log.ts";
 
@@ -80,11 +81,43 @@ export async function serve(invocation: Invocation): Promise<number> {
   return EXIT.ok;
 }
 
-/** `worker`: claims and drives runs until a signal. */
+/**
+ * How long a starting `worker` lets the runs it found due go first before it imports the
+ * rest of its registry, at most.
+ */
+const REGISTRY_AFTER_MS = 1000;
+
+/**
+ * `worker`: claims and drives runs until a signal. It starts on the static registry: the
+ * runs it finds due (a dead worker's, say) start at once, each importing its pipeline alone
+ * if need be. Importing every pipeline holds the process up for a tenth of a second or more,
+ * so the rest of the registry (schedules, deadlines, event triggers) is imported once those
+ * runs have left its hands, or after {@linkcode REGISTRY_AFTER_MS}, and looked at at once.
+ */
 export async function worker(invocation: Invocation): Promise<number> {
-  const engine = await openCliEngine(invocation, invocation.context.pipelines);
+  const { pipelines, loaders } = invocation.context;
+  const engine = await openCliEngine(invocation, pipelines);
   engine.start();
   serving = engine;
+  try {
+    const lazy = lazyNames(pipelines, loaders);
+    if (lazy.length > 0) {
+      // a failed sweep here is logged by the next one
+      await engine.worker.sweep().catch(() => {});
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        engine.worker.idle(),
+        new Promise((resolve) => (timer = setTimeout(resolve, REGISTRY_AFTER_MS))),
+      ]);
+      clearTimeout(timer);
+      engine.register(await loadRegistered(loaders!, lazy));
+      await engine.worker.sweep().catch(() => {});
+    }
+  } catch (error) {
+    serving = undefined;
+    await engine.close();
+    throw error;
+  }
   invocation.err(
     formatLogLine("info", `kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`),
   );

@@ -125,7 +125,7 @@ export class Engine {
   readonly pipelines: Map<string, Pipeline<unknown>>;
   readonly #ownsKv: boolean;
   readonly #listeners = new Set<(event: EngineEvent) => void>();
-  readonly #registry: EventRegistry;
+  #registry: EventRegistry;
   readonly #eventRetentionMs: number;
   #sweeps = 0;
   #closed = false;
@@ -201,6 +201,25 @@ export class Engine {
    */
   start(): void {
     this.worker.start();
+  }
+
+  /**
+   * Adds pipelines to an open engine, as if it had been opened with them: from the next
+   * sweep on, their schedules and deadlines are looked at and their event triggers count.
+   * A worker that starts driving runs before importing its whole registry uses it.
+   *
+   * @throws {TypeError} when another pipeline has the name of one, or a step invokes a
+   * pipeline the engine does not know
+   */
+  register(pipelines: Iterable<Pipeline<unknown>>): void {
+    for (const p of pipelines) {
+      const known = this.pipelines.get(p.name);
+      if (known === p) continue;
+      if (known) throw new TypeError(`Two pipelines are named '${p.name}'`);
+      this.pipelines.set(p.name, p);
+    }
+    checkChildren(this.pipelines);
+    this.#registry = eventRegistry(this.pipelines);
   }
 
   /** A run, or null when there is none with that id (in any process's runs). */
