@@ -9,6 +9,7 @@ import { UsageError } from "../model/errors.ts";
 import { env } from "../platform/env.ts";
 import { exit, onStopSignal } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
+import { withChildren } from "../define/pipeline.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
 import { lazyNames, loadRegistered } from "./load.ts";
 import { priorityFlag } from "./parse.ts";
@@ -95,7 +96,9 @@ const REGISTRY_AFTER_MS = 1000;
  * runs have left its hands, or after {@linkcode REGISTRY_AFTER_MS}, and looked at at once.
  */
 export async function worker(invocation: Invocation): Promise<number> {
-  const { pipelines, loaders } = invocation.context;
+  const { loaders } = invocation.context;
+  // the children a static pipeline invokes come with it, as the whole registry did
+  const pipelines = withChildren([...invocation.context.pipelines]);
   const engine = await openCliEngine(invocation, pipelines);
   engine.start();
   serving = engine;
