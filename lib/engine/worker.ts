@@ -17,7 +17,7 @@ import { TERMINAL } from "../model/records.ts";
 import type { Store, WakeMessage } from "../store/store.ts";
 import { wakeQueued } from "../store/flow.ts";
 import { releaseGate } from "../kv/indexes.ts";
-import { commitAtomic } from "../kv/commit.ts";
+import { keySize } from "../kv/keys.ts";
 import type { KvKey } from "../kv/kv.ts";
 import { StepLimit } from "./step_limit.ts";
 import { SlotNotifier } from "./driver/step_flow.ts";
@@ -367,10 +367,17 @@ export class Worker {
     const gates = this.#gates;
     this.#gates = [];
     if (gates.length === 0) return Promise.resolve();
-    const op = this.#store.kv.atomic();
-    for (const gate of gates) op.delete(gate);
-    // a gate left opens later: harmless
-    const dropping = commitAtomic(op).then(() => {}, () => {});
+    // shared with the checkpoints of the moment: a commit of its own would cost an fsync
+    const bytes = gates.reduce((n, gate) => n + keySize(gate), 0);
+    const dropping = this.#store.committer.commit({
+      checks: 0,
+      mutations: gates.length,
+      bytes,
+      keyBytes: bytes,
+      apply: (op) => {
+        for (const gate of gates) op.delete(gate);
+      },
+    }).then(() => {}, () => {}); // a gate left opens later: harmless
     this.#deliveries.add(dropping);
     dropping.finally(() => this.#deliveries.delete(dropping));
     return dropping;

@@ -279,8 +279,12 @@ async function claimOnce(
     ...(run.waitingFor ? { waitingFor: null } : {}),
     ...(run.held ? { held: null } : {}),
   };
+  // A lease comes to be only in a claim, which writes the run record too: when there was
+  // none, the run's check stands for the lease's (a check less, and checks are what a
+  // grouped commit runs out of first).
+  const fences = takeover ? [runEntry, leaseEntry] : [runEntry];
   const apply = (op: AtomicOperation) => {
-    op.check(runEntry, leaseEntry)
+    op.check(...fences)
       .set(keys.lease(runId), lease)
       .set(keys.run(runId), claimed);
     // A cross-process total for the metrics endpoint.
@@ -301,7 +305,12 @@ async function claimOnce(
   const bytes = 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length;
   // Claims of different runs touch disjoint keys: they may share a commit.
   if (!needsAdmission(run)) {
-    const result = await store.committer.commit({ checks: 2, mutations: 14, bytes, apply });
+    const result = await store.committer.commit({
+      checks: fences.length,
+      mutations: 14,
+      bytes,
+      apply,
+    });
     return result.ok ? await taken(result.versionstamp) : null;
   }
   // A queued run under a limit or throttle starts only when they let it. Its claim checks
@@ -314,11 +323,11 @@ async function claimOnce(
     if (!admission.start) {
       const next: RunRecord = { ...run, held: admission.held, dueAt: admission.dueAt };
       const held = await store.committer.commit({
-        checks: 3,
+        checks: fences.length + admission.checks,
         mutations: 6,
         bytes,
         apply: (op) => {
-          op.check(runEntry, leaseEntry).set(keys.run(runId), next);
+          op.check(...fences).set(keys.run(runId), next);
           admission.apply(op);
           moveDue(op, run, next);
         },
@@ -333,7 +342,7 @@ async function claimOnce(
     // with a slot and a throttle entry taken, a queue entry dropped and a gate
     try {
       return await store.committer.commit({
-        checks: 4,
+        checks: fences.length + admission.checks,
         mutations: 18,
         bytes,
         apply: (op) => {

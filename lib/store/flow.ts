@@ -49,6 +49,8 @@ export type Admission =
     slot: number | null;
     /** Adds the taking of its slot and throttle entry, with their checks, to the claim. */
     apply: (op: AtomicOperation) => void;
+    /** How many checks `apply` adds (a grouped claim counts them against KV's limit). */
+    checks: number;
     /** Call once the claim's commit is done: other claims here may pick them again. */
     done: () => void;
   }
@@ -59,6 +61,8 @@ export type Admission =
     dueAt: number;
     /** Adds its queue entry (and a gate for runs ahead of it) to the hold's commit. */
     apply: (op: AtomicOperation) => void;
+    /** How many checks `apply` adds. */
+    checks: number;
   };
 
 /**
@@ -143,6 +147,7 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
         start: false,
         held: { by: "limit", key, since: since("limit"), until: null, reason },
         dueAt: now + BACKSTOP_MS,
+        checks: 1,
         apply: (op) => {
           // a slot freed since it was read: the hold fails and the run looks again
           op.check(release).set(mine, run.id);
@@ -179,6 +184,7 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
         start: false,
         held: { by: "throttle", key, since: since("throttle"), until: pick.until, reason },
         dueAt: pick.until,
+        checks: 0,
         apply: (op) => {
           if (limit) {
             op.delete(keys.limitQueue(limit.scope, limit.key, queueRank(run), run.id));
@@ -190,7 +196,14 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
     taking.add(reserved[reserved.length - 1]);
     applies.push((op) => takeThrottle(op, scope, key, pick, now));
   }
-  return { start: true, slot, apply: (op) => applies.forEach((apply) => apply(op)), done };
+  return {
+    start: true,
+    slot,
+    apply: (op) => applies.forEach((apply) => apply(op)),
+    // one check each: the slot is still free, the throttle entry still unused
+    checks: applies.length,
+    done,
+  };
 }
 
 /**
