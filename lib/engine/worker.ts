@@ -2,7 +2,9 @@
  * A worker claims runs and drives them. Wake-ups, fastest first: a run created or
  * resumed in this process starts at once; a retry due soon waits on an in-process timer;
  * a `kv.enqueue` hint (where KV has queues) arrives after its delay; and a sweep of the
- * due-index — which also holds every lease's deadline — catches everything else.
+ * due-index — which also holds every lease's deadline — catches everything else. On a
+ * local KV file, a watch of the file makes the worker look at the due-index within a few
+ * ms of another process's commit (`commit_watch.ts`).
  * Queue messages are only hints: each one means "look at this run", and looking twice
  * is harmless.
  *
@@ -23,6 +25,7 @@ import { StepLimit } from "./step_limit.ts";
 import { SlotNotifier } from "./driver/step_flow.ts";
 import { hostname, pid } from "../platform/process.ts";
 import { logLine } from "../platform/log.ts";
+import { CommitWatch } from "./commit_watch.ts";
 
 /** Options of a {@linkcode Worker}. */
 export interface WorkerOptions {
@@ -57,6 +60,11 @@ export interface WorkerOptions {
   onEvent?: (event: RunEvent) => void;
   /** Called when a run fails and its alert is stored. Default: a line on stderr. */
   onAlert?: (alert: AlertRecord) => void;
+  /**
+   * The local KV file to watch while serving: a commit to it by any process makes the
+   * worker look at the due-index at once, not at its next sweep. Unset: sweeps only.
+   */
+  watchFile?: string;
 }
 
 const FOREIGN_MS = 60_000;
@@ -90,6 +98,7 @@ export class Worker {
   readonly #delivering = new Set<string>();
   readonly #stop = new AbortController();
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #watch: CommitWatch | undefined;
   #listening: Promise<void> | undefined;
   #sweeps = 0;
   #lastSweepAt: number | null = null;
@@ -151,6 +160,21 @@ export class Worker {
       });
     };
     this.#sweepTimer = setTimeout(tick, 0);
+    const file = this.#options.watchFile;
+    if (file) {
+      this.#watch = new CommitWatch(file, () => this.#look(), (error) =>
+        logLine(
+          "warn",
+          `kvflow: cannot watch ${file} for other processes' commits (${
+            error instanceof Error ? error.message : error
+          }): they are seen at the next sweep, every ${this.#options.pollMs} ms`,
+        ));
+    }
+  }
+
+  /** Looks made by the watch of the KV file so far (for benchmarks). */
+  get watchLooks(): number {
+    return this.#watch?.looks ?? 0;
   }
 
   /**
@@ -167,18 +191,7 @@ export class Worker {
     }
     const free = this.#options.maxRuns - this.#active.size;
     if (free > 0) {
-      const now = this.#store.clock.now();
-      for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
-      const limit = free + this.#active.size + this.#foreign.size;
-      const due = await this.#store.dueRuns(now, limit);
-      let woken = 0;
-      for (const runId of due) {
-        if (!this.#active.has(runId) && !this.#foreign.has(runId) && woken < free) {
-          this.wake(runId);
-          woken++;
-        }
-      }
-      if (due.length === limit) this.#backlog = true;
+      const woken = await this.#wakeDue(free);
       // Runs held by a dead process of this host: due only when their leases run out.
       for (const runId of await this.#store.orphanedRuns(this.#holder, free - woken)) {
         if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.wake(runId);
@@ -192,6 +205,42 @@ export class Worker {
       }
     }
     this.#lastSweepAt = Date.now();
+  }
+
+  /** Wakes up to `free` due runs that this worker is not driving; how many it woke. */
+  async #wakeDue(free: number): Promise<number> {
+    const now = this.#store.clock.now();
+    for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
+    const limit = free + this.#active.size + this.#foreign.size;
+    const due = await this.#store.dueRuns(now, limit);
+    let woken = 0;
+    for (const runId of due) {
+      if (!this.#active.has(runId) && !this.#foreign.has(runId) && woken < free) {
+        this.wake(runId);
+        woken++;
+      }
+    }
+    if (due.length === limit) this.#backlog = true;
+    return woken;
+  }
+
+  /** The watch heard a commit: the head of the due-index only, not a whole sweep. */
+  async #look(): Promise<number> {
+    const free = this.#options.maxRuns - this.#active.size;
+    if (this.#stop.signal.aborted) return 0;
+    if (free <= 0) {
+      // full: the next run to end pulls the backlog
+      this.#backlog = true;
+      return 0;
+    }
+    try {
+      return await this.#wakeDue(free);
+    } catch (error) {
+      if (!this.#stop.signal.aborted) {
+        logLine("error", `kvflow: look at due runs failed: ${(error as Error)?.message}`);
+      }
+      return 0;
+    }
   }
 
   /** Looks at a run soon: claims it if it has work and this worker has room. */
@@ -413,11 +462,13 @@ export class Worker {
     this.#stopping ??= { mode: "release", graceMs };
     this.#stop.abort();
     clearTimeout(this.#sweepTimer);
+    const unwatched = this.#watch?.close();
     for (const cancel of this.#timers.values()) cancel();
     this.#timers.clear();
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
     await Promise.all(drivers.map((d) => d.release(graceMs)));
     await Promise.allSettled([...this.#sweeping]);
+    await unwatched;
     while (this.#active.size > 0) await new Promise((r) => setTimeout(r, 5));
     await this.#dropGates();
     await Promise.allSettled([...this.#deliveries]);
@@ -428,8 +479,10 @@ export class Worker {
     this.#stopping = { mode: "interrupt", reason };
     this.#stop.abort();
     clearTimeout(this.#sweepTimer);
+    const unwatched = this.#watch?.close();
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
     await Promise.all(drivers.map((d) => d.interrupt(reason)));
+    await unwatched;
     await this.#dropGates();
   }
 
