@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { FIXTURE_CLI, type Proc, Sandbox } from "./_support/harness.ts";
 import { delay } from "./_support/helpers.ts";
 import five from "./fixtures/five.ts";
+import { openEngine } from "../lib/mod.ts";
 
 const STARTED = /worker \S+ started/;
 
@@ -89,4 +90,24 @@ Deno.test({
       kv.close();
     }
   },
+});
+
+Deno.test("an engine watching its KV file stops at close, its watch closed with it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "kvflow_wake_" });
+  try {
+    const engine = await openEngine({ path: `${dir}/kvflow.kv`, pipelines: [five] });
+    engine.start();
+    // writes heard by the watch, so that it is looking when the close comes
+    for (let i = 0; i < 5; i++) await engine.store.createRun(five, { params: {} });
+    await delay(3);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const closed = await Promise.race([
+      engine.close(0).then(() => true),
+      new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), 10_000)),
+    ]);
+    clearTimeout(timer);
+    assert.ok(closed, "close() did not return within 10 s");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -4,83 +4,71 @@
  * and the kernel's file watch (inotify on Linux) reports that within a few ms. A report
  * means only "something was written": what changed is read from KV.
  *
+ * A watch is armed for one write and closed when it comes. A watch left open on a busy
+ * file would hand this process every write (about six a commit, thousands a second),
+ * and taking each one costs more CPU than everything else an idle worker does.
+ *
  * This is a seam: a Node.js port of kvflow would replace this module for this call.
  *
  * @module
  */
 
-/** A watch started by {@linkcode watchCommits}. */
-export interface CommitWatcher {
-  /** Stops watching; resolves once the watch has let go of its resources. */
-  close(): Promise<void>;
-}
-
 /**
- * Calls `onWrite` whenever the write-ahead log of the SQLite file `file` is written
- * (by this process or another). The `-wal` may not exist yet: then its directory is
- * watched until it appears. Reads (`access` events) are ignored: a watcher that woke on
- * them would wake itself.
+ * Resolves at the next write to the write-ahead log of the SQLite file `file` (by this
+ * process or another); the first one of a commit may come before the commit is visible
+ * to readers. The `-wal` may not exist yet: then its directory is watched until it
+ * appears. Reads (`access` events) are ignored: a watcher that woke on them would wake
+ * itself. The watch is armed when this returns.
  *
  * @param file the KV file's path
- * @param onWrite called for each write seen; it may be called several times per commit,
- *   and the first call may come before the commit is visible to readers
- * @param onError called once if the watch fails (e.g. no read permission); the watch
- *   has then stopped
- * @returns the watch, to close
+ * @param signal stops waiting
+ * @returns true at a write, false when `signal` aborted
+ * @throws when the file cannot be watched (e.g. no read permission)
  */
-export function watchCommits(
-  file: string,
-  onWrite: () => void,
-  onError: (error: unknown) => void,
-): CommitWatcher {
+export async function nextWrite(file: string, signal: AbortSignal): Promise<boolean> {
   const wal = `${file}-wal`;
   const slash = wal.lastIndexOf("/");
   const dir = slash < 0 ? "." : wal.slice(0, slash) || "/";
   const walName = wal.slice(slash + 1);
-  let watcher: Deno.FsWatcher | undefined;
-  let closed = false;
-
-  /** Watches the `-wal` itself, or its directory while it is missing, until closed. */
-  const loop = async () => {
-    while (!closed) {
-      let walExists = true;
-      try {
-        watcher = Deno.watchFs(wal, { recursive: false });
-      } catch (error) {
-        if (!(error instanceof Deno.errors.NotFound)) throw error;
-        walExists = false;
-        watcher = Deno.watchFs(dir, { recursive: false });
-      }
-      if (closed) return watcher.close();
+  while (!signal.aborted) {
+    let walExists = true;
+    let watcher: Deno.FsWatcher;
+    try {
+      watcher = Deno.watchFs(wal, { recursive: false });
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      walExists = false;
+      watcher = Deno.watchFs(dir, { recursive: false });
+    }
+    const stop = () => close(watcher);
+    signal.addEventListener("abort", stop, { once: true });
+    try {
       for await (const event of watcher) {
         if (walExists) {
-          if (event.kind === "modify") onWrite();
-          // gone (the last connection closed it): watch the directory until it is back
-          else if (event.kind === "remove") break;
+          if (event.kind === "modify") return true;
+          // gone (its last connection closed it): watch the directory until it is back
+          if (event.kind === "remove") break;
         } else if (
           (event.kind === "create" || event.kind === "modify") &&
           event.paths.some((path) => path.endsWith(`/${walName}`))
         ) {
-          onWrite();
-          break;
+          return true;
         }
       }
-      // left by `break`; after close() the watcher is closed already
-      if (!closed) watcher.close();
+    } catch (error) {
+      if (!signal.aborted) throw error;
+    } finally {
+      signal.removeEventListener("abort", stop);
+      close(watcher);
     }
-  };
-  const running = loop().catch((error) => {
-    if (!closed) onError(error);
-  });
-  return {
-    async close() {
-      closed = true;
-      try {
-        watcher?.close();
-      } catch {
-        // already closed by the loop
-      }
-      await running;
-    },
-  };
+  }
+  return false;
+}
+
+function close(watcher: Deno.FsWatcher): void {
+  try {
+    watcher.close();
+  } catch {
+    // closed already
+  }
 }
