@@ -29,6 +29,8 @@ export const MAX_GAP_MS = 25;
  * ms later, and nothing is heard then.
  */
 export const FOLLOW_MS = 50;
+/** Within this long of a lone write, looks that find nothing keep the shortest gap. */
+export const FIRST_FOLLOW_MS = 10;
 
 /** One armed watch: whether and when its write came. */
 interface Armed {
@@ -102,8 +104,12 @@ export class CommitWatch {
         this.#looks++;
         // the look logs its own failures; the next write or the sweep looks again
         const woken = await this.#look().catch(() => 0);
-        gapMs = woken > 0 ? MIN_GAP_MS : Math.min(gapMs * 2, MAX_GAP_MS);
-        if (armed.heardAt !== null) lastHeardAt = armed.heardAt;
+        const quiet = armed.heardAt === null;
+        // a lone commit not visible yet: look again soon; writes still coming: space the looks
+        gapMs = woken > 0 || quiet && performance.now() - lastHeardAt < FIRST_FOLLOW_MS
+          ? MIN_GAP_MS
+          : Math.min(gapMs * 2, MAX_GAP_MS);
+        if (!quiet) lastHeardAt = armed.heardAt!;
         else if (performance.now() - lastHeardAt >= FOLLOW_MS) break;
         delay = Math.max(SETTLE_MS, startedAt + gapMs - performance.now());
       }
