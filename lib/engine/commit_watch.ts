@@ -11,7 +11,7 @@
  * back to {@linkcode MIN_GAP_MS} after one that did: an idle worker beside a busy file
  * looks about 40 times a second, not at every commit. And since a commit may become
  * visible a while after its last write is heard, looks go on until
- * {@linkcode FOLLOW_MS} after the last write heard: a lone commit costs about six looks.
+ * {@linkcode FOLLOW_MS} after the last write heard: a lone commit costs about eight looks.
  *
  * @module
  */
