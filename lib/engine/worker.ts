@@ -16,7 +16,7 @@ import { type AlertEmail, deliverAlert, pendingAlerts } from "../alerts/deliver.
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
 import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
-import type { Store, WakeMessage } from "../store/store.ts";
+import type { RunWakeMessage, Store, WakeMessage } from "../store/store.ts";
 import { wakeQueued } from "../store/flow.ts";
 import { releaseGate } from "../kv/indexes.ts";
 import { commitAtomic } from "../kv/commit.ts";
@@ -69,6 +69,12 @@ export interface WorkerOptions {
 
 const FOREIGN_MS = 60_000;
 
+/**
+ * Runs whose last look by this worker it remembers, to drop queue hints sent before it.
+ * Past this many, the oldest is forgotten: its hint then costs a read, as before.
+ */
+const LOOKS_REMEMBERED = 20_000;
+
 /** How a driver leaves a run that still holds its limit slot. */
 const HOLDS_SLOT: ReadonlySet<Outcome> = new Set(["waiting", "released", "paused"]);
 
@@ -105,6 +111,12 @@ export class Worker {
   #backlog = false;
   /** Runs whose pipeline this worker does not know, and until when to skip them. */
   readonly #foreign = new Map<string, number>();
+  /**
+   * When this worker last read each run to claim it (wall time, ms), oldest first. A run
+   * this worker parked or ended has a hint per commit that touched it; they come later,
+   * at the queue's pace (100-200 a second here), and each would read the run again.
+   */
+  readonly #lookedAt = new Map<string, number>();
   readonly #sweeping = new Set<Promise<void>>();
   /** How runs claimed after a stop or interrupt began are to be left. */
   #stopping:
@@ -150,7 +162,10 @@ export class Worker {
     if (this.#store.queues) {
       this.#listening = this.#store.kv.listenQueue((message: unknown) => {
         const hint = message as WakeMessage;
-        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.notify(hint.runId);
+        if (hint?.kvflow === "due") void this.#look();
+        if (hint?.kvflow !== "run" || typeof hint.runId !== "string") return;
+        if (this.#lookedSince(hint)) this.#tellFollowers(hint.runId);
+        else this.notify(hint.runId);
       });
     }
     const tick = () => {
@@ -220,11 +235,15 @@ export class Worker {
         woken++;
       }
     }
-    if (due.length === limit) this.#backlog = true;
+    // the room filled, or the head was full (less stale entries it dropped): more may be due
+    if (due.length === limit || (woken > 0 && woken === free)) this.#backlog = true;
     return woken;
   }
 
-  /** The watch heard a commit: the head of the due-index only, not a whole sweep. */
+  /**
+   * The watch heard a commit, or a queue message says runs are due: the head of the
+   * due-index only, not a whole sweep.
+   */
   async #look(): Promise<number> {
     const free = this.#options.maxRuns - this.#active.size;
     if (this.#stop.signal.aborted) return 0;
@@ -260,15 +279,39 @@ export class Worker {
    * ({@linkcode Worker.notified}) is told.
    */
   notify(runId: string): void {
+    this.#tellFollowers(runId);
+    const driver = this.#active.get(runId);
+    if (driver) driver.notify();
+    // a process that does not serve (a CLI `send`) leaves the run to a worker that does
+    else if (this.serving) this.wake(runId);
+  }
+
+  #tellFollowers(runId: string): void {
     const waiters = this.#notified.get(runId);
     if (waiters) {
       this.#notified.delete(runId);
       for (const resolve of waiters) resolve();
     }
-    const driver = this.#active.get(runId);
-    if (driver) driver.notify();
-    // a process that does not serve (a CLI `send`) leaves the run to a worker that does
-    else if (this.serving) this.wake(runId);
+  }
+
+  /**
+   * Whether this worker read the run at or after the time a hint is meant for: it looked
+   * already, and the hint is dropped without a read. A hint's time is taken before its
+   * commit, so a read in between may miss that commit: then the commit's due entry still
+   * wakes the run, at the watch's next look or the next sweep.
+   */
+  #lookedSince(hint: RunWakeMessage): boolean {
+    const lookedAt = this.#lookedAt.get(hint.runId);
+    return hint.at !== undefined && lookedAt !== undefined && lookedAt >= hint.at &&
+      !this.#active.has(hint.runId);
+  }
+
+  #rememberLook(runId: string, at: number): void {
+    this.#lookedAt.delete(runId);
+    this.#lookedAt.set(runId, at);
+    if (this.#lookedAt.size > LOOKS_REMEMBERED) {
+      this.#lookedAt.delete(this.#lookedAt.keys().next().value!);
+    }
   }
 
   /**
@@ -315,6 +358,7 @@ export class Worker {
       return "full";
     }
     this.#active.set(runId, null);
+    const lookedAt = Date.now();
     try {
       const run = await this.#store.getRun(runId);
       if (!run) return "skipped";
@@ -390,6 +434,7 @@ export class Worker {
       }
       return outcome;
     } finally {
+      this.#rememberLook(runId, lookedAt);
       this.#active.delete(runId);
       this.#pullBacklog();
     }
