@@ -428,7 +428,7 @@ export function crossWakeRows(r: CrossWakeResult): Row[] {
     const on = r.watched[kind];
     const off = r.polled[kind];
     return {
-      benchmark: `13. another process's commit → first step in a worker: ${what[kind]}`,
+      benchmark: `14. another process's commit → first step in a worker: ${what[kind]}`,
       figure: `watch: p50 ${fmt(on.p50, 1)} ms, p99 ${
         fmt(on.p99, 1)
       } ms (${on.n}); sweep only (${r.pollMs} ms): p50 ${fmt(off.p50, 0)} ms, p99 ${
@@ -445,7 +445,7 @@ export function crossWakeRows(r: CrossWakeResult): Row[] {
   });
   const cpu = (c: IdleCpu) => `${fmt(c.percent, 2)} % of a core`;
   rows.push({
-    benchmark: "13. idle worker CPU, watch on / off: quiet file; another process committing",
+    benchmark: "14. idle worker CPU, watch on / off: quiet file; another process committing",
     figure: `${cpu(r.idle.on)} / ${cpu(r.idle.off)}; ${cpu(r.idle.onBusy)} (${
       fmt(r.idle.onBusy.looksPerSecond, 0)
     } looks/s) / ${cpu(r.idle.offBusy)} beside ${fmt(r.idle.onBusy.commitsPerSecond, 0)} commits/s`,
