@@ -19,10 +19,11 @@
  *     CPU time per step of each thread and bytes written per step.
  * 12. `limit`: flow control: the 500-run throughput with and without a run limit, and the
  *     claim latency of a queued run when its slot frees, same process and another.
- *
  * 13. `remote`: the engine over a simulated remote KV (10 checks a commit, no queues, a
  *     round trip of 5, 20, 50 ms a call): the sequential step, throughput with 1, 4 and 16
  *     engines, round trips per step next to home's.
+ * 14. `wake`: another process's commit (new run, resume, event, freed slot) → first step in
+ *     a worker process, its watch of the KV file on and off; the worker's idle CPU.
  *
  * `--only waits` selects 7–10.
  *
@@ -47,6 +48,7 @@ import { prune, pruneRows, type PruneSizes } from "./prune.ts";
 import { flowBench, flowRows, type FlowSizes } from "./flow.ts";
 import { inflight, inflightRows, type InflightSizes } from "./inflight.ts";
 import { remote, remoteRows, type RemoteSizes } from "./remote.ts";
+import { crossWake, crossWakeRows, type CrossWakeSizes } from "./cross_wake.ts";
 import { machine, markdown, type Row, writeTable } from "./report.ts";
 import { fmt, log, TIMEOUT_MS } from "./_util.ts";
 
@@ -67,6 +69,7 @@ interface Sizes {
   limit: FlowSizes;
   inflight: InflightSizes;
   remote: RemoteSizes;
+  wake: CrossWakeSizes;
 }
 
 const FULL: Sizes = {
@@ -92,6 +95,7 @@ const FULL: Sizes = {
     inFlight: [8, 64],
     rounds: 2,
   },
+  wake: { watched: 60, polled: 12, cpuSeconds: 10 },
 };
 
 const QUICK: Sizes = {
@@ -117,6 +121,7 @@ const QUICK: Sizes = {
     inFlight: [8],
     rounds: 1,
   },
+  wake: { watched: 10, polled: 4, cpuSeconds: 2 },
 };
 
 const SECTIONS = [
@@ -134,6 +139,7 @@ const SECTIONS = [
   "prune",
   "limit",
   "remote",
+  "wake",
 ] as const;
 type Section = typeof SECTIONS[number];
 
@@ -236,6 +242,7 @@ async function main(): Promise<number> {
     await section("prune", () => prune(dir, sizes.prune), pruneRows);
     await section("limit", (signal) => flowBench(dir, sizes.limit, signal), flowRows);
     await section("remote", (signal) => remote(dir, sizes.remote, signal), remoteRows);
+    await section("wake", (signal) => crossWake(file("wake"), sizes.wake, signal), crossWakeRows);
     info.loadAfter = Deno.loadavg();
     const text = markdown(rows, info);
     console.log(text);

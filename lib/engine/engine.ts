@@ -52,7 +52,7 @@ export type EngineEvent = RunEvent | { type: "alert"; alert: AlertRecord };
 const BACKGROUND_PRUNE_RUNS = 50;
 
 /** Options of {@linkcode openEngine}. */
-export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
+export interface EngineOptions extends Omit<WorkerOptions, "pipelines" | "watchFile"> {
   /** The pipelines this engine can run. */
   // deno-lint-ignore no-explicit-any
   pipelines: Iterable<Pipeline<any>>;
@@ -64,6 +64,13 @@ export interface EngineOptions extends Omit<WorkerOptions, "pipelines"> {
   closeKv?: boolean;
   /** Whether the KV has queues. Default: detected from the location. */
   queues?: boolean;
+  /**
+   * Whether a serving engine on a local KV file watches the file, so that another
+   * process's commit (a new run, a resume, an event, a freed limit slot) is seen within
+   * milliseconds, not at the next sweep. Default true; `KVFLOW_WATCH=off` turns it off
+   * for the CLI.
+   */
+  watch?: boolean;
   /** The clock that decides when work is due. Default: wall time. */
   clock?: Clock;
   /**
@@ -138,7 +145,12 @@ export class Engine {
    * @param options pipelines and worker options
    * @param ownsKv whether closing the engine closes the database
    */
-  constructor(kv: Kv, queues: boolean, options: EngineOptions, ownsKv: boolean) {
+  constructor(
+    kv: Kv,
+    queues: boolean,
+    options: EngineOptions & Pick<WorkerOptions, "watchFile">,
+    ownsKv: boolean,
+  ) {
     this.kv = kv;
     this.#ownsKv = ownsKv;
     this.store = new Store(kv, {
@@ -660,7 +672,13 @@ export async function openEngine(options: EngineOptions): Promise<Engine> {
   }
   const opened = await openKv(options.path);
   try {
-    const engine = new Engine(opened.kv, options.queues ?? opened.queues, options, true);
+    const watchFile = options.watch === false ? undefined : opened.file;
+    const engine = new Engine(
+      opened.kv,
+      options.queues ?? opened.queues,
+      { ...options, watchFile },
+      true,
+    );
     await migrateStore(engine.store);
     return engine;
   } catch (error) {

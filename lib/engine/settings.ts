@@ -20,6 +20,8 @@ export interface WorkerSettings {
   maxSteps: number;
   /** `KVFLOW_GROUP_COMMIT`: `off` commits each checkpoint on its own; default on. */
   groupCommit: boolean;
+  /** `KVFLOW_WATCH`: `off` leaves other processes' commits to the sweep; default on. */
+  watch: boolean;
   /** `KVFLOW_ALERT_WEBHOOK`. */
   alertWebhook?: string;
   /** `KVFLOW_ALERT_EMAIL` through `KVFLOW_SMTP_URL`, from `KVFLOW_ALERT_FROM`. */
@@ -38,6 +40,7 @@ export function workerSettingsFromEnv(): WorkerSettings {
     maxRuns: envInt("KVFLOW_MAX_RUNS", 16),
     maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
     groupCommit: envSwitch("KVFLOW_GROUP_COMMIT", true),
+    watch: envSwitch("KVFLOW_WATCH", true),
     alertWebhook: env("KVFLOW_ALERT_WEBHOOK") || undefined,
     alertEmail: alertEmail(),
   };

@@ -2,7 +2,9 @@
  * A worker claims runs and drives them. Wake-ups, fastest first: a run created or
  * resumed in this process starts at once; a retry due soon waits on an in-process timer;
  * a `kv.enqueue` hint (where KV has queues) arrives after its delay; and a sweep of the
- * due-index — which also holds every lease's deadline — catches everything else.
+ * due-index — which also holds every lease's deadline — catches everything else. On a
+ * local KV file, a watch of the file makes the worker look at the due-index within a few
+ * ms of another process's commit (`commit_watch.ts`).
  * Queue messages are only hints: each one means "look at this run", and looking twice
  * is harmless.
  *
@@ -14,7 +16,7 @@ import { type AlertEmail, deliverAlert, pendingAlerts } from "../alerts/deliver.
 import { type AttemptInfo, type Outcome, RunDriver, type RunEvent } from "./driver/driver.ts";
 import type { Lease, RunRecord } from "../model/records.ts";
 import { TERMINAL } from "../model/records.ts";
-import type { Store, WakeMessage } from "../store/store.ts";
+import type { RunWakeMessage, Store, WakeMessage } from "../store/store.ts";
 import { wakeQueued } from "../store/flow.ts";
 import { releaseGate } from "../kv/indexes.ts";
 import { keySize } from "../kv/keys.ts";
@@ -23,6 +25,7 @@ import { StepLimit } from "./step_limit.ts";
 import { SlotNotifier } from "./driver/step_flow.ts";
 import { hostname, pid } from "../platform/process.ts";
 import { logLine } from "../platform/log.ts";
+import { CommitWatch } from "./commit_watch.ts";
 
 /** Options of a {@linkcode Worker}. */
 export interface WorkerOptions {
@@ -57,9 +60,20 @@ export interface WorkerOptions {
   onEvent?: (event: RunEvent) => void;
   /** Called when a run fails and its alert is stored. Default: a line on stderr. */
   onAlert?: (alert: AlertRecord) => void;
+  /**
+   * The local KV file to watch while serving: a commit to it by any process makes the
+   * worker look at the due-index at once, not at its next sweep. Unset: sweeps only.
+   */
+  watchFile?: string;
 }
 
 const FOREIGN_MS = 60_000;
+
+/**
+ * Runs whose last look by this worker it remembers, to drop queue hints sent before it.
+ * Past this many, the oldest is forgotten: its hint then costs a read, as before.
+ */
+const LOOKS_REMEMBERED = 20_000;
 
 /** How a driver leaves a run that still holds its limit slot. */
 const HOLDS_SLOT: ReadonlySet<Outcome> = new Set(["waiting", "released", "paused"]);
@@ -90,12 +104,19 @@ export class Worker {
   readonly #delivering = new Set<string>();
   readonly #stop = new AbortController();
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #watch: CommitWatch | undefined;
   #listening: Promise<void> | undefined;
   #sweeps = 0;
   #lastSweepAt: number | null = null;
   #backlog = false;
   /** Runs whose pipeline this worker does not know, and until when to skip them. */
   readonly #foreign = new Map<string, number>();
+  /**
+   * When this worker last read each run to claim it (wall time, ms), oldest first. A run
+   * this worker parked or ended has a hint per commit that touched it; they come later,
+   * at the queue's pace (100-200 a second here), and each would read the run again.
+   */
+  readonly #lookedAt = new Map<string, number>();
   readonly #sweeping = new Set<Promise<void>>();
   /** How runs claimed after a stop or interrupt began are to be left. */
   #stopping:
@@ -141,7 +162,10 @@ export class Worker {
     if (this.#store.queues) {
       this.#listening = this.#store.kv.listenQueue((message: unknown) => {
         const hint = message as WakeMessage;
-        if (hint?.kvflow === "run" && typeof hint.runId === "string") this.notify(hint.runId);
+        if (hint?.kvflow === "due") void this.#look();
+        if (hint?.kvflow !== "run" || typeof hint.runId !== "string") return;
+        if (this.#lookedSince(hint)) this.#tellFollowers(hint.runId);
+        else this.notify(hint.runId);
       });
     }
     const tick = () => {
@@ -151,6 +175,21 @@ export class Worker {
       });
     };
     this.#sweepTimer = setTimeout(tick, 0);
+    const file = this.#options.watchFile;
+    if (file) {
+      this.#watch = new CommitWatch(file, () => this.#look(), (error) =>
+        logLine(
+          "warn",
+          `kvflow: cannot watch ${file} for other processes' commits (${
+            error instanceof Error ? error.message : error
+          }): they are seen at the next sweep, every ${this.#options.pollMs} ms`,
+        ));
+    }
+  }
+
+  /** Looks made by the watch of the KV file so far (for benchmarks). */
+  get watchLooks(): number {
+    return this.#watch?.looks ?? 0;
   }
 
   /**
@@ -167,18 +206,7 @@ export class Worker {
     }
     const free = this.#options.maxRuns - this.#active.size;
     if (free > 0) {
-      const now = this.#store.clock.now();
-      for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
-      const limit = free + this.#active.size + this.#foreign.size;
-      const due = await this.#store.dueRuns(now, limit);
-      let woken = 0;
-      for (const runId of due) {
-        if (!this.#active.has(runId) && !this.#foreign.has(runId) && woken < free) {
-          this.wake(runId);
-          woken++;
-        }
-      }
-      if (due.length === limit) this.#backlog = true;
+      const woken = await this.#wakeDue(free);
       // Runs held by a dead process of this host: due only when their leases run out.
       for (const runId of await this.#store.orphanedRuns(this.#holder, free - woken)) {
         if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.wake(runId);
@@ -192,6 +220,46 @@ export class Worker {
       }
     }
     this.#lastSweepAt = Date.now();
+  }
+
+  /** Wakes up to `free` due runs that this worker is not driving; how many it woke. */
+  async #wakeDue(free: number): Promise<number> {
+    const now = this.#store.clock.now();
+    for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
+    const limit = free + this.#active.size + this.#foreign.size;
+    const due = await this.#store.dueRuns(now, limit);
+    let woken = 0;
+    for (const runId of due) {
+      if (!this.#active.has(runId) && !this.#foreign.has(runId) && woken < free) {
+        this.wake(runId);
+        woken++;
+      }
+    }
+    // the room filled, or the head was full (less stale entries it dropped): more may be due
+    if (due.length === limit || (woken > 0 && woken === free)) this.#backlog = true;
+    return woken;
+  }
+
+  /**
+   * The watch heard a commit, or a queue message says runs are due: the head of the
+   * due-index only, not a whole sweep.
+   */
+  async #look(): Promise<number> {
+    const free = this.#options.maxRuns - this.#active.size;
+    if (this.#stop.signal.aborted) return 0;
+    if (free <= 0) {
+      // full: the next run to end pulls the backlog
+      this.#backlog = true;
+      return 0;
+    }
+    try {
+      return await this.#wakeDue(free);
+    } catch (error) {
+      if (!this.#stop.signal.aborted) {
+        logLine("error", `kvflow: look at due runs failed: ${(error as Error)?.message}`);
+      }
+      return 0;
+    }
   }
 
   /** Looks at a run soon: claims it if it has work and this worker has room. */
@@ -211,15 +279,39 @@ export class Worker {
    * ({@linkcode Worker.notified}) is told.
    */
   notify(runId: string): void {
+    this.#tellFollowers(runId);
+    const driver = this.#active.get(runId);
+    if (driver) driver.notify();
+    // a process that does not serve (a CLI `send`) leaves the run to a worker that does
+    else if (this.serving) this.wake(runId);
+  }
+
+  #tellFollowers(runId: string): void {
     const waiters = this.#notified.get(runId);
     if (waiters) {
       this.#notified.delete(runId);
       for (const resolve of waiters) resolve();
     }
-    const driver = this.#active.get(runId);
-    if (driver) driver.notify();
-    // a process that does not serve (a CLI `send`) leaves the run to a worker that does
-    else if (this.serving) this.wake(runId);
+  }
+
+  /**
+   * Whether this worker read the run at or after the time a hint is meant for: it looked
+   * already, and the hint is dropped without a read. A hint's time is taken before its
+   * commit, so a read in between may miss that commit: then the commit's due entry still
+   * wakes the run, at the watch's next look or the next sweep.
+   */
+  #lookedSince(hint: RunWakeMessage): boolean {
+    const lookedAt = this.#lookedAt.get(hint.runId);
+    return hint.at !== undefined && lookedAt !== undefined && lookedAt >= hint.at &&
+      !this.#active.has(hint.runId);
+  }
+
+  #rememberLook(runId: string, at: number): void {
+    this.#lookedAt.delete(runId);
+    this.#lookedAt.set(runId, at);
+    if (this.#lookedAt.size > LOOKS_REMEMBERED) {
+      this.#lookedAt.delete(this.#lookedAt.keys().next().value!);
+    }
   }
 
   /**
@@ -266,6 +358,7 @@ export class Worker {
       return "full";
     }
     this.#active.set(runId, null);
+    const lookedAt = Date.now();
     try {
       const run = await this.#store.getRun(runId);
       if (!run) return "skipped";
@@ -341,6 +434,7 @@ export class Worker {
       }
       return outcome;
     } finally {
+      this.#rememberLook(runId, lookedAt);
       this.#active.delete(runId);
       this.#pullBacklog();
     }
@@ -420,11 +514,13 @@ export class Worker {
     this.#stopping ??= { mode: "release", graceMs };
     this.#stop.abort();
     clearTimeout(this.#sweepTimer);
+    const unwatched = this.#watch?.close();
     for (const cancel of this.#timers.values()) cancel();
     this.#timers.clear();
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
     await Promise.all(drivers.map((d) => d.release(graceMs)));
     await Promise.allSettled([...this.#sweeping]);
+    await unwatched;
     while (this.#active.size > 0) await new Promise((r) => setTimeout(r, 5));
     await this.#dropGates();
     await Promise.allSettled([...this.#deliveries]);
@@ -435,8 +531,10 @@ export class Worker {
     this.#stopping = { mode: "interrupt", reason };
     this.#stop.abort();
     clearTimeout(this.#sweepTimer);
+    const unwatched = this.#watch?.close();
     const drivers = [...this.#active.values()].filter((d): d is RunDriver => d !== null);
     await Promise.all(drivers.map((d) => d.interrupt(reason)));
+    await unwatched;
     await this.#dropGates();
   }
 

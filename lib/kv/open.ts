@@ -17,6 +17,8 @@ export interface OpenedKv {
   location: string;
   /** Whether `kv.enqueue` works here. */
   queues: boolean;
+  /** The path of the local file, when it is one (not memory, a URL or Deploy's). */
+  file?: string;
 }
 
 /** The default KV file. */
@@ -31,7 +33,8 @@ export async function openKv(path?: string): Promise<OpenedKv> {
   const onDeploy = isDeploy();
   const location = path ?? env("KVFLOW_KV_PATH") ?? (onDeploy ? "" : DEFAULT_KV_PATH);
   const remote = /^https?:\/\//.test(location);
-  const dir = location && location !== ":memory:" && !remote ? location.replace(/[^/]*$/, "") : "";
+  const local = location && location !== ":memory:" && !remote ? location : undefined;
+  const dir = local ? location.replace(/[^/]*$/, "") : "";
   try {
     if (dir) await Deno.mkdir(dir, { recursive: true });
     const kv = await Deno.openKv(location || undefined);
@@ -39,6 +42,7 @@ export async function openKv(path?: string): Promise<OpenedKv> {
       kv,
       location: location || "(Deno Deploy database)",
       queues: !remote && !onDeploy,
+      file: local,
     };
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);

@@ -28,12 +28,30 @@ import type { AtomicOperation, Kv, KvEntryMaybe } from "../kv/kv.ts";
 export type { Claim, CreateRunInput } from "./commands.ts";
 export type { ListRunsOptions, RunPage } from "./queries.ts";
 
-/** A queue message that wakes a run: "look at this run". */
-export interface WakeMessage {
+/**
+ * A queue message that wakes runs: "look at this run", or, for the second and later runs
+ * one commit makes due at once, "look at the head of the due-index" (one message for all
+ * of them: a queue holding thousands of messages costs its process ms of CPU each).
+ */
+export type WakeMessage = RunWakeMessage | DueWakeMessage;
+
+/** "Look at this run." */
+export interface RunWakeMessage {
   /** Marks the message as kvflow's. */
   kvflow: "run";
   /** The run to look at. */
   runId: string;
+  /**
+   * When the look is meant for (wall time, ms: sent plus the delay). A worker that read
+   * the run at or after it has looked already and drops the message without a read.
+   */
+  at?: number;
+}
+
+/** "Runs are due now: look at the head of the due-index." */
+export interface DueWakeMessage {
+  /** Marks the message as kvflow's. */
+  kvflow: "due";
 }
 
 /** Options of a {@linkcode Store}. */
@@ -58,6 +76,8 @@ export class Store {
   readonly clock: Clock;
   /** See `StoreParts.schemaUnwritten` (`parts.ts`); the engine sets it after migrating. */
   schemaUnwritten = false;
+  /** Runs each atomic operation wakes now, to send one message for all but the first. */
+  readonly #wokenNow = new WeakMap<AtomicOperation, number>();
 
   /**
    * Creates it.
@@ -290,8 +310,13 @@ export class Store {
   /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */
   wake(op: AtomicOperation, runId: string, delayMs: number): void {
     if (!this.queues) return;
-    op.enqueue({ kvflow: "run", runId } satisfies WakeMessage, {
-      delay: Math.max(0, Math.min(delayMs, KV_ENQUEUE_DELAY_MS - 1)),
-    });
+    const delay = Math.max(0, Math.min(delayMs, KV_ENQUEUE_DELAY_MS - 1));
+    if (delay === 0) {
+      const woken = (this.#wokenNow.get(op) ?? 0) + 1;
+      this.#wokenNow.set(op, woken);
+      if (woken === 2) op.enqueue({ kvflow: "due" } satisfies WakeMessage);
+      if (woken >= 2) return;
+    }
+    op.enqueue({ kvflow: "run", runId, at: Date.now() + delay } satisfies WakeMessage, { delay });
   }
 }

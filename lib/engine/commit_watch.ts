@@ -1,0 +1,130 @@
+/**
+ * Wakes a worker within milliseconds of a commit by another process to the same local KV
+ * file (a new run, a resume, an event, a freed limit slot): a write to the file makes
+ * the worker look at the head of the due-index soon. Only a hint: the sweep stays the
+ * guarantee, and a watch that fails leaves the worker polling as before.
+ *
+ * A busy file (another process's steps, or this worker's own) is written thousands of
+ * times a second, so looks are coalesced: one at a time, never two starting closer than
+ * a gap, and a write heard during a look makes one more look after it. The gap doubles,
+ * up to {@linkcode MAX_GAP_MS}, after each look that found nothing to wake, and falls
+ * back to {@linkcode MIN_GAP_MS} after one that did: an idle worker beside a busy file
+ * looks about 40 times a second, not at every commit. And since a commit may become
+ * visible a while after its last write is heard, looks go on until
+ * {@linkcode FOLLOW_MS} after the last write heard: a lone commit costs about eight looks.
+ *
+ * @module
+ */
+import { nextWrite } from "../platform/file_watch.ts";
+
+/** After the first write of a commit, wait this long: it may not be visible yet. */
+export const SETTLE_MS = 1;
+/** The shortest time between the starts of two looks. */
+export const MIN_GAP_MS = 2;
+/** The longest, reached while looks keep finding nothing. */
+export const MAX_GAP_MS = 25;
+/**
+ * Looks go on this long after the last write heard. SQLite's last write of a commit
+ * comes before its fsync, and the commit is visible only after it: on a slow disk, many
+ * ms later, and nothing is heard then.
+ */
+export const FOLLOW_MS = 50;
+/** Within this long of a lone write, looks that find nothing keep the shortest gap. */
+export const FIRST_FOLLOW_MS = 10;
+
+/** One armed watch: whether and when its write came. */
+interface Armed {
+  /** True at a write, false when closed or failed. */
+  done: Promise<boolean>;
+  heardAt: number | null;
+}
+
+/** Looks at the due-index soon after each write to a KV file. */
+export class CommitWatch {
+  readonly #file: string;
+  readonly #look: () => Promise<number>;
+  readonly #stop = new AbortController();
+  readonly #running: Promise<void>;
+  #failure: unknown;
+  #looks = 0;
+
+  /**
+   * Starts watching.
+   *
+   * @param file the local KV file
+   * @param look looks at the due-index and wakes what it may; resolves to how many runs
+   *   it woke
+   * @param onError told once if the watch fails; looks then stop (the sweep goes on)
+   */
+  constructor(file: string, look: () => Promise<number>, onError: (error: unknown) => void) {
+    this.#file = file;
+    this.#look = look;
+    this.#running = this.#watch().then(() => {
+      if (this.#failure !== undefined && !this.#stop.signal.aborted) onError(this.#failure);
+    });
+  }
+
+  /** Looks made so far (for benchmarks). */
+  get looks(): number {
+    return this.#looks;
+  }
+
+  /** Stops watching and waits for a look in flight. */
+  async close(): Promise<void> {
+    this.#stop.abort();
+    await this.#running;
+  }
+
+  #arm(): Armed {
+    const armed: Armed = { done: Promise.resolve(false), heardAt: null };
+    armed.done = nextWrite(this.#file, this.#stop.signal).then((heard) => {
+      if (heard) armed.heardAt = performance.now();
+      return heard;
+    }, (error) => {
+      this.#failure ??= error;
+      return false;
+    });
+    return armed;
+  }
+
+  async #watch(): Promise<void> {
+    const signal = this.#stop.signal;
+    let armed = this.#arm();
+    while ((await armed.done) && !signal.aborted && this.#failure === undefined) {
+      // a burst: look until no write was heard for FOLLOW_MS
+      let lastHeardAt = armed.heardAt!;
+      let gapMs = MIN_GAP_MS;
+      let delay = SETTLE_MS;
+      while (!signal.aborted && this.#failure === undefined) {
+        // writes from here on are heard, the look below does not see them all
+        if (armed.heardAt !== null) armed = this.#arm();
+        await sleep(delay, signal);
+        if (signal.aborted) break;
+        const startedAt = performance.now();
+        this.#looks++;
+        // the look logs its own failures; the next write or the sweep looks again
+        const woken = await this.#look().catch(() => 0);
+        const quiet = armed.heardAt === null;
+        // a lone commit not visible yet: look again soon; writes still coming: space the looks
+        gapMs = woken > 0 || quiet && performance.now() - lastHeardAt < FIRST_FOLLOW_MS
+          ? MIN_GAP_MS
+          : Math.min(gapMs * 2, MAX_GAP_MS);
+        if (!quiet) lastHeardAt = armed.heardAt!;
+        else if (performance.now() - lastHeardAt >= FOLLOW_MS) break;
+        delay = Math.max(SETTLE_MS, startedAt + gapMs - performance.now());
+      }
+    }
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
