@@ -91,6 +91,7 @@ const FULL: Sizes = {
     workers: [1, 4, 16],
     inFlight: [8, 64],
     rounds: 2,
+    servers: ["memory", "file"],
   },
 };
 
@@ -116,6 +117,7 @@ const QUICK: Sizes = {
     workers: [1, 4],
     inFlight: [8],
     rounds: 1,
+    servers: ["memory"],
   },
 };
 
