@@ -17,6 +17,12 @@ export interface StoreParts {
   readonly queues: boolean;
   /** Shares one KV commit among checkpoints and claims of different runs. */
   readonly committer: GroupCommitter;
+  /**
+   * Shares commits among claims: the committer itself locally; on remote KV a committer of
+   * their own, since engines racing for runs lose claims, and a lost claim in a group sends
+   * every part of it again on its own.
+   */
+  readonly claims: GroupCommitter;
   /** The clock that decides when work is due. */
   readonly clock: Clock;
   /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */
