@@ -18,9 +18,9 @@ export interface StoreParts {
   /** Shares one KV commit among checkpoints and claims of different runs. */
   readonly committer: GroupCommitter;
   /**
-   * Shares commits among claims: the committer itself locally; on remote KV a committer of
-   * their own, since engines racing for runs lose claims, and a lost claim in a group sends
-   * every part of it again on its own.
+   * Commits claims: the committer itself locally; on remote KV each claim on its own, since
+   * engines racing for runs lose claims, and a lost claim in a group fails the group, whose
+   * every part is then sent again alone.
    */
   readonly claims: GroupCommitter;
   /** The clock that decides when work is due. */

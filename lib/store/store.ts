@@ -54,7 +54,7 @@ export class Store {
   readonly queues: boolean;
   /** Shares one KV commit among checkpoints of different runs made at the same moment. */
   readonly committer: GroupCommitter;
-  /** Shares commits among claims (see `StoreParts.claims`). */
+  /** Commits claims (see `StoreParts.claims`). */
   readonly claims: GroupCommitter;
   /** The clock that decides when work is due. */
   readonly clock: Clock;
@@ -75,11 +75,7 @@ export class Store {
       inFlight: this.queues ? 1 : REMOTE_COMMITS_IN_FLIGHT,
       group: options.groupCommit ?? true,
     });
-    this.claims = this.queues ? this.committer : new GroupCommitter(kv, {
-      checks: REMOTE_KV_COMMIT_CHECKS,
-      inFlight: REMOTE_COMMITS_IN_FLIGHT,
-      group: options.groupCommit ?? true,
-    });
+    this.claims = this.queues ? this.committer : new GroupCommitter(kv, { group: false });
   }
 
   /**
