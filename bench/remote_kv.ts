@@ -82,16 +82,22 @@ function pageSize(options?: Deno.KvListOptions): number {
 export function remoteKv(
   kv: Deno.Kv,
   options: RemoteKvOptions,
-): { kv: Deno.Kv; counts: RemoteCounts } {
+): { kv: Deno.Kv; counts: RemoteCounts; byKey: Map<string, number> } {
   const rules = options.rules ?? true;
   const half = options.rttMs / 2;
   const counts = emptyRemoteCounts();
+  // round trips by kind and the second part of the keys they touch ("get run", "commit
+  // lease,run"): where a benchmark's round trips go
+  const byKey = new Map<string, number>();
   const trip = async <T>(
     kind: "get" | "getMany" | "listPage" | "commit",
     call: () => Promise<T>,
+    what: string,
   ) => {
     counts.trips++;
     counts[kind]++;
+    const label = `${kind} ${what}`;
+    byKey.set(label, (byKey.get(label) ?? 0) + 1);
     await pause(half);
     const result = await call();
     await pause(half);
@@ -104,6 +110,9 @@ export function remoteKv(
   const refuse = (what: string): never => {
     throw refused(what);
   };
+
+  const part = (key: unknown) => String((key as Deno.KvKey)?.[1] ?? "");
+  const parts = (keys: Iterable<unknown>) => [...new Set([...keys].map(part))].sort().join(",");
 
   const slowList = <T>(
     selector: Deno.KvListSelector,
@@ -119,7 +128,8 @@ export function remoteKv(
       async next(): Promise<IteratorResult<Deno.KvEntry<T>, undefined>> {
         if (left === 0) {
           left = page;
-          return await trip("listPage", () => inner.next()).finally(() => left--);
+          const prefix = "prefix" in selector ? selector.prefix : selector.start;
+          return await trip("listPage", () => inner.next(), part(prefix)).finally(() => left--);
         }
         left--;
         return await inner.next();
@@ -133,8 +143,12 @@ export function remoteKv(
 
   const wrapAtomic = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
     let checks = 0;
+    const touched: unknown[] = [];
     return watchAtomic(op, (prop, args) => {
-      if (prop === "check") checks += args.length;
+      if (prop === "check") {
+        checks += args.length;
+        for (const c of args) touched.push((c as Deno.AtomicCheck).key);
+      } else if (prop === "set" || prop === "delete") touched.push(args[0]);
       else if (prop === "enqueue" && rules) refuse("no queues (atomic enqueue)");
     }, (commit) => {
       counts.maxChecks = Math.max(counts.maxChecks, checks);
@@ -143,8 +157,16 @@ export function remoteKv(
           refused(`too many checks (${checks}, max ${REMOTE_KV_COMMIT_CHECKS})`),
         );
       }
-      return trip("commit", commit).then((result) => {
-        if (!result.ok) counts.commitFailed++;
+      return trip("commit", commit, parts(touched)).catch((error) => {
+        const label = `threw ${parts(touched)}`;
+        byKey.set(label, (byKey.get(label) ?? 0) + 1);
+        throw error;
+      }).then((result) => {
+        if (!result.ok) {
+          counts.commitFailed++;
+          const label = `failed ${parts(touched)}`;
+          byKey.set(label, (byKey.get(label) ?? 0) + 1);
+        }
         return result;
       });
     });
@@ -156,9 +178,11 @@ export function remoteKv(
       if (typeof value !== "function") return value;
       switch (prop) {
         case "get":
-          return (...args: unknown[]) => trip("get", () => value.apply(target, args));
+          return (...args: unknown[]) =>
+            trip("get", () => value.apply(target, args), part(args[0]));
         case "getMany":
-          return (...args: unknown[]) => trip("getMany", () => value.apply(target, args));
+          return (...args: unknown[]) =>
+            trip("getMany", () => value.apply(target, args), parts(args[0] as unknown[]));
         case "list":
           return (selector: Deno.KvListSelector, o?: Deno.KvListOptions) => slowList(selector, o);
         case "atomic":
@@ -180,5 +204,5 @@ export function remoteKv(
       }
     },
   });
-  return { kv: wrapped, counts };
+  return { kv: wrapped, counts, byKey };
 }

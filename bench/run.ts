@@ -94,6 +94,7 @@ const FULL: Sizes = {
     workers: [1, 4, 16],
     inFlight: [8, 64],
     rounds: 2,
+    servers: ["memory", "file"],
   },
   wake: { watched: 60, polled: 12, cpuSeconds: 10 },
 };
@@ -120,6 +121,7 @@ const QUICK: Sizes = {
     workers: [1, 4],
     inFlight: [8],
     rounds: 1,
+    servers: ["memory"],
   },
   wake: { watched: 10, polled: 4, cpuSeconds: 2 },
 };

@@ -3,7 +3,7 @@
 // success: it works within the remote's rules. Not timed.
 import assert from "node:assert/strict";
 import { z } from "zod";
-import { openEngine, pipeline, step, waitFor } from "../lib/mod.ts";
+import { openEngine, pipeline, step, type StepContext, waitFor } from "../lib/mod.ts";
 import { remoteKv } from "../bench/remote_kv.ts";
 import { tempKv, waitFor as until } from "./_support/helpers.ts";
 
@@ -95,6 +95,69 @@ Deno.test("the simulated remote refuses what a remote KV refuses", async () => {
     assert.equal(counts.refused, 3);
     assert.equal(counts.commit, 1);
   } finally {
+    local.close();
+  }
+});
+
+Deno.test("six engines on one remote KV, racing for the same due runs, run each step once and pause a paused pipeline's runs", async () => {
+  await using tmp = await tempKv();
+  const local = await Deno.openKv(tmp.path);
+  const ran = new Map<string, number>();
+  const body = (name: string) => (_: unknown, ctx: StepContext) => {
+    const key = `${ctx.run.id}/${name}`;
+    ran.set(key, (ran.get(key) ?? 0) + 1);
+    return name;
+  };
+  const a = step("a", body("a"));
+  const b = step("b", { needs: { a } }, body("b"));
+  const c = step("c", { needs: { b } }, body("c"));
+  const chain = pipeline("remote-race", { steps: [a, b, c] });
+  const held = pipeline("remote-held", { steps: [step("x", body("x"))] });
+  const engines = [];
+  try {
+    for (let i = 0; i < 6; i++) {
+      const { kv, counts } = remoteKv(local, { rttMs: 2 });
+      engines.push({
+        counts,
+        engine: await openEngine({
+          kv,
+          queues: false,
+          pipelines: [chain, held],
+          pollMs: 50,
+          maxRuns: 4,
+          onAlert: () => {},
+        }),
+      });
+    }
+    const { engine: first } = engines[0];
+    await first.pause("remote-held");
+    const runs: string[] = [];
+    for (let i = 0; i < 60; i++) runs.push((await first.trigger("remote-race")).id);
+    const paused: string[] = [];
+    for (let i = 0; i < 5; i++) paused.push((await first.trigger("remote-held")).id);
+    for (const { engine } of engines) engine.start();
+    await until("every run succeeds", async () => {
+      for (const id of runs) {
+        if ((await first.store.requireRun(id)).status !== "succeeded") return false;
+      }
+      return true;
+    }, 30_000);
+    for (const id of runs) {
+      const run = await first.store.requireRun(id);
+      assert.equal(run.takeovers, 0, `run ${id} was never taken over`);
+      for (const name of ["a", "b", "c"]) {
+        assert.equal(ran.get(`${id}/${name}`), 1, `${id}/${name} ran once`);
+      }
+    }
+    for (const id of paused) {
+      assert.equal((await first.store.requireRun(id)).status, "paused", `${id} is paused`);
+      assert.equal(ran.get(`${id}/x`), undefined, `${id} started nothing`);
+    }
+    const lost = engines.reduce((n, { counts }) => n + counts.commitFailed, 0);
+    assert.ok(lost > 0, "the engines raced for runs (some claims were lost)");
+    for (const { counts } of engines) assert.equal(counts.refused, 0);
+  } finally {
+    await Promise.all(engines.map(({ engine }) => engine.close(1000)));
     local.close();
   }
 });

@@ -20,7 +20,7 @@ import type { RunWakeMessage, Store, WakeMessage } from "../store/store.ts";
 import { wakeQueued } from "../store/flow.ts";
 import { releaseGate } from "../kv/indexes.ts";
 import { keySize } from "../kv/keys.ts";
-import type { KvKey } from "../kv/kv.ts";
+import type { KvEntry, KvKey } from "../kv/kv.ts";
 import { StepLimit } from "./step_limit.ts";
 import { SlotNotifier } from "./driver/step_flow.ts";
 import { hostname, pid } from "../platform/process.ts";
@@ -78,6 +78,13 @@ const LOOKS_REMEMBERED = 20_000;
 /** How a driver leaves a run that still holds its limit slot. */
 const HOLDS_SLOT: ReadonlySet<Outcome> = new Set(["waiting", "released", "paused"]);
 
+/**
+ * How much wider than its free slots a sweep looks, at most, when its claims keep losing
+ * to other engines', and how many due entries such a sweep lists at most.
+ */
+const MAX_SPREAD = 64;
+const MAX_SPREAD_WINDOW = 256;
+
 /** Gates of ended runs a worker deletes in one commit at most. */
 const GATE_DROP_BATCH = 200;
 
@@ -109,6 +116,17 @@ export class Worker {
   #sweeps = 0;
   #lastSweepAt: number | null = null;
   #backlog = false;
+  /** Whether a sweep for the backlog is in flight. */
+  #pulling = false;
+  /**
+   * How many times its free slots a sweep looks at, of which it claims a random share: 1
+   * (the oldest due runs, in order) until claims of found runs are lost to other engines,
+   * which all sweep the same head of the due-index; then doubled, and halved once they
+   * win again.
+   */
+  #spread = 1;
+  /** Claims of runs a sweep found, since the last sweep: won and lost to another engine. */
+  #claims = { won: 0, lost: 0 };
   /** Runs whose pipeline this worker does not know, and until when to skip them. */
   readonly #foreign = new Map<string, number>();
   /**
@@ -117,7 +135,7 @@ export class Worker {
    * at the queue's pace (100-200 a second here), and each would read the run again.
    */
   readonly #lookedAt = new Map<string, number>();
-  readonly #sweeping = new Set<Promise<void>>();
+  readonly #sweeping = new Set<Promise<unknown>>();
   /** How runs claimed after a stop or interrupt began are to be left. */
   #stopping:
     | { mode: "release"; graceMs: number }
@@ -197,7 +215,17 @@ export class Worker {
    * holder on this host died, and every few sweeps at undelivered alerts.
    */
   async sweep(): Promise<void> {
-    if (this.#options.beforeSweep) {
+    await this.#sweep(true);
+  }
+
+  /**
+   * A sweep. Without `housekeeping` (a sweep because a slot freed while runs were due) it
+   * only looks at due runs: schedules, deadlines, the outbox, orphaned leases and alerts
+   * wait for the next timed sweep, which is at most `pollMs` away.
+   */
+  async #sweep(housekeeping: boolean): Promise<number> {
+    let woken = 0;
+    if (housekeeping && this.#options.beforeSweep) {
       await this.#options.beforeSweep().catch((error) => {
         if (!this.#stop.signal.aborted) {
           logLine("error", `kvflow: schedules: ${error instanceof Error ? error.message : error}`);
@@ -206,37 +234,52 @@ export class Worker {
     }
     const free = this.#options.maxRuns - this.#active.size;
     if (free > 0) {
-      const woken = await this.#wakeDue(free);
+      woken = await this.#wakeDue(free);
       // Runs held by a dead process of this host: due only when their leases run out.
-      for (const runId of await this.#store.orphanedRuns(this.#holder, free - woken)) {
-        if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.wake(runId);
+      if (housekeeping) {
+        for (const runId of await this.#store.orphanedRuns(this.#holder, free - woken)) {
+          if (!this.#active.has(runId) && !this.#foreign.has(runId)) this.wake(runId);
+        }
       }
     } else {
       this.#backlog = true;
     }
-    if ((this.#options.alertWebhook || this.#options.alertEmail) && this.#sweeps++ % 5 === 0) {
+    if (
+      housekeeping && (this.#options.alertWebhook || this.#options.alertEmail) &&
+      this.#sweeps++ % 5 === 0
+    ) {
       for (const { runId, seq } of await pendingAlerts(this.#store.kv, 5000)) {
         this.#deliver(runId, seq);
       }
     }
     this.#lastSweepAt = Date.now();
+    return woken;
   }
 
   /** Wakes up to `free` due runs that this worker is not driving; how many it woke. */
   async #wakeDue(free: number): Promise<number> {
+    let woken = 0;
     const now = this.#store.clock.now();
     for (const [runId, until] of this.#foreign) if (until <= now) this.#foreign.delete(runId);
-    const limit = free + this.#active.size + this.#foreign.size;
-    const due = await this.#store.dueRuns(now, limit);
-    let woken = 0;
-    for (const runId of due) {
-      if (!this.#active.has(runId) && !this.#foreign.has(runId) && woken < free) {
-        this.wake(runId);
+    this.#adjustSpread();
+    const wide = Math.min(free * this.#spread, Math.max(free, MAX_SPREAD_WINDOW));
+    const limit = wide + this.#active.size + this.#foreign.size;
+    let listed = 0, open = 0;
+    const due = await this.#store.dueRunEntries(now, limit, (runIds) => {
+      listed = runIds.length;
+      const chosen = this.#choose(runIds, free, wide);
+      open = chosen.open;
+      return chosen.runIds;
+    });
+    for (const { runId, entry } of due) {
+      if (this.#active.has(runId) || this.#foreign.has(runId)) continue;
+      if (woken < free) {
+        this.wake(runId, entry ?? undefined);
         woken++;
       }
     }
-    // the room filled, or the head was full (less stale entries it dropped): more may be due
-    if (due.length === limit || (woken > 0 && woken === free)) this.#backlog = true;
+    // the head was full, more were open than woken, or the room filled: more may be due
+    if (listed === limit || open > woken || (woken > 0 && woken === free)) this.#backlog = true;
     return woken;
   }
 
@@ -262,10 +305,45 @@ export class Worker {
     }
   }
 
-  /** Looks at a run soon: claims it if it has work and this worker has room. */
-  wake(runId: string): void {
+  /** Widens the sweep while more than one claim in eight is lost, narrows it otherwise. */
+  #adjustSpread(): void {
+    const { won, lost } = this.#claims;
+    if (won + lost === 0) return;
+    this.#spread = lost * 8 > won + lost
+      ? Math.min(MAX_SPREAD, this.#spread * 2)
+      : Math.max(1, this.#spread / 2);
+    this.#claims = { won: 0, lost: 0 };
+  }
+
+  /**
+   * The due runs (oldest first) a sweep reads and claims: the oldest `free` of them, or,
+   * while the sweep is spread, a random `free` of the oldest `wide`, so that engines
+   * sweeping the same head claim different runs. Every due run stays within the window of
+   * every sweep until it is claimed, so some sweep takes it.
+   *
+   * @returns the chosen, and how many of the listed runs this worker could take
+   */
+  #choose(runIds: string[], free: number, wide: number): { runIds: string[]; open: number } {
+    const open = runIds.filter((id) => !this.#active.has(id) && !this.#foreign.has(id));
+    if (this.#spread === 1 || open.length <= free) {
+      return { runIds: open.slice(0, free), open: open.length };
+    }
+    const window = open.slice(0, wide);
+    for (let i = 0; i < free; i++) {
+      const j = i + Math.floor(Math.random() * (window.length - i));
+      [window[i], window[j]] = [window[j], window[i]];
+    }
+    return { runIds: window.slice(0, free), open: open.length };
+  }
+
+  /**
+   * Looks at a run soon: claims it if it has work and this worker has room.
+   *
+   * @param seen the run record as a sweep read it, for a claim without a read first
+   */
+  wake(runId: string, seen?: KvEntry<RunRecord>): void {
     if (this.#stop.signal.aborted || this.#active.has(runId)) return;
-    this.execute(runId).catch((error) =>
+    this.execute(runId, seen).catch((error) =>
       logLine("error", `kvflow: run ${runId}: ${error instanceof Error ? error.message : error}`, {
         run: runId,
       })
@@ -348,9 +426,11 @@ export class Worker {
   /**
    * Claims a run and drives it until it leaves this worker's hands.
    *
+   * @param seen the run record as a sweep read it: the claim commits against it first,
+   * without reading the run again
    * @returns how the run was left, or why it was not taken
    */
-  async execute(runId: string): Promise<ExecuteResult> {
+  async execute(runId: string, seen?: KvEntry<RunRecord>): Promise<ExecuteResult> {
     if (this.#stop.signal.aborted) return "skipped";
     if (this.#active.has(runId)) return "busy";
     if (this.#active.size >= this.#options.maxRuns) {
@@ -360,7 +440,7 @@ export class Worker {
     this.#active.set(runId, null);
     const lookedAt = Date.now();
     try {
-      const run = await this.#store.getRun(runId);
+      const run = seen?.value ?? await this.#store.getRun(runId);
       if (!run) return "skipped";
       const pipeline = this.#options.pipelines.get(run.pipeline) ??
         await this.#options.resolvePipeline?.(run).catch((error) => {
@@ -385,7 +465,9 @@ export class Worker {
         this.#holder,
         this.#options.leaseMs,
         run.pipeline,
+        seen,
       );
+      if (seen) this.#claims[claim ? "won" : "lost"]++;
       if (!claim) return "skipped";
       const driver = new RunDriver({
         store: this.#store,
@@ -488,14 +570,23 @@ export class Worker {
   /** Runs were turned away for lack of room: look for due work again as soon as room frees. */
   #pullBacklog(): void {
     if (!this.#backlog || this.#stop.signal.aborted || this.#sweepTimer === undefined) return;
+    // One such sweep at a time: slots that free while it reads are filled by the next,
+    // which it starts as it ends if it took runs, rather than by a sweep (and its reads)
+    // for each slot. One that took none leaves the rest to the next end or timed sweep.
+    if (this.#pulling || this.#active.size >= this.#options.maxRuns) return;
     this.#backlog = false;
-    this.#runSweep();
+    this.#pulling = true;
+    this.#runSweep(false).then((woken) => {
+      this.#pulling = false;
+      if (woken > 0) this.#pullBacklog();
+    });
   }
 
   /** Runs a sweep that `stop()` waits for, logging (not throwing) its failure. */
-  #runSweep(): Promise<void> {
-    const sweep = this.sweep().catch((error) => {
+  #runSweep(housekeeping = true): Promise<number> {
+    const sweep = this.#sweep(housekeeping).catch((error) => {
       if (!this.#stop.signal.aborted) logLine("error", `kvflow: sweep failed: ${error?.message}`);
+      return 0;
     }).finally(() => this.#sweeping.delete(sweep));
     this.#sweeping.add(sweep);
     return sweep;

@@ -205,6 +205,9 @@ export function addRunCreation(store: StoreParts, op: AtomicOperation, run: RunR
  * run under a limit or throttle (`flow.ts`) takes its slot and throttle entry in that
  * commit, or is recorded still queued with why it is held back, and is not claimed.
  *
+ * With `seen`, the run record a sweep read as due, the claim first commits against it
+ * without reading anything (see {@linkcode claimSeen}); only when that fails does it read.
+ *
  * @returns the claim, or null when another worker has it or there is nothing to do
  */
 export async function claim(
@@ -213,7 +216,12 @@ export async function claim(
   holder: Omit<Lease, "deadline">,
   leaseMs: number,
   pipeline?: string,
+  seen?: KvEntry<RunRecord>,
 ): Promise<Claim | null> {
+  if (seen && seen.key[2] === runId) {
+    const claimed = await claimSeen(store, seen, holder, leaseMs);
+    if (claimed) return claimed;
+  }
   // a slot freed while a run under a limit was found held back: it looks again
   for (let tries = 0; tries < 3; tries++) {
     const result = await claimOnce(store, runId, holder, leaseMs, pipeline);
@@ -269,43 +277,22 @@ async function claimOnce(
     run.status === "waiting" && run.dueAt !== null && run.dueAt > now &&
     bellEntry.versionstamp === (run.bellSeen ?? null)
   ) return null;
-  const lease: Lease = { ...holder, deadline: now + leaseMs };
-  let claimed: RunRecord = {
-    ...run,
-    status: "running",
-    startedAt: run.startedAt ?? now,
-    dueAt: lease.deadline,
-    takeovers: run.takeovers + (takeover ? 1 : 0),
-    ...(run.waitingFor ? { waitingFor: null } : {}),
-    ...(run.held ? { held: null } : {}),
-  };
+  const { lease, record } = claimedRecord(run, holder, now, leaseMs, takeover);
+  let claimed = record;
   // A lease comes to be only in a claim, which writes the run record too: when there was
   // none, the run's check stands for the lease's (a check less, and checks are what a
   // grouped commit runs out of first).
   const fences = takeover ? [runEntry, leaseEntry] : [runEntry];
   const apply = (op: AtomicOperation) => {
-    op.check(...fences)
-      .set(keys.lease(runId), lease)
-      .set(keys.run(runId), claimed);
-    // A cross-process total for the metrics endpoint.
-    if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
-    moveDue(op, run, claimed);
-    moveStatus(op, run, claimed);
+    op.check(...fences);
+    writeClaim(op, run, claimed, lease, takeover);
   };
-  const taken = async (versionstamp: string): Promise<Claim> => {
-    // A run claimed before may hold blobs that an earlier holder wrote and never
-    // checkpointed: the new lease fences that holder out, so this claim may reclaim them.
-    if (run.startedAt !== null) {
-      const fence = { key: keys.lease(runId), versionstamp };
-      // Best effort: what a full disk leaves now, the next claim or the run's end reclaims.
-      await reclaimBlobs(store.kv, runId, (op) => commitAtomic(op.check(fence))).catch(() => {});
-    }
-    return { run: claimed, lease, leaseVersion: versionstamp };
-  };
-  const bytes = 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length;
+  const taken = (versionstamp: string) =>
+    claimTaken(store, claimed, lease, versionstamp, run.startedAt !== null);
+  const bytes = claimBytes(claimed);
   // Claims of different runs touch disjoint keys: they may share a commit.
   if (!needsAdmission(run)) {
-    const result = await store.committer.commit({
+    const result = await store.claims.commit({
       checks: fences.length,
       mutations: 14,
       bytes,
@@ -357,6 +344,104 @@ async function claimOnce(
   if (decided === "held") return null;
   if (decided === "again") return "again";
   return decided.ok ? await taken(decided.versionstamp) : null;
+}
+
+/**
+ * A claim committed against the run record a sweep read, with no read first: one round
+ * trip instead of three where KV is remote. It checks that the run is as read (so no other
+ * claim, pause or change came since: each rewrites the record), that no lease, run pause
+ * or pipeline pause exists, and takes only a run that is plainly due now: queued or
+ * waiting, due, not held back, not under a limit or throttle, not leased (a takeover reads
+ * the lease). Anything else, or a failed check, is left to the claim that reads.
+ */
+async function claimSeen(
+  store: StoreParts,
+  seen: KvEntry<RunRecord>,
+  holder: Omit<Lease, "deadline">,
+  leaseMs: number,
+): Promise<Claim | null> {
+  const run = seen.value;
+  const now = store.clock.now();
+  if (run.status !== "queued" && run.status !== "waiting") return null;
+  if (run.dueAt === null || run.dueAt > now || run.held || needsAdmission(run)) return null;
+  const { lease, record } = claimedRecord(run, holder, now, leaseMs, false);
+  const result = await store.claims.commit({
+    checks: 4,
+    mutations: 14,
+    bytes: claimBytes(record),
+    apply: (op) => {
+      op.check(
+        seen,
+        { key: keys.lease(run.id), versionstamp: null },
+        { key: keys.runPause(run.id), versionstamp: null },
+        { key: keys.pipelinePause(run.pipeline), versionstamp: null },
+      );
+      writeClaim(op, run, record, lease, false);
+    },
+  });
+  return result.ok
+    ? await claimTaken(store, record, lease, result.versionstamp, run.startedAt !== null)
+    : null;
+}
+
+/** The lease a claim writes and the run as it records it. */
+function claimedRecord(
+  run: RunRecord,
+  holder: Omit<Lease, "deadline">,
+  now: number,
+  leaseMs: number,
+  takeover: boolean,
+): { lease: Lease; record: RunRecord } {
+  const lease: Lease = { ...holder, deadline: now + leaseMs };
+  const record: RunRecord = {
+    ...run,
+    status: "running",
+    startedAt: run.startedAt ?? now,
+    dueAt: lease.deadline,
+    takeovers: run.takeovers + (takeover ? 1 : 0),
+    ...(run.waitingFor ? { waitingFor: null } : {}),
+    ...(run.held ? { held: null } : {}),
+  };
+  return { lease, record };
+}
+
+/** A claim's writes, after its checks: the lease, the run, its due entry and indexes. */
+function writeClaim(
+  op: AtomicOperation,
+  run: RunRecord,
+  claimed: RunRecord,
+  lease: Lease,
+  takeover: boolean,
+): void {
+  op.set(keys.lease(run.id), lease).set(keys.run(run.id), claimed);
+  // A cross-process total for the metrics endpoint.
+  if (takeover) op.sum(keys.counter("lease_takeovers"), 1n);
+  moveDue(op, run, claimed);
+  moveStatus(op, run, claimed);
+}
+
+/** What a claim's commit is counted as in a grouped commit. */
+function claimBytes(claimed: RunRecord): number {
+  return 2048 + 2 * JSON.stringify(claimed.graph ?? {}).length;
+}
+
+async function claimTaken(
+  store: StoreParts,
+  claimed: RunRecord,
+  lease: Lease,
+  versionstamp: string,
+  claimedBefore: boolean,
+): Promise<Claim> {
+  // A run claimed before may hold blobs that an earlier holder wrote and never
+  // checkpointed: the new lease fences that holder out, so this claim may reclaim them.
+  if (claimedBefore) {
+    const fence = { key: keys.lease(claimed.id), versionstamp };
+    // Best effort: what a full disk leaves now, the next claim or the run's end reclaims.
+    await reclaimBlobs(store.kv, claimed.id, (op) => commitAtomic(op.check(fence))).catch(
+      () => {},
+    );
+  }
+  return { run: claimed, lease, leaseVersion: versionstamp };
 }
 
 /**

@@ -17,6 +17,12 @@ export interface StoreParts {
   readonly queues: boolean;
   /** Shares one KV commit among checkpoints and claims of different runs. */
   readonly committer: GroupCommitter;
+  /**
+   * Commits claims: the committer itself locally; on remote KV each claim on its own, since
+   * engines racing for runs lose claims, and a lost claim in a group fails the group, whose
+   * every part is then sent again alone.
+   */
+  readonly claims: GroupCommitter;
   /** The clock that decides when work is due. */
   readonly clock: Clock;
   /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */

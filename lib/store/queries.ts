@@ -210,6 +210,13 @@ export async function getLease(kv: Kv, runId: string): Promise<KvEntryMaybe<Leas
   return await kv.get<Lease>(keys.lease(runId));
 }
 
+/** A due run found by a sweep, with its record as read when it was found due. */
+export interface DueRun {
+  runId: string;
+  /** The run record as the sweep read it; null for a run a freed limit slot let start. */
+  entry: KvEntry<RunRecord> | null;
+}
+
 /**
  * Ids of runs whose due-index entry is at or before `now`, oldest first. An entry that
  * disagrees with its run record (no such run, or the run is due at another time or not
@@ -222,7 +229,31 @@ export async function dueRuns(
   limit: number,
   committer?: GroupCommitter,
 ): Promise<string[]> {
-  const entries: [number, string][] = [];
+  return (await dueRunEntries(kv, now, limit, { committer })).map((d) => d.runId);
+}
+
+/** Options of {@linkcode dueRunEntries}. */
+export interface DueRunOptions {
+  /** Commits the gates of freed limit slots. */
+  committer?: GroupCommitter;
+  /**
+   * Which of the listed run ids (oldest first) to read and return; default all. Only the
+   * chosen runs' records are read, so a sweep may list wide and read narrow.
+   */
+  choose?: (runIds: string[]) => string[];
+}
+
+/**
+ * {@linkcode dueRuns}, with the run records as read: a claim may commit against them
+ * without reading the run again.
+ */
+export async function dueRunEntries(
+  kv: Kv,
+  now: number,
+  limit: number,
+  options: DueRunOptions = {},
+): Promise<DueRun[]> {
+  let entries: [number, string][] = [];
   const iter = kv.list<string | RungDue | GateDue>({
     prefix: keys.duePrefix(),
     end: keys.due(now + 1, ""),
@@ -242,7 +273,12 @@ export async function dueRuns(
     // a delivery's wake-up: due whatever the run record says, until the run takes it
     if (typeof e.value === "object" && e.value !== null) rung.set(`${at}\u0000${id}`, e.value);
   }
-  const ids: string[] = [];
+  if (options.choose) {
+    const chosen = new Set(options.choose(entries.map(([, id]) => id)));
+    entries = entries.filter(([, id]) => chosen.has(id));
+  }
+  const found: DueRun[] = [];
+  const seen = new Set<string>();
   // getMany reads 10 keys: the chunks are read at once, not one round trip after another
   const chunks: [number, string][][] = [];
   for (let i = 0; i < entries.length; i += 10) chunks.push(entries.slice(i, i + 10));
@@ -263,7 +299,8 @@ export async function dueRuns(
         (run && dueIndexTime(run) === at) ||
         (active && run.status !== "paused" && rung.has(`${at}\u0000${id}`))
       ) {
-        ids.push(id);
+        if (!seen.has(id)) found.push({ runId: id, entry: runs[j] as KvEntry<RunRecord> });
+        seen.add(id);
         return;
       }
       drop.check(runs[j]).delete(keys.due(at, id));
@@ -278,9 +315,12 @@ export async function dueRuns(
   });
   await Promise.all(drops);
   for (const gate of gates) {
-    for (const id of await openGate(kv, gate, now, committer)) if (!ids.includes(id)) ids.push(id);
+    for (const id of await openGate(kv, gate, now, options.committer)) {
+      if (!seen.has(id)) found.push({ runId: id, entry: null });
+      seen.add(id);
+    }
   }
-  return ids;
+  return found;
 }
 
 /**

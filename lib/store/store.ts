@@ -23,7 +23,7 @@ import { cancel } from "./cancel.ts";
 import * as requeue from "./requeue.ts";
 import type { Claim, CreateRunInput } from "./commands.ts";
 import type { ListRunsOptions, RunPage } from "./queries.ts";
-import type { AtomicOperation, Kv, KvEntryMaybe } from "../kv/kv.ts";
+import type { AtomicOperation, Kv, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
 
 export type { Claim, CreateRunInput } from "./commands.ts";
 export type { ListRunsOptions, RunPage } from "./queries.ts";
@@ -72,6 +72,8 @@ export class Store {
   readonly queues: boolean;
   /** Shares one KV commit among checkpoints of different runs made at the same moment. */
   readonly committer: GroupCommitter;
+  /** Commits claims (see `StoreParts.claims`). */
+  readonly claims: GroupCommitter;
   /** The clock that decides when work is due. */
   readonly clock: Clock;
   /** See `StoreParts.schemaUnwritten` (`parts.ts`); the engine sets it after migrating. */
@@ -95,6 +97,7 @@ export class Store {
       inFlight: this.queues ? 1 : REMOTE_COMMITS_IN_FLIGHT,
       group: options.groupCommit ?? true,
     });
+    this.claims = this.queues ? this.committer : new GroupCommitter(kv, { group: false });
   }
 
   /**
@@ -210,6 +213,8 @@ export class Store {
    *
    * @param pipeline the run's pipeline, when the caller knows it: its pause is then read
    * with the run, not after
+   * @param seen the run record as a sweep read it: the claim commits against it first,
+   * without a read
    * @returns the claim, or null when another worker has it or there is nothing to do
    */
   async claim(
@@ -217,8 +222,9 @@ export class Store {
     holder: Omit<Lease, "deadline">,
     leaseMs: number,
     pipeline?: string,
+    seen?: KvEntry<RunRecord>,
   ): Promise<Claim | null> {
-    return await commands.claim(this, runId, holder, leaseMs, pipeline);
+    return await commands.claim(this, runId, holder, leaseMs, pipeline, seen);
   }
 
   /**
@@ -277,6 +283,18 @@ export class Store {
    */
   async dueRuns(now: number, limit: number): Promise<string[]> {
     return await queries.dueRuns(this.kv, now, limit, this.committer);
+  }
+
+  /**
+   * {@linkcode Store.dueRuns} with the run records as read, of the runs `choose` picks
+   * from those listed (default all).
+   */
+  async dueRunEntries(
+    now: number,
+    limit: number,
+    choose?: (runIds: string[]) => string[],
+  ): Promise<queries.DueRun[]> {
+    return await queries.dueRunEntries(this.kv, now, limit, { committer: this.committer, choose });
   }
 
   /**
