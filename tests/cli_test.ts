@@ -218,7 +218,7 @@ Deno.test("run --detach leaves the run queued; a worker process finishes it and 
   const detached = await box.cli(["run", "example", "--detach"]);
   assert.equal(detached.code, 0, detached.stderr);
   const id = detached.stdout.trim();
-  assert.match(id, /^\d{8}-\d{6}-[a-z0-9]{6}$/);
+  assert.match(id, /^\d{8}-\d{6}-[a-z0-9]{10}$/);
   assert.match(detached.stderr, /queued/);
   assert.equal((await box.run(id)).status, "queued");
 

@@ -260,7 +260,7 @@ Deno.test("run --detach returns at once with the run id and how to follow it", a
   const result = await box.cli(["run", "approve", "--detach", "--param", "doc=d3"], WAITS);
   assert.equal(result.code, 0, result.stderr);
   const id = result.stdout.trim();
-  assert.match(id, /^\d{8}-\d{6}-[a-z0-9]{6}$/);
+  assert.match(id, /^\d{8}-\d{6}-[a-z0-9]{10}$/);
   assert.match(result.stderr, new RegExp(`deno task status ${id}`));
   assert.ok(Date.now() - started < 10_000);
   const run = await box.run(id);
