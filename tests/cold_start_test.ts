@@ -83,3 +83,34 @@ Deno.test("a fresh worker takes over a dead process's run before it imports the 
   worker.kill("SIGTERM");
   assert.equal((await worker.exit()).code, 0);
 });
+
+Deno.test("SIGTERM to a worker still taking up the runs it found, before its registry is imported, stops it gracefully", async () => {
+  await using box = await Sandbox.create();
+  const importNote = `${box.dir}/late-imported`;
+  const env = {
+    GATED: "s3",
+    IMPORT_NOTE: importNote,
+    KVFLOW_POLL_MS: "200",
+    KVFLOW_GRACE_MS: "300",
+  };
+  const first = box.spawn(["run", "five-steps"], { entry: LAZY_CLI, env });
+  await box.waitForLedger("s3 started", (l) => l.step === "s3");
+  first.kill("SIGKILL");
+  const id = runIdOf((await first.exit()).stdout);
+
+  // the gate stays shut: the worker's run stays at s3, so its registry waits
+  const worker = box.spawn(["worker"], { entry: LAZY_CLI, env });
+  await waitFor("the worker to take the run over", async () => {
+    return (await box.ledger()).filter((l) => l.step === "s3").length === 2;
+  }, 20_000);
+  worker.kill("SIGTERM");
+  const exited = await worker.exit();
+  assert.equal(exited.code, 0, `exit ${exited.code}: ${exited.stderr}`);
+  assert.match(exited.stderr, /stopping: finishing running steps/);
+  assert.doesNotMatch(exited.stderr, /worker \S+ started/);
+  await assert.rejects(Deno.stat(importNote), Deno.errors.NotFound, "imported after the stop");
+  // let go, not lost: the next worker finishes it
+  const run = await box.run(id);
+  assert.notEqual(run.status, "succeeded");
+  assert.equal((await box.withStore(({ kv }) => kv.get(keys.lease(id)))).value, null);
+});

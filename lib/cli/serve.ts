@@ -11,7 +11,7 @@ import { exit, onStopSignal } from "../platform/process.ts";
 import { formatMs } from "../define/duration.ts";
 import { withChildren } from "../define/pipeline.ts";
 import { EXIT, type Invocation, openCliEngine } from "./invocation.ts";
-import { lazyNames, loadRegistered } from "./load.ts";
+import { lazyNames, loadRegistered, type PipelineLoaders } from "./load.ts";
 import { priorityFlag } from "./parse.ts";
 import { formatLogLine } from "../platform/log.ts";
 
@@ -66,6 +66,8 @@ export async function serve(invocation: Invocation): Promise<number> {
     throw new UsageError(`Invalid port ${JSON.stringify(invocation.flags.port)}: use 0 to 65535`);
   }
   const engine = await openCliEngine(invocation, invocation.context.pipelines);
+  // heard from the start: a signal while the service loads still stops gracefully
+  const stop = stopSignal(invocation);
   engine.start();
   serving = engine;
   // loaded only here: the HTTP service and dashboard are slow to import
@@ -77,7 +79,7 @@ export async function serve(invocation: Invocation): Promise<number> {
     log: (line, level) => invocation.err(formatLogLine(level ?? "info", line)),
   });
   // Requests and event streams end before the engine closes under them.
-  await untilSignal(invocation, engine, () => server.shutdown());
+  await untilSignal(engine, stop, () => server.shutdown());
   serving = undefined;
   return EXIT.ok;
 }
@@ -100,46 +102,75 @@ export async function worker(invocation: Invocation): Promise<number> {
   // the children a static pipeline invokes come with it, as the whole registry did
   const pipelines = withChildren([...invocation.context.pipelines]);
   const engine = await openCliEngine(invocation, pipelines);
+  // heard from the start: a signal while the registry loads still stops gracefully
+  const stop = stopSignal(invocation);
   engine.start();
   serving = engine;
   try {
     const lazy = lazyNames(pipelines, loaders);
     if (lazy.length > 0) {
-      // a failed sweep here is logged by the next one
-      await engine.worker.sweep().catch(() => {});
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        engine.worker.idle(),
-        new Promise((resolve) => (timer = setTimeout(resolve, REGISTRY_AFTER_MS))),
-      ]);
-      clearTimeout(timer);
-      engine.register(await loadRegistered(loaders!, lazy));
-      await engine.worker.sweep().catch(() => {});
+      await Promise.race([registerLater(engine, loaders!, lazy, stop.stopped), stop.stopped]);
     }
   } catch (error) {
     serving = undefined;
+    stop.dispose();
     await engine.close();
     throw error;
   }
-  invocation.err(
-    formatLogLine("info", `kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`),
-  );
-  await untilSignal(invocation, engine);
+  if (!stop.signalled) {
+    invocation.err(
+      formatLogLine("info", `kvflow: worker ${engine.worker.id} started; Ctrl-C stops it`),
+    );
+  }
+  await untilSignal(engine, stop);
   serving = undefined;
   return EXIT.ok;
 }
 
-/** Waits for SIGINT/SIGTERM, then stops gracefully; a second signal exits at once. */
-async function untilSignal(
-  invocation: Invocation,
+/**
+ * Lets the runs a starting worker found due go first, then imports the rest of its
+ * registry and looks at once at what it adds (nothing once a stop signal came).
+ */
+async function registerLater(
   engine: Engine,
-  beforeClose?: () => Promise<void>,
+  loaders: PipelineLoaders,
+  lazy: string[],
+  stopped: Promise<void>,
 ): Promise<void> {
-  const { promise, resolve } = Promise.withResolvers<void>();
+  // a failed sweep here is logged by the next one
+  await engine.worker.sweep().catch(() => {});
+  let timer: ReturnType<typeof setTimeout> | undefined;
   let stopping = false;
-  const onSignal = () => {
-    if (stopping) exit(EXIT.interrupted);
-    stopping = true;
+  await Promise.race([
+    engine.worker.idle(),
+    new Promise((resolve) => (timer = setTimeout(resolve, REGISTRY_AFTER_MS))),
+    stopped.then(() => stopping = true),
+  ]);
+  clearTimeout(timer);
+  if (stopping) return;
+  const added = await loadRegistered(loaders, lazy);
+  if (stopping) return;
+  engine.register(added);
+  await engine.worker.sweep().catch(() => {});
+}
+
+/** A stop signal (SIGINT/SIGTERM) heard: whether one came, and when. */
+interface StopSignal {
+  /** Resolves at the first signal. */
+  stopped: Promise<void>;
+  /** Whether a signal came. */
+  readonly signalled: boolean;
+  /** Stops listening. */
+  dispose: () => void;
+}
+
+/** Listens for SIGINT/SIGTERM: the first stops gracefully, a second exits at once. */
+function stopSignal(invocation: Invocation): StopSignal {
+  const { promise, resolve } = Promise.withResolvers<void>();
+  let signalled = false;
+  const dispose = onStopSignal(() => {
+    if (signalled) exit(EXIT.interrupted);
+    signalled = true;
     invocation.err(
       formatLogLine(
         "info",
@@ -147,10 +178,24 @@ async function untilSignal(
       ),
     );
     resolve();
+  });
+  return {
+    stopped: promise,
+    get signalled() {
+      return signalled;
+    },
+    dispose,
   };
-  const stopListening = onStopSignal(onSignal);
-  await promise;
+}
+
+/** Waits for a stop signal, then stops gracefully. */
+async function untilSignal(
+  engine: Engine,
+  stop: StopSignal,
+  beforeClose?: () => Promise<void>,
+): Promise<void> {
+  await stop.stopped;
   await beforeClose?.();
   await engine.close(Number(env("KVFLOW_GRACE_MS") ?? 10_000));
-  stopListening();
+  stop.dispose();
 }
