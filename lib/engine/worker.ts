@@ -290,11 +290,10 @@ export class Worker {
   async #look(): Promise<number> {
     const free = this.#options.maxRuns - this.#active.size;
     if (this.#stop.signal.aborted) return 0;
-    if (free <= 0) {
-      // full: the next run to end pulls the backlog
-      this.#backlog = true;
-      return 0;
-    }
+    // full: the commit heard is most likely this worker's own (a busy worker hears each
+    // of its group commits), and a backlog flag here would make every run's end sweep;
+    // what is due waits for the next sweep or another worker
+    if (free <= 0) return 0;
     try {
       return await this.#wakeDue(free);
     } catch (error) {
