@@ -10,6 +10,7 @@ import { commitAtomic } from "../kv/commit.ts";
 import type { Kv } from "../kv/kv.ts";
 import { type AlertRecord, alertText } from "./alert.ts";
 import { logLine } from "../platform/log.ts";
+import { sleep } from "../model/clock.ts";
 
 /** Where alert e-mail goes. */
 export interface AlertEmail {
@@ -273,16 +274,4 @@ function payload(alert: AlertRecord) {
         : {}),
     },
   };
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    }
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }

@@ -16,6 +16,7 @@
  * @module
  */
 import { nextWrite } from "../platform/file_watch.ts";
+import { sleep } from "../model/clock.ts";
 
 /** After the first write of a commit, wait this long: it may not be visible yet. */
 export const SETTLE_MS = 1;
@@ -115,16 +116,4 @@ export class CommitWatch {
       }
     }
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

@@ -19,7 +19,7 @@ import {
 import { isRunId } from "../model/run_id.ts";
 import { Worker, type WorkerOptions } from "./worker.ts";
 import type { RunEvent } from "./driver/driver.ts";
-import { type Clock, systemClock } from "../model/clock.ts";
+import { type Clock, sleep } from "../model/clock.ts";
 import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { DeadlineWatch } from "./deadlines.ts";
 import { type AlertRecord, alertText } from "../alerts/alert.ts";
@@ -694,18 +694,4 @@ export async function openEngine(options: EngineOptions): Promise<Engine> {
 async function migrateStore(store: Store): Promise<void> {
   const { to } = await migrate(store);
   store.schemaUnwritten = to < SCHEMA_VERSION;
-}
-
-function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const done = () => {
-      cancel();
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    let cancel = () => {};
-    cancel = clock.after(Math.max(0, ms), done);
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }

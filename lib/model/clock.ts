@@ -26,3 +26,21 @@ export const systemClock: Clock = {
     return () => clearTimeout(timer);
   },
 };
+
+/**
+ * Resolves once `ms` have passed on `clock` (default wall time), or at once when `signal`
+ * aborts, and then leaves no timer behind.
+ */
+export function sleep(ms: number, signal?: AbortSignal, clock: Clock = systemClock): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      cancel();
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    let cancel = () => {};
+    cancel = clock.after(Math.max(0, ms), done);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}

@@ -77,17 +77,7 @@ export function aborted(signal: AbortSignal): Promise<void> {
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts (clearing its timer). */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
+export { sleep } from "../../lib/model/clock.ts";
 
 /** What the blob keys of a KV database hold, against what its records refer to. */
 export interface BlobAudit {
