@@ -101,3 +101,69 @@ Deno.test("with several commits allowed in flight (remote KV), groups of at most
     kv.close();
   }
 });
+
+/** A batch like `batch`, with a check that every such batch makes alike, shared. */
+function pausedBatch(key: string, value: number): CommitBatch {
+  return { ...batch(key, value, null), shared: [{ key: ["pause"], versionstamp: null }] };
+}
+
+Deno.test("a check that many batches make alike is sent and counted once per grouped commit", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    let most = 0;
+    const counted = new Proxy(kv, {
+      get(target, prop) {
+        if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
+        return () => {
+          const op = target.atomic();
+          let checks = 0;
+          const check = op.check.bind(op);
+          op.check = (...c) => {
+            checks += c.length;
+            return check(...c);
+          };
+          const commit = op.commit.bind(op);
+          op.commit = () => {
+            most = Math.max(most, checks);
+            return commit();
+          };
+          return op;
+        };
+      },
+    });
+    const committer = new GroupCommitter(counted, { checks: 10 });
+    const results = await Promise.all(
+      Array.from({ length: 28 }, (_, i) => committer.commit(pausedBatch(`r${i}`, i))),
+    );
+    assert.ok(results.every((r) => r.ok));
+    for (let i = 0; i < 28; i++) assert.equal((await kv.get(["v", `r${i}`])).value, i);
+    assert.equal(most, 10, "9 own checks and the shared one, never more than the limit");
+    // the first alone (2 checks), then 27 queued behind it, 9 a group
+    assert.equal(committer.stats.commits, 1 + 3);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a shared check still holds: once it fails, no batch that shares it commits, alone or grouped", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    await kv.set(["pause"], true);
+    const committer = new GroupCommitter(kv);
+    const results = await Promise.all([
+      committer.commit(pausedBatch("a", 1)),
+      committer.commit(pausedBatch("b", 2)),
+      committer.commit(pausedBatch("c", 3)),
+      committer.commit(batch("d", 4, null)), // checks no pause: commits
+    ]);
+    assert.deepEqual(results.map((r) => r.ok), [false, false, false, true]);
+    for (const k of ["a", "b", "c"]) assert.equal((await kv.get(["v", k])).value, null);
+    assert.equal((await kv.get(["v", "d"])).value, 4);
+    assert.equal(committer.stats.fallbacks, 1);
+    // with grouping off, each batch committed at once checks it too
+    const off = new GroupCommitter(kv, { group: false });
+    assert.equal((await off.commit(pausedBatch("e", 5))).ok, false);
+  } finally {
+    kv.close();
+  }
+});

@@ -7,7 +7,7 @@ import v8 from "node:v8";
 import { kvUnavailable } from "../model/errors.ts";
 import { keySize } from "./keys.ts";
 import { BATCH_BYTES, BATCH_KEY_BYTES, BATCH_MUTATIONS, KV_COMMIT_CHECKS } from "./limits.ts";
-import type { AtomicOperation, Kv, KvCommitError, KvCommitResult, KvKey } from "./kv.ts";
+import type { AtomicOperation, Kv, KvCheck, KvCommitError, KvCommitResult, KvKey } from "./kv.ts";
 
 /** A key to set to a value, or to delete when the value is null. */
 export type KvWrite = readonly [key: KvKey, value: unknown];
@@ -104,6 +104,12 @@ export interface CommitBatch {
   bytes: number;
   /** Estimated bytes of the keys it sets (KV allows 80 KiB of them a commit). Default 0. */
   keyBytes?: number;
+  /**
+   * Checks that many batches make alike (a pipeline's pause absent, say), not in
+   * `checks` nor added by `apply`: a grouped commit checks each distinct one (same key
+   * and versionstamp) once, and counts it once against its limit.
+   */
+  shared?: readonly KvCheck[];
 }
 
 /** Limits of one grouped commit. */
@@ -185,7 +191,7 @@ export class GroupCommitter {
       this.stats.commits++;
       return (async () => {
         const op = this.#kv.atomic();
-        batch.apply(op);
+        applyAlone(op, batch);
         return await commitAtomic(op);
       })();
     }
@@ -196,7 +202,7 @@ export class GroupCommitter {
       let commit: Promise<KvCommitResult | KvCommitError>;
       try {
         const op = this.#kv.atomic();
-        batch.apply(op);
+        applyAlone(op, batch);
         commit = commitAtomic(op);
       } catch (error) {
         commit = Promise.reject(error);
@@ -232,17 +238,21 @@ export class GroupCommitter {
     }
     const group = [this.#queue[0]];
     let { checks, mutations, bytes, keyBytes = 0 } = this.#queue[0].batch;
+    const shared = new Set<string>();
+    checks += addShared(shared, this.#queue[0].batch);
     let i = 1;
     for (; i < this.#queue.length; i++) {
       const b = this.#queue[i].batch;
+      const added = newShared(shared, b);
       if (
-        checks + b.checks > this.#limits.checks ||
+        checks + b.checks + added.length > this.#limits.checks ||
         mutations + b.mutations > this.#limits.mutations ||
         bytes + b.bytes > this.#limits.bytes ||
         keyBytes + (b.keyBytes ?? 0) > this.#limits.keyBytes
       ) break;
       group.push(this.#queue[i]);
-      checks += b.checks;
+      for (const id of added) shared.add(id);
+      checks += b.checks + added.length;
       mutations += b.mutations;
       bytes += b.bytes;
       keyBytes += b.keyBytes ?? 0;
@@ -259,7 +269,16 @@ export class GroupCommitter {
     let result: KvCommitResult | KvCommitError | undefined;
     try {
       const op = this.#kv.atomic();
-      for (const q of group) q.batch.apply(op);
+      const shared = new Set<string>();
+      for (const q of group) {
+        q.batch.apply(op);
+        for (const check of q.batch.shared ?? []) {
+          const id = checkId(check);
+          if (id !== undefined && shared.has(id)) continue;
+          if (id !== undefined) shared.add(id);
+          op.check(check);
+        }
+      }
       result = await commitAtomic(op);
     } catch {
       result = undefined;
@@ -277,10 +296,48 @@ export class GroupCommitter {
     this.stats.commits++;
     try {
       const op = this.#kv.atomic();
-      q.batch.apply(op);
+      applyAlone(op, q.batch);
       q.resolve(await commitAtomic(op));
     } catch (error) {
       q.reject(error);
     }
   }
+}
+
+/** Adds a batch's checks alike to `op` with its own: it is committed alone. */
+function applyAlone(op: AtomicOperation, batch: CommitBatch): void {
+  batch.apply(op);
+  if (batch.shared && batch.shared.length > 0) op.check(...batch.shared);
+}
+
+/**
+ * A check's identity (its key and versionstamp) for sharing it, or undefined when its key
+ * has parts other than strings and numbers (then it is never shared).
+ */
+function checkId(check: KvCheck): string | undefined {
+  for (const part of check.key) {
+    if (typeof part !== "string" && typeof part !== "number") return undefined;
+  }
+  return JSON.stringify([check.key, check.versionstamp]);
+}
+
+/** The ids of a batch's shared checks not in `seen` yet (each once; unshareable ones too). */
+function newShared(seen: ReadonlySet<string>, batch: CommitBatch): string[] {
+  const out: string[] = [];
+  const mine = new Set<string>();
+  for (const check of batch.shared ?? []) {
+    // an unshareable check counts on its own: an id no other check has
+    const id = checkId(check) ?? `\u0000${seen.size + out.length}`;
+    if (seen.has(id) || mine.has(id)) continue;
+    mine.add(id);
+    out.push(id);
+  }
+  return out;
+}
+
+/** Adds a batch's shared checks to `seen`; returns how many were new. */
+function addShared(seen: Set<string>, batch: CommitBatch): number {
+  const added = newShared(seen, batch);
+  for (const id of added) seen.add(id);
+  return added.length;
 }
