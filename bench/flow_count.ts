@@ -9,7 +9,7 @@
  * @module
  */
 import { openEngine, type Pipeline } from "../lib/mod.ts";
-import { countingKv, diffCounts } from "./kv_count.ts";
+import { type CommitShape, countingKv, diffCounts } from "./kv_count.ts";
 import { BENCH_DIAMOND } from "./entry.ts";
 import { KEYED_DIAMOND, LIMIT_KEYS, STEP_LIMITED_DIAMOND } from "./flow_pipelines.ts";
 import { withStore } from "./_util.ts";
@@ -37,7 +37,8 @@ async function count(dir: string, setting: string, runs: number): Promise<void> 
     }
   });
   const raw = await Deno.openKv(path);
-  const { kv, counts } = countingKv(raw);
+  let shapes: CommitShape[] | null = null;
+  const { kv, counts } = countingKv(raw, (shape) => shapes?.push(shape));
   let ended = 0;
   let allEnded!: () => void;
   const done = new Promise<void>((resolve) => (allEnded = resolve));
@@ -54,6 +55,7 @@ async function count(dir: string, setting: string, runs: number): Promise<void> 
   });
   try {
     const before = { ...counts };
+    shapes = [];
     engine.start();
     await done;
     const d = diffCounts(before, counts);
@@ -63,10 +65,28 @@ async function count(dir: string, setting: string, runs: number): Promise<void> 
         `parts), ${d.check} checks, ${d.set} sets, ${d.delete} deletes, ${d.list} lists, ` +
         `${d.get + d.getMany} gets`,
     );
+    console.log(`  ${describeShapes(shapes)}`);
   } finally {
     await engine.close();
     raw.close();
   }
+}
+
+/**
+ * How full the commits were: those cut by KV's 100 checks (95 or more) and the rest, and
+ * the checks by the kind of key they check (lease, run, slot, …).
+ */
+function describeShapes(shapes: CommitShape[]): string {
+  const full = shapes.filter((s) => s.checkKinds.length >= 95);
+  const rest = shapes.filter((s) => s.checkKinds.length < 95);
+  const restChecks = rest.reduce((n, s) => n + s.checkKinds.length, 0);
+  const kinds = new Map<string, number>();
+  for (const s of shapes) {
+    for (const k of s.checkKinds) kinds.set(k, (kinds.get(k) ?? 0) + 1);
+  }
+  const byKind = [...kinds].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${n}`).join(", ");
+  return `${full.length} commits with 95-100 checks, ${rest.length} with fewer ` +
+    `(${restChecks} checks in all); checks by key: ${byKind}`;
 }
 
 if (import.meta.main) {

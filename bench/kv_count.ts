@@ -60,25 +60,42 @@ export function diffFields<T extends { [K in keyof T]: number }>(a: T, b: T): T 
   return out;
 }
 
+/** What one committed atomic operation held: the kind (second key part) of each check. */
+export interface CommitShape {
+  checkKinds: string[];
+  sets: number;
+  deletes: number;
+}
+
 /**
  * Wraps a KV so every operation is counted.
  *
  * @param kv the database to wrap; it stays the caller's to close
+ * @param onCommit told of each commit's shape as it is made (committed or failed)
  * @returns the wrapped database and its live counts
  */
-export function countingKv(kv: Deno.Kv): { kv: Deno.Kv; counts: KvCounts } {
+export function countingKv(
+  kv: Deno.Kv,
+  onCommit?: (shape: CommitShape) => void,
+): { kv: Deno.Kv; counts: KvCounts } {
   const counts = emptyCounts();
   const wrapAtomic = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
     // Counted once committed: an operation built and dropped (kvflow builds one to test
     // that a value serializes) writes nothing.
     const mine = { check: 0, set: 0, delete: 0, enqueue: 0 };
+    const checkKinds: string[] = [];
     return watchAtomic(op, (prop, args) => {
-      if (prop === "check") mine.check += args.length;
-      else if (prop === "set") mine.set++;
+      if (prop === "check") {
+        mine.check += args.length;
+        if (onCommit) {
+          for (const c of args as Deno.AtomicCheck[]) checkKinds.push(String(c.key[1]));
+        }
+      } else if (prop === "set") mine.set++;
       else if (prop === "delete") mine.delete++;
       else if (prop === "enqueue") mine.enqueue++;
     }, (commit) => {
       counts.commit++;
+      onCommit?.({ checkKinds, sets: mine.set, deletes: mine.delete });
       counts.check += mine.check;
       counts.set += mine.set;
       counts.delete += mine.delete;
