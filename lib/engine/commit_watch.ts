@@ -12,11 +12,13 @@
  * looks about 40 times a second, not at every commit. And since a commit may become
  * visible a while after its last write is heard, looks go on until
  * {@linkcode FOLLOW_MS} after the last write heard: a lone commit costs about eight looks.
+ * A write heard after {@linkcode QUIET_MS} of none starts a new burst at once, even in a
+ * spaced gap (at most once per {@linkcode FOLLOW_MS}): a worker whose own commits just
+ * spaced its looks still looks at another process's commit within a few ms.
  *
  * @module
  */
 import { nextWrite } from "../platform/file_watch.ts";
-import { sleep } from "../model/clock.ts";
 
 /** After the first write of a commit, wait this long: it may not be visible yet. */
 export const SETTLE_MS = 1;
@@ -30,6 +32,8 @@ export const MAX_GAP_MS = 25;
  * ms later, and nothing is heard then.
  */
 export const FOLLOW_MS = 50;
+/** A write after this long without one starts a new burst, even within a gap. */
+export const QUIET_MS = 10;
 /** Within this long of a lone write, looks that find nothing keep the shortest gap. */
 export const FIRST_FOLLOW_MS = 10;
 
@@ -38,6 +42,7 @@ interface Armed {
   /** True at a write, false when closed or failed. */
   done: Promise<boolean>;
   heardAt: number | null;
+  armedAt: number;
 }
 
 /** Looks at the due-index soon after each write to a KV file. */
@@ -77,7 +82,11 @@ export class CommitWatch {
   }
 
   #arm(): Armed {
-    const armed: Armed = { done: Promise.resolve(false), heardAt: null };
+    const armed: Armed = {
+      done: Promise.resolve(false),
+      heardAt: null,
+      armedAt: performance.now(),
+    };
     armed.done = nextWrite(this.#file, this.#stop.signal).then((heard) => {
       if (heard) armed.heardAt = performance.now();
       return heard;
@@ -94,12 +103,23 @@ export class CommitWatch {
     while ((await armed.done) && !signal.aborted && this.#failure === undefined) {
       // a burst: look until no write was heard for FOLLOW_MS
       let lastHeardAt = armed.heardAt!;
+      let cutAt = -Infinity;
       let gapMs = MIN_GAP_MS;
       let delay = SETTLE_MS;
       while (!signal.aborted && this.#failure === undefined) {
         // writes from here on are heard, the look below does not see them all
         if (armed.heardAt !== null) armed = this.#arm();
-        await sleep(delay, signal);
+        // A write after QUIET_MS of none (this worker's own commits over, say) is most
+        // likely a new commit by another process: a new burst, looked at after SETTLE_MS
+        // rather than after the spaced gap; at most once per FOLLOW_MS, so that commits at
+        // a steady pace cost at most the looks of lone commits FOLLOW_MS apart.
+        const cut = performance.now() - cutAt >= FOLLOW_MS ? newBurst(armed) : undefined;
+        if (await sleepUntilWrite(delay, signal, cut)) {
+          cutAt = lastHeardAt = armed.heardAt!;
+          gapMs = MIN_GAP_MS;
+          delay = SETTLE_MS;
+          continue;
+        }
         if (signal.aborted) break;
         const startedAt = performance.now();
         this.#looks++;
@@ -116,4 +136,35 @@ export class CommitWatch {
       }
     }
   }
+}
+
+/** Resolves true at the watch's write if it came after QUIET_MS without one. */
+async function newBurst(armed: Armed): Promise<boolean> {
+  return await armed.done && armed.heardAt! - armed.armedAt >= QUIET_MS;
+}
+
+/**
+ * Waits `ms`, or less when `signal` aborts or `write` comes.
+ *
+ * @returns true when `write` came first with a write heard
+ */
+function sleepUntilWrite(
+  ms: number,
+  signal: AbortSignal,
+  write?: Promise<boolean>,
+): Promise<boolean> {
+  return new Promise((resolve) => {
+    let settled = false;
+    const done = (heard: boolean) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal.removeEventListener("abort", aborted);
+      resolve(heard);
+    };
+    const aborted = () => done(false);
+    const timer = setTimeout(aborted, ms);
+    signal.addEventListener("abort", aborted, { once: true });
+    write?.then((heard) => heard && done(true));
+  });
 }

@@ -238,17 +238,19 @@ export async function wakeQueued(
   committer?: GroupCommitter,
 ): Promise<string[]> {
   const { scope, key, max } = limit;
-  // most keys have nobody queued: one read says so
-  const head = await queued(kv, scope, key, 1);
+  // most keys have nobody queued: one read says so, and else reads as much of the queue
+  // as one commit wakes or drops
+  const head = await queued(kv, scope, key, 2 * GATE_BATCH);
   if (head.length === 0 && !gate) return [];
-  const held = await readSlots(kv, scope, key);
+  // the slots and the queued runs in one round: a freed slot's hand-over is on the path
+  // from one run's end to the next one's start
+  const [held, headRuns] = await Promise.all([
+    readSlots(kv, scope, key),
+    head.length > 0 ? getAll<RunRecord>(kv, head.map((e) => keys.run(e.value))) : [],
+  ]);
   const free = Math.min(max - held.length, GATE_BATCH);
-  const entries = free > 0 && head.length > 0
-    ? await queued(kv, scope, key, free + GATE_BATCH)
-    : [];
-  const runs = entries.length > 0
-    ? await getAll<RunRecord>(kv, entries.map((e) => keys.run(e.value)))
-    : [];
+  const entries = free > 0 ? head.slice(0, free + GATE_BATCH) : [];
+  const runs = headRuns.slice(0, entries.length);
   // built as a list of changes, so the commit may share a grouped commit (its keys are
   // this limit key's: a worker opens one gate of a key at a time)
   const changes: ((op: AtomicOperation) => void)[] = [];
