@@ -8,6 +8,8 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, sleep, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
+import { SlotNotifier } from "../lib/engine/driver/step_flow.ts";
+import { admit } from "../lib/store/flow.ts";
 import type { Kv } from "../lib/kv/kv.ts";
 import { accountingRate } from "../pipelines/nightly/config.ts";
 import nightly from "../pipelines/nightly/mod.ts";
@@ -243,4 +245,61 @@ Deno.test("KVFLOW_ACCOUNTING_RATE sets the nightly's accounting throttle; a bad 
   }
   const throttle = nightly.flow.steps.get("update-accounting")!.throttle!;
   assert.deepEqual([throttle.scope, throttle.max, throttle.perMs], ["accounting-api", 10, 1000]);
+});
+
+Deno.test("a run limit and a step limit sharing a scope hold its one slot one at a time, though claims and starts share grouped commits", async () => {
+  const ledger = new Ledger();
+  const body = async () => {
+    ledger.start("shared");
+    await new Promise((r) => setTimeout(r, 2));
+    ledger.end("shared");
+    return 1;
+  };
+  // a run of `whole` holds the slot from its claim to its end; a `part` attempt while it runs
+  const whole = pipeline("whole", {
+    limit: { key: () => "k", max: 1, scope: "shared" },
+    steps: [step("all", body)],
+  });
+  const part = pipeline("part", {
+    steps: [step("one", { limit: { key: () => "k", max: 1, scope: "shared" } }, body)],
+  });
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [whole, part],
+    maxRuns: 64,
+    onAlert: () => {},
+  });
+  const runs = [];
+  for (let i = 0; i < 30; i++) {
+    runs.push(await engine.store.createRun(whole), await engine.store.createRun(part));
+  }
+  const ended = await Promise.all(runs.map((r) => engine.runToEnd(r.id)));
+  assert.deepEqual(ended.filter((r) => r.status !== "succeeded").map((r) => r.id), []);
+  assert.equal(ledger.ended, 60);
+  assert.equal(ledger.most.get("shared"), 1, "two holders of the one slot ran at once");
+  await noSlots(engine.store.kv);
+});
+
+Deno.test("a run's claim does not pick a slot of a shared scope that a step start of this process is taking", async () => {
+  const whole = pipeline("whole", {
+    limit: { key: () => "k", max: 2, scope: "shared" },
+    steps: [step("all", () => 1)],
+  });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [whole] });
+  const run = engine.store.newRun(whole, {});
+  // a step's start under a step limit of the same scope picked slot 0, its commit in flight
+  const steps = new SlotNotifier();
+  assert.ok(steps.reserve("slot", "shared", "k", 0));
+  try {
+    const admission = await admit(engine.kv, run, Date.now());
+    assert.ok(admission.start);
+    assert.equal(admission.slot, 1, "the claim picked the slot the start is taking");
+    // and the claim's pick is reserved for the step starts in turn, until its commit is done
+    assert.equal(steps.reserve("slot", "shared", "k", 1), false);
+    admission.done();
+    assert.ok(steps.reserve("slot", "shared", "k", 1));
+    steps.unreserve("slot", "shared", "k", 1);
+  } finally {
+    steps.unreserve("slot", "shared", "k", 0);
+  }
 });

@@ -32,6 +32,9 @@ import {
   pickThrottle,
   readSlots,
   readThrottle,
+  releaseTake,
+  reserveTake,
+  takenNow,
   takeThrottle,
 } from "./slots.ts";
 
@@ -66,17 +69,6 @@ export type Admission =
   };
 
 /**
- * Slots and throttle entries that a claim of this process is taking, its commit in flight.
- * Claims of different runs may share one grouped commit, in which two checks that one
- * slot is free would both pass: a claim picks only what no other claim here is taking.
- */
-const taking = new Set<string>();
-
-function takingId(kind: string, scope: string, key: string, index: number): string {
-  return `${kind}\u0000${scope}\u0000${key}\u0000${index}`;
-}
-
-/**
  * Whether a claim of `run` goes through flow control: a queued run that needs a limit slot,
  * or a throttled run that never started.
  */
@@ -98,20 +90,38 @@ export function isGate(value: unknown): value is GateDue {
  * checks, so two claims never take one slot or one throttle entry.
  */
 export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admission> {
+  // what this claim picked, reserved in the same turn (see `reserveTake`)
+  const reserved: ["slot" | "throttle", string, string, number][] = [];
+  try {
+    return await decideAdmission(kv, run, now, reserved);
+  } catch (error) {
+    // a read failed after a pick: nothing is taken
+    for (const r of reserved.splice(0)) releaseTake(...r);
+    throw error;
+  }
+}
+
+async function decideAdmission(
+  kv: Kv,
+  run: RunRecord,
+  now: number,
+  reserved: ["slot" | "throttle", string, string, number][],
+): Promise<Admission> {
   const limit = run.flow?.limit;
   const throttle = run.startedAt === null ? run.flow?.throttle : undefined;
   const throttled = throttle ? readThrottle(kv, throttle.scope, throttle.key) : null;
   throttled?.catch(() => {}); // awaited below, unless the limit holds the run first
   const applies: ((op: AtomicOperation) => void)[] = [];
-  const reserved: string[] = [];
-  const done = () => reserved.forEach((id) => taking.delete(id));
+  const done = () => {
+    for (const r of reserved.splice(0)) releaseTake(...r);
+  };
   let slot: number | null = null;
   const since = (by: HeldState["by"]) => run.held?.by === by ? run.held.since : now;
   if (limit) {
     const { scope, key, max } = limit;
     const mine = keys.limitQueue(scope, key, queueRank(run), run.id);
-    // what other claims of this process are taking counts as taken
-    const busy = (i: number) => taking.has(takingId("slot", scope, key, i));
+    // what other takes of this process (claims, step starts) are taking counts as taken
+    const busy = takenNow("slot", scope, key);
     // A slot whose holder is gone without freeing it (its run was deleted, say) is rare:
     // looked for once a run waited out its backstop, not at every claim of a full key.
     const waitedLong = run.held?.by === "limit" && now - run.held.since >= BACKSTOP_MS;
@@ -127,11 +137,16 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
       let inFlight = 0;
       for (let i = 0; i < max; i++) if (busy(i)) inFlight++;
       const free = max - held.length - inFlight;
+      // reserved in the turn it was picked: no other take of this process picks it meanwhile
+      if (index >= 0 && reserveTake("slot", scope, key, index)) {
+        reserved.push(["slot", scope, key, index]);
+      }
       const ahead = index < 0 ? 0 : await waitingAhead(kv, queue, mine);
       return { release, held, queue, index, free, ahead, hold: index < 0 || ahead >= free };
     };
     let d = await decide(null);
     if (d.hold) {
+      done();
       // A hold is committed checked against the key's last release, read before the slots
       // it decides on: a slot freed after that read fails the hold, and the run looks again.
       // (A run that starts needs no such read: its slot's own check decides.)
@@ -139,6 +154,7 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
     }
     const { held, queue, index, free, ahead } = d;
     if (d.hold) {
+      done();
       const release = d.release!;
       const reason = index < 0
         ? `${held.length} of ${max} slots of key '${key}' taken`
@@ -157,8 +173,6 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
       };
     }
     slot = index;
-    reserved.push(takingId("slot", scope, key, index));
-    taking.add(reserved[reserved.length - 1]);
     const slotKey = keys.slot(scope, key, index);
     const holder: SlotHolder = { run: run.id, step: null, item: -1, attempt: 0, at: now };
     const others = queue.some((e) => e.value !== run.id);
@@ -175,7 +189,7 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
       max,
       perMs,
       now,
-      (i) => taking.has(takingId("throttle", scope, key, i)),
+      takenNow("throttle", scope, key),
     );
     if ("until" in pick) {
       done();
@@ -192,8 +206,10 @@ export async function admit(kv: Kv, run: RunRecord, now: number): Promise<Admiss
         },
       };
     }
-    reserved.push(takingId("throttle", scope, key, pick.index));
-    taking.add(reserved[reserved.length - 1]);
+    // picked in this turn, among entries no take here is taking: the reservation holds
+    if (reserveTake("throttle", scope, key, pick.index)) {
+      reserved.push(["throttle", scope, key, pick.index]);
+    }
     applies.push((op) => takeThrottle(op, scope, key, pick, now));
   }
   return {

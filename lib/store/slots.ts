@@ -156,3 +156,65 @@ export function takeThrottle(
   const k = keys.throttleSlot(scope, key, pick.index);
   op.check({ key: k, versionstamp: pick.entry.versionstamp }).set(k, now);
 }
+
+/**
+ * Slots and throttle entries that commits of this process in flight are taking, by kind
+ * (`slot`, `throttle`), scope and key. A run's claim and a step's start may share one
+ * grouped commit, where two checks that one slot is free would both pass; so every take
+ * in this process — a claim under a run limit or a step's start under a step limit, whose
+ * limits may share a scope — reserves here what it picked, in the same turn as the pick,
+ * and picks nothing reserved.
+ */
+const takingNow = new Map<string, Set<number>>();
+
+function takeId(kind: "slot" | "throttle", scope: string, key: string): string {
+  return `${kind}\u0000${scope}\u0000${key}`;
+}
+
+/** Reserves `index` of (scope, key) for a commit in flight; false when another has it. */
+export function reserveTake(
+  kind: "slot" | "throttle",
+  scope: string,
+  key: string,
+  index: number,
+): boolean {
+  const id = takeId(kind, scope, key);
+  let set = takingNow.get(id);
+  if (!set) takingNow.set(id, set = new Set());
+  if (set.has(index)) return false;
+  set.add(index);
+  return true;
+}
+
+/** Ends a {@linkcode reserveTake}: its commit is done, or it was not made. */
+export function releaseTake(
+  kind: "slot" | "throttle",
+  scope: string,
+  key: string,
+  index: number,
+): void {
+  const id = takeId(kind, scope, key);
+  const set = takingNow.get(id);
+  if (!set) return;
+  set.delete(index);
+  if (set.size === 0) takingNow.delete(id);
+}
+
+/** Whether a commit of this process in flight is taking an index of (scope, key): a live view. */
+export function takenNow(
+  kind: "slot" | "throttle",
+  scope: string,
+  key: string,
+): (index: number) => boolean {
+  const id = takeId(kind, scope, key);
+  return (index) => takingNow.get(id)?.has(index) ?? false;
+}
+
+/** The indexes of (scope, key) that commits of this process in flight are taking. */
+export function takesOf(
+  kind: "slot" | "throttle",
+  scope: string,
+  key: string,
+): ReadonlySet<number> | undefined {
+  return takingNow.get(takeId(kind, scope, key));
+}

@@ -22,7 +22,16 @@ import * as keys from "../../kv/keys.ts";
 import type { ErrorInfo } from "../../model/errors.ts";
 import type { SlotHolder, TaskRecord } from "../../model/records.ts";
 import { pendingTask, startAttempt } from "../../model/transitions.ts";
-import { healSlots, pickThrottle, readSlots, readThrottle } from "../../store/slots.ts";
+import {
+  healSlots,
+  pickThrottle,
+  readSlots,
+  readThrottle,
+  releaseTake,
+  reserveTake,
+  takenNow,
+  takesOf,
+} from "../../store/slots.ts";
 import type { Kv, KvCheck, KvEntry } from "../../kv/kv.ts";
 import type { KvWrite } from "../../kv/commit.ts";
 import type { Clock } from "../../model/clock.ts";
@@ -85,41 +94,25 @@ export class SlotNotifier {
   }
 
   /**
-   * Slots and throttle entries that commits of this process in flight are taking, by
-   * kind, scope and key.
-   */
-  readonly #taking = new Map<string, Set<number>>();
-
-  /**
    * Marks a slot (`kind` "slot") or throttle entry ("throttle") as being taken by a commit
-   * of this process: such commits may share one grouped KV commit, where two checks that
-   * the same key is free would both pass. Returns false when another has it.
+   * of this process (`reserveTake` in `store/slots.ts`, shared with run claims). Returns
+   * false when another has it.
    */
-  reserve(kind: string, scope: string, key: string, index: number): boolean {
-    const id = `${kind}\u0000${scope}\u0000${key}`;
-    let set = this.#taking.get(id);
-    if (!set) this.#taking.set(id, set = new Set());
-    if (set.has(index)) return false;
-    set.add(index);
-    return true;
+  reserve(kind: "slot" | "throttle", scope: string, key: string, index: number): boolean {
+    return reserveTake(kind, scope, key, index);
   }
 
   /** Ends a {@linkcode reserve}: its commit is done. */
-  unreserve(kind: string, scope: string, key: string, index: number): void {
-    const id = `${kind}\u0000${scope}\u0000${key}`;
-    const set = this.#taking.get(id);
-    if (!set) return;
-    set.delete(index);
-    if (set.size === 0) this.#taking.delete(id);
+  unreserve(kind: "slot" | "throttle", scope: string, key: string, index: number): void {
+    releaseTake(kind, scope, key, index);
   }
 
   /**
    * Whether a commit of this process in flight is taking an index of (scope, key): a live
    * view, asked again at each pick.
    */
-  reservedOf(kind: string, scope: string, key: string): (index: number) => boolean {
-    const id = `${kind}\u0000${scope}\u0000${key}`;
-    return (index) => this.#taking.get(id)?.has(index) ?? false;
+  reservedOf(kind: "slot" | "throttle", scope: string, key: string): (index: number) => boolean {
+    return takenNow(kind, scope, key);
   }
 
   /** The slots of each (scope, key) that tasks of this process hold. */
@@ -145,7 +138,7 @@ export class SlotNotifier {
     const id = `${scope}\u0000${key}`;
     if (max < BLIND_MIN || (this.#blindOff.get(id) ?? 0) > now) return -1;
     const mine = this.#mine.get(id);
-    const taking = this.#taking.get(`slot\u0000${scope}\u0000${key}`);
+    const taking = takesOf("slot", scope, key);
     const busy = (mine?.size ?? 0) + (taking?.size ?? 0);
     // past half of the slots held here, what others hold matters: read instead
     if (2 * busy >= max) return -1;
@@ -459,7 +452,7 @@ export class StepFlow {
       };
       // Reserved in this process while the commit is in flight: it may share a grouped
       // commit with other runs' takes, which must not check the same slot or entry.
-      const reserved: [string, string, string, number][] = [];
+      const reserved: ["slot" | "throttle", string, string, number][] = [];
       if (task.limit) {
         if (!host.notifier.reserve("slot", task.limit.scope, task.limitKey!, slot)) continue;
         reserved.push(["slot", task.limit.scope, task.limitKey!, slot]);
