@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Kv, RunRecord } from "../lib/mod.ts";
+import { type Engine, type Kv, openEngine, type Pipeline, type RunRecord } from "../lib/mod.ts";
 import { Store } from "../lib/store/store.ts";
 import { runCount } from "../lib/kv/keys.ts";
 
@@ -124,4 +124,29 @@ export async function until(
     if (Date.now() > deadline) throw new Error(`${what}: only ${got} of ${n} after ${ms} ms`);
     await sleep(50);
   }
+}
+
+/**
+ * An engine (not started) with room to drive `runs` runs of `pipeline` at once in this
+ * process, polling every 50 ms, and a promise of the moment the last of them succeeded.
+ */
+export async function openDriving(
+  pipeline: Pipeline<unknown>,
+  runs: number,
+  where: { kv: Kv } | { path: string },
+): Promise<{ engine: Engine; allSucceeded: Promise<void> }> {
+  let succeeded = 0;
+  const { promise: allSucceeded, resolve } = Promise.withResolvers<void>();
+  const engine = await openEngine({
+    ...where,
+    pipelines: [pipeline],
+    maxRuns: runs,
+    maxSteps: 2 * runs,
+    pollMs: 50,
+    onAlert: () => {},
+    onEvent: (e) => {
+      if (e.type === "run" && e.run.status === "succeeded" && ++succeeded === runs) resolve();
+    },
+  });
+  return { engine, allSucceeded };
 }

@@ -8,11 +8,11 @@
  *
  * @module
  */
-import { openEngine, type Pipeline } from "../lib/mod.ts";
+import type { Pipeline } from "../lib/mod.ts";
 import { type CommitShape, countingKv, diffCounts } from "./kv_count.ts";
 import { BENCH_DIAMOND } from "./entry.ts";
 import { KEYED_DIAMOND, LIMIT_KEYS, STEP_LIMITED_DIAMOND } from "./flow_pipelines.ts";
-import { withStore } from "./_util.ts";
+import { openDriving, withStore } from "./_util.ts";
 
 const SETTINGS: Record<string, Pipeline<unknown>> = {
   free: BENCH_DIAMOND,
@@ -39,25 +39,12 @@ async function count(dir: string, setting: string, runs: number): Promise<void> 
   const raw = await Deno.openKv(path);
   let shapes: CommitShape[] | null = null;
   const { kv, counts } = countingKv(raw, (shape) => shapes?.push(shape));
-  let ended = 0;
-  let allEnded!: () => void;
-  const done = new Promise<void>((resolve) => (allEnded = resolve));
-  const engine = await openEngine({
-    kv,
-    pipelines: [p],
-    maxRuns: runs,
-    maxSteps: 2 * runs,
-    pollMs: 50,
-    onAlert: () => {},
-    onEvent: (e) => {
-      if (e.type === "run" && e.run.status === "succeeded" && ++ended === runs) allEnded();
-    },
-  });
+  const { engine, allSucceeded } = await openDriving(p, runs, { kv });
   try {
     const before = { ...counts };
     shapes = [];
     engine.start();
-    await done;
+    await allSucceeded;
     const d = diffCounts(before, counts);
     const { batches, commits } = engine.store.committer.stats;
     console.log(

@@ -17,9 +17,8 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { openEngine } from "../lib/mod.ts";
 import { diamond } from "./pipelines.ts";
-import { fmt, log, median, withStore } from "./_util.ts";
+import { fmt, log, median, openDriving, withStore } from "./_util.ts";
 import type { Row } from "./report.ts";
 
 /** CPU ms (user, system) each thread of this process has used, by thread name (Linux). */
@@ -143,26 +142,13 @@ export async function inProcessThroughput(
     stdout: "null",
   });
   if (!(await create.output()).success) throw new Error("creating the runs failed");
-  let done = 0;
-  let finished!: () => void;
-  const all = new Promise<void>((resolve) => (finished = resolve));
-  const engine = await openEngine({
-    path,
-    pipelines: [pipe],
-    maxRuns: runs,
-    maxSteps: 2 * runs,
-    pollMs: 50,
-    onAlert: () => {},
-    onEvent: (e) => {
-      if (e.type === "run" && e.run.status === "succeeded" && ++done === runs) finished();
-    },
-  });
+  const { engine, allSucceeded } = await openDriving(pipe, runs, { path });
   try {
     const before = await threadCpu();
     const io0 = await ioBytes();
     const t0 = performance.now();
     engine.start();
-    await all;
+    await allSucceeded;
     const seconds = (performance.now() - t0) / 1000;
     const after = await threadCpu();
     const io1 = await ioBytes();
