@@ -173,6 +173,52 @@ Deno.test("a step throttle lets at most N starts through per period, and drops n
   }
 });
 
+/** Processes that keep every core busy until disposed: the load CI machines run under. */
+function busyCores(): AsyncDisposable {
+  const busy = Array.from(
+    { length: navigator.hardwareConcurrency },
+    () =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["eval", "for (;;) {}"],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn(),
+  );
+  return {
+    async [Symbol.asyncDispose]() {
+      for (const child of busy) child.kill("SIGKILL");
+      await Promise.all(busy.map((child) => child.status));
+    },
+  };
+}
+
+Deno.test("a throttled step's items start in item order, also when they waited for the throttle on a loaded machine", async () => {
+  // Under load a timer fires late: an item that finished let the next item take a freed
+  // entry before the items already waiting for it, so a throttled API was called out of
+  // order (the nightly's ledger rows came out of order in CI). Several runs, each spending
+  // its throttle six times over.
+  await using _busy = busyCores();
+  for (let r = 0; r < 8; r++) {
+    const order: number[] = [];
+    const list = step("list", () => Array.from({ length: 20 }, (_, i) => i));
+    const call = step("call", {
+      needs: { list },
+      items: ({ list }) => list,
+      concurrency: 4,
+      throttle: { max: 3, per: "100ms", scope: `ordered-${r}` },
+    }, (i: number) => {
+      order.push(i);
+      return i;
+    });
+    const p = pipeline("in-order", { steps: [list, call] });
+    await using engine = await openEngine({ path: ":memory:", pipelines: [p] });
+    const run = await engine.store.createRun(p);
+    assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+    assert.deepEqual(order, Array.from({ length: 20 }, (_, i) => i), `round ${r}`);
+  }
+});
+
 Deno.test("a wait step is not held by step flow control", async () => {
   const nap = sleep("nap", { for: "1ms" });
   const after = step("after", { needs: { nap }, limit: { max: 1 } }, () => "done");

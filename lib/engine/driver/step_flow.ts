@@ -210,6 +210,12 @@ interface FlowTask {
   backoff: number;
   /** When it came, in this run: waiting tasks try again in that order. */
   seq: number;
+  /**
+   * Where it is: `queued` for the throttle turn, `taking` (in a take), `gate` (waiting for
+   * its throttle's next entry), `slot` (waiting for a slot of its limit) or `ready` (its
+   * wait ended: the driver's next walk takes it again).
+   */
+  state: "queued" | "taking" | "gate" | "slot" | "ready";
 }
 
 /** What step flow control needs from its driver. */
@@ -262,8 +268,12 @@ export class StepFlow {
    * the commit of the result that made it ready.
    */
   #preparing = 0;
-  /** Resolves once the last throttled take begun is done (started, waiting or dropped). */
-  #serial: Promise<void> = Promise.resolve();
+  /**
+   * Throttled takes go one at a time, lowest `seq` first: whether one holds the turn, and
+   * those waiting for it, in `seq` order.
+   */
+  #turnHeld = false;
+  readonly #turns: { task: FlowTask; go: () => void }[] = [];
   /** Resolves once the last take begun has queued its start or given up. */
   #lastQueued: Promise<void> = Promise.resolve();
 
@@ -332,20 +342,19 @@ export class StepFlow {
         throttle: flow.throttle,
         backoff: 0,
         seq: this.#seq++,
+        state: "taking",
       };
       this.#tasks.set(id, task);
     }
     // Takes of one run go on together: what they take is reserved in this process, so
     // siblings never check the same slot or throttle entry in one commit. A throttle's
-    // takes go one after another: a take that lost its entry to another process tries
-    // again, and its siblings must not pass it (a throttled API is called in item order).
+    // takes go one after another, in `seq` order: a take that lost its entry to another
+    // process tries again, and its siblings must not pass it (a throttled API is called in
+    // item order; `#behind` keeps that order across waits).
     this.#taking++;
-    let serialDone = () => {};
-    if (task.throttle) {
-      const before = this.#serial;
-      this.#serial = new Promise<void>((resolve) => serialDone = resolve);
-      await before;
-    }
+    const throttled = task.throttle !== null;
+    if (throttled) await this.#turn(task);
+    task.state = "taking";
     this.#preparing++;
     // they prepare together but queue their starts in the order they began, so the bodies
     // start in the order the walk chose them
@@ -362,8 +371,49 @@ export class StepFlow {
     } finally {
       this.#taking--;
       if (!prepared.done) this.#prepared(prepared);
-      serialDone();
+      if (throttled) this.#passTurn();
     }
+  }
+
+  /** Resolves when `task` holds the throttle turn: at once when nobody holds it. */
+  async #turn(task: FlowTask): Promise<void> {
+    if (!this.#turnHeld) {
+      this.#turnHeld = true;
+      return;
+    }
+    task.state = "queued";
+    await new Promise<void>((go) => {
+      const turns = this.#turns;
+      let at = turns.length;
+      while (at > 0 && turns[at - 1].task.seq > task.seq) at--;
+      turns.splice(at, 0, { task, go });
+    });
+  }
+
+  /** The throttle turn goes to the waiting take of lowest `seq`, or to nobody. */
+  #passTurn(): void {
+    const next = this.#turns.shift();
+    if (next) next.go();
+    else this.#turnHeld = false;
+  }
+
+  /**
+   * Where a task of the same throttle key that came before `task` waits — in its gate, or
+   * to be taken again (`ready`, or `queued` behind the turn `task` holds) — or undefined.
+   * `task` must not take an entry before it. One waiting for a limit slot does not hold it
+   * back: that wait may be long, and it is not the throttle's.
+   */
+  #behind(task: FlowTask): "gate" | "ready" | undefined {
+    let found: "gate" | "ready" | undefined;
+    for (const other of this.#tasks.values()) {
+      if (
+        other.seq >= task.seq || other.throttleKey !== task.throttleKey ||
+        other.throttle?.scope !== task.throttle!.scope
+      ) continue;
+      if (other.state === "gate") return "gate";
+      if (other.state === "ready" || other.state === "queued") found = "ready";
+    }
+    return found;
   }
 
   /** A take queued its start, or gave up: the last one flushes what the driver queued. */
@@ -395,6 +445,12 @@ export class StepFlow {
     }
     for (let tries = 0; tries < 20; tries++) {
       if (!host.acting()) return this.#drop(task);
+      if (task.throttle) {
+        // one that came before waits: this one waits with it, and they go in their order
+        const behind = this.#behind(task);
+        if (behind === "gate") return this.#waitThrottle(task, 0);
+        if (behind === "ready") return this.#again(task);
+      }
       let slot = -1;
       let blind = -1;
       if (task.limit) {
@@ -521,6 +577,7 @@ export class StepFlow {
       );
       delay = task.backoff;
     }
+    task.state = "slot";
     let done = false;
     const go = () => {
       if (done) return;
@@ -532,6 +589,7 @@ export class StepFlow {
         this.#tasks.delete(id);
         return;
       }
+      task.state = "ready";
       this.#ready.push(task);
       host.wake();
     };
@@ -548,6 +606,7 @@ export class StepFlow {
   #waitThrottle(task: FlowTask, ms: number): void {
     const host = this.#host;
     host.release(task.node, task.index, false);
+    task.state = "gate";
     const id = `${task.throttle!.scope}\u0000${task.throttleKey}`;
     const gate = this.#gates.get(id);
     if (gate) {
@@ -561,10 +620,24 @@ export class StepFlow {
         for (const t of tasks) this.#tasks.delete(taskId(t.node, t.index));
         return;
       }
+      for (const t of tasks) t.state = "ready";
       this.#ready.push(...tasks);
       host.wake();
     }, Math.max(0, ms));
     this.#gates.set(id, { tasks, cancel: () => clearTimeout(timer) });
+  }
+
+  /**
+   * The task gives back its worker step slot and is taken again with the driver's next
+   * walk, which takes waiting tasks in `seq` order: one that came before it goes first.
+   */
+  #again(task: FlowTask): void {
+    const host = this.#host;
+    host.release(task.node, task.index, false);
+    task.state = "ready";
+    this.#ready.push(task);
+    // after this take ends and gives up its turn
+    queueMicrotask(() => host.wake());
   }
 
   /** Drops a task that held a worker step slot: the driver left the run. */
