@@ -99,12 +99,15 @@ export class SlotNotifier {
    * false when another has it.
    */
   reserve(kind: "slot" | "throttle", scope: string, key: string, index: number): boolean {
-    return reserveTake(kind, scope, key, index);
+    if (!reserveTake(kind, scope, key, index)) return false;
+    if (kind === "slot") this.#slotsOf(scope, key).reserve(index);
+    return true;
   }
 
   /** Ends a {@linkcode reserve}: its commit is done. */
   unreserve(kind: "slot" | "throttle", scope: string, key: string, index: number): void {
     releaseTake(kind, scope, key, index);
+    if (kind === "slot") this.#mine.get(`${scope}\u0000${key}`)?.unreserve(index);
   }
 
   /**
@@ -115,17 +118,21 @@ export class SlotNotifier {
     return takenNow(kind, scope, key);
   }
 
-  /** The slots of each (scope, key) that tasks of this process hold. */
-  readonly #mine = new Map<string, Set<number>>();
+  /** The slots of each (scope, key) that tasks of this process hold or are taking. */
+  readonly #mine = new Map<string, HeldSlots>();
+
+  #slotsOf(scope: string, key: string): HeldSlots {
+    const id = `${scope}\u0000${key}`;
+    let held = this.#mine.get(id);
+    if (!held) this.#mine.set(id, held = new HeldSlots());
+    return held;
+  }
   /** Until when blind picks of a (scope, key) are off: one of them met another's slot. */
   readonly #blindOff = new Map<string, number>();
 
   /** A take of this process now holds slot `index` of (scope, key). */
   holding(scope: string, key: string, index: number): void {
-    const id = `${scope}\u0000${key}`;
-    let set = this.#mine.get(id);
-    if (!set) this.#mine.set(id, set = new Set());
-    set.add(index);
+    this.#slotsOf(scope, key).add(index);
   }
 
   /**
@@ -137,16 +144,13 @@ export class SlotNotifier {
   blindPick(scope: string, key: string, max: number, now: number): number {
     const id = `${scope}\u0000${key}`;
     if (max < BLIND_MIN || (this.#blindOff.get(id) ?? 0) > now) return -1;
-    const mine = this.#mine.get(id);
+    const mine = this.#slotsOf(scope, key);
+    // every take of this process in flight (its own reserved in `mine` too; a run claim's
+    // only there)
     const taking = takesOf("slot", scope, key);
-    const busy = (mine?.size ?? 0) + (taking?.size ?? 0);
     // past half of the slots held here, what others hold matters: read instead
-    if (2 * busy >= max) return -1;
-    for (let n = 0; n < max; n++) {
-      const i = (this.#start + n) % max;
-      if (!mine?.has(i) && !taking?.has(i)) return i;
-    }
-    return -1;
+    if (2 * (mine.size + (taking?.size ?? 0)) >= max) return -1;
+    return mine.firstFree(this.#start % max, max, taking);
   }
 
   /** A blind pick of (scope, key) found its slot taken by another process. */
@@ -184,6 +188,93 @@ export class SlotNotifier {
     set.delete(first);
     if (set.size === 0) this.#listeners.delete(id);
     first();
+  }
+}
+
+/**
+ * The slots of one (scope, key) held by this process, as bits: the first free one from a
+ * point is found a word (32 slots) at a time, not a slot at a time, since a worker may
+ * hold hundreds of one key's slots and picks one at every start.
+ */
+class HeldSlots {
+  /** Held slots. */
+  #bits = new Uint32Array(1);
+  /** Slots a take of this process is taking (its commit in flight). */
+  #taking = new Uint32Array(1);
+  #size = 0;
+
+  /** How many it holds. */
+  get size(): number {
+    return this.#size;
+  }
+
+  add(index: number): void {
+    this.#grow(index);
+    const word = index >>> 5;
+    const bit = 1 << (index & 31);
+    if ((this.#bits[word] & bit) === 0) this.#size++;
+    this.#bits[word] |= bit;
+  }
+
+  delete(index: number): void {
+    const word = index >>> 5;
+    if (word >= this.#bits.length) return;
+    const bit = 1 << (index & 31);
+    if ((this.#bits[word] & bit) !== 0) this.#size--;
+    this.#bits[word] &= ~bit;
+  }
+
+  reserve(index: number): void {
+    this.#grow(index);
+    this.#taking[index >>> 5] |= 1 << (index & 31);
+  }
+
+  unreserve(index: number): void {
+    const word = index >>> 5;
+    if (word < this.#taking.length) this.#taking[word] &= ~(1 << (index & 31));
+  }
+
+  #grow(index: number): void {
+    const word = index >>> 5;
+    if (word < this.#bits.length) return;
+    const length = Math.max(word + 1, 2 * this.#bits.length);
+    const bits = new Uint32Array(length);
+    bits.set(this.#bits);
+    this.#bits = bits;
+    const taking = new Uint32Array(length);
+    taking.set(this.#taking);
+    this.#taking = taking;
+  }
+
+  /**
+   * The first index below `max`, from `start` on and then from 0, that it neither holds
+   * nor is taking, and that is not in `claims` (what else of this process is taking);
+   * -1 when there is none.
+   */
+  firstFree(start: number, max: number, claims: ReadonlySet<number> | undefined): number {
+    const found = this.#scan(start, max, claims);
+    return found >= 0 ? found : this.#scan(0, start, claims);
+  }
+
+  /** The first free index in [from, to), or -1. */
+  #scan(from: number, to: number, claims: ReadonlySet<number> | undefined): number {
+    const bits = this.#bits;
+    const taking = this.#taking;
+    for (let i = from; i < to;) {
+      const word = i >>> 5;
+      // free bits of this word at or after i
+      const used = word < bits.length ? bits[word] | taking[word] : 0;
+      const free = ~used & (~0 << (i & 31));
+      if (free === 0) {
+        i = (word + 1) << 5;
+        continue;
+      }
+      const index = (word << 5) + 31 - Math.clz32(free & -free);
+      if (index >= to) return -1;
+      if (!claims?.has(index)) return index;
+      i = index + 1;
+    }
+    return -1;
   }
 }
 
