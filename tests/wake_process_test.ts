@@ -55,6 +55,33 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "a full worker does not watch, and once a run of its ends it starts at once a run another process created meanwhile",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    await using box = await Sandbox.create();
+    // room for one run, held at gate s3; a sweep only once a minute
+    const worker = box.spawn(["worker"], {
+      entry: FIXTURE_CLI,
+      env: { KVFLOW_POLL_MS: "60000", KVFLOW_MAX_RUNS: "1", GATED: "s3" },
+    });
+    await worker.waitForOutput(STARTED, 30_000);
+    await delay(300);
+    const first = await createFive(box);
+    await box.waitForLedger("s3 of the first run", (l) => l.step === "s3" && l.event === "start");
+    const second = await createFive(box);
+    await delay(500);
+    assert.equal((await box.run(second)).status, "queued", "a full worker took a second run");
+    await box.openGate("s3");
+    await box.waitForRun(first, (r) => r.status === "succeeded", 5_000);
+    // when the first run leaves, the worker looks at once (its watch was paused while it
+    // was full, and the sweep is a minute away)
+    const run = await box.waitForRun(second, (r) => r.status === "succeeded", 5_000);
+    assert.equal(run.status, "succeeded");
+  },
+});
+
 /** CPU time (user + system, ms) of a process so far, from /proc. */
 async function cpuMs(pid: number): Promise<number> {
   const stat = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1].split(" ");

@@ -16,6 +16,11 @@
  * spaced gap (at most once per {@linkcode FOLLOW_MS}): a worker whose own commits just
  * spaced its looks still looks at another process's commit within a few ms.
  *
+ * A worker with no room for another run has nothing to look for: while it is full the
+ * watch is not armed again (arming one costs the worker's thread about half a
+ * millisecond, and a busy worker hears each of its own commits), and once it has room it
+ * looks at once, since writes meanwhile were not heard.
+ *
  * @module
  */
 import { nextWrite } from "../platform/file_watch.ts";
@@ -51,6 +56,9 @@ export class CommitWatch {
   readonly #look: () => Promise<number>;
   readonly #stop = new AbortController();
   readonly #running: Promise<void>;
+  readonly #wanted: () => boolean;
+  /** Resolves the wait of a watch paused while the worker was full. */
+  #resume: (() => void) | undefined;
   #failure: unknown;
   #looks = 0;
 
@@ -61,10 +69,18 @@ export class CommitWatch {
    * @param look looks at the due-index and wakes what it may; resolves to how many runs
    *   it woke
    * @param onError told once if the watch fails; looks then stop (the sweep goes on)
+   * @param wanted whether a look could wake anything now (false while the worker is
+   *   full); after it was false, {@linkcode want} says it may be true again
    */
-  constructor(file: string, look: () => Promise<number>, onError: (error: unknown) => void) {
+  constructor(
+    file: string,
+    look: () => Promise<number>,
+    onError: (error: unknown) => void,
+    wanted: () => boolean = () => true,
+  ) {
     this.#file = file;
     this.#look = look;
+    this.#wanted = wanted;
     this.#running = this.#watch().then(() => {
       if (this.#failure !== undefined && !this.#stop.signal.aborted) onError(this.#failure);
     });
@@ -78,7 +94,23 @@ export class CommitWatch {
   /** Stops watching and waits for a look in flight. */
   async close(): Promise<void> {
     this.#stop.abort();
+    this.#resume?.();
     await this.#running;
+  }
+
+  /** The worker may have room again: a watch paused while it was full goes on. */
+  want(): void {
+    this.#resume?.();
+  }
+
+  /** Resolves once {@linkcode want} or {@linkcode close} is called. */
+  #untilWanted(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#resume = () => {
+        this.#resume = undefined;
+        resolve();
+      };
+    });
   }
 
   #arm(): Armed {
@@ -101,12 +133,20 @@ export class CommitWatch {
     const signal = this.#stop.signal;
     let armed = this.#arm();
     while ((await armed.done) && !signal.aborted && this.#failure === undefined) {
+      if (!this.#wanted()) {
+        // full: not armed again until there is room; then a look at once
+        while (!this.#wanted() && !signal.aborted) await this.#untilWanted();
+        if (signal.aborted) break;
+        armed = this.#arm();
+      }
       // a burst: look until no write was heard for FOLLOW_MS
-      let lastHeardAt = armed.heardAt!;
+      let lastHeardAt = armed.heardAt ?? performance.now();
       let cutAt = -Infinity;
       let gapMs = MIN_GAP_MS;
       let delay = SETTLE_MS;
       while (!signal.aborted && this.#failure === undefined) {
+        // the worker filled up: the write heard (or the next) pauses the watch above
+        if (!this.#wanted()) break;
         // writes from here on are heard, the look below does not see them all
         if (armed.heardAt !== null) armed = this.#arm();
         // A write after QUIET_MS of none (this worker's own commits over, say) is most

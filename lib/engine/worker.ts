@@ -201,7 +201,7 @@ export class Worker {
           `kvflow: cannot watch ${file} for other processes' commits (${
             error instanceof Error ? error.message : error
           }): they are seen at the next sweep, every ${this.#options.pollMs} ms`,
-        ));
+        ), () => this.#active.size < this.#options.maxRuns);
     }
   }
 
@@ -517,6 +517,7 @@ export class Worker {
     } finally {
       this.#rememberLook(runId, lookedAt);
       this.#active.delete(runId);
+      this.#watch?.want();
       this.#pullBacklog();
     }
   }
