@@ -176,8 +176,12 @@ async function decideAdmission(
     const slotKey = keys.slot(scope, key, index);
     const holder: SlotHolder = { run: run.id, step: null, item: -1, attempt: 0, at: now };
     const others = queue.some((e) => e.value !== run.id);
+    // a run enters its key's queue only in a commit that records it held, and leaves it
+    // when claimed or ended: one never held has no entry to delete
+    const wasQueued = run.held != null;
     applies.push((op) => {
-      op.check({ key: slotKey, versionstamp: null }).set(slotKey, holder).delete(mine);
+      op.check({ key: slotKey, versionstamp: null }).set(slotKey, holder);
+      if (wasQueued) op.delete(mine);
       // more slots free and more runs waiting: the next one starts too
       if (free > 1 && others) addGate(op, now, limit);
     });
