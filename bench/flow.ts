@@ -2,8 +2,10 @@
  * Flow control (issue 12), `--only limit`:
  *
  * - Throughput: 500 runs of the 5-step diamond, created up front, driven by one worker
- *   process (`bench/flow_entry.ts worker`), without a limit and with a run limit of
- *   {@linkcode LIMIT_MAX} per key over {@linkcode LIMIT_KEYS} keys; the ratio of the two.
+ *   process (`bench/flow_entry.ts worker`), without a limit and under limits: a run limit
+ *   per key that is never reached, one that is ({@linkcode LIMIT_MAX} per key over
+ *   {@linkcode LIMIT_KEYS} keys), a step limit per key on one step, and a step limit on
+ *   every step; each as a ratio to no limit.
  * - Slot latency: a run holding the only slot of its key ends; how long until the queued
  *   run behind it is claimed (its `startedAt` less the holder's `endedAt`, both wall time
  *   from the records). Same process: one engine runs both. Another process: a worker
@@ -23,6 +25,8 @@ import {
   LIMIT_KEYS,
   LIMIT_MAX,
   LIMITED_DIAMOND,
+  ONE_STEP_LIMITED_DIAMOND,
+  ONE_STEP_MAX,
   SLOT_FAR,
   SLOT_NEAR,
   STEP_LIMITED_DIAMOND,
@@ -80,6 +84,7 @@ const SETTINGS = {
   free: BENCH_DIAMOND,
   keyed: KEYED_DIAMOND,
   step: STEP_LIMITED_DIAMOND,
+  one: ONE_STEP_LIMITED_DIAMOND,
   binding: LIMITED_DIAMOND,
 } as const;
 
@@ -90,7 +95,7 @@ export type Setting = keyof typeof SETTINGS;
 async function measure(dir: string, runs: number, setting: Setting): Promise<number> {
   const kvPath = `${dir}/flow-${setting}-${crypto.randomUUID().slice(0, 6)}.kv`;
   const p = SETTINGS[setting];
-  const keyed = setting === "keyed" || setting === "binding";
+  const keyed = setting === "keyed" || setting === "binding" || setting === "one";
   await withStore(kvPath, async (store) => {
     for (let i = 0; i < runs; i += 16) {
       await Promise.all(
@@ -190,7 +195,13 @@ export async function flowBench(
   sizes: FlowSizes,
   signal?: AbortSignal,
 ): Promise<FlowResult> {
-  const steps: Record<Setting, number[]> = { free: [], keyed: [], step: [], binding: [] };
+  const steps: Record<Setting, number[]> = {
+    free: [],
+    keyed: [],
+    step: [],
+    one: [],
+    binding: [],
+  };
   // KVFLOW_BENCH_LIMITS=free,step measures only those (to compare two versions quickly)
   const only = Deno.env.get("KVFLOW_BENCH_LIMITS")?.split(",");
   const settings = (Object.keys(SETTINGS) as Setting[]).filter((s) => !only || only.includes(s));
@@ -231,14 +242,25 @@ export function flowRows(r: FlowResult): Row[] {
       ratio: `${fmt(figure / free)} of the same without a limit (${fmt(free, 0)} steps/s)`,
     };
   };
-  return [
-    row("keyed", `run limit ${KEYED_MAX} per key over ${LIMIT_KEYS} keys (never reached)`, true),
-    row("step", `every step under a step limit of ${STEP_MAX} (never reached)`, true),
-    row(
+  // KVFLOW_BENCH_LIMITS may have left settings out
+  const settings: [Setting, string, boolean][] = [
+    ["keyed", `run limit ${KEYED_MAX} per key over ${LIMIT_KEYS} keys (never reached)`, true],
+    [
+      "one",
+      `one step of five under a step limit of ${ONE_STEP_MAX} per key over ${LIMIT_KEYS} keys (never reached)`,
+      true,
+    ],
+    ["step", `every step under a step limit of ${STEP_MAX} (never reached)`, true],
+    [
       "binding",
       `run limit ${LIMIT_MAX} per key over ${LIMIT_KEYS} keys (reached: 200 run at once)`,
       false,
-    ),
+    ],
+  ];
+  const rows = settings.filter(([setting]) => r.steps[setting].length > 0)
+    .map(([setting, what, target]) => row(setting, what, target));
+  return [
+    ...rows,
     {
       benchmark: "12. Slot freed → queued run claimed, same process",
       figure: ms(r.local),

@@ -12,6 +12,7 @@ import { BENCH_DIAMOND } from "./entry.ts";
 import {
   KEYED_DIAMOND,
   LIMITED_DIAMOND,
+  ONE_STEP_LIMITED_DIAMOND,
   SLOT_FAR,
   STEP_LIMITED_DIAMOND,
 } from "./flow_pipelines.ts";
@@ -24,6 +25,7 @@ if (import.meta.main) {
         KEYED_DIAMOND,
         LIMITED_DIAMOND,
         STEP_LIMITED_DIAMOND,
+        ONE_STEP_LIMITED_DIAMOND,
         SLOT_FAR,
       ] as Pipeline<unknown>[],
     }),

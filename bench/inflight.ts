@@ -10,14 +10,16 @@
  * runs are created by the child process), and `cpuprofile.ts` splits the time:
  *
  * ```sh
- * deno run -A --cpu-prof --cpu-prof-dir=/tmp/kvflow-tput bench/inflight.ts [runs] [repeats]
+ * deno run -A --cpu-prof --cpu-prof-dir=/tmp/kvflow-tput bench/inflight.ts [runs] [repeats] [free,keyed,step]
  * deno run -A bench/cpuprofile.ts /tmp/kvflow-tput/*.cpuprofile [runs x 5 x repeats]
  * ```
  *
  * @module
  */
 import { fileURLToPath } from "node:url";
+import type { Pipeline } from "../lib/mod.ts";
 import { diamond } from "./pipelines.ts";
+import { KEYED_DIAMOND, LIMIT_KEYS, STEP_LIMITED_DIAMOND } from "./flow_pipelines.ts";
 import { fmt, log, median, openDriving, withStore } from "./_util.ts";
 import type { Row } from "./report.ts";
 
@@ -129,16 +131,34 @@ function describe(runs: number, t: InProcessThroughput): string {
   } KiB a step; wall ${(t.seconds * 1000).toFixed(0)} ms`;
 }
 
-/** One measurement: `runs` diamonds driven at once by one in-process worker. */
+/**
+ * The diamonds it can drive: plain (`free`), under a never-reached run limit per key
+ * (`keyed`) or with every step under a never-reached step limit (`step`), as in the flow
+ * benchmark; the limited ones to see where a limit's cost goes.
+ */
+const SETTINGS: Record<string, () => Pipeline<unknown>> = {
+  free: () => diamond("tput-profile"),
+  keyed: () => KEYED_DIAMOND,
+  step: () => STEP_LIMITED_DIAMOND,
+};
+
+function pipelineOf(setting: string): Pipeline<unknown> {
+  const make = SETTINGS[setting];
+  if (!make) throw new Error(`unknown setting '${setting}' (${Object.keys(SETTINGS)})`);
+  return make();
+}
+
+/** One measurement: `runs` diamonds of a setting driven at once by one in-process worker. */
 export async function inProcessThroughput(
   dir: string,
   runs: number,
+  setting = "free",
 ): Promise<InProcessThroughput> {
-  const pipe = diamond("tput-profile");
+  const pipe = pipelineOf(setting);
   const path = `${dir}/tput-${crypto.randomUUID().slice(0, 6)}.kv`;
   // created by another process, so that a profile of this one shows only the driving
   const create = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", fileURLToPath(import.meta.url), "create", path, `${runs}`],
+    args: ["run", "-A", fileURLToPath(import.meta.url), "create", path, `${runs}`, setting],
     stdout: "null",
   });
   if (!(await create.output()).success) throw new Error("creating the runs failed");
@@ -173,25 +193,34 @@ export async function inProcessThroughput(
   }
 }
 
-async function createRuns(path: string, runs: number): Promise<void> {
-  const pipe = diamond("tput-profile");
+async function createRuns(path: string, runs: number, setting: string): Promise<void> {
+  const pipe = pipelineOf(setting);
   await withStore(path, async (store) => {
     for (let i = 0; i < runs; i += 64) {
       const batch = Math.min(64, runs - i);
-      await Promise.all(Array.from({ length: batch }, () => store.createRun(pipe)));
+      await Promise.all(Array.from({ length: batch }, (_, j) =>
+        store.createRun(
+          pipe,
+          setting === "keyed" ? { params: { key: `k${(i + j) % LIMIT_KEYS}` } } : {},
+        )));
     }
   });
 }
 
 if (import.meta.main && Deno.args[0] === "create") {
-  await createRuns(Deno.args[1], Number(Deno.args[2]));
+  await createRuns(Deno.args[1], Number(Deno.args[2]), Deno.args[3] ?? "free");
 } else if (import.meta.main) {
   const runs = Number(Deno.args[0] ?? 500);
   const repeats = Number(Deno.args[1] ?? 3);
+  // alternated, so that drift hits each alike
+  const settings = (Deno.args[2] ?? "free").split(",");
   const dir = await Deno.makeTempDir({ prefix: "kvflow-tput-" });
   try {
     for (let r = 0; r < repeats; r++) {
-      console.error(describe(runs, await inProcessThroughput(dir, runs)));
+      for (const setting of settings) {
+        const t = await inProcessThroughput(dir, runs, setting);
+        console.error(`${setting}: ${describe(runs, t)}`);
+      }
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
