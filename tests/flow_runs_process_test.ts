@@ -101,13 +101,14 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   await Promise.all(workers.map((w) => w.waitForOutput(/worker \S+ started/, 60_000)));
 
   const kills = new Map<number, number>();
-  // runs arrive in batches of ten over 8 s; the storm lasts until every run ended, or 60 s
+  // runs arrive in batches of thirty (three per key: the limit of two binds at once, not
+  // only when the storm delays runs) over 8 s; the storm lasts until every run ended, or 60 s
   const kv = await Deno.openKv(box.kvPath);
   const store = new Store(kv, { queues: false });
   const creating = (async () => {
     for (let i = 0; i < RUNS; i++) {
       await store.createRun(flowLimited, { params: { key: `k${i % KEYS}` } });
-      if (i % 10 === 9) await sleep(400);
+      if (i % 30 === 29) await sleep(1200);
     }
   })();
   creating.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
