@@ -57,7 +57,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "a full worker does not watch, and once a run of its ends it starts at once a run another process created meanwhile",
+    "a full worker, once a run of its ends, starts at once a run another process created while it was full",
   ignore: Deno.build.os !== "linux",
   fn: async () => {
     await using box = await Sandbox.create();
