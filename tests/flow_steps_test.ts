@@ -269,6 +269,39 @@ Deno.test("a cancel frees the step limit slot of a running attempt, and a waitin
   assert.deepEqual(await slots(), []);
 });
 
+Deno.test("a cancel of a run holding slots of a large step limit clears them from its worker's record, so blind picks go on", async () => {
+  const MAX = 16;
+  let started = 0;
+  const list = step("list", () => Array.from({ length: 8 }, (_, i) => i));
+  const hold = step("hold", {
+    needs: { list },
+    items: ({ list }) => list,
+    concurrency: 8,
+    limit: { key: () => "k", max: MAX, scope: "wide" },
+  }, async (i: number, ctx) => {
+    started++;
+    await new Promise((r) => ctx.signal.addEventListener("abort", r));
+    return i;
+  });
+  const p = pipeline("held-wide", { steps: [list, hold] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const slots = engine.worker.slots;
+  // a blind pick with nothing held is the worker's starting point
+  const start = slots.blindPick("wide", "k", MAX, Date.now());
+  const run = await engine.store.createRun(p);
+  const end = engine.runToEnd(run.id);
+  while (started < 8) await new Promise((r) => setTimeout(r, 5));
+  // half the slots held here: blind picks stop, takes read KV
+  assert.equal(slots.blindPick("wide", "k", MAX, Date.now()), -1);
+  await engine.store.cancel(run.id);
+  assert.equal((await end).status, "cancelled");
+  assert.equal(
+    slots.blindPick("wide", "k", MAX, Date.now()),
+    start,
+    "the cancelled run's slots still look held by this worker",
+  );
+});
+
 Deno.test("KVFLOW_ACCOUNTING_RATE sets the nightly's accounting throttle; a bad value is a clear TypeError", () => {
   const before = Deno.env.get("KVFLOW_ACCOUNTING_RATE");
   try {

@@ -205,6 +205,11 @@ export class Worker {
     }
   }
 
+  /** The step-limit slots this worker's tasks hold, and their waits (for tests). */
+  get slots(): SlotNotifier {
+    return this.#slots;
+  }
+
   /** Looks made by the watch of the KV file so far (for benchmarks). */
   get watchLooks(): number {
     return this.#watch?.looks ?? 0;

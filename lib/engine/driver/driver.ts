@@ -145,6 +145,8 @@ export class RunDriver {
   readonly #waits: Waits;
   /** Step limits and throttles: tasks taking a slot or waiting for one. */
   readonly #flow: StepFlow;
+  /** This worker's record of the step-limit slots its tasks hold. */
+  readonly #slots: SlotNotifier;
   /** With tracing on, from `start`: the spans of this session of the run. */
   #spans: SessionSpans | undefined;
   /**
@@ -197,6 +199,7 @@ export class RunDriver {
       },
     );
     const slots = options.slots ?? new SlotNotifier();
+    this.#slots = slots;
     this.#records = new RunRecords(claim.run, {
       checkpoints: this.#checkpoints,
       graph: this.#graph,
@@ -492,6 +495,11 @@ export class RunDriver {
           `kvflow: run ${this.#runId}: could not write to KV: ${toErrorInfo(cause.error).message}`,
           { run: this.#runId },
         );
+      }
+      // the step-limit slots of its running attempts were freed by whoever took the run
+      // (a cancel, a takeover): this process holds them no more
+      for (const { record } of this.#attempts.running.values()) {
+        if (record.slot) this.#slots.notify(...record.slot);
       }
       this.#abortRunning("Run cancelled or taken over by another worker");
       this.#checkpoints.discard();
