@@ -1,6 +1,7 @@
 /**
  * The worker processes of the flow-control benchmark (`bench/flow.ts`): the CLI with the
- * plain 5-step diamond, the same diamond under a run limit, and the far side of the
+ * plain 5-step diamond, the same diamond under each kind of limit and each one's twin
+ * without it, and the far side of the
  * slot-latency benchmark (a pipeline that shares its limit's scope with one only the
  * benchmark's own process knows).
  *
@@ -12,7 +13,9 @@ import { BENCH_DIAMOND } from "./entry.ts";
 import {
   KEYED_DIAMOND,
   LIMITED_DIAMOND,
+  ONE_STEP_FREE_DIAMOND,
   ONE_STEP_LIMITED_DIAMOND,
+  PARAMS_DIAMOND,
   SLOT_FAR,
   STEP_LIMITED_DIAMOND,
 } from "./flow_pipelines.ts";
@@ -26,6 +29,8 @@ if (import.meta.main) {
         LIMITED_DIAMOND,
         STEP_LIMITED_DIAMOND,
         ONE_STEP_LIMITED_DIAMOND,
+        PARAMS_DIAMOND,
+        ONE_STEP_FREE_DIAMOND,
         SLOT_FAR,
       ] as Pipeline<unknown>[],
     }),

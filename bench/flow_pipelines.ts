@@ -20,6 +20,15 @@ export const LIMITED_DIAMOND = pipeline("bench-diamond-limited", {
   steps: [...BENCH_DIAMOND.steps],
 }) as Pipeline<unknown>;
 
+/**
+ * The keyed diamond without its limit: the same params, so that a ratio to it is what the
+ * limit costs and nothing else.
+ */
+export const PARAMS_DIAMOND = pipeline("bench-diamond-params", {
+  params: z.object({ key: z.string() }),
+  steps: [...BENCH_DIAMOND.steps],
+}) as Pipeline<unknown>;
+
 /** Runs at once per key of the keyed diamond: never reached by 500 runs over 50 keys. */
 export const KEYED_MAX = 10;
 
@@ -56,26 +65,32 @@ export const STEP_LIMITED_DIAMOND = ((): Pipeline<unknown> => {
 /** Attempts at once per key of the one-step-limited diamond's last step: never reached. */
 export const ONE_STEP_MAX = 10;
 
+function oneStepDiamond(name: string, limited: boolean): Pipeline<unknown> {
+  const load = step("load", (_inputs, ctx) => ({ n: 1, key: String(ctx.run.params.key) }));
+  const left = step("left", { needs: { load } }, ({ load }) => load.n + 1);
+  const right = step("right", { needs: { load } }, ({ load }) => load.n + 2);
+  const join = step("join", { needs: { left, right } }, ({ left, right }) => left + right);
+  const needs = { join, load };
+  const body = ({ join }: { join: number }) => `sum=${join}`;
+  const report = limited
+    ? step("report", { needs, limit: { key: ({ load }) => load.key, max: ONE_STEP_MAX } }, body)
+    : step("report", { needs }, body);
+  return pipeline(name, {
+    params: z.object({ key: z.string() }),
+    steps: [load, left, right, join, report],
+  }) as Pipeline<unknown>;
+}
+
 /**
  * The 5-step diamond with one step under a step limit per key, as a pipeline limits the
  * one step that calls a service: `report` at most {@linkcode ONE_STEP_MAX} at once per
  * key, the key being the run's param (500 runs over {@linkcode LIMIT_KEYS} keys: never
  * reached). `load` passes the key on, so its output is a few bytes larger.
  */
-export const ONE_STEP_LIMITED_DIAMOND = ((): Pipeline<unknown> => {
-  const load = step("load", (_inputs, ctx) => ({ n: 1, key: String(ctx.run.params.key) }));
-  const left = step("left", { needs: { load } }, ({ load }) => load.n + 1);
-  const right = step("right", { needs: { load } }, ({ load }) => load.n + 2);
-  const join = step("join", { needs: { left, right } }, ({ left, right }) => left + right);
-  const report = step("report", {
-    needs: { join, load },
-    limit: { key: ({ load }) => load.key, max: ONE_STEP_MAX },
-  }, ({ join }) => `sum=${join}`);
-  return pipeline("bench-diamond-one-step-limited", {
-    params: z.object({ key: z.string() }),
-    steps: [load, left, right, join, report],
-  }) as Pipeline<unknown>;
-})();
+export const ONE_STEP_LIMITED_DIAMOND = oneStepDiamond("bench-diamond-one-step-limited", true);
+
+/** The same without the limit: a ratio to it is what the limit costs and nothing else. */
+export const ONE_STEP_FREE_DIAMOND = oneStepDiamond("bench-diamond-one-step-free", false);
 
 /** How long the holder of the slot-latency benchmark's slot runs, ms. */
 export const HOLD_MS = 50;

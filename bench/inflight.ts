@@ -10,7 +10,7 @@
  * runs are created by the child process), and `cpuprofile.ts` splits the time:
  *
  * ```sh
- * deno run -A --cpu-prof --cpu-prof-dir=/tmp/kvflow-tput bench/inflight.ts [runs] [repeats] [free,keyed,step]
+ * deno run -A --cpu-prof --cpu-prof-dir=/tmp/kvflow-tput bench/inflight.ts [runs] [repeats] [setting]
  * deno run -A bench/cpuprofile.ts /tmp/kvflow-tput/*.cpuprofile [runs x 5 x repeats]
  * ```
  *
@@ -19,7 +19,14 @@
 import { fileURLToPath } from "node:url";
 import type { Pipeline } from "../lib/mod.ts";
 import { diamond } from "./pipelines.ts";
-import { KEYED_DIAMOND, LIMIT_KEYS, STEP_LIMITED_DIAMOND } from "./flow_pipelines.ts";
+import {
+  KEYED_DIAMOND,
+  LIMIT_KEYS,
+  ONE_STEP_FREE_DIAMOND,
+  ONE_STEP_LIMITED_DIAMOND,
+  PARAMS_DIAMOND,
+  STEP_LIMITED_DIAMOND,
+} from "./flow_pipelines.ts";
 import { fmt, log, median, openDriving, withStore } from "./_util.ts";
 import type { Row } from "./report.ts";
 
@@ -132,15 +139,23 @@ function describe(runs: number, t: InProcessThroughput): string {
 }
 
 /**
- * The diamonds it can drive: plain (`free`), under a never-reached run limit per key
- * (`keyed`) or with every step under a never-reached step limit (`step`), as in the flow
- * benchmark; the limited ones to see where a limit's cost goes.
+ * The diamonds it can drive, as in the flow benchmark: plain (`free`), under a never-reached
+ * run limit per key (`keyed`), with every step under a never-reached step limit (`step`),
+ * with one step under a never-reached step limit per key (`one`), and the twins of `keyed`
+ * and `one` without their limit (`params`, `one-free`); the limited ones to see where a
+ * limit's cost goes.
  */
 const SETTINGS: Record<string, () => Pipeline<unknown>> = {
   free: () => diamond("tput-profile"),
+  params: () => PARAMS_DIAMOND,
   keyed: () => KEYED_DIAMOND,
   step: () => STEP_LIMITED_DIAMOND,
+  "one-free": () => ONE_STEP_FREE_DIAMOND,
+  one: () => ONE_STEP_LIMITED_DIAMOND,
 };
+
+/** Settings whose runs take a key param. */
+const KEYED = new Set(["params", "keyed", "one-free", "one"]);
 
 function pipelineOf(setting: string): Pipeline<unknown> {
   const make = SETTINGS[setting];
@@ -195,13 +210,16 @@ export async function inProcessThroughput(
 
 async function createRuns(path: string, runs: number, setting: string): Promise<void> {
   const pipe = pipelineOf(setting);
+  // as many runs per key as the flow benchmark's 500 over its keys, so that a limit never
+  // reached there is not reached here either
+  const keys = Math.max(LIMIT_KEYS, Math.ceil(runs / (500 / LIMIT_KEYS)));
   await withStore(path, async (store) => {
     for (let i = 0; i < runs; i += 64) {
       const batch = Math.min(64, runs - i);
       await Promise.all(Array.from({ length: batch }, (_, j) =>
         store.createRun(
           pipe,
-          setting === "keyed" ? { params: { key: `k${(i + j) % LIMIT_KEYS}` } } : {},
+          KEYED.has(setting) ? { params: { key: `k${(i + j) % keys}` } } : {},
         )));
     }
   });

@@ -84,7 +84,7 @@ const FULL: Sizes = {
   send: { sends: 500, groups: 5, inFlight: 16, floorCommits: 500 },
   parked: { engineRuns: 10_000, total: 100_000, samples: 20, cpuSeconds: 5 },
   prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000 },
-  limit: { runs: 500, repeats: 3, local: 50, cross: 20 },
+  limit: { runs: 500, repeats: 5, local: 50, cross: 20 },
   inflight: { runs: [50, 500, 5000], repeats: 3 },
   remote: {
     rtts: [5, 20, 50],
