@@ -16,8 +16,11 @@ import { TERMINAL } from "../lib/model/records.ts";
 import { poll, type Proc, Sandbox } from "./_support/harness.ts";
 import {
   flowLimited,
+  flowMailerRuns,
+  flowMailerSteps,
   type FlowRow,
   flowThrottled,
+  MAILER_MAX,
   openFlowLedger,
   POST_BUCKETS,
   THROTTLE_MAX,
@@ -35,8 +38,8 @@ async function leftovers(box: Sandbox): Promise<{ slots: number; queued: number 
   return await box.withStore(async ({ kv }) => {
     let slots = 0, queued = 0;
     for await (const _ of kv.list({ prefix: keys.allSlotsPrefix() })) slots++;
-    for await (const _ of kv.list({ prefix: [keys.allSlotsPrefix()[0], "limit_queue"] })) {
-      queued++;
+    for await (const e of kv.list({ prefix: [keys.allSlotsPrefix()[0], "limit_queue"] })) {
+      if (!keys.isLimitQueueMark(e.key)) queued++;
     }
     return { slots, queued };
   });
@@ -85,8 +88,25 @@ async function allEnded(box: Sandbox, pipeline: string, n: number): Promise<RunR
   });
 }
 
-Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys never have more than 2 bodies of a key at once, nor 2 posts of a bucket; all succeed, no slot leaks", async () => {
-  const RUNS = 200, KEYS = 10, MAX = 2;
+/** A body's time between its ledger rows (a killed one's: until its process died). */
+interface BodyInterval {
+  key: string;
+  from: number;
+  to: number;
+}
+
+/**
+ * Three workers run the runs `create` makes while one of them is SIGKILLed every 150–500
+ * ms and replaced, until every run ended (or 60 s); then waits for as many runs of each
+ * pipeline as `counts` says to end, stops the workers and checks that no slot or queue
+ * entry is left.
+ *
+ * @returns the ended runs, and the bodies' intervals from the side ledger
+ */
+async function underStorm(
+  counts: Record<string, number>,
+  create: (store: Store) => Promise<void>,
+): Promise<{ runs: RunRecord[]; intervals: BodyInterval[]; kills: number; rows: number }> {
   await using box = await Sandbox.create();
   const ledgerPath = `${box.dir}/flow.sqlite`;
   openFlowLedger(ledgerPath).close();
@@ -101,23 +121,15 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   await Promise.all(workers.map((w) => w.waitForOutput(/worker \S+ started/, 60_000)));
 
   const kills = new Map<number, number>();
-  // runs arrive in batches of thirty (three per key: the limit of two binds at once, not
-  // only when the storm delays runs) over 8 s; the storm lasts until every run ended, or 60 s
   const kv = await Deno.openKv(box.kvPath);
-  const store = new Store(kv, { queues: false });
-  const creating = (async () => {
-    for (let i = 0; i < RUNS; i++) {
-      await store.createRun(flowLimited, { params: { key: `k${i % KEYS}` } });
-      if (i % 30 === 29) await sleep(1200);
-    }
-  })();
+  const creating = create(new Store(kv, { queues: false }));
   creating.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
   const stormEnd = Date.now() + 60_000;
   let created = false;
   creating.then(() => created = true, () => {});
   while (Date.now() < stormEnd) {
     await sleep(150 + Math.random() * 350);
-    const runs = await box.runsOf("flow-limited");
+    const runs = (await Promise.all(Object.keys(counts).map((p) => box.runsOf(p)))).flat();
     if (created && runs.every((r) => TERMINAL.has(r.status))) break;
     const slot = Math.floor(Math.random() * WORKERS);
     const victim = workers[slot];
@@ -128,7 +140,9 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   }
   await creating;
   kv.close();
-  const runs = await allEnded(box, "flow-limited", RUNS).catch((e) => {
+  const ended = await Promise.all(
+    Object.entries(counts).map(([p, n]) => allEnded(box, p, n)),
+  ).catch((e) => {
     for (const p of spawned) {
       const err = p.stderr.split("\n").filter((l) => l && !/started/.test(l));
       if (err.length) console.log(`worker ${p.pid}: ${err.slice(-8).join(" | ")}`);
@@ -138,8 +152,6 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   for (const w of workers) w.kill("SIGTERM");
   await Promise.all(workers.map((w) => w.exit()));
   assert.ok(kills.size >= 3, `only ${kills.size} kills`);
-
-  for (const run of runs) assert.equal(run.status, "succeeded", `${run.id}: ${run.error?.message}`);
   assert.deepEqual(await leftovers(box), { slots: 0, queued: 0 });
 
   // A body is running from its start row to its end row; a killed one until its process died.
@@ -147,7 +159,7 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
   const rows = db.prepare("SELECT * FROM ledger ORDER BY id").all() as unknown as FlowRow[];
   db.close();
   const open = new Map<string, FlowRow>();
-  const intervals: { key: string; from: number; to: number }[] = [];
+  const intervals: BodyInterval[] = [];
   for (const row of rows) {
     const id = `${row.run} ${row.pid} ${row.key}`;
     if (row.event === "start") open.set(id, row);
@@ -162,44 +174,80 @@ Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys neve
     assert.ok(killedAt !== undefined, `a body of ${start.run} never ended and was not killed`);
     intervals.push({ key: start.key, from: start.at, to: killedAt });
   }
-  let most = 0;
-  for (let k = 0; k < KEYS; k++) {
-    const key = `k${k}`;
-    const points = intervals.filter((i) => i.key === key).flatMap((i) => [
-      [i.from, 1],
-      [i.to, -1],
-    ]);
-    // an end and a start at the same ms do not overlap
-    points.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-    let now = 0;
-    for (const [, d] of points) {
-      now += d;
-      most = Math.max(most, now);
-      assert.ok(now <= MAX, `${now} bodies of key ${key} at once`);
-    }
+  return { runs: ended.flat(), intervals, kills: kills.size, rows: rows.length };
+}
+
+/** The most bodies of `key` at once; fails as soon as there are more than `max`. */
+function mostAtOnce(intervals: BodyInterval[], key: string, max: number): number {
+  const points = intervals.filter((i) => i.key === key).flatMap((i) => [
+    [i.from, 1],
+    [i.to, -1],
+  ]);
+  assert.ok(points.length > 0, `no body of ${key}`);
+  // an end and a start at the same ms do not overlap
+  points.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0, most = 0;
+  for (const [, d] of points) {
+    now += d;
+    most = Math.max(most, now);
+    assert.ok(now <= max, `${now} bodies of ${key} at once`);
   }
+  return most;
+}
+
+Deno.test("run and step limits under a SIGKILL storm: 200 runs over 10 keys never have more than 2 bodies of a key at once, nor 2 posts of a bucket; all succeed, no slot leaks", async () => {
+  const RUNS = 200, KEYS = 10, MAX = 2;
+  // runs arrive in batches of thirty (three per key: the limit of two binds at once, not
+  // only when the storm delays runs) over 8 s
+  const { runs, intervals, kills, rows } = await underStorm(
+    { "flow-limited": RUNS },
+    async (store) => {
+      for (let i = 0; i < RUNS; i++) {
+        await store.createRun(flowLimited, { params: { key: `k${i % KEYS}` } });
+        if (i % 30 === 29) await sleep(1200);
+      }
+    },
+  );
+  for (const run of runs) assert.equal(run.status, "succeeded", `${run.id}: ${run.error?.message}`);
+  let most = 0;
+  for (let k = 0; k < KEYS; k++) most = Math.max(most, mostAtOnce(intervals, `k${k}`, MAX));
   assert.equal(most, MAX, "the limit was reached");
   // the step limit: one post at a time per bucket, across runs and workers
   let posts = 0;
   for (let b = 0; b < POST_BUCKETS; b++) {
     const key = `post:b${b}`;
-    const points = intervals.filter((i) => i.key === key).flatMap((i) => [
-      [i.from, 1],
-      [i.to, -1],
-    ]);
-    assert.ok(points.length > 0, `no post of bucket ${b}`);
-    points.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-    let now = 0;
-    for (const [, d] of points) {
-      now += d;
-      assert.ok(now <= 1, `${now} posts of bucket ${b} at once`);
-    }
-    posts += points.length / 2;
+    mostAtOnce(intervals, key, 1);
+    posts += intervals.filter((i) => i.key === key).length;
   }
   assert.ok(posts >= RUNS, `${posts} posts for ${RUNS} runs`);
   console.log(
-    `${kills.size} kills, ${rows.length} ledger rows, at most ${most} runs per key, one post per bucket`,
+    `${kills} kills, ${rows} ledger rows, at most ${most} runs per key, one post per bucket`,
   );
+});
+
+Deno.test("a run limit and a step limit sharing a scope under a SIGKILL storm: 160 runs over 4 keys never hold more than its 2 slots of a key at once", async () => {
+  const RUNS = 160, KEYS = 4;
+  // Run claims that pick from their process's view of a key and step starts in the same
+  // scope race for the same slots, across workers that die at random: the ledger counts
+  // run bodies and step bodies of a key together.
+  const { runs, intervals, kills } = await underStorm(
+    { "flow-mailer-runs": RUNS / 2, "flow-mailer-steps": RUNS / 2 },
+    async (store) => {
+      for (let i = 0; i < RUNS; i++) {
+        const p = i % 2 === 0 ? flowMailerRuns : flowMailerSteps;
+        await store.createRun(p, { params: { key: `m${Math.floor(i / 2) % KEYS}` } });
+        if (i % 40 === 39) await sleep(1000);
+      }
+    },
+  );
+  assert.equal(runs.length, RUNS);
+  for (const run of runs) assert.equal(run.status, "succeeded", `${run.id}: ${run.error?.message}`);
+  let most = 0;
+  for (let k = 0; k < KEYS; k++) {
+    most = Math.max(most, mostAtOnce(intervals, `m${k}`, MAILER_MAX));
+  }
+  assert.equal(most, MAILER_MAX, "the limit was reached");
+  console.log(`${kills} kills, at most ${most} bodies per key of the shared scope`);
 });
 
 Deno.test("run throttle across 3 workers: no period has more than max starts, and every run ends", async () => {

@@ -29,7 +29,7 @@ async function flowLeftovers(kv: Deno.Kv): Promise<{ slots: number; queued: numb
   let slots = 0, queued = 0;
   for await (const _ of kv.list({ prefix: keys.allSlotsPrefix() })) slots++;
   for await (const e of kv.list({ prefix: [keys.allSlotsPrefix()[0], "limit_queue"] })) {
-    if (e) queued++;
+    if (!keys.isLimitQueueMark(e.key)) queued++;
   }
   return { slots, queued };
 }

@@ -554,13 +554,14 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     throttlePrefix: keys.throttlePrefix(scope, flowKey),
     limitQueue: keys.limitQueue(scope, flowKey, -at, runId),
     limitQueuePrefix: keys.limitQueuePrefix(scope, flowKey),
+    limitQueueMark: keys.limitQueueMark(scope, flowKey),
     limitRelease: keys.limitRelease(scope, flowKey),
     debounce: keys.debounce(name, flowKey),
     debouncePrefix: keys.debouncePrefix(name),
   };
   const builders = Object.entries(keys).filter(([k, v]) =>
-    // keySize measures a key and taskOf reads one: neither builds one
-    typeof v === "function" && k !== "keySize" && k !== "taskOf"
+    // keySize measures a key, taskOf and isLimitQueueMark read one: none builds one
+    typeof v === "function" && k !== "keySize" && k !== "taskOf" && k !== "isLimitQueueMark"
   );
   assert.deepEqual(
     builders.map(([k]) => k).sort(),

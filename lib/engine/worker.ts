@@ -510,8 +510,13 @@ export class Worker {
       const limit = claim.run.flow?.limit;
       if (limit && !HOLDS_SLOT.has(outcome)) {
         this.#wakeQueued(limit);
-        // its end's gate is for a worker that died before this wake-up: not needed now
-        if (TERMINAL.has(driver.run.status)) this.#dropGate(releaseGate(driver.run));
+        if (TERMINAL.has(driver.run.status)) {
+          // its end freed its slot: this worker's next claims of the key may pick it
+          const slot = driver.run.slot;
+          if (slot != null && outcome !== "lost") this.#store.limits.freed(limit, slot);
+          // its end's gate is for a worker that died before this wake-up: not needed now
+          this.#dropGate(releaseGate(driver.run));
+        }
       }
       // a child that ended tells its parent here at once (a hint does across processes)
       if ((outcome === "succeeded" || outcome === "failed") && run.parent) {
@@ -566,7 +571,10 @@ export class Worker {
 
   #wakeQueued(limit: { scope: string; key: string; max: number }): void {
     const store = this.#store;
-    wakeQueued(store.kv, limit, store.clock.now(), undefined, store.committer).then(
+    // most ends find nobody queued: the key's mark, read with others', says so
+    store.limits.mayBeQueued(store.kv, limit).then((maybe) =>
+      maybe ? wakeQueued(store.kv, limit, store.clock.now(), undefined, store.committer) : []
+    ).then(
       (runIds) => runIds.forEach((runId) => this.wake(runId)),
       (error) => logLine("error", `kvflow: limit '${limit.key}': ${error?.message ?? error}`),
     );

@@ -107,9 +107,15 @@ export interface CommitBatch {
   /**
    * Checks that many batches make alike (a pipeline's pause absent, say), not in
    * `checks` nor added by `apply`: a grouped commit checks each distinct one (same key
-   * and versionstamp) once, and counts it once against its limit.
+   * and versionstamp) once, and counts it once against its limit. Read when the batch's
+   * commit is put together (a getter may decide them then), and then not again.
    */
   shared?: readonly KvCheck[];
+  /**
+   * Called with the versionstamp of the commit that held the batch, when it succeeded,
+   * before the committer puts its next commit together (and before the caller hears).
+   */
+  committed?(versionstamp: string): void;
 }
 
 /** Limits of one grouped commit. */
@@ -192,7 +198,7 @@ export class GroupCommitter {
       return (async () => {
         const op = this.#kv.atomic();
         applyAlone(op, batch);
-        return await commitAtomic(op);
+        return told(batch, await commitAtomic(op));
       })();
     }
     if (this.#inFlight < this.#limits.inFlight && this.#queue.length === 0) {
@@ -203,7 +209,7 @@ export class GroupCommitter {
       try {
         const op = this.#kv.atomic();
         applyAlone(op, batch);
-        commit = commitAtomic(op);
+        commit = commitAtomic(op).then((result) => told(batch, result));
       } catch (error) {
         commit = Promise.reject(error);
       }
@@ -284,7 +290,7 @@ export class GroupCommitter {
       result = undefined;
     }
     if (result?.ok) {
-      for (const q of group) q.resolve(result);
+      for (const q of group) q.resolve(told(q.batch, result));
       return;
     }
     this.stats.fallbacks++;
@@ -297,11 +303,20 @@ export class GroupCommitter {
     try {
       const op = this.#kv.atomic();
       applyAlone(op, q.batch);
-      q.resolve(await commitAtomic(op));
+      q.resolve(told(q.batch, await commitAtomic(op)));
     } catch (error) {
       q.reject(error);
     }
   }
+}
+
+/** Tells a batch its commit succeeded (`CommitBatch.committed`); returns the result. */
+function told(
+  batch: CommitBatch,
+  result: KvCommitResult | KvCommitError,
+): KvCommitResult | KvCommitError {
+  if (result.ok) batch.committed?.(result.versionstamp);
+  return result;
 }
 
 /** Adds a batch's checks alike to `op` with its own: it is committed alone. */

@@ -521,6 +521,21 @@ export function limitRelease(scope: string, key: string): KvKey {
   return [ROOT, "limit_release", scope, key];
 }
 
+/**
+ * Written by every commit that puts a run in a limit key's queue (its value: when). It is
+ * listed first with the queue (a string part sorts before a number), so one read gives
+ * both: a claim that checks the mark as it was when the queue was empty knows no run has
+ * joined the queue since (`store/limit_view.ts`).
+ */
+export function limitQueueMark(scope: string, key: string): KvKey {
+  return [ROOT, "limit_queue", scope, key, "mark"];
+}
+
+/** Whether a key listed under a limit key's queue is its mark, not a queued run. */
+export function isLimitQueueMark(key: KvKey): boolean {
+  return key.length === 5 && key[1] === "limit_queue";
+}
+
 /** Prefix of one limit key's queue. */
 export function limitQueuePrefix(scope: string, key: string): KvKey {
   return [ROOT, "limit_queue", scope, key];

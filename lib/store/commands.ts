@@ -19,6 +19,7 @@ import {
   type RunFlow,
   type RunRecord,
   type RunTrace,
+  type SlotHolder,
   TERMINAL,
 } from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
@@ -31,10 +32,18 @@ import { isDeadLocalHolder } from "../platform/process.ts";
 import { startRunTrace } from "../platform/tracing.ts";
 import type { StoreParts } from "./parts.ts";
 import type { Delivery } from "../model/events.ts";
-import type { AtomicOperation, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
+import type {
+  AtomicOperation,
+  KvCheck,
+  KvCommitError,
+  KvCommitResult,
+  KvEntry,
+  KvEntryMaybe,
+} from "../kv/kv.ts";
 import { pausedRecord } from "./pause.ts";
 import { checkPriority, flowKey } from "../define/flow.ts";
 import { admit, needsAdmission } from "./flow.ts";
+import type { ViewPick } from "./limit_view.ts";
 
 /** What {@linkcode createRun} needs. */
 export interface CreateRunInput {
@@ -304,6 +313,10 @@ async function claimOnce(
   // a slot or throttle entry that other claims of its key check too; within one grouped
   // commit such checks would all pass, so a claim picks none that another claim of this
   // process is taking (`admit`), and claims of one key still share commits.
+  // a take or queueing of the key's that the process's view of it does not follow
+  const limit = run.flow?.limit;
+  const other = limit ? store.limits.other(limit) : () => {};
+  let took: number | undefined;
   const decided = await (async () => {
     const at = store.clock.now();
     const admission = await admit(store.kv, run, at);
@@ -311,7 +324,7 @@ async function claimOnce(
       const next: RunRecord = { ...run, held: admission.held, dueAt: admission.dueAt };
       const held = await store.committer.commit({
         checks: fences.length + admission.checks,
-        mutations: 6,
+        mutations: 7,
         bytes,
         apply: (op) => {
           op.check(...fences).set(keys.run(runId), next);
@@ -328,19 +341,23 @@ async function claimOnce(
     };
     // with a slot and a throttle entry taken, a queue entry dropped and a gate
     try {
-      return await store.committer.commit({
+      const result = await store.committer.commit({
         checks: fences.length + admission.checks,
-        mutations: 18,
+        mutations: 19,
         bytes,
         apply: (op) => {
           apply(op);
           admission.apply(op);
         },
       });
+      if (result.ok && admission.slot !== null) took = admission.slot;
+      return result;
     } finally {
+      // before the reservation ends: a pick from the view then knows the slot taken
+      other(took);
       admission.done();
     }
-  })();
+  })().finally(() => other());
   if (decided === "held") return null;
   if (decided === "again") return "again";
   return decided.ok ? await taken(decided.versionstamp) : null;
@@ -351,8 +368,10 @@ async function claimOnce(
  * trip instead of three where KV is remote. It checks that the run is as read (so no other
  * claim, pause or change came since: each rewrites the record), that no lease, run pause
  * or pipeline pause exists, and takes only a run that is plainly due now: queued or
- * waiting, due, not held back, not under a limit or throttle, not leased (a takeover reads
- * the lease). Anything else, or a failed check, is left to the claim that reads.
+ * waiting, due, not held back, not throttled, not leased (a takeover reads the lease).
+ * A new run under a limit this process knows to be unreached takes a slot picked from
+ * what it knows (`limit_view.ts`), checked to be free, with a check that no run joined
+ * the key's queue since. Anything else, or a failed check, is left to the claim that reads.
  */
 async function claimSeen(
   store: StoreParts,
@@ -363,26 +382,60 @@ async function claimSeen(
   const run = seen.value;
   const now = store.clock.now();
   if (run.status !== "queued" && run.status !== "waiting") return null;
-  if (run.dueAt === null || run.dueAt > now || run.held || needsAdmission(run)) return null;
-  const { lease, record } = claimedRecord(run, holder, now, leaseMs, false);
-  const result = await store.claims.commit({
-    checks: 3,
-    mutations: 14,
-    bytes: claimBytes(record),
-    // the same for every claim of the pipeline: a grouped commit checks it once
-    shared: [{ key: keys.pipelinePause(run.pipeline), versionstamp: null }],
-    apply: (op) => {
-      op.check(
-        seen,
-        { key: keys.lease(run.id), versionstamp: null },
-        { key: keys.runPause(run.id), versionstamp: null },
-      );
-      writeClaim(op, run, record, lease, false);
-    },
-  });
-  return result.ok
-    ? await claimTaken(store, record, lease, result.versionstamp, run.startedAt !== null)
-    : null;
+  if (run.dueAt === null || run.dueAt > now || run.held) return null;
+  const limit = run.flow?.limit;
+  let pick: ViewPick | null = null;
+  if (needsAdmission(run)) {
+    // a throttle is read at each first start, a run that started once goes on by a read;
+    // where KV is remote each claim is its own commit, and claims of a key would collide
+    if (!limit || run.flow?.throttle || run.startedAt !== null) return null;
+    if (store.claims !== store.committer) return null;
+    pick = await store.limits.pick(store.kv, limit, now);
+    if (!pick) return null;
+  }
+  const claimed = claimedRecord(run, holder, now, leaseMs, false);
+  const lease = claimed.lease;
+  const record = pick ? { ...claimed.record, slot: pick.index } : claimed.record;
+  // A run that never started was never claimed, so it has no lease; and a pause of a run
+  // without a lease rewrites its record (`pauseRun`): the check of the record stands for
+  // both. A run claimed before (one that waited, say) checks them.
+  const fresh = run.startedAt === null;
+  const pause: KvCheck = { key: keys.pipelinePause(run.pipeline), versionstamp: null };
+  let result: KvCommitResult | KvCommitError;
+  try {
+    result = await store.claims.commit({
+      checks: fresh ? 1 : 3,
+      mutations: pick ? 16 : 14,
+      bytes: claimBytes(record),
+      // alike for every claim of the pipeline, and of the limit key: a grouped commit
+      // checks each once
+      get shared() {
+        return pick ? [pause, pick.check()] : [pause];
+      },
+      committed: pick?.committed,
+      apply: (op) => {
+        op.check(seen);
+        if (!fresh) {
+          op.check(
+            { key: keys.lease(run.id), versionstamp: null },
+            { key: keys.runPause(run.id), versionstamp: null },
+          );
+        }
+        writeClaim(op, run, record, lease, false);
+        if (pick && limit) {
+          // the mark's check says the slot is still free (see `limit_view.ts`)
+          const holder: SlotHolder = { run: run.id, step: null, item: -1, attempt: 0, at: now };
+          op.set(keys.slot(limit.scope, limit.key, pick.index), holder);
+          op.set(keys.limitQueueMark(limit.scope, limit.key), now);
+        }
+      },
+    });
+  } catch (error) {
+    pick?.done(false);
+    throw error;
+  }
+  pick?.done(result.ok);
+  return result.ok ? await claimTaken(store, record, lease, result.versionstamp, !fresh) : null;
 }
 
 /** The lease a claim writes and the run as it records it. */

@@ -23,6 +23,7 @@ import * as keys from "../kv/keys.ts";
 import { addGate, type GateDue, moveDue, queueRank } from "../kv/indexes.ts";
 import { commitAtomic, type GroupCommitter } from "../kv/commit.ts";
 import { getAll } from "../kv/reads.ts";
+import { readQueue } from "./limit_view.ts";
 import { formatMs } from "../define/duration.ts";
 import { type HeldState, type RunRecord, type SlotHolder, TERMINAL } from "../model/records.ts";
 import type { AtomicOperation, Kv, KvEntry, KvEntryMaybe, KvKey } from "../kv/kv.ts";
@@ -127,10 +128,11 @@ async function decideAdmission(
     const waitedLong = run.held?.by === "limit" && now - run.held.since >= BACKSTOP_MS;
     const decide = async (release: KvEntryMaybe<unknown> | null) => {
       // read together: KV is busiest exactly when runs queue up under a limit
-      const [slots, queue] = await Promise.all([
+      const [slots, head] = await Promise.all([
         readSlots(kv, scope, key),
-        queued(kv, scope, key, max + 1),
+        readQueue(kv, scope, key, max + 1),
       ]);
+      const queue = head.entries;
       let held = slots;
       if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held);
       const index = freeSlot(held, max, busy);
@@ -167,6 +169,8 @@ async function decideAdmission(
         apply: (op) => {
           // a slot freed since it was read: the hold fails and the run looks again
           op.check(release).set(mine, run.id);
+          // a run queued: claims checked against the key's mark as it was see they are late
+          op.set(keys.limitQueueMark(scope, key), now);
           // the free slots belong to the runs ahead: wake them
           if (free > 0) addGate(op, now, limit);
         },
@@ -181,6 +185,8 @@ async function decideAdmission(
     const wasQueued = run.held != null;
     applies.push((op) => {
       op.check({ key: slotKey, versionstamp: null }).set(slotKey, holder);
+      // a slot taken: claims checked against the key's mark as it was see they are late
+      op.set(keys.limitQueueMark(scope, key), now);
       if (wasQueued) op.delete(mine);
       // more slots free and more runs waiting: the next one starts too
       if (free > 1 && others) addGate(op, now, limit);
@@ -260,7 +266,7 @@ export async function wakeQueued(
   const { scope, key, max } = limit;
   // most keys have nobody queued: one read says so, and else reads as much of the queue
   // as one commit wakes or drops
-  const head = await queued(kv, scope, key, 2 * GATE_BATCH);
+  const { entries: head } = await readQueue(kv, scope, key, 2 * GATE_BATCH);
   if (head.length === 0 && !gate) return [];
   // the slots and the queued runs in one round: a freed slot's hand-over is on the path
   // from one run's end to the next one's start
@@ -312,19 +318,6 @@ export async function wakeQueued(
     })
     : await commitAtomic(applied(kv, apply));
   return result.ok ? woken : [];
-}
-
-/** The first `n` entries of a limit key's queue, in order. */
-async function queued(
-  kv: Kv,
-  scope: string,
-  key: string,
-  n: number,
-): Promise<KvEntry<string>[]> {
-  const out: KvEntry<string>[] = [];
-  const iter = kv.list<string>({ prefix: keys.limitQueuePrefix(scope, key) }, { limit: n });
-  for await (const e of iter) out.push(e);
-  return out;
 }
 
 /**

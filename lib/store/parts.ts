@@ -8,6 +8,7 @@
 import type { AtomicOperation, Kv } from "../kv/kv.ts";
 import type { GroupCommitter } from "../kv/commit.ts";
 import type { Clock } from "../model/clock.ts";
+import type { LimitViews } from "./limit_view.ts";
 
 /** The parts of a store its commands use. */
 export interface StoreParts {
@@ -25,6 +26,8 @@ export interface StoreParts {
   readonly claims: GroupCommitter;
   /** The clock that decides when work is due. */
   readonly clock: Clock;
+  /** What this process knows of its run limits' keys (`limit_view.ts`). */
+  readonly limits: LimitViews;
   /** Adds to an atomic operation a queue message that wakes a run, where the KV has queues. */
   wake(op: AtomicOperation, runId: string, delayMs: number): void;
   /**

@@ -23,6 +23,7 @@ import { cancel } from "./cancel.ts";
 import * as requeue from "./requeue.ts";
 import type { Claim, CreateRunInput } from "./commands.ts";
 import type { ListRunsOptions, RunPage } from "./queries.ts";
+import { LimitViews } from "./limit_view.ts";
 import type { AtomicOperation, Kv, KvEntry, KvEntryMaybe } from "../kv/kv.ts";
 
 export type { Claim, CreateRunInput } from "./commands.ts";
@@ -76,6 +77,8 @@ export class Store {
   readonly claims: GroupCommitter;
   /** The clock that decides when work is due. */
   readonly clock: Clock;
+  /** What this process knows of its run limits' keys (`limit_view.ts`). */
+  readonly limits: LimitViews = new LimitViews();
   /** See `StoreParts.schemaUnwritten` (`parts.ts`); the engine sets it after migrating. */
   schemaUnwritten = false;
   /** Runs each atomic operation wakes now, to send one message for all but the first. */

@@ -81,8 +81,10 @@ Deno.test("keySize() never under-counts: any key it counts within 2,048 bytes is
 });
 
 Deno.test('every key kvflow builds starts with "kvflow"', () => {
+  // keySize measures a key, taskOf and isLimitQueueMark read one: none builds one
   const builders = Object.entries(keys).filter(([name, f]) =>
-    typeof f === "function" && name !== "keySize" && name !== "taskOf"
+    typeof f === "function" && name !== "keySize" && name !== "taskOf" &&
+    name !== "isLimitQueueMark"
   ) as [string, (...args: unknown[]) => Deno.KvKey][];
   assert.ok(builders.length >= 40, `only ${builders.length} key builders found`);
   for (const [name, build] of builders) {
@@ -116,6 +118,8 @@ Deno.test("a prefix is the start of the keys it lists", () => {
     [keys.alertPrefix("r"), keys.alert("r", 1)],
     [keys.alertOutboxPrefix(), keys.alertOutbox("r", 1)],
     [keys.activeRunPrefix("p"), keys.activeRun("p", "r")],
+    [keys.limitQueuePrefix("s", "k"), keys.limitQueue("s", "k", 5, "r")],
+    [keys.limitQueuePrefix("s", "k"), keys.limitQueueMark("s", "k")],
   ];
   for (const [prefix, key] of pairs) {
     assert.deepEqual(key.slice(0, prefix.length), prefix, String(key));
@@ -194,6 +198,26 @@ Deno.test("run ids that start with their UTC creation time list in creation orde
       newestFirst.push(e.value);
     }
     assert.deepEqual(newestFirst, [...listed].reverse());
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a limit key's mark is told apart from its queued runs, and is listed before them", async () => {
+  assert.ok(keys.isLimitQueueMark(keys.limitQueueMark("s", "k")));
+  assert.ok(!keys.isLimitQueueMark(keys.limitQueue("s", "k", 5, "r")));
+  assert.ok(!keys.isLimitQueueMark(keys.limitQueuePrefix("s", "k")));
+  const kv = await Deno.openKv(":memory:");
+  try {
+    // the earliest rank a run can have, and the mark written after it
+    await kv.set(keys.limitQueue("s", "k", -Number.MAX_SAFE_INTEGER, "r"), "r");
+    await kv.set(keys.limitQueueMark("s", "k"), 1);
+    const listed: Deno.KvKey[] = [];
+    for await (const e of kv.list({ prefix: keys.limitQueuePrefix("s", "k") })) listed.push(e.key);
+    assert.deepEqual(listed, [
+      keys.limitQueueMark("s", "k"),
+      keys.limitQueue("s", "k", -Number.MAX_SAFE_INTEGER, "r"),
+    ]);
   } finally {
     kv.close();
   }

@@ -887,6 +887,7 @@ export class RunDriver {
       pipeline: this.#options.pipeline.name,
       checkpoints: this.#checkpoints,
       notifier: slots,
+      views: this.#options.store.limits,
       steps: this.#options.pipeline.flow.steps,
       acting: () => this.#state === "driving",
       input: async (node, index) =>

@@ -34,6 +34,7 @@ import {
 } from "../../store/slots.ts";
 import type { Kv, KvCheck, KvEntry } from "../../kv/kv.ts";
 import type { KvWrite } from "../../kv/commit.ts";
+import { type LimitViews, marked } from "../../store/limit_view.ts";
 import type { Clock } from "../../model/clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import type { StepNode } from "./graph.ts";
@@ -317,6 +318,8 @@ export interface StepFlowHost {
   pipeline: string;
   checkpoints: Checkpoints;
   notifier: SlotNotifier;
+  /** The store's views of run-limit keys, which a take in a scope they share must end. */
+  views: LimitViews;
   /** Its steps' limits and throttles. */
   steps: ReadonlyMap<string, { limit: Limit | null; throttle: Throttle | null }>;
   /** Whether the driver still drives the run. */
@@ -618,10 +621,17 @@ export class StepFlow {
       // with other runs' takes, and two checks of one key would both pass in it.
       const checks: KvCheck[] = [];
       const writes: KvWrite[] = [];
+      // a scope a run limit may share (one named without a `/`): the take moves its key's
+      // mark, so run claims that knew the key read it again (`store/limit_view.ts`)
+      let other = () => {};
       if (task.limit) {
         const k = keys.slot(task.limit.scope, task.limitKey!, slot);
         checks.push({ key: k, versionstamp: null });
         writes.push([k, holder]);
+        if (marked(task.limit.scope)) {
+          other = host.views.other({ scope: task.limit.scope, key: task.limitKey! });
+          writes.push([keys.limitQueueMark(task.limit.scope, task.limitKey!), now]);
+        }
       }
       if (pick && !("until" in pick)) {
         const k = keys.throttleSlot(task.throttle!.scope, task.throttleKey!, pick.index);
@@ -640,6 +650,7 @@ export class StepFlow {
         else host.checkpoints.flush().catch(() => {});
         committed = await conditional;
       } finally {
+        other();
         for (const r of reserved) host.notifier.unreserve(...r);
       }
       if (!host.acting()) return this.#drop(task);

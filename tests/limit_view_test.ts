@@ -1,0 +1,229 @@
+/**
+ * Claims under a run limit that commit without reading (`store/limit_view.ts`): a process
+ * that knows a key to be unreached picks a slot from what it knows, and its commit checks
+ * only the key's mark. Two stores on one KV stand for two processes: each has its own
+ * view, and what the other does must make a stale view's pick fail, never let it start a
+ * run past the limit or ahead of a queued one.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { z } from "zod";
+import { openEngine, pipeline, step } from "../lib/mod.ts";
+import * as keys from "../lib/kv/keys.ts";
+import type { RunRecord, SlotHolder } from "../lib/model/records.ts";
+import { Store } from "../lib/store/store.ts";
+import { waitFor } from "./_support/helpers.ts";
+
+const keyed = z.object({ key: z.string() });
+
+const holder = (owner: string) => ({ owner, host: "test", pid: 0 });
+
+/** The run as a sweep would read it, for a claim without a read. */
+async function seen(kv: Deno.Kv, runId: string): Promise<Deno.KvEntry<RunRecord>> {
+  return await kv.get<RunRecord>(keys.run(runId)) as Deno.KvEntry<RunRecord>;
+}
+
+async function heldSlots(kv: Deno.Kv, scope: string, key: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of kv.list<SlotHolder>({ prefix: keys.slotPrefix(scope, key) })) {
+    out.push(e.value.run);
+  }
+  return out;
+}
+
+Deno.test("a burst of claims of an unreached run limit reads each key once, and takes distinct slots", async () => {
+  const p = pipeline("view-burst", {
+    params: keyed,
+    limit: { key: (params) => params.key, max: 10 },
+    steps: [step("one", () => 1)],
+  });
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const store = new Store(kv);
+    const runs: RunRecord[] = [];
+    for (let i = 0; i < 24; i++) {
+      runs.push(await store.createRun(p, { params: { key: `k${i % 3}` } }));
+    }
+    const entries = await Promise.all(runs.map((r) => seen(kv, r.id)));
+    // all at once, as a sweep claims what it found due
+    const claims = await Promise.all(
+      runs.map((r, i) => store.claim(r.id, holder("a"), 60_000, p.name, entries[i])),
+    );
+    assert.ok(claims.every((c) => c !== null), "every claim of an unreached limit starts");
+    assert.deepEqual(store.limits.stats, { reads: 3, picks: 24, missed: 0 });
+    for (let k = 0; k < 3; k++) {
+      const held = await heldSlots(kv, p.name, `k${k}`);
+      assert.equal(held.length, 8, `key k${k}: ${held.length} slots held`);
+    }
+    const slots = claims.map((c) => `${(c!.run.params as { key: string }).key}:${c!.run.slot}`);
+    assert.equal(new Set(slots).size, 24, "two claims took one slot");
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a stale view never starts a run ahead of one another process queued, nor past the limit", async () => {
+  const p = pipeline("view-fcfs", {
+    params: keyed,
+    limit: { key: (params) => params.key, max: 1 },
+    steps: [step("one", () => 1)],
+  });
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const a = new Store(kv), b = new Store(kv);
+    // A learns the key: its first run starts from its view, and ends (cancelled here)
+    const first = await a.createRun(p, { params: { key: "k" } });
+    assert.ok(await a.claim(first.id, holder("a"), 60_000, p.name, await seen(kv, first.id)));
+    await a.cancel(first.id);
+    a.limits.freed({ scope: p.name, key: "k" }, 0); // as A's worker does at the end it saw
+    // B, another process: its run takes the one slot, and the next run queues behind it
+    const other = await b.createRun(p, { params: { key: "k" } });
+    const queued = await b.createRun(p, { params: { key: "k" } });
+    assert.ok(await b.claim(other.id, holder("b"), 60_000, p.name));
+    assert.equal(await b.claim(queued.id, holder("b"), 60_000, p.name), null);
+    assert.equal((await b.getRun(queued.id))!.held?.by, "limit");
+    // A's view still says the slot is free and nobody waits: its pick must fail
+    const late = await a.createRun(p, { params: { key: "k" } });
+    const claim = await a.claim(late.id, holder("a"), 60_000, p.name, await seen(kv, late.id));
+    assert.equal(claim, null, "a stale view started a run");
+    assert.equal(a.limits.stats.missed, 1);
+    assert.deepEqual(await heldSlots(kv, p.name, "k"), [other.id]);
+    const lateRun = (await a.getRun(late.id))!;
+    assert.equal(lateRun.status, "queued");
+    assert.equal(lateRun.held?.by, "limit", "the late run is held by the limit");
+    // the slot frees: the run that queued first starts, the late one still waits
+    await b.cancel(other.id);
+    assert.ok(await b.claim(queued.id, holder("b"), 60_000, p.name), "the first queued starts");
+    assert.equal(await a.claim(late.id, holder("a"), 60_000, p.name), null);
+    assert.deepEqual(await heldSlots(kv, p.name, "k"), [queued.id]);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a view follows its own claims: a key's claims spread over several commits all start from one read", async () => {
+  const p = pipeline("view-follow", {
+    params: keyed,
+    limit: { key: (params) => params.key, max: 40 },
+    steps: [step("one", () => 1)],
+  });
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const store = new Store(kv);
+    const claimOne = async () => {
+      const run = await store.createRun(p, { params: { key: "k" } });
+      return await store.claim(run.id, holder("a"), 60_000, p.name, await seen(kv, run.id));
+    };
+    // one after another: each commit moves the mark, and the view moves with it
+    for (let i = 0; i < 5; i++) assert.ok(await claimOne(), `claim ${i}`);
+    assert.deepEqual(store.limits.stats, { reads: 1, picks: 5, missed: 0 });
+    // another process's take moves the mark too: the next pick fails and the key is read
+    // again (after the pause of picks that a failure starts)
+    const other = new Store(kv);
+    const run = await other.createRun(p, { params: { key: "k" } });
+    const taken = await other.claim(run.id, holder("b"), 60_000, p.name);
+    assert.equal(taken?.run.slot, 5, "a claim that reads takes the lowest free slot");
+    const next = await claimOne();
+    assert.ok(next, "a failed pick falls back to a claim that reads");
+    assert.equal(store.limits.stats.missed, 1);
+    assert.notEqual(next.run.slot, 5);
+    assert.equal((await heldSlots(kv, p.name, "k")).length, 7);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a step's start in a scope it names shared with a run limit moves the key's mark: a stale pick fails", async () => {
+  const runs = pipeline("mark-runs", {
+    params: keyed,
+    limit: { key: (params) => params.key, max: 2, scope: "mailer" },
+    steps: [step("send", () => 1)],
+  });
+  const entered = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  const steps = pipeline("mark-steps", {
+    steps: [
+      step("send", { limit: { key: () => "k", max: 2, scope: "mailer" } }, async () => {
+        entered.resolve();
+        await release.promise;
+      }),
+    ],
+  });
+  // the engine knows only the step's pipeline: the runs under the run limit are this
+  // test's to claim, as another process's would be
+  await using engine = await openEngine({ path: ":memory:", pipelines: [steps], pollMs: 20 });
+  const a = new Store(engine.kv);
+  const first = await a.createRun(runs, { params: { key: "k" } });
+  const claimed = await a.claim(
+    first.id,
+    holder("a"),
+    60_000,
+    runs.name,
+    await seen(engine.kv, first.id),
+  );
+  assert.equal(claimed?.run.slot, 0);
+  engine.start();
+  const stepRun = await engine.trigger(steps.name);
+  await entered.promise;
+  // the step holds slot 1; A's view does not know it
+  const late = await a.createRun(runs, { params: { key: "k" } });
+  const claim = await a.claim(
+    late.id,
+    holder("a"),
+    60_000,
+    runs.name,
+    await seen(engine.kv, late.id),
+  );
+  assert.equal(claim, null, "a pick took the slot a step holds");
+  assert.equal(a.limits.stats.missed, 1);
+  assert.equal((await a.getRun(late.id))!.held?.by, "limit");
+  assert.deepEqual(
+    (await heldSlots(engine.kv, "mailer", "k")).sort(),
+    [first.id, stepRun.id].sort(),
+  );
+  release.resolve();
+  assert.equal((await engine.runToEnd(stepRun.id)).status, "succeeded");
+});
+
+Deno.test("a run limit and a step limit sharing a named scope never hold more than its slots together", async () => {
+  let now = 0, most = 0;
+  const enter = async () => {
+    most = Math.max(most, ++now);
+    await new Promise((r) => setTimeout(r, 5 + Math.random() * 15));
+    now--;
+  };
+  const runs = pipeline("shared-runs", {
+    params: keyed,
+    limit: { key: (params) => params.key, max: 2, scope: "mailer" },
+    steps: [step("send", () => enter())],
+  });
+  const steps = pipeline("shared-steps", {
+    params: keyed,
+    steps: [
+      step("send", {
+        limit: { key: () => "k", max: 2, scope: "mailer" },
+        retry: { attempts: 1 },
+      }, () => enter()),
+    ],
+  });
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [runs, steps],
+    pollMs: 20,
+  });
+  const ids: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const p = i % 2 === 0 ? runs : steps;
+    ids.push((await engine.trigger(p.name, { params: { key: "k" } })).id);
+  }
+  engine.start();
+  await waitFor("every run ended", async () => {
+    const all = await Promise.all(ids.map((id) => engine.getRun(id)));
+    return all.every((r) => r?.status === "succeeded" || r?.status === "failed");
+  }, 30_000);
+  for (const id of ids) assert.equal((await engine.getRun(id))!.status, "succeeded");
+  assert.ok(most <= 2, `${most} holders of the scope's 2 slots at once`);
+  assert.equal(most, 2, "the limit was reached");
+  assert.deepEqual(await heldSlots(engine.kv, "mailer", "k"), []);
+});
