@@ -396,15 +396,11 @@ async function claimSeen(
   const claimed = claimedRecord(run, holder, now, leaseMs, false);
   const lease = claimed.lease;
   const record = pick ? { ...claimed.record, slot: pick.index } : claimed.record;
-  // A run that never started was never claimed, so it has no lease; and a pause of a run
-  // without a lease rewrites its record (`pauseRun`): the check of the record stands for
-  // both. A run claimed before (one that waited, say) checks them.
-  const fresh = run.startedAt === null;
   const pause: KvCheck = { key: keys.pipelinePause(run.pipeline), versionstamp: null };
   let result: KvCommitResult | KvCommitError;
   try {
     result = await store.claims.commit({
-      checks: fresh ? 1 : 3,
+      checks: 3,
       mutations: pick ? 16 : 14,
       bytes: claimBytes(record),
       // alike for every claim of the pipeline, and of the limit key: a grouped commit
@@ -414,13 +410,11 @@ async function claimSeen(
       },
       committed: pick?.committed,
       apply: (op) => {
-        op.check(seen);
-        if (!fresh) {
-          op.check(
-            { key: keys.lease(run.id), versionstamp: null },
-            { key: keys.runPause(run.id), versionstamp: null },
-          );
-        }
+        op.check(
+          seen,
+          { key: keys.lease(run.id), versionstamp: null },
+          { key: keys.runPause(run.id), versionstamp: null },
+        );
         writeClaim(op, run, record, lease, false);
         if (pick && limit) {
           // the mark's check says the slot is still free (see `limit_view.ts`)
@@ -435,7 +429,9 @@ async function claimSeen(
     throw error;
   }
   pick?.done(result.ok);
-  return result.ok ? await claimTaken(store, record, lease, result.versionstamp, !fresh) : null;
+  return result.ok
+    ? await claimTaken(store, record, lease, result.versionstamp, run.startedAt !== null)
+    : null;
 }
 
 /** The lease a claim writes and the run as it records it. */
