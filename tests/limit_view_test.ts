@@ -227,3 +227,46 @@ Deno.test("a run limit and a step limit sharing a named scope never hold more th
   assert.equal(most, 2, "the limit was reached");
   assert.deepEqual(await heldSlots(engine.kv, "mailer", "k"), []);
 });
+
+Deno.test("when a grouped commit fails, the claims of one key picked from a view all still start: their parts are committed one after another", async () => {
+  const p = pipeline("view-fallback", {
+    params: keyed,
+    limit: { key: (params) => params.key, max: 10 },
+    steps: [step("one", () => 1)],
+  });
+  const plain = pipeline("view-plain", { steps: [step("one", () => 1)] });
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const a = new Store(kv), b = new Store(kv);
+    // A learns the key
+    const first = await a.createRun(p, { params: { key: "k" } });
+    assert.ok(await a.claim(first.id, holder("a"), 60_000, p.name, await seen(kv, first.id)));
+    // a plain run A read as due, then claimed by B: A's claim of it will fail its check
+    const stolen = await a.createRun(plain);
+    const stale = await seen(kv, stolen.id);
+    assert.ok(await b.claim(stolen.id, holder("b"), 60_000, plain.name));
+    const runs: RunRecord[] = [];
+    for (let i = 0; i < 5; i++) runs.push(await a.createRun(p, { params: { key: "k" } }));
+    const entries = await Promise.all(runs.map((r) => seen(kv, r.id)));
+    // one commit in flight, so that the others are grouped behind it: the stale claim and
+    // the five picks share a commit, which fails, and each part is committed alone
+    const busy = a.committer.commit({
+      checks: 0,
+      mutations: 1,
+      bytes: 10,
+      apply: (op) => op.set(["x"], 1),
+    });
+    const claims = await Promise.all([
+      a.claim(stolen.id, holder("a"), 60_000, plain.name, stale),
+      ...runs.map((r, i) => a.claim(r.id, holder("a"), 60_000, p.name, entries[i])),
+    ]);
+    await busy;
+    assert.equal(a.committer.stats.fallbacks, 1, "the grouped commit did not fail");
+    assert.equal(claims[0], null);
+    assert.deepEqual(claims.slice(1).map((c) => c?.run.status), Array(5).fill("running"));
+    assert.equal(a.limits.stats.missed, 0, "a pick failed after its group did");
+    assert.equal(a.limits.stats.picks, 6);
+  } finally {
+    kv.close();
+  }
+});

@@ -294,7 +294,16 @@ export class GroupCommitter {
       return;
     }
     this.stats.fallbacks++;
-    await Promise.all(group.map((q) => this.#commitAlone(q)));
+    // Parts that follow the commits' versionstamps (`committed`) go one after another: a
+    // part's shared checks are asked when it is committed, after the part before it told
+    // what it wrote. The others go at once.
+    const follow = group.filter((q) => q.batch.committed);
+    await Promise.all([
+      ...group.filter((q) => !q.batch.committed).map((q) => this.#commitAlone(q)),
+      (async () => {
+        for (const q of follow) await this.#commitAlone(q);
+      })(),
+    ]);
   }
 
   /** Commits one batch on its own and settles its caller with the outcome. */
