@@ -14,13 +14,19 @@ import { openEngine } from "../lib/mod.ts";
 
 const STARTED = /worker \S+ started/;
 
-/** Starts a worker process that sweeps only once a minute, and lets its first sweep pass. */
+/**
+ * Starts a worker process that sweeps only once a minute, and lets its first sweep pass:
+ * a run created before it started has ended, so that sweep read the due-index and is over
+ * (a fixed pause was not enough on a slow machine: the first sweep found the next run).
+ */
 async function slowSweepingWorker(box: Sandbox, watch: "on" | "off"): Promise<Proc> {
+  const canary = await createFive(box);
   const worker = box.spawn(["worker"], {
     entry: FIXTURE_CLI,
     env: { KVFLOW_POLL_MS: "60000", KVFLOW_WATCH: watch },
   });
   await worker.waitForOutput(STARTED, 30_000);
+  await box.waitForRun(canary, (r) => r.status === "succeeded", 10_000);
   await delay(300);
   return worker;
 }
