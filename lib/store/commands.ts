@@ -313,7 +313,7 @@ async function claimOnce(
   // a slot or throttle entry that other claims of its key check too; within one grouped
   // commit such checks would all pass, so a claim picks none that another claim of this
   // process is taking (`admit`), and claims of one key still share commits.
-  // a take or queueing of the key's that the process's view of it does not follow
+  // a take or queueing of the key that this process's view of it does not follow
   const limit = run.flow?.limit;
   const other = limit ? store.limits.other(limit) : () => {};
   let took: number | undefined;
@@ -369,9 +369,10 @@ async function claimOnce(
  * claim, pause or change came since: each rewrites the record), that no lease, run pause
  * or pipeline pause exists, and takes only a run that is plainly due now: queued or
  * waiting, due, not held back, not throttled, not leased (a takeover reads the lease).
- * A new run under a limit this process knows to be unreached takes a slot picked from
- * what it knows (`limit_view.ts`), checked to be free, with a check that no run joined
- * the key's queue since. Anything else, or a failed check, is left to the claim that reads.
+ * A new run under a limit this process knows to be unreached takes a free slot of its
+ * view of the key (`limit_view.ts`) with no check of the slot: the commit checks the key's
+ * mark, unchanged since no slot was taken and no run queued. Anything else, or a failed
+ * check, is left to the claim that reads.
  */
 async function claimSeen(
   store: StoreParts,
