@@ -19,6 +19,15 @@ const keyed = z.object({ key: z.string() });
 
 const holder = (owner: string) => ({ owner, host: "test", pid: 0 });
 
+/** A one-step pipeline under a run limit of `max` per `key` param. */
+function limited(name: string, max: number) {
+  return pipeline(name, {
+    params: keyed,
+    limit: { key: (params) => params.key, max },
+    steps: [step("one", () => 1)],
+  });
+}
+
 /** The run as a sweep would read it, for a claim without a read. */
 async function seen(kv: Deno.Kv, runId: string): Promise<Deno.KvEntry<RunRecord>> {
   return await kv.get<RunRecord>(keys.run(runId)) as Deno.KvEntry<RunRecord>;
@@ -33,11 +42,7 @@ async function heldSlots(kv: Deno.Kv, scope: string, key: string): Promise<strin
 }
 
 Deno.test("a burst of claims of an unreached run limit reads each key once, and takes distinct slots", async () => {
-  const p = pipeline("view-burst", {
-    params: keyed,
-    limit: { key: (params) => params.key, max: 10 },
-    steps: [step("one", () => 1)],
-  });
+  const p = limited("view-burst", 10);
   const kv = await Deno.openKv(":memory:");
   try {
     const store = new Store(kv);
@@ -64,11 +69,7 @@ Deno.test("a burst of claims of an unreached run limit reads each key once, and 
 });
 
 Deno.test("a stale view never starts a run ahead of one another process queued, nor past the limit", async () => {
-  const p = pipeline("view-fcfs", {
-    params: keyed,
-    limit: { key: (params) => params.key, max: 1 },
-    steps: [step("one", () => 1)],
-  });
+  const p = limited("view-fcfs", 1);
   const kv = await Deno.openKv(":memory:");
   try {
     const a = new Store(kv), b = new Store(kv);
@@ -103,11 +104,7 @@ Deno.test("a stale view never starts a run ahead of one another process queued, 
 });
 
 Deno.test("a view follows its own claims: a key's claims spread over several commits all start from one read", async () => {
-  const p = pipeline("view-follow", {
-    params: keyed,
-    limit: { key: (params) => params.key, max: 40 },
-    steps: [step("one", () => 1)],
-  });
+  const p = limited("view-follow", 40);
   const kv = await Deno.openKv(":memory:");
   try {
     const store = new Store(kv);
@@ -229,11 +226,7 @@ Deno.test("a run limit and a step limit sharing a named scope never hold more th
 });
 
 Deno.test("when a grouped commit fails, the claims of one key picked from a view all still start: their parts are committed one after another", async () => {
-  const p = pipeline("view-fallback", {
-    params: keyed,
-    limit: { key: (params) => params.key, max: 10 },
-    steps: [step("one", () => 1)],
-  });
+  const p = limited("view-fallback", 10);
   const plain = pipeline("view-plain", { steps: [step("one", () => 1)] });
   const kv = await Deno.openKv(":memory:");
   try {
