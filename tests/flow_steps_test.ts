@@ -382,3 +382,39 @@ Deno.test("a run's claim does not pick a slot of a shared scope that a step star
     steps.unreserve("slot", "shared", "k", 0);
   }
 });
+
+Deno.test("a large limit's slot is picked without a read; a pick that meets another holder's slot starts on a free one and turns picks of the key off", async () => {
+  const MAX = 16;
+  const scope = "wide-miss";
+  const held: unknown[] = [];
+  const one = step("one", { limit: { key: () => "k", max: MAX, scope } }, async () => {
+    for await (const e of engine.store.kv.list({ prefix: keys.slotPrefix(scope, "k") })) {
+      held.push(e.key[e.key.length - 1]);
+    }
+    return "ran";
+  });
+  const two = step("two", { needs: { one }, limit: { key: () => "k", max: MAX, scope } }, () => 2);
+  const p = pipeline("wide-miss", { steps: [one, two] });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [p], onAlert: () => {} });
+  const slots = engine.worker.slots;
+  // the slot this worker picks first, held by a holder elsewhere
+  const taken = slots.blindPick(scope, "k", MAX, Date.now());
+  assert.ok(taken >= 0);
+  const foreign = { run: "elsewhere", step: "one", item: -1, attempt: 1, at: 0 };
+  await engine.store.kv.set(keys.slot(scope, "k", taken), foreign);
+  const run = await engine.store.createRun(p);
+  const end = await engine.runToEnd(run.id);
+  assert.equal(end.status, "succeeded");
+  const steps = await engine.store.getSteps(run.id);
+  // the conflict cost no attempt
+  assert.deepEqual([steps.get("one")?.attempt, steps.get("two")?.attempt], [1, 1]);
+  assert.equal(held.length, 2, "the foreign slot and the one the step took");
+  assert.ok(held.includes(taken) && held.some((i) => i !== taken));
+  assert.equal(slots.blindPick(scope, "k", MAX, Date.now()), -1, "picks of the key are off");
+  // the foreign holder's slot is untouched; the steps' slots were freed at their ends
+  const left = [];
+  for await (const e of engine.store.kv.list({ prefix: keys.slotPrefix(scope, "k") })) {
+    left.push([e.key[e.key.length - 1], e.value]);
+  }
+  assert.deepEqual(left, [[taken, foreign]]);
+});

@@ -785,8 +785,8 @@ export class RunDriver {
             continue;
           }
           capacity--;
-          if (flow.limited(node)) flow.take(node, -1).catch(this.#onFlushError);
-          else this.#startAttempt(node, -1, now);
+          if (!flow.limited(node)) this.#startAttempt(node, -1, now);
+          else if (!flow.startNow(node, -1)) flow.take(node, -1).catch(this.#onFlushError);
           continue;
         }
         const fan = node.fan;
@@ -814,7 +814,7 @@ export class RunDriver {
           capacity--;
           if (flow.limited(node)) {
             fan.running++;
-            flow.take(node, index).catch(this.#onFlushError);
+            if (!flow.startNow(node, index)) flow.take(node, index).catch(this.#onFlushError);
           } else {
             this.#startAttempt(node, index, now);
           }
@@ -924,6 +924,7 @@ export class RunDriver {
         if (dropped && index >= 0) node.fan!.running--;
       },
       wake: () => this.wake(),
+      broke: this.#onFlushError,
     });
   }
 

@@ -32,12 +32,12 @@ import {
   takenNow,
   takesOf,
 } from "../../store/slots.ts";
-import type { Kv, KvCheck, KvEntry } from "../../kv/kv.ts";
+import type { Kv, KvCheck, KvEntry, KvEntryMaybe } from "../../kv/kv.ts";
 import type { KvWrite } from "../../kv/commit.ts";
 import { type LimitViews, marked } from "../../store/limit_view.ts";
 import type { Clock } from "../../model/clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
-import type { StepNode } from "./graph.ts";
+import { knownInputs, type StepNode } from "./graph.ts";
 
 /** First wait of a task that found its limit full, ms; it doubles up to the next. */
 const FIRST_BACKOFF_MS = 50;
@@ -339,6 +339,8 @@ export interface StepFlowHost {
   release(node: StepNode, index: number, dropped: boolean): void;
   /** A waiting task may try again: the driver's walk calls {@linkcode StepFlow.take}. */
   wake(): void;
+  /** KV failed under a take: the driver leaves the run. */
+  broke(error: unknown): void;
 }
 
 /** The flow-controlled tasks of one run. */
@@ -351,6 +353,8 @@ export class StepFlow {
   readonly #cancels = new Map<string, () => void>();
   #seq = 0;
   #taking = 0;
+  /** Tasks {@linkcode startNow} started whose commit is in flight. */
+  #startingNow = 0;
   /**
    * The tasks waiting for a throttle key's next free entry, by key, with their one timer:
    * they try again together, in the order they came, so a throttle keeps their order.
@@ -401,9 +405,9 @@ export class StepFlow {
     return this.#preparing;
   }
 
-  /** How many tasks are in flow control. */
+  /** How many tasks are in flow control (started at once, their commit in flight, too). */
   get size(): number {
-    return this.#tasks.size;
+    return this.#tasks.size + this.#startingNow;
   }
 
   /** The waiting tasks that may try again, taken from the list. */
@@ -467,6 +471,64 @@ export class StepFlow {
       if (!prepared.done) this.#prepared(prepared);
       if (throttled) this.#passTurn();
     }
+  }
+
+  /**
+   * Starts a task under a limit alone at once, as {@linkcode take} would but without its
+   * waits, when nothing stands in the way: no take of this run is still preparing (starts
+   * go in the walk's order), the task's input is known, its key computes, and a pick
+   * without a read finds a slot (`SlotNotifier.blindPick`: a large limit far from full
+   * here). Its start goes into the commit the walk's flush makes. The caller took a worker
+   * step slot for it, as for {@linkcode take}.
+   *
+   * @returns false when it did not start it: the caller takes it
+   */
+  startNow(node: StepNode, index: number): boolean {
+    const host = this.#host;
+    const flow = host.steps.get(node.def.name)!;
+    const limit = flow.limit;
+    if (this.#preparing > 0 || flow.throttle !== null || limit === null) return false;
+    const input = index < 0 ? knownInputs(node) : node.fan!.values[index];
+    if (input === undefined) return false;
+    let key: string;
+    try {
+      key = flowKey("limit key", limit.key, input);
+    } catch {
+      // the take computes it again and fails the task with the full message
+      return false;
+    }
+    const { scope } = limit;
+    const wall = Date.now();
+    if (host.notifier.knownFull(scope, key, wall)) return false;
+    const slot = host.notifier.blindPick(scope, key, limit.max, wall);
+    if (slot < 0 || !host.notifier.reserve("slot", scope, key, slot)) return false;
+    const { record, checks, writes } = this.#start(
+      node,
+      index,
+      host.clock.now(),
+      { limit, key, slot },
+      undefined,
+    );
+    const other = marked(scope) ? host.views.other({ scope, key }) : noop;
+    // counted as taking until its commit is done: a stop waits for it
+    this.#taking++;
+    this.#startingNow++;
+    host.checkpoints.conditional(checks, writes).then((committed) => {
+      this.#taking--;
+      this.#startingNow--;
+      other();
+      host.notifier.unreserve("slot", scope, key, slot);
+      if (!host.acting()) return host.release(node, index, true);
+      if (committed) {
+        host.notifier.holding(scope, key, slot);
+        host.started(node, index, record);
+        return;
+      }
+      // another process holds that slot: look again, as a take does
+      host.notifier.blindMissed(scope, key, Date.now());
+      return this.take(node, index);
+    }).catch(host.broke);
+    return true;
   }
 
   /** Resolves when `task` holds the throttle turn: at once when nobody holds it. */
@@ -570,36 +632,34 @@ export class StepFlow {
           return;
         }
       }
-      let pick: ReturnType<typeof pickThrottle> | undefined;
+      let pick: ThrottleTake | undefined;
       const now = host.clock.now();
       if (task.throttle) {
         const { scope, max, perMs } = task.throttle;
         // a rate against a service is in wall time, also on a test kit's clock
         const wall = Date.now();
         const entries = await readThrottle(host.kv, scope, task.throttleKey!);
-        pick = pickThrottle(
+        const found = pickThrottle(
           entries,
           max,
           perMs,
           wall,
           host.notifier.reservedOf("throttle", scope, task.throttleKey!),
         );
-        if ("until" in pick) {
-          this.#waitThrottle(task, pick.until - Date.now());
+        if ("until" in found) {
+          this.#waitThrottle(task, found.until - Date.now());
           return;
         }
+        pick = { scope, key: task.throttleKey!, ...found };
       }
       if (!host.acting()) return this.#drop(task);
-      const before = host.record(node, index);
-      const record: TaskRecord = startAttempt(before, now);
-      if (task.limit) record.slot = [task.limit.scope, task.limitKey!, slot];
-      const holder: SlotHolder = {
-        run: host.runId,
-        step: node.def.name,
-        item: index,
-        attempt: record.attempt,
-        at: now,
-      };
+      const { record, checks, writes } = this.#start(
+        node,
+        index,
+        now,
+        task.limit && { limit: task.limit, key: task.limitKey!, slot },
+        pick,
+      );
       // Reserved in this process while the commit is in flight: it may share a grouped
       // commit with other runs' takes, which must not check the same slot or entry.
       const reserved: ["slot" | "throttle", string, string, number][] = [];
@@ -607,7 +667,7 @@ export class StepFlow {
         if (!host.notifier.reserve("slot", task.limit.scope, task.limitKey!, slot)) continue;
         reserved.push(["slot", task.limit.scope, task.limitKey!, slot]);
       }
-      if (pick && !("until" in pick)) {
+      if (pick) {
         const entry = ["throttle", task.throttle!.scope, task.throttleKey!, pick.index] as const;
         if (!host.notifier.reserve(...entry)) {
           for (const r of reserved) host.notifier.unreserve(...r);
@@ -615,30 +675,11 @@ export class StepFlow {
         }
         reserved.push([...entry]);
       }
-      // The start and what it takes go into the run's next checkpoint commit (with the
-      // result that made the task ready, usually), only if the slot and entry are still
-      // free there; reserved in this process meanwhile, since that commit may be grouped
-      // with other runs' takes, and two checks of one key would both pass in it.
-      const checks: KvCheck[] = [];
-      const writes: KvWrite[] = [];
       // a scope a run limit may share (one named without a `/`): the take moves its key's
       // mark, so run claims that knew the key read it again (`store/limit_view.ts`)
-      let other = () => {};
-      if (task.limit) {
-        const k = keys.slot(task.limit.scope, task.limitKey!, slot);
-        checks.push({ key: k, versionstamp: null });
-        writes.push([k, holder]);
-        if (marked(task.limit.scope)) {
-          other = host.views.other({ scope: task.limit.scope, key: task.limitKey! });
-          writes.push([keys.limitQueueMark(task.limit.scope, task.limitKey!), now]);
-        }
-      }
-      if (pick && !("until" in pick)) {
-        const k = keys.throttleSlot(task.throttle!.scope, task.throttleKey!, pick.index);
-        checks.push({ key: k, versionstamp: pick.entry.versionstamp });
-        writes.push([k, Date.now()]);
-      }
-      writes.push([index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record]);
+      const other = task.limit && marked(task.limit.scope)
+        ? host.views.other({ scope: task.limit.scope, key: task.limitKey! })
+        : noop;
       let committed: boolean;
       try {
         // after the takes begun before it (their starts, or their giving up)
@@ -664,6 +705,47 @@ export class StepFlow {
       // conflict: another holder took that slot or entry first: look again
     }
     this.#wait(task, undefined);
+  }
+
+  /**
+   * A task's start with what it takes: the record it starts with (naming its slot), and
+   * the checks and writes that go with it into the run's next checkpoint commit — the
+   * slot checked free and written with its holder, the key's mark moved in a scope a run
+   * limit may share, the throttle entry checked unchanged and stamped.
+   */
+  #start(
+    node: StepNode,
+    index: number,
+    now: number,
+    slot: { limit: Limit; key: string; slot: number } | null,
+    pick: ThrottleTake | undefined,
+  ): { record: TaskRecord; checks: KvCheck[]; writes: KvWrite[] } {
+    const host = this.#host;
+    const record: TaskRecord = startAttempt(host.record(node, index), now);
+    const checks: KvCheck[] = [];
+    const writes: KvWrite[] = [];
+    if (slot) {
+      const { scope } = slot.limit;
+      record.slot = [scope, slot.key, slot.slot];
+      const holder: SlotHolder = {
+        run: host.runId,
+        step: node.def.name,
+        item: index,
+        attempt: record.attempt,
+        at: now,
+      };
+      const k = keys.slot(scope, slot.key, slot.slot);
+      checks.push({ key: k, versionstamp: null });
+      writes.push([k, holder]);
+      if (marked(scope)) writes.push([keys.limitQueueMark(scope, slot.key), now]);
+    }
+    if (pick) {
+      const k = keys.throttleSlot(pick.scope, pick.key, pick.index);
+      checks.push({ key: k, versionstamp: pick.entry.versionstamp });
+      writes.push([k, Date.now()]);
+    }
+    writes.push([index < 0 ? node.key : keys.item(host.runId, node.def.name, index), record]);
+    return { record, checks, writes };
   }
 
   /** The task waits: for a freed slot of its key, a timer, or `ms`. */
@@ -805,6 +887,16 @@ function anyFreeSlot(
   for (let i = 0; i < max; i++) if (!taken.has(i) && !busy(i)) free.push(i);
   return free.length === 0 ? -1 : free[Math.floor(Math.random() * free.length)];
 }
+
+/** A throttle entry a start takes. */
+interface ThrottleTake {
+  scope: string;
+  key: string;
+  index: number;
+  entry: KvEntryMaybe<number>;
+}
+
+function noop(): void {}
 
 function taskId(node: StepNode, index: number): string {
   return `${node.def.name}\u0000${index}`;
