@@ -93,6 +93,10 @@ interface BodyInterval {
   key: string;
   from: number;
   to: number;
+  /** Its run and process, and whether its end is its process's kill. */
+  run: string;
+  pid: number;
+  killed: boolean;
 }
 
 /**
@@ -166,31 +170,49 @@ async function underStorm(
     else {
       const start = open.get(id)!;
       open.delete(id);
-      intervals.push({ key: row.key, from: start.at, to: row.at });
+      intervals.push({
+        key: row.key,
+        from: start.at,
+        to: row.at,
+        run: row.run,
+        pid: row.pid,
+        killed: false,
+      });
     }
   }
   for (const start of open.values()) {
     const killedAt = kills.get(start.pid);
     assert.ok(killedAt !== undefined, `a body of ${start.run} never ended and was not killed`);
-    intervals.push({ key: start.key, from: start.at, to: killedAt });
+    intervals.push({
+      key: start.key,
+      from: start.at,
+      to: killedAt,
+      run: start.run,
+      pid: start.pid,
+      killed: true,
+    });
   }
+  const pipelineOf = new Map(ended.flat().map((r) => [r.id, r.pipeline]));
+  for (const i of intervals) i.run = `${i.run} (${pipelineOf.get(i.run)})`;
   return { runs: ended.flat(), intervals, kills: kills.size, rows: rows.length };
 }
 
 /** The most bodies of `key` at once; fails as soon as there are more than `max`. */
 function mostAtOnce(intervals: BodyInterval[], key: string, max: number): number {
-  const points = intervals.filter((i) => i.key === key).flatMap((i) => [
-    [i.from, 1],
-    [i.to, -1],
-  ]);
+  const mine = intervals.filter((i) => i.key === key);
+  const points = mine.flatMap((i) => [[i.from, 1], [i.to, -1]]);
   assert.ok(points.length > 0, `no body of ${key}`);
   // an end and a start at the same ms do not overlap
   points.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let now = 0, most = 0;
-  for (const [, d] of points) {
+  for (const [at, d] of points) {
     now += d;
     most = Math.max(most, now);
-    assert.ok(now <= max, `${now} bodies of ${key} at once`);
+    if (now <= max) continue;
+    const bodies = mine.filter((i) => i.from <= at && i.to > at).map((i) =>
+      `${i.run} in ${i.pid} ${i.from}–${i.to}${i.killed ? " (killed)" : ""}`
+    );
+    assert.fail(`${now} bodies of ${key} at once at ${at}: ${bodies.join("; ")}`);
   }
   return most;
 }

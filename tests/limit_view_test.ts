@@ -77,7 +77,7 @@ Deno.test("a stale view never starts a run ahead of one another process queued, 
     const first = await a.createRun(p, { params: { key: "k" } });
     assert.ok(await a.claim(first.id, holder("a"), 60_000, p.name, await seen(kv, first.id)));
     await a.cancel(first.id);
-    a.limits.freed({ scope: p.name, key: "k" }, 0); // as A's worker does at the end it saw
+    a.limits.freed({ scope: p.name, key: "k" }, 0); // as the end of a run A drives tells it
     // B, another process: its run takes the one slot, and the next run queues behind it
     const other = await b.createRun(p, { params: { key: "k" } });
     const queued = await b.createRun(p, { params: { key: "k" } });
@@ -262,4 +262,38 @@ Deno.test("when a grouped commit fails, the claims of one key picked from a view
   } finally {
     kv.close();
   }
+});
+
+Deno.test("a run's end tells its process's view of the key that its slot is free in the turn the end is durable", async () => {
+  const p = limited("view-end", 1);
+  await using engine = await openEngine({
+    path: ":memory:",
+    pipelines: [p],
+    pollMs: 20,
+    onAlert: () => {},
+  });
+  const limit = { scope: p.name, key: "k", max: 1 };
+  // what a pick from the view finds free, looked at right after the end is told: before
+  // any read of KV can end, and so before a take of this process could have read the slot
+  // free and held it again (a view told later would then free a slot held)
+  const found: (number | null)[] = [];
+  engine.subscribe((event) => {
+    if (event.type !== "run" || event.run.status !== "succeeded") return;
+    queueMicrotask(() => {
+      engine.store.limits.pick(engine.store.kv, limit, Date.now()).then((pick) => {
+        found.push(pick?.index ?? null);
+        pick?.done(false);
+      });
+    });
+  });
+  engine.start();
+  const first = await engine.store.createRun(p, { params: { key: "k" } });
+  await waitFor(
+    "the run's end",
+    async () => (await engine.getRun(first.id))?.status === "succeeded",
+  );
+  await waitFor("the pick after it", () => found.length === 1);
+  // the sweep's claim picked from the view (one read of the key), and its end freed slot 0
+  assert.deepEqual(engine.store.limits.stats, { reads: 1, picks: 1, missed: 1 });
+  assert.deepEqual(found, [0]);
 });

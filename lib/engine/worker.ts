@@ -510,13 +510,9 @@ export class Worker {
       const limit = claim.run.flow?.limit;
       if (limit && !HOLDS_SLOT.has(outcome)) {
         this.#wakeQueued(limit);
-        if (TERMINAL.has(driver.run.status)) {
-          // its end freed its slot: this worker's next claims of the key may pick it
-          const slot = driver.run.slot;
-          if (slot != null && outcome !== "lost") this.#store.limits.freed(limit, slot);
-          // its end's gate is for a worker that died before this wake-up: not needed now
-          this.#dropGate(releaseGate(driver.run));
-        }
+        // its end's gate is for a worker that died before this wake-up: not needed now (its
+        // view of the key heard of the free when the end was durable: `RunRecords.changeRun`)
+        if (TERMINAL.has(driver.run.status)) this.#dropGate(releaseGate(driver.run));
       }
       // a child that ended tells its parent here at once (a hint does across processes)
       if ((outcome === "succeeded" || outcome === "failed") && run.parent) {

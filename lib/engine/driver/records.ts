@@ -8,7 +8,12 @@
  */
 import type { AlertRecord } from "../../alerts/alert.ts";
 import * as keys from "../../kv/keys.ts";
-import type { AttemptRecord, RunRecord, TaskRecord } from "../../model/records.ts";
+import {
+  type AttemptRecord,
+  type RunRecord,
+  type TaskRecord,
+  TERMINAL,
+} from "../../model/records.ts";
 import {
   attemptRecord,
   crashError,
@@ -172,6 +177,14 @@ export class RunRecords {
       moveStatus(op, from, next);
     });
     this.#checkpoints.emit({ type: "run", run: next });
+    // The end frees the run's limit slot (`moveStatus`): this process's view of the key is
+    // told in the turn the commit is durable, before any read can have seen the slot free
+    // and another take here hold it again (`store/limit_view.ts`).
+    const limit = from.flow?.limit;
+    const slot = from.slot;
+    if (limit && slot != null && from.status !== next.status && TERMINAL.has(next.status)) {
+      this.#checkpoints.afterCommit(() => this.#store.limits.freed(limit, slot));
+    }
   }
 
   /**
