@@ -167,7 +167,8 @@ export function takeThrottle(
  */
 const takingNow = new Map<string, Set<number>>();
 
-function takeId(kind: "slot" | "throttle", scope: string, key: string): string {
+/** The id of a (kind, scope, key) among the takes of this process. */
+export function takeId(kind: "slot" | "throttle", scope: string, key: string): string {
   return `${kind}\u0000${scope}\u0000${key}`;
 }
 
@@ -178,7 +179,11 @@ export function reserveTake(
   key: string,
   index: number,
 ): boolean {
-  const id = takeId(kind, scope, key);
+  return reserveTakeOf(takeId(kind, scope, key), index);
+}
+
+/** {@linkcode reserveTake} by the {@linkcode takeId}. */
+export function reserveTakeOf(id: string, index: number): boolean {
   let set = takingNow.get(id);
   if (!set) takingNow.set(id, set = new Set());
   if (set.has(index)) return false;
@@ -193,7 +198,11 @@ export function releaseTake(
   key: string,
   index: number,
 ): void {
-  const id = takeId(kind, scope, key);
+  releaseTakeOf(takeId(kind, scope, key), index);
+}
+
+/** {@linkcode releaseTake} by the {@linkcode takeId}. */
+export function releaseTakeOf(id: string, index: number): void {
   const set = takingNow.get(id);
   if (!set) return;
   set.delete(index);
@@ -210,11 +219,7 @@ export function takenNow(
   return (index) => takingNow.get(id)?.has(index) ?? false;
 }
 
-/** The indexes of (scope, key) that commits of this process in flight are taking. */
-export function takesOf(
-  kind: "slot" | "throttle",
-  scope: string,
-  key: string,
-): ReadonlySet<number> | undefined {
-  return takingNow.get(takeId(kind, scope, key));
+/** The indexes of a {@linkcode takeId} that commits of this process in flight are taking. */
+export function takesOf(id: string): ReadonlySet<number> | undefined {
+  return takingNow.get(id);
 }

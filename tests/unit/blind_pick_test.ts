@@ -73,3 +73,24 @@ Deno.test("a blind pick is the first slot from the worker's start that it neithe
     for (const index of claims) releaseTake("slot", scope, "k", index);
   }
 });
+
+Deno.test("a notifier that knows many keys forgets the idle ones, not one whose slot it holds or is taking", () => {
+  const notifier = new SlotNotifier();
+  const now = Date.now();
+  const held = notifier.pickNow("s", "held", 16, now);
+  notifier.pickedNow("s", "held", held, "held", now);
+  const taking = notifier.pickNow("s", "taking", 16, now);
+  const missed = notifier.pickNow("s", "missed", 16, now);
+  notifier.pickedNow("s", "missed", missed, "missed", now);
+  // picks of a key whose pick met another's slot are off for a second
+  assert.equal(notifier.pickNow("s", "missed", 16, now), -1);
+  for (let i = 0; i < 10_001; i++) notifier.full("s", `other-${i}`, now);
+  assert.ok(notifier.knownFull("s", "other-10000", now));
+  // the first keys, idle, were forgotten
+  assert.ok(!notifier.knownFull("s", "other-0", now));
+  // the held and taken slots are still known: the next pick of each key is another slot
+  assert.notEqual(notifier.pickNow("s", "held", 16, now), held);
+  assert.notEqual(notifier.pickNow("s", "taking", 16, now), taking);
+  // a missed pick's key held nothing: forgotten, its picks are on again
+  assert.equal(notifier.pickNow("s", "missed", 16, now), missed);
+});

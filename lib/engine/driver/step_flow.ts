@@ -27,8 +27,9 @@ import {
   pickThrottle,
   readSlots,
   readThrottle,
-  releaseTake,
-  reserveTake,
+  releaseTakeOf,
+  reserveTakeOf,
+  takeId,
   takenNow,
   takesOf,
 } from "../../store/slots.ts";
@@ -53,16 +54,53 @@ const BLIND_MIN = 16;
 /** How long a key found full is taken to stay full in a process without a free, ms. */
 const FULL_FOR_MS = 100;
 
+/** What a process knows of one (scope, key) of a step limit. */
+class KeyState {
+  /** When a take of this process last found the key full; a free here clears it. */
+  fullAt = -Infinity;
+  /** When this process last healed the key's slots. */
+  healedAt = -Infinity;
+  /** Until when blind picks of the key are off: one of them met another's slot. */
+  blindOffUntil = 0;
+  /** The slots that tasks of this process hold or are taking. */
+  readonly held = new HeldSlots();
+  /** Tasks waiting for a free of a slot here, longest waiting first. */
+  listeners: Set<() => void> | undefined;
+
+  /** @param takeId the key's id among the takes of this process (`store/slots.ts`) */
+  constructor(readonly takeId: string) {}
+
+  /** Whether it holds nothing worth keeping: nothing held or taken, nobody waiting. */
+  get idle(): boolean {
+    return !this.held.busy && !this.listeners;
+  }
+}
+
+/** How many keys a notifier knows before it forgets the idle ones. */
+const KEYS_KEPT = 10_000;
+
 /**
  * Tells the tasks of this process waiting for a slot of a (scope, key) that one was freed
  * here. One per worker, shared by every run it drives.
  */
 export class SlotNotifier {
-  readonly #listeners = new Map<string, Set<() => void>>();
-  /** When a take of this process last found a (scope, key) full, by key; a free clears it. */
-  readonly #full = new Map<string, number>();
-  /** When this process last healed the slots of a (scope, key), by key. */
-  readonly #healed = new Map<string, number>();
+  readonly #keys = new Map<string, KeyState>();
+  /** How many keys it may know before it forgets the idle ones again. */
+  #sweepAt = KEYS_KEPT;
+
+  #state(scope: string, key: string): KeyState {
+    const id = `${scope}\u0000${key}`;
+    let state = this.#keys.get(id);
+    if (!state) {
+      if (this.#keys.size >= this.#sweepAt) {
+        for (const [k, s] of this.#keys) if (s.idle) this.#keys.delete(k);
+        // keys that stay busy are not scanned again at every new one
+        this.#sweepAt = Math.max(KEYS_KEPT, 2 * this.#keys.size);
+      }
+      this.#keys.set(id, state = new KeyState(takeId("slot", scope, key)));
+    }
+    return state;
+  }
 
   /**
    * Whether (scope, key) is known full: a take of this process found it so within
@@ -71,14 +109,12 @@ export class SlotNotifier {
    * second, not one each per try. (A free in another process is seen once that passed.)
    */
   knownFull(scope: string, key: string, now: number): boolean {
-    const at = this.#full.get(`${scope}\u0000${key}`);
-    return at !== undefined && at + FULL_FOR_MS > now;
+    return this.#state(scope, key).fullAt + FULL_FOR_MS > now;
   }
 
   /** A take found (scope, key) full. */
   full(scope: string, key: string, now: number): void {
-    if (this.#full.size > 10_000) this.#full.clear();
-    this.#full.set(`${scope}\u0000${key}`, now);
+    this.#state(scope, key).fullAt = now;
   }
 
   /**
@@ -87,10 +123,9 @@ export class SlotNotifier {
    * and many waiting tasks would otherwise each do it at every try.
    */
   mayHeal(scope: string, key: string, now: number): boolean {
-    const id = `${scope}\u0000${key}`;
-    if ((this.#healed.get(id) ?? -Infinity) + HEAL_EVERY_MS > now) return false;
-    if (this.#healed.size > 10_000) this.#healed.clear();
-    this.#healed.set(id, now);
+    const state = this.#state(scope, key);
+    if (state.healedAt + HEAL_EVERY_MS > now) return false;
+    state.healedAt = now;
     return true;
   }
 
@@ -100,15 +135,19 @@ export class SlotNotifier {
    * false when another has it.
    */
   reserve(kind: "slot" | "throttle", scope: string, key: string, index: number): boolean {
-    if (!reserveTake(kind, scope, key, index)) return false;
-    if (kind === "slot") this.#slotsOf(scope, key).reserve(index);
+    if (kind === "throttle") return reserveTakeOf(takeId(kind, scope, key), index);
+    const state = this.#state(scope, key);
+    if (!reserveTakeOf(state.takeId, index)) return false;
+    state.held.reserve(index);
     return true;
   }
 
   /** Ends a {@linkcode reserve}: its commit is done. */
   unreserve(kind: "slot" | "throttle", scope: string, key: string, index: number): void {
-    releaseTake(kind, scope, key, index);
-    if (kind === "slot") this.#mine.get(`${scope}\u0000${key}`)?.unreserve(index);
+    if (kind === "throttle") return releaseTakeOf(takeId(kind, scope, key), index);
+    const state = this.#state(scope, key);
+    releaseTakeOf(state.takeId, index);
+    state.held.unreserve(index);
   }
 
   /**
@@ -119,21 +158,9 @@ export class SlotNotifier {
     return takenNow(kind, scope, key);
   }
 
-  /** The slots of each (scope, key) that tasks of this process hold or are taking. */
-  readonly #mine = new Map<string, HeldSlots>();
-
-  #slotsOf(scope: string, key: string): HeldSlots {
-    const id = `${scope}\u0000${key}`;
-    let held = this.#mine.get(id);
-    if (!held) this.#mine.set(id, held = new HeldSlots());
-    return held;
-  }
-  /** Until when blind picks of a (scope, key) are off: one of them met another's slot. */
-  readonly #blindOff = new Map<string, number>();
-
   /** A take of this process now holds slot `index` of (scope, key). */
   holding(scope: string, key: string, index: number): void {
-    this.#slotsOf(scope, key).add(index);
+    this.#state(scope, key).held.add(index);
   }
 
   /**
@@ -143,21 +170,55 @@ export class SlotNotifier {
    * finds it taken turns blind picks of that key off for a second ({@linkcode blindMissed}).
    */
   blindPick(scope: string, key: string, max: number, now: number): number {
-    const id = `${scope}\u0000${key}`;
-    if (max < BLIND_MIN || (this.#blindOff.get(id) ?? 0) > now) return -1;
-    const mine = this.#slotsOf(scope, key);
+    return this.#blindPick(this.#state(scope, key), max, now);
+  }
+
+  #blindPick(state: KeyState, max: number, now: number): number {
+    if (max < BLIND_MIN || state.blindOffUntil > now) return -1;
+    const mine = state.held;
     // every take of this process in flight (its own reserved in `mine` too; a run claim's
     // only there)
-    const taking = takesOf("slot", scope, key);
+    const taking = takesOf(state.takeId);
     // past half of the slots held here, what others hold matters: read instead
     if (2 * (mine.size + (taking?.size ?? 0)) >= max) return -1;
     return mine.firstFree(this.#start % max, max, taking);
   }
 
+  /**
+   * {@linkcode knownFull}, {@linkcode blindPick} and {@linkcode reserve} at once: a slot of
+   * (scope, key) picked without a read and reserved, or -1.
+   */
+  pickNow(scope: string, key: string, max: number, now: number): number {
+    const state = this.#state(scope, key);
+    if (state.fullAt + FULL_FOR_MS > now) return -1;
+    const index = this.#blindPick(state, max, now);
+    if (index < 0 || !reserveTakeOf(state.takeId, index)) return -1;
+    state.held.reserve(index);
+    return index;
+  }
+
+  /**
+   * Ends a {@linkcode pickNow}: its commit is done. `held`: a task here holds the slot now;
+   * `missed`: it met another's slot, and blind picks of the key go off as in
+   * {@linkcode blindMissed}; `dropped`: its driver left the run, and a takeover frees it.
+   */
+  pickedNow(
+    scope: string,
+    key: string,
+    index: number,
+    outcome: "held" | "missed" | "dropped",
+    now: number,
+  ): void {
+    const state = this.#state(scope, key);
+    releaseTakeOf(state.takeId, index);
+    state.held.unreserve(index);
+    if (outcome === "held") state.held.add(index);
+    else if (outcome === "missed") state.blindOffUntil = now + 1_000;
+  }
+
   /** A blind pick of (scope, key) found its slot taken by another process. */
   blindMissed(scope: string, key: string, now: number): void {
-    if (this.#blindOff.size > 10_000) this.#blindOff.clear();
-    this.#blindOff.set(`${scope}\u0000${key}`, now + 1_000);
+    this.#state(scope, key).blindOffUntil = now + 1_000;
   }
 
   /** Where this process's blind picks start, the same for every key. */
@@ -165,13 +226,12 @@ export class SlotNotifier {
 
   /** Calls `fn` once, at the next free of a slot of (scope, key); returns a canceller. */
   listen(scope: string, key: string, fn: () => void): () => void {
-    const id = `${scope}\u0000${key}`;
-    let set = this.#listeners.get(id);
-    if (!set) this.#listeners.set(id, set = new Set());
+    const state = this.#state(scope, key);
+    const set = state.listeners ??= new Set();
     set.add(fn);
     return () => {
       set.delete(fn);
-      if (set.size === 0 && this.#listeners.get(id) === set) this.#listeners.delete(id);
+      if (set.size === 0 && state.listeners === set) state.listeners = undefined;
     };
   }
 
@@ -180,14 +240,15 @@ export class SlotNotifier {
    * slot, one taker: the others would only find it taken; their timers still run).
    */
   notify(scope: string, key: string, index?: number): void {
-    const id = `${scope}\u0000${key}`;
-    if (index !== undefined) this.#mine.get(id)?.delete(index);
-    this.#full.delete(id);
-    const set = this.#listeners.get(id);
+    const state = this.#keys.get(`${scope}\u0000${key}`);
+    if (!state) return;
+    if (index !== undefined) state.held.delete(index);
+    state.fullAt = -Infinity;
+    const set = state.listeners;
     if (!set) return;
     const [first] = set;
     set.delete(first);
-    if (set.size === 0) this.#listeners.delete(id);
+    if (set.size === 0) state.listeners = undefined;
     first();
   }
 }
@@ -203,6 +264,13 @@ class HeldSlots {
   /** Slots a take of this process is taking (its commit in flight). */
   #taking = new Uint32Array(1);
   #size = 0;
+  /** Slots it is taking. */
+  #takingCount = 0;
+
+  /** Whether it holds or is taking any slot. */
+  get busy(): boolean {
+    return this.#size > 0 || this.#takingCount > 0;
+  }
 
   /** How many it holds. */
   get size(): number {
@@ -227,12 +295,18 @@ class HeldSlots {
 
   reserve(index: number): void {
     this.#grow(index);
-    this.#taking[index >>> 5] |= 1 << (index & 31);
+    const word = index >>> 5;
+    const bit = 1 << (index & 31);
+    if ((this.#taking[word] & bit) === 0) this.#takingCount++;
+    this.#taking[word] |= bit;
   }
 
   unreserve(index: number): void {
     const word = index >>> 5;
-    if (word < this.#taking.length) this.#taking[word] &= ~(1 << (index & 31));
+    if (word >= this.#taking.length) return;
+    const bit = 1 << (index & 31);
+    if ((this.#taking[word] & bit) !== 0) this.#takingCount--;
+    this.#taking[word] &= ~bit;
   }
 
   #grow(index: number): void {
@@ -498,10 +572,8 @@ export class StepFlow {
       return false;
     }
     const { scope } = limit;
-    const wall = Date.now();
-    if (host.notifier.knownFull(scope, key, wall)) return false;
-    const slot = host.notifier.blindPick(scope, key, limit.max, wall);
-    if (slot < 0 || !host.notifier.reserve("slot", scope, key, slot)) return false;
+    const slot = host.notifier.pickNow(scope, key, limit.max, Date.now());
+    if (slot < 0) return false;
     const { record, checks, writes } = this.#start(
       node,
       index,
@@ -517,15 +589,11 @@ export class StepFlow {
       this.#taking--;
       this.#startingNow--;
       other();
-      host.notifier.unreserve("slot", scope, key, slot);
-      if (!host.acting()) return host.release(node, index, true);
-      if (committed) {
-        host.notifier.holding(scope, key, slot);
-        host.started(node, index, record);
-        return;
-      }
+      const outcome = !host.acting() ? "dropped" : committed ? "held" : "missed";
+      host.notifier.pickedNow(scope, key, slot, outcome, Date.now());
+      if (outcome === "dropped") return host.release(node, index, true);
+      if (outcome === "held") return host.started(node, index, record);
       // another process holds that slot: look again, as a take does
-      host.notifier.blindMissed(scope, key, Date.now());
       return this.take(node, index);
     }).catch(host.broke);
     return true;
