@@ -3,7 +3,8 @@
  * that knows a key to be unreached picks a slot from what it knows, and its commit checks
  * only the key's mark. Two stores on one KV stand for two processes: each has its own
  * view, and what the other does must make a stale view's pick fail, never let it start a
- * run past the limit or ahead of a queued one.
+ * run past the limit or ahead of a queued one. And a claim and a wake-up of one queued
+ * run in one process, which check the same run record, never share a grouped commit.
  *
  * @module
  */
@@ -13,6 +14,7 @@ import { openEngine, pipeline, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
 import type { RunRecord, SlotHolder } from "../lib/model/records.ts";
 import { Store } from "../lib/store/store.ts";
+import { wakeQueued } from "../lib/store/flow.ts";
 import { waitFor } from "./_support/helpers.ts";
 
 const keyed = z.object({ key: z.string() });
@@ -296,4 +298,47 @@ Deno.test("a run's end tells its process's view of the key that its slot is free
   // the sweep's claim picked from the view (one read of the key), and its end freed slot 0
   assert.deepEqual(engine.store.limits.stats, { reads: 1, picks: 1, missed: 1 });
   assert.deepEqual(found, [0]);
+});
+
+Deno.test("a queued run's wake-up and its claim in one process never share a commit: a claimed run is never recorded queued again", async () => {
+  const p = limited("wake-claim", 1);
+  const limit = { scope: p.name, key: "k", max: 1 };
+  for (let i = 0; i < 12; i++) {
+    const kv = await Deno.openKv(":memory:");
+    try {
+      const store = new Store(kv);
+      const first = await store.createRun(p, { params: { key: "k" } });
+      assert.ok(await store.claim(first.id, holder("a"), 60_000, p.name));
+      const queued = await store.createRun(p, { params: { key: "k" } });
+      assert.equal(await store.claim(queued.id, holder("a"), 60_000, p.name), null);
+      await store.cancel(first.id); // its slot frees: the queued run may start
+      // other commits keep the committer busy, so that the claim and the wake-up queue
+      // behind one and would be grouped
+      let busy = true;
+      const filler = (async () => {
+        while (busy) {
+          await store.committer.commit({
+            checks: 0,
+            mutations: 1,
+            bytes: 64,
+            apply: (op) => op.set(["filler"], i),
+          });
+        }
+      })();
+      const [claim] = await Promise.all([
+        store.claim(queued.id, holder("a"), 60_000, p.name),
+        wakeQueued(kv, limit, Date.now()),
+      ]);
+      busy = false;
+      await filler;
+      const run = (await store.getRun(queued.id))!;
+      const held = await heldSlots(kv, p.name, "k");
+      if (claim) assert.equal(run.status, "running", `round ${i}: claimed, yet recorded queued`);
+      if (held.includes(queued.id)) {
+        assert.equal(run.slot, 0, `round ${i}: its slot is held, yet its record has none`);
+      }
+    } finally {
+      kv.close();
+    }
+  }
 });

@@ -569,7 +569,7 @@ export class Worker {
     const store = this.#store;
     // most ends find nobody queued: the key's mark, read with others', says so
     store.limits.mayBeQueued(store.kv, limit).then((maybe) =>
-      maybe ? wakeQueued(store.kv, limit, store.clock.now(), undefined, store.committer) : []
+      maybe ? wakeQueued(store.kv, limit, store.clock.now()) : []
     ).then(
       (runIds) => runIds.forEach((runId) => this.wake(runId)),
       (error) => logLine("error", `kvflow: limit '${limit.key}': ${error?.message ?? error}`),

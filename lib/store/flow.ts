@@ -21,7 +21,7 @@
  */
 import * as keys from "../kv/keys.ts";
 import { addGate, type GateDue, moveDue, queueRank } from "../kv/indexes.ts";
-import { commitAtomic, type GroupCommitter } from "../kv/commit.ts";
+import { commitAtomic } from "../kv/commit.ts";
 import { getAll } from "../kv/reads.ts";
 import { readQueue } from "./limit_view.ts";
 import { formatMs } from "../define/duration.ts";
@@ -242,10 +242,9 @@ export async function openGate(
   kv: Kv,
   gate: KvEntry<GateDue>,
   now: number,
-  committer?: GroupCommitter,
 ): Promise<string[]> {
   const [scope, key, max] = gate.value.gate;
-  return await wakeQueued(kv, { scope, key, max }, now, gate, committer);
+  return await wakeQueued(kv, { scope, key, max }, now, gate);
 }
 
 /**
@@ -254,6 +253,13 @@ export async function openGate(
  * vanished or started meanwhile are dropped with it. The worker whose run freed a slot
  * calls it at once; the gate that the freeing commit wrote does the same for any worker.
  *
+ * The commit is KV's own, never part of a grouped commit (`kv/commit.ts`): it rewrites
+ * queued runs' records, checked against the versions it read, and a claim of one of those
+ * runs by this process may be in flight with the same check. In one grouped commit both
+ * checks would pass and the last write win: a claimed run recorded queued again, whose
+ * slot a heal then frees while it runs (a SIGKILL storm of a shared scope saw three
+ * bodies of a key with a limit of two). Alone, one of the two commits fails its check.
+ *
  * @returns the runs made due, or none when the commit lost a race
  */
 export async function wakeQueued(
@@ -261,7 +267,6 @@ export async function wakeQueued(
   limit: { scope: string; key: string; max: number },
   now: number,
   gate?: KvEntry<GateDue>,
-  committer?: GroupCommitter,
 ): Promise<string[]> {
   const { scope, key, max } = limit;
   // most keys have nobody queued: one read says so, and else reads as much of the queue
@@ -277,8 +282,6 @@ export async function wakeQueued(
   const free = Math.min(max - held.length, GATE_BATCH);
   const entries = free > 0 ? head.slice(0, free + GATE_BATCH) : [];
   const runs = headRuns.slice(0, entries.length);
-  // built as a list of changes, so the commit may share a grouped commit (its keys are
-  // this limit key's: a worker opens one gate of a key at a time)
   const changes: ((op: AtomicOperation) => void)[] = [];
   const woken: string[] = [];
   let more = false;
@@ -308,16 +311,9 @@ export async function wakeQueued(
       if (drop) op.delete(gate.key);
     });
   } else if (entries.length === 0) return [];
-  const apply = (op: AtomicOperation) => changes.forEach((change) => change(op));
-  const result = committer
-    ? await committer.commit({
-      checks: changes.length,
-      mutations: 3 * changes.length,
-      bytes: 4096 * changes.length,
-      apply,
-    })
-    : await commitAtomic(applied(kv, apply));
-  return result.ok ? woken : [];
+  const op = kv.atomic();
+  for (const change of changes) change(op);
+  return (await commitAtomic(op)).ok ? woken : [];
 }
 
 /**
@@ -342,10 +338,4 @@ function compareKeys(a: KvKey, b: KvKey): number {
   const [ra, ia] = [a[a.length - 2] as number, a[a.length - 1] as string];
   const [rb, ib] = [b[b.length - 2] as number, b[b.length - 1] as string];
   return ra !== rb ? ra - rb : ia < ib ? -1 : ia > ib ? 1 : 0;
-}
-
-function applied(kv: Kv, apply: (op: AtomicOperation) => void): AtomicOperation {
-  const op = kv.atomic();
-  apply(op);
-  return op;
 }

@@ -22,7 +22,7 @@ import type { RungDue } from "../model/events.ts";
 import type { ArtifactMeta } from "../model/artifacts.ts";
 import { readBlob } from "../kv/blobs.ts";
 import { decodeValue } from "../kv/values.ts";
-import { commitAtomic, type GroupCommitter } from "../kv/commit.ts";
+import { commitAtomic } from "../kv/commit.ts";
 import { dueIndexTime, type GateDue } from "../kv/indexes.ts";
 import { isDeadLocalHolder } from "../platform/process.ts";
 import type { Kv, KvEntry, KvEntryMaybe, KvListIterator } from "../kv/kv.ts";
@@ -223,19 +223,12 @@ export interface DueRun {
  * at all) is deleted instead of returned: left in place, every sweep would list it
  * again, and entries at the head of the index would hide the due work behind them.
  */
-export async function dueRuns(
-  kv: Kv,
-  now: number,
-  limit: number,
-  committer?: GroupCommitter,
-): Promise<string[]> {
-  return (await dueRunEntries(kv, now, limit, { committer })).map((d) => d.runId);
+export async function dueRuns(kv: Kv, now: number, limit: number): Promise<string[]> {
+  return (await dueRunEntries(kv, now, limit)).map((d) => d.runId);
 }
 
 /** Options of {@linkcode dueRunEntries}. */
 export interface DueRunOptions {
-  /** Commits the gates of freed limit slots. */
-  committer?: GroupCommitter;
   /**
    * Which of the listed run ids (oldest first) to read and return; default all. Only the
    * chosen runs' records are read, so a sweep may list wide and read narrow.
@@ -315,7 +308,7 @@ export async function dueRunEntries(
   });
   await Promise.all(drops);
   for (const gate of gates) {
-    for (const id of await openGate(kv, gate, now, options.committer)) {
+    for (const id of await openGate(kv, gate, now)) {
       if (!seen.has(id)) found.push({ runId: id, entry: null });
       seen.add(id);
     }

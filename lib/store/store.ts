@@ -285,7 +285,7 @@ export class Store {
    * again, and entries at the head of the index would hide the due work behind them.
    */
   async dueRuns(now: number, limit: number): Promise<string[]> {
-    return await queries.dueRuns(this.kv, now, limit, this.committer);
+    return await queries.dueRuns(this.kv, now, limit);
   }
 
   /**
@@ -297,7 +297,7 @@ export class Store {
     limit: number,
     choose?: (runIds: string[]) => string[],
   ): Promise<queries.DueRun[]> {
-    return await queries.dueRunEntries(this.kv, now, limit, { committer: this.committer, choose });
+    return await queries.dueRunEntries(this.kv, now, limit, { choose });
   }
 
   /**
