@@ -51,6 +51,8 @@ const HEAL_EVERY_MS = 1_000;
  * `SlotNotifier.blindPick`): with few slots per key, workers would meet at once.
  */
 const BLIND_MIN = 16;
+/** How long blind picks of a key stay off after one met another process's slot, ms. */
+const BLIND_OFF_MS = 1_000;
 /** How long a key found full is taken to stay full in a process without a free, ms. */
 const FULL_FOR_MS = 100;
 
@@ -145,7 +147,10 @@ export class SlotNotifier {
   /** Ends a {@linkcode reserve}: its commit is done. */
   unreserve(kind: "slot" | "throttle", scope: string, key: string, index: number): void {
     if (kind === "throttle") return releaseTakeOf(takeId(kind, scope, key), index);
-    const state = this.#state(scope, key);
+    this.#unreserve(this.#state(scope, key), index);
+  }
+
+  #unreserve(state: KeyState, index: number): void {
     releaseTakeOf(state.takeId, index);
     state.held.unreserve(index);
   }
@@ -210,15 +215,14 @@ export class SlotNotifier {
     now: number,
   ): void {
     const state = this.#state(scope, key);
-    releaseTakeOf(state.takeId, index);
-    state.held.unreserve(index);
+    this.#unreserve(state, index);
     if (outcome === "held") state.held.add(index);
-    else if (outcome === "missed") state.blindOffUntil = now + 1_000;
+    else if (outcome === "missed") state.blindOffUntil = now + BLIND_OFF_MS;
   }
 
   /** A blind pick of (scope, key) found its slot taken by another process. */
   blindMissed(scope: string, key: string, now: number): void {
-    this.#state(scope, key).blindOffUntil = now + 1_000;
+    this.#state(scope, key).blindOffUntil = now + BLIND_OFF_MS;
   }
 
   /** Where this process's blind picks start, the same for every key. */
