@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { openEngine, pipeline, sleep, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
-import { SlotNotifier } from "../lib/engine/driver/step_flow.ts";
+import { SlotNotifier } from "../lib/engine/driver/slot_notifier.ts";
 import { admit } from "../lib/store/flow.ts";
 import type { Kv } from "../lib/kv/kv.ts";
 import { accountingRate } from "../pipelines/nightly/config.ts";

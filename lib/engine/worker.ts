@@ -22,7 +22,7 @@ import { releaseGate } from "../kv/indexes.ts";
 import { keySize } from "../kv/keys.ts";
 import type { KvEntry, KvKey } from "../kv/kv.ts";
 import { StepLimit } from "./step_limit.ts";
-import { SlotNotifier } from "./driver/step_flow.ts";
+import { SlotNotifier } from "./driver/slot_notifier.ts";
 import { hostname, pid } from "../platform/process.ts";
 import { logLine } from "../platform/log.ts";
 import { CommitWatch } from "./commit_watch.ts";

@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { SlotNotifier } from "../../lib/engine/driver/step_flow.ts";
+import { SlotNotifier } from "../../lib/engine/driver/slot_notifier.ts";
 import { releaseTake, reserveTake } from "../../lib/store/slots.ts";
 
 /** What the pick must be: a plain scan from `start`, wrapping, or -1 past half held. */

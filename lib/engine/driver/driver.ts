@@ -52,7 +52,8 @@ import {
 } from "./graph.ts";
 import { expandItems } from "./items.ts";
 import { LeaseRenewal } from "./lease.ts";
-import { SlotNotifier, StepFlow, taskRecord } from "./step_flow.ts";
+import { StepFlow, taskRecord } from "./step_flow.ts";
+import { SlotNotifier } from "./slot_notifier.ts";
 import { RunRecords } from "./records.ts";
 import { earliestWait, type WaitResult, Waits } from "./waits.ts";
 import { runInfo } from "./context.ts";
