@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { openEngine, pipeline, sleep, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { SlotNotifier } from "../lib/engine/driver/slot_notifier.ts";
-import { admit } from "../lib/store/flow.ts";
+import { admit, BACKSTOP_MS } from "../lib/store/flow.ts";
 import type { Kv } from "../lib/kv/kv.ts";
 import { accountingRate } from "../pipelines/nightly/config.ts";
 import nightly from "../pipelines/nightly/mod.ts";
@@ -417,4 +417,47 @@ Deno.test("a large limit's slot is picked without a read; a pick that meets anot
     left.push([e.key[e.key.length - 1], e.value]);
   }
   assert.deepEqual(left, [[taken, foreign]]);
+});
+
+Deno.test("a step's end in a scope shared with a run limit starts the run that queued for its slot at once, not after the backstop", async () => {
+  let release!: () => void;
+  const holding = new Promise<void>((r) => release = r);
+  let partEnded = 0;
+  const part = pipeline("part", {
+    steps: [
+      step("one", { limit: { key: () => "k", max: 1, scope: "shared" } }, async () => {
+        await holding;
+        partEnded = Date.now();
+        return 1;
+      }),
+    ],
+  });
+  const whole = pipeline("whole", {
+    limit: { key: () => "k", max: 1, scope: "shared" },
+    steps: [step("all", () => 1)],
+  });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [whole, part] });
+  engine.start();
+  const first = await engine.store.createRun(part);
+  const pause = () => new Promise((r) => setTimeout(r, 5));
+  while ((await engine.getRun(first.id))?.status !== "running") await pause();
+  // the step holds the scope's one slot: the run queues behind it
+  let queued = await engine.store.createRun(whole);
+  while ((queued = (await engine.getRun(queued.id))!).held?.by !== "limit") await pause();
+  release();
+  // the worker starts it (runToEnd would drive it at once, whatever held it)
+  let ended = queued;
+  const giveUp = Date.now() + 2 * BACKSTOP_MS;
+  while (ended.status !== "succeeded" && Date.now() < giveUp) {
+    await pause();
+    ended = (await engine.getRun(queued.id))!;
+  }
+  assert.equal(ended.status, "succeeded");
+  const waited = ended.startedAt! - partEnded;
+  assert.ok(
+    waited < BACKSTOP_MS / 2,
+    `the queued run started ${waited} ms after the step freed the slot (backstop ${BACKSTOP_MS} ms)`,
+  );
+  assert.equal((await engine.runToEnd(first.id)).status, "succeeded");
+  await noSlots(engine.store.kv);
 });

@@ -481,6 +481,7 @@ export class Worker {
         holdMs: this.#options.holdMs,
         stepLimit: this.#stepLimit,
         slots: this.#slots,
+        limitFreed: (limit) => this.#wakeQueued(limit),
         channels: {
           webhook: Boolean(this.#options.alertWebhook),
           email: Boolean(this.#options.alertEmail),

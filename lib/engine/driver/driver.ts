@@ -53,6 +53,7 @@ import {
 import { expandItems } from "./items.ts";
 import { LeaseRenewal } from "./lease.ts";
 import { StepFlow, taskRecord } from "./step_flow.ts";
+import { marked } from "../../store/limit_view.ts";
 import { SlotNotifier } from "./slot_notifier.ts";
 import { RunRecords } from "./records.ts";
 import { earliestWait, type WaitResult, Waits } from "./waits.ts";
@@ -108,6 +109,11 @@ export interface DriverOptions {
   stepLimit: StepLimit;
   /** Tells this process's tasks waiting for a step limit's slot that one was freed. */
   slots?: SlotNotifier;
+  /**
+   * Told once a step's end freed a slot of a scope a run limit may share: runs queued
+   * under that run limit may start now.
+   */
+  limitFreed?: (limit: { scope: string; key: string; max: number }) => void;
   /** Which alert channels are configured, so a failure queues their delivery. */
   channels: { webhook: boolean; email: boolean };
   /** Called after each change is durable. */
@@ -205,7 +211,12 @@ export class RunDriver {
       checkpoints: this.#checkpoints,
       graph: this.#graph,
       store,
-      freed: (scope, key, index) => slots.notify(scope, key, index),
+      freed: (scope, key, index, step) => {
+        slots.notify(scope, key, index);
+        // runs queued under a run limit of the same scope and key may start now
+        const max = options.pipeline.flow.steps.get(step)?.limit?.max;
+        if (marked(scope) && max !== undefined) options.limitFreed?.({ scope, key, max });
+      },
     });
     this.#flow = this.#stepFlow(slots);
     this.#lease = new LeaseRenewal(

@@ -26,6 +26,7 @@ import { type Checkpoints, taskBytes } from "./checkpoints.ts";
 import { isEnded, type StepGraph, type StepNode } from "./graph.ts";
 import { mostAttempts, trackItem } from "./fan_out.ts";
 import { ring } from "../../store/events.ts";
+import { marked } from "../../store/limit_view.ts";
 import type { Delivery } from "../../model/events.ts";
 import type { StoreParts } from "../../store/parts.ts";
 
@@ -35,7 +36,9 @@ export class RunRecords {
   readonly #checkpoints: Checkpoints;
   readonly #graph: StepGraph;
   readonly #store: StoreParts;
-  readonly #freed: ((scope: string, key: string, index: number) => void) | undefined;
+  readonly #freed:
+    | ((scope: string, key: string, index: number, step: string) => void)
+    | undefined;
 
   /**
    * Starts from the run as claimed.
@@ -48,8 +51,8 @@ export class RunRecords {
       checkpoints: Checkpoints;
       graph: StepGraph;
       store: StoreParts;
-      /** Told once a step limit's slot this run held is freed. */
-      freed?: (scope: string, key: string, index: number) => void;
+      /** Told once a step limit's slot that a task of `step` held is freed. */
+      freed?: (scope: string, key: string, index: number, step: string) => void;
     },
   ) {
     this.#run = run;
@@ -66,7 +69,7 @@ export class RunRecords {
 
   /** Records the task of `node` (item `index`, or -1 for the step) as `record`. */
   setTask(node: StepNode, index: number, record: TaskRecord, size = 1024): void {
-    record = this.#freeSlot(record);
+    record = this.#freeSlot(node, record);
     if (index < 0) {
       this.setStep(node, record, size);
       return;
@@ -82,7 +85,7 @@ export class RunRecords {
 
   /** Records a step as `record`; once it ended, the steps that need it may act. */
   setStep(node: StepNode, record: TaskRecord, size = 1024): void {
-    record = this.#freeSlot(record);
+    record = this.#freeSlot(node, record);
     node.record = record;
     // the steps that need it may act now (run, or be skipped)
     if (isEnded(record.status)) this.#graph.openDependents(node);
@@ -100,12 +103,16 @@ export class RunRecords {
    * A task whose attempt ended gives back the step limit's slot it held, in the commit
    * that records the end (see `step_flow.ts`).
    */
-  #freeSlot(record: TaskRecord): TaskRecord {
+  #freeSlot(node: StepNode, record: TaskRecord): TaskRecord {
     const slot = record.slot;
     if (!slot || record.status === "running") return record;
-    this.#checkpoints.write(keys.slot(...slot), null, 256);
+    const [scope, key, index] = slot;
+    this.#checkpoints.write(keys.slot(scope, key, index), null, 256);
+    // in a scope a run limit may share, a run's hold decided on the slot as held fails its
+    // check against the key's last release, and decides again (`store/flow.ts`)
+    if (marked(scope)) this.#checkpoints.write(keys.limitRelease(scope, key), Date.now(), 256);
     const freed = this.#freed;
-    if (freed) this.#checkpoints.afterCommit(() => freed(slot[0], slot[1], slot[2]));
+    if (freed) this.#checkpoints.afterCommit(() => freed(scope, key, index, node.def.name));
     return { ...record, slot: null };
   }
 
