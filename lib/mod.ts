@@ -92,6 +92,7 @@ export {
   type PauseOutcome,
 } from "./engine/engine.ts";
 export { type PruneOptions, type PruneReport } from "./store/prune.ts";
+export { type FlowPruneReport } from "./store/flow_prune.ts";
 export { type WorkerOptions } from "./engine/worker.ts";
 export { type AttemptInfo, type RunEvent } from "./engine/driver/driver.ts";
 export { type Clock } from "./model/clock.ts";

@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import * as keys from "../lib/kv/keys.ts";
 import type { RunRecord } from "../lib/mod.ts";
 import { Store } from "../lib/store/store.ts";
+import { pruneFlowKeys } from "../lib/store/flow_prune.ts";
 import { TERMINAL } from "../lib/model/records.ts";
 import { poll, type Proc, Sandbox } from "./_support/harness.ts";
 import {
@@ -110,7 +111,10 @@ interface BodyInterval {
 async function underStorm(
   counts: Record<string, number>,
   create: (store: Store) => Promise<void>,
-): Promise<{ runs: RunRecord[]; intervals: BodyInterval[]; kills: number; rows: number }> {
+  opts: { forget?: boolean } = {},
+): Promise<
+  { runs: RunRecord[]; intervals: BodyInterval[]; kills: number; rows: number; forgot: number }
+> {
   await using box = await Sandbox.create();
   const ledgerPath = `${box.dir}/flow.sqlite`;
   openFlowLedger(ledgerPath).close();
@@ -131,6 +135,15 @@ async function underStorm(
   const stormEnd = Date.now() + 60_000;
   let created = false;
   creating.then(() => created = true, () => {});
+  // `forget`: this process forgets idle limit keys over and over meanwhile, as a prune does
+  let forgot = 0;
+  let forgetting = opts.forget;
+  const forgets = (async () => {
+    while (forgetting) {
+      forgot += (await pruneFlowKeys(kv, Date.now())).limitKeys;
+      await sleep(10);
+    }
+  })();
   while (Date.now() < stormEnd) {
     await sleep(150 + Math.random() * 350);
     const runs = (await Promise.all(Object.keys(counts).map((p) => box.runsOf(p)))).flat();
@@ -143,6 +156,8 @@ async function underStorm(
     workers[slot] = spawnWorker();
   }
   await creating;
+  forgetting = false;
+  await forgets;
   kv.close();
   const ended = await Promise.all(
     Object.entries(counts).map(([p, n]) => allEnded(box, p, n)),
@@ -194,7 +209,7 @@ async function underStorm(
   }
   const pipelineOf = new Map(ended.flat().map((r) => [r.id, r.pipeline]));
   for (const i of intervals) i.run = `${i.run} (${pipelineOf.get(i.run)})`;
-  return { runs: ended.flat(), intervals, kills: kills.size, rows: rows.length };
+  return { runs: ended.flat(), intervals, kills: kills.size, rows: rows.length, forgot };
 }
 
 /** The most bodies of `key` at once; fails as soon as there are more than `max`. */
@@ -252,7 +267,9 @@ Deno.test("a run limit and a step limit sharing a scope under a SIGKILL storm: 1
   // Run claims that pick from their process's view of a key and step starts in the same
   // scope race for the same slots, across workers that die at random: the ledger counts
   // run bodies and step bodies of a key together.
-  const { runs, intervals, kills } = await underStorm(
+  // Meanwhile the test forgets the keys' marks and releases whenever they look idle
+  // (`store/flow_prune.ts`): the claims' views and the takes check the marks it deletes.
+  const { runs, intervals, kills, forgot } = await underStorm(
     { "flow-mailer-runs": RUNS / 2, "flow-mailer-steps": RUNS / 2 },
     async (store) => {
       for (let i = 0; i < RUNS; i++) {
@@ -261,6 +278,7 @@ Deno.test("a run limit and a step limit sharing a scope under a SIGKILL storm: 1
         if (i % 40 === 39) await sleep(1000);
       }
     },
+    { forget: true },
   );
   assert.equal(runs.length, RUNS);
   for (const run of runs) assert.equal(run.status, "succeeded", `${run.id}: ${run.error?.message}`);
@@ -269,7 +287,10 @@ Deno.test("a run limit and a step limit sharing a scope under a SIGKILL storm: 1
     most = Math.max(most, mostAtOnce(intervals, `m${k}`, MAILER_MAX));
   }
   assert.equal(most, MAILER_MAX, "the limit was reached");
-  console.log(`${kills} kills, at most ${most} bodies per key of the shared scope`);
+  assert.ok(forgot > 0, "no key was idle to forget during the storm");
+  console.log(
+    `${kills} kills, ${forgot} idle keys forgotten, at most ${most} bodies per key of the shared scope`,
+  );
 });
 
 Deno.test("run throttle across 3 workers: no period has more than max starts, and every run ends", async () => {

@@ -552,10 +552,12 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     allSlotsPrefix: keys.allSlotsPrefix(),
     throttleSlot: keys.throttleSlot(scope, flowKey, MAX_FLOW_MAX),
     throttlePrefix: keys.throttlePrefix(scope, flowKey),
+    allThrottlePrefix: keys.allThrottlePrefix(),
     limitQueue: keys.limitQueue(scope, flowKey, -at, runId),
     limitQueuePrefix: keys.limitQueuePrefix(scope, flowKey),
     limitQueueMark: keys.limitQueueMark(scope, flowKey),
     limitRelease: keys.limitRelease(scope, flowKey),
+    allLimitReleasePrefix: keys.allLimitReleasePrefix(),
     debounce: keys.debounce(name, flowKey),
     debouncePrefix: keys.debouncePrefix(name),
   };

@@ -50,6 +50,16 @@ export async function prune(invocation: Invocation): Promise<number> {
       const parts = Object.entries(byStatus).map(([status, n]) => `${n} ${status}`);
       invocation.out(`  ${pipeline.padEnd(24)} ${parts.join(", ")}`);
     }
+    const flow = report.flow;
+    if (flow && flow.limitKeys + flow.throttleEntries > 0) {
+      invocation.out(
+        `${dryRun ? "would forget" : "forgot"} ${flow.limitKeys} idle limit key${
+          flow.limitKeys === 1 ? "" : "s"
+        } and ${flow.throttleEntries} throttle entr${
+          flow.throttleEntries === 1 ? "y" : "ies"
+        } older than two days`,
+      );
+    }
     return EXIT.ok;
   } finally {
     await engine.close();

@@ -43,6 +43,7 @@ import {
 } from "../model/events.ts";
 import { type Duration, toMs } from "../define/duration.ts";
 import { type PruneOptions, type PruneReport, pruneRuns } from "../store/prune.ts";
+import { pruneFlowKeys } from "../store/flow_prune.ts";
 import { logLine } from "../platform/log.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
@@ -419,16 +420,25 @@ export class Engine {
 
   /**
    * Prunes ended runs past their pipeline's retention (or `olderThanMs`), with everything
-   * they own. Workers do it in the background; this is the same by hand.
+   * they own, and (without `pipeline`) the state of idle limit and throttle keys. Workers
+   * do it in the background; this is the same by hand.
    *
    * @param options which runs, dry or not, how many
    * @returns what it removed, or would remove
    */
   async prune(options: Omit<PruneOptions, "retentionOf"> = {}): Promise<PruneReport> {
-    return await pruneRuns(this.store, {
+    const report = await pruneRuns(this.store, {
       ...options,
       retentionOf: (name) => this.pipelines.get(name)?.retention,
     });
+    // limit and throttle keys belong to no pipeline: a prune of them all forgets idle ones
+    if (options.pipeline === undefined) {
+      report.flow = await pruneFlowKeys(this.store.kv, this.store.clock.now(), {
+        dryRun: options.dryRun,
+        maxKeys: options.maxRuns === undefined ? undefined : 10 * options.maxRuns,
+      });
+    }
+    return report;
   }
 
   /**

@@ -505,6 +505,11 @@ export function throttlePrefix(scope: string, key: string): KvKey {
   return [ROOT, "throttle", scope, key];
 }
 
+/** Prefix of every throttle entry. */
+export function allThrottlePrefix(): KvKey {
+  return [ROOT, "throttle"];
+}
+
 /**
  * A run held back by a full limit, in the order it will get a slot: `rank` is its
  * creation time less its priority's credit (first come, first served within a priority).
@@ -519,6 +524,11 @@ export function limitQueue(scope: string, key: string, rank: number, runId: stri
  */
 export function limitRelease(scope: string, key: string): KvKey {
   return [ROOT, "limit_release", scope, key];
+}
+
+/** Prefix of every {@linkcode limitRelease}. */
+export function allLimitReleasePrefix(): KvKey {
+  return [ROOT, "limit_release"];
 }
 
 /**

@@ -22,6 +22,7 @@ import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit
 import { type RunRecord, type RunStatus, TERMINAL } from "../model/records.ts";
 import { DEFAULT_RETENTION, type Retention } from "../define/retention.ts";
 import type { StoreParts } from "./parts.ts";
+import type { FlowPruneReport } from "./flow_prune.ts";
 import type { KvEntry, KvKey } from "../kv/kv.ts";
 
 /** Minus one for a `sum` on a `Deno.KvU64`. */
@@ -54,6 +55,11 @@ export interface PruneReport {
   byPipeline: Record<string, Partial<Record<RunStatus, number>>>;
   /** Whether it stopped at `maxRuns` with more to prune. */
   more: boolean;
+  /**
+   * The state of idle limit and throttle keys it forgot (`store/flow_prune.ts`): a prune
+   * of every pipeline does that too.
+   */
+  flow?: FlowPruneReport;
 }
 
 /** Keys of other runs' entries found by scans that a run's id alone cannot find. */
