@@ -11,7 +11,7 @@ import { z } from "zod";
 import { openEngine, pipeline, type RunRecord, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
 import type { Kv } from "../lib/kv/kv.ts";
-import { FORGET_AFTER_MS } from "../lib/store/flow_prune.ts";
+import { type FlowPruneCursor, FORGET_AFTER_MS, pruneFlowKeys } from "../lib/store/flow_prune.ts";
 
 const pause = () => new Promise((r) => setTimeout(r, 5));
 
@@ -112,7 +112,61 @@ Deno.test("a prune forgets the state of idle limit keys and old throttle entries
   }
   for (const run of again) await until(run.id, (r) => r.status === "succeeded");
   assert.equal(most, 1, "two runs of a forgotten key ran at once");
+  // the throttle of the key whose entry was forgotten still counts: five start in its
+  // hour, the sixth waits
+  const gone: RunRecord[] = [];
+  for (let i = 0; i < 6; i++) {
+    gone.push(await engine.store.createRun(tenant, { params: { key: "gone" } }));
+  }
+  // (which five: the order their claims took the key's one slot)
+  const states = async () => {
+    const runs = await Promise.all(gone.map((r) => engine.getRun(r.id)));
+    return runs.map((r) => r!.status === "queued" ? `held by ${r!.held?.by}` : r!.status).sort();
+  };
+  const giveUp = Date.now() + 20_000;
+  let seen = await states();
+  const expected = [...Array(5).fill("succeeded"), "held by throttle"].sort();
+  while (JSON.stringify(seen) !== JSON.stringify(expected) && Date.now() < giveUp) {
+    await pause();
+    seen = await states();
+  }
+  assert.deepEqual(seen, expected);
   // and with everything idle, a prune leaves no limit key's state behind
   await engine.prune();
-  assert.deepEqual(await limitState(kv, names), { marks: [], releases: [] });
+  assert.deepEqual(await limitState(kv, [...names, "gone"]), { marks: [], releases: [] });
+  for (const run of gone) {
+    if ((await engine.getRun(run.id))!.status === "queued") await engine.store.cancel(run.id);
+  }
+});
+
+Deno.test("a prune with a budget looks at that many keys and the next goes on where it stopped", async () => {
+  const quick = pipeline("quick", {
+    params: z.object({ key: z.string() }),
+    limit: { key: (params: { key: string }) => params.key, max: 1 },
+    steps: [step("work", () => 1)],
+  });
+  await using engine = await openEngine({ path: ":memory:", pipelines: [quick] });
+  const names = ["a", "b", "c", "d", "e"];
+  for (const key of names) {
+    const run = await engine.store.createRun(quick, { params: { key } });
+    assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  }
+  const kv = engine.store.kv;
+  const released = async () => {
+    const left = [];
+    for (const key of names) {
+      if ((await kv.get(keys.limitRelease("quick", key))).versionstamp !== null) left.push(key);
+    }
+    return left;
+  };
+  assert.deepEqual(await released(), names);
+  const cursor: FlowPruneCursor = {};
+  const forgot = [];
+  for (let round = 0; round < 4; round++) {
+    forgot.push((await pruneFlowKeys(kv, Date.now(), { budget: 2, cursor })).limitKeys);
+    if (round === 0) assert.deepEqual(await released(), ["c", "d", "e"], "not the first two");
+  }
+  assert.deepEqual(forgot, [2, 2, 1, 0]);
+  assert.deepEqual(await released(), []);
+  assert.equal(cursor.limit, undefined, "the last round reached the end: the next starts over");
 });

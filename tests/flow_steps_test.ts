@@ -6,7 +6,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { openEngine, pipeline, sleep, step } from "../lib/mod.ts";
+import { z } from "zod";
+import { openEngine, pipeline, type RunRecord, sleep, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
 import { SlotNotifier } from "../lib/engine/driver/slot_notifier.ts";
 import { admit, BACKSTOP_MS } from "../lib/store/flow.ts";
@@ -420,44 +421,65 @@ Deno.test("a large limit's slot is picked without a read; a pick that meets anot
 });
 
 Deno.test("a step's end in a scope shared with a run limit starts the run that queued for its slot at once, not after the backstop", async () => {
-  let release!: () => void;
-  const holding = new Promise<void>((r) => release = r);
+  // the scope has three slots for runs, of which a step may hold one: two runs and the
+  // step hold all three, a third run queues, and the step's end lets it start
+  let releaseStep!: () => void;
+  const stepHolds = new Promise<void>((r) => releaseStep = r);
+  let releaseRuns!: () => void;
+  const runsHold = new Promise<void>((r) => releaseRuns = r);
   let partEnded = 0;
   const part = pipeline("part", {
     steps: [
       step("one", { limit: { key: () => "k", max: 1, scope: "shared" } }, async () => {
-        await holding;
+        await stepHolds;
         partEnded = Date.now();
         return 1;
       }),
     ],
   });
   const whole = pipeline("whole", {
-    limit: { key: () => "k", max: 1, scope: "shared" },
-    steps: [step("all", () => 1)],
+    params: z.object({ hold: z.boolean() }),
+    limit: { key: () => "k", max: 3, scope: "shared" },
+    steps: [
+      step("all", async (_inputs, ctx) => {
+        if ((ctx.run.params as { hold: boolean }).hold) await runsHold;
+        return 1;
+      }),
+    ],
   });
   await using engine = await openEngine({ path: ":memory:", pipelines: [whole, part] });
   engine.start();
-  const first = await engine.store.createRun(part);
   const pause = () => new Promise((r) => setTimeout(r, 5));
-  while ((await engine.getRun(first.id))?.status !== "running") await pause();
-  // the step holds the scope's one slot: the run queues behind it
-  let queued = await engine.store.createRun(whole);
-  while ((queued = (await engine.getRun(queued.id))!).held?.by !== "limit") await pause();
-  release();
-  // the worker starts it (runToEnd would drive it at once, whatever held it)
-  let ended = queued;
-  const giveUp = Date.now() + 2 * BACKSTOP_MS;
-  while (ended.status !== "succeeded" && Date.now() < giveUp) {
-    await pause();
-    ended = (await engine.getRun(queued.id))!;
+  const until = async (id: string, done: (r: RunRecord) => boolean) => {
+    let run = (await engine.getRun(id))!;
+    const giveUp = Date.now() + 2 * BACKSTOP_MS;
+    while (!done(run) && Date.now() < giveUp) {
+      await pause();
+      run = (await engine.getRun(id))!;
+    }
+    assert.ok(done(run), `run ${id} is ${run.status}`);
+    return run;
+  };
+  const first = await engine.store.createRun(part);
+  await until(first.id, (r) => r.status === "running");
+  const holders = [];
+  for (let i = 0; i < 2; i++) {
+    const run = await engine.store.createRun(whole, { params: { hold: true } });
+    await until(run.id, (r) => r.status === "running");
+    holders.push(run);
   }
-  assert.equal(ended.status, "succeeded");
+  // the runs and the step hold the scope's three slots: the next run queues
+  const queued = await engine.store.createRun(whole, { params: { hold: false } });
+  await until(queued.id, (r) => r.held?.by === "limit");
+  releaseStep();
+  // the worker starts it (runToEnd would drive it at once, whatever held it)
+  const ended = await until(queued.id, (r) => r.status === "succeeded");
   const waited = ended.startedAt! - partEnded;
   assert.ok(
     waited < BACKSTOP_MS / 2,
     `the queued run started ${waited} ms after the step freed the slot (backstop ${BACKSTOP_MS} ms)`,
   );
-  assert.equal((await engine.runToEnd(first.id)).status, "succeeded");
+  releaseRuns();
+  for (const run of [first, ...holders]) await until(run.id, (r) => r.status === "succeeded");
   await noSlots(engine.store.kv);
 });

@@ -43,7 +43,7 @@ import {
 } from "../model/events.ts";
 import { type Duration, toMs } from "../define/duration.ts";
 import { type PruneOptions, type PruneReport, pruneRuns } from "../store/prune.ts";
-import { pruneFlowKeys } from "../store/flow_prune.ts";
+import { type FlowPruneCursor, pruneFlowKeys } from "../store/flow_prune.ts";
 import { logLine } from "../platform/log.ts";
 
 /** What {@linkcode Engine.subscribe} listeners receive. */
@@ -418,6 +418,9 @@ export class Engine {
     return await getEvent(this.store, id);
   }
 
+  /** Where the last background prune of flow-control keys stopped. */
+  readonly #flowCursor: FlowPruneCursor = {};
+
   /**
    * Prunes ended runs past their pipeline's retention (or `olderThanMs`), with everything
    * they own, and (without `pipeline`) the state of idle limit and throttle keys. Workers
@@ -431,11 +434,15 @@ export class Engine {
       ...options,
       retentionOf: (name) => this.pipelines.get(name)?.retention,
     });
-    // limit and throttle keys belong to no pipeline: a prune of them all forgets idle ones
+    // limit and throttle keys belong to no pipeline: a prune of them all forgets idle ones;
+    // a prune of a few runs (the background one) looks at a few keys, going on where the
+    // last one stopped
     if (options.pipeline === undefined) {
+      const some = options.maxRuns !== undefined;
       report.flow = await pruneFlowKeys(this.store.kv, this.store.clock.now(), {
         dryRun: options.dryRun,
-        maxKeys: options.maxRuns === undefined ? undefined : 10 * options.maxRuns,
+        budget: some ? 10 * options.maxRuns! : undefined,
+        cursor: some ? this.#flowCursor : undefined,
       });
     }
     return report;

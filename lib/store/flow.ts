@@ -279,7 +279,10 @@ export async function wakeQueued(
     readSlots(kv, scope, key),
     head.length > 0 ? getAll<RunRecord>(kv, head.map((e) => keys.run(e.value))) : [],
   ]);
-  const free = Math.min(max - held.length, GATE_BATCH);
+  // The queued runs wait under their run limit: its `max` counts, also when the caller
+  // knows another (a step limit whose end freed a slot of a scope they share).
+  const queuedMax = headRuns.find((e) => e.value?.flow?.limit)?.value?.flow?.limit?.max ?? max;
+  const free = Math.min(queuedMax - held.length, GATE_BATCH);
   const entries = free > 0 ? head.slice(0, free + GATE_BATCH) : [];
   const runs = headRuns.slice(0, entries.length);
   const changes: ((op: AtomicOperation) => void)[] = [];

@@ -5,7 +5,8 @@
  * from params — one per customer, say — those add up over the years, and pruning runs
  * never touches them. {@linkcode pruneFlowKeys} deletes them once their key is idle:
  *
- * - A limit key with no slot held and no run queued loses its mark and its last release,
+ * - A limit key (one with a last release: every key a run's end, or a step's end in a scope
+ *   with marks, freed a slot of) with no slot held and no run queued loses its mark and its last release,
  *   in one commit checked against the mark as listed with the (empty) queue, before its
  *   slots were read. Every take of a scope with marks and every run joining a queue writes
  *   the mark, so one that came after those reads fails the check; one that came before
@@ -22,13 +23,17 @@
  */
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
-import type { Kv, KvEntry } from "../kv/kv.ts";
+import { REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
+import type { Kv, KvEntry, KvKey } from "../kv/kv.ts";
 
 /** How old a throttle entry must be to be forgotten: twice the longest period, ms. */
 export const FORGET_AFTER_MS = 2 * 86_400_000;
 
-/** Throttle entries one commit deletes at most (each with its check). */
-const THROTTLE_BATCH = 40;
+/**
+ * Throttle entries one commit deletes at most: each has its check, and a remote KV takes
+ * 10 checks a commit.
+ */
+const THROTTLE_BATCH = REMOTE_KV_COMMIT_CHECKS;
 
 /** What {@linkcode pruneFlowKeys} removed. */
 export interface FlowPruneReport {
@@ -39,24 +44,53 @@ export interface FlowPruneReport {
 }
 
 /**
+ * Where a {@linkcode pruneFlowKeys} that stopped at its budget left off: the next one
+ * goes on from there, and starts over once it reached the end.
+ */
+export interface FlowPruneCursor {
+  /** The last limit key's release it looked at. */
+  limit?: KvKey;
+  /** The last throttle entry it looked at. */
+  throttle?: KvKey;
+}
+
+/** What {@linkcode pruneFlowKeys} does. */
+export interface FlowPruneOptions {
+  /** Counts what would go, deletes nothing. */
+  dryRun?: boolean;
+  /**
+   * Limit keys and throttle entries it looks at, of each (a worker's background prune looks
+   * at a few at a time, going on where the last one stopped: see `cursor`). Default: all.
+   */
+  budget?: number;
+  /** Where to go on from; moved to where it stopped. */
+  cursor?: FlowPruneCursor;
+}
+
+/**
  * Deletes the state of idle limit keys and old throttle entries (see the module).
  *
  * @param kv the KV
  * @param now the store clock's now (a throttle entry is old by this and by the wall clock)
- * @param options `dryRun`: counts, deletes nothing; `maxKeys`: stops after this many keys
+ * @param options dry or not, how much, from where
  * @returns what it removed, or would remove
  */
 export async function pruneFlowKeys(
   kv: Kv,
   now: number,
-  options: { dryRun?: boolean; maxKeys?: number } = {},
+  options: FlowPruneOptions = {},
 ): Promise<FlowPruneReport> {
   const report: FlowPruneReport = { limitKeys: 0, throttleEntries: 0 };
-  const max = options.maxKeys ?? Infinity;
-  for (const [scope, key] of await limitKeys(kv)) {
-    if (report.limitKeys >= max) break;
-    if (await forgetLimitKey(kv, scope, key, options.dryRun ?? false)) report.limitKeys++;
-  }
+  const budget = options.budget ?? Infinity;
+  const cursor = options.cursor ?? {};
+  let looked = 0;
+  cursor.limit = await after(kv, keys.allLimitReleasePrefix(), cursor.limit, async (e) => {
+    const scope = e.key[2], key = e.key[3];
+    if (typeof scope === "string" && typeof key === "string") {
+      if (await forgetLimitKey(kv, scope, key, options.dryRun ?? false)) report.limitKeys++;
+    }
+    return ++looked < budget;
+  });
   const before = Math.min(now, Date.now()) - FORGET_AFTER_MS;
   let old: KvEntry<number>[] = [];
   const flush = async () => {
@@ -70,27 +104,36 @@ export async function pruneFlowKeys(
     report.throttleEntries += old.length;
     old = [];
   };
-  for await (const e of kv.list<number>({ prefix: keys.allThrottlePrefix() })) {
-    if (report.throttleEntries + old.length >= max) break;
-    if (typeof e.value === "number" && e.value < before) old.push(e);
+  looked = 0;
+  cursor.throttle = await after(kv, keys.allThrottlePrefix(), cursor.throttle, async (e) => {
+    if (typeof e.value === "number" && e.value < before) old.push(e as KvEntry<number>);
     if (old.length >= THROTTLE_BATCH) await flush();
-  }
+    return ++looked < budget;
+  });
   await flush();
   return report;
 }
 
 /**
- * Every (scope, key) with a last release: every key a run's end or a step's end in a scope
- * with marks freed a slot of. (A key's mark without a release — no slot of it ever freed
- * but by a heal or a cancel — stays; listing the marks would list every queued run too.)
+ * Calls `each` on the entries under `prefix` after `from` (all, without it) until it
+ * says to stop. Returns the key it stopped at, or undefined when it reached the end.
  */
-async function limitKeys(kv: Kv): Promise<[string, string][]> {
-  const found: [string, string][] = [];
-  for await (const e of kv.list({ prefix: keys.allLimitReleasePrefix() })) {
-    const scope = e.key[2], key = e.key[3];
-    if (typeof scope === "string" && typeof key === "string") found.push([scope, key]);
+async function after(
+  kv: Kv,
+  prefix: KvKey,
+  from: KvKey | undefined,
+  each: (e: KvEntry<unknown>) => Promise<boolean>,
+): Promise<KvKey | undefined> {
+  for await (const e of kv.list(from ? { prefix, start: from } : { prefix })) {
+    // the start is where the last one stopped: it was looked at then
+    if (from && sameKey(e.key, from)) continue;
+    if (!(await each(e))) return e.key;
   }
-  return found;
+  return undefined;
+}
+
+function sameKey(a: KvKey, b: KvKey): boolean {
+  return a.length === b.length && a.every((part, i) => part === b[i]);
 }
 
 /** Deletes a limit key's mark and last release if it is idle; whether it did. */

@@ -213,9 +213,10 @@ export class RunDriver {
       store,
       freed: (scope, key, index, step) => {
         slots.notify(scope, key, index);
-        // runs queued under a run limit of the same scope and key may start now
-        const max = options.pipeline.flow.steps.get(step)?.limit?.max;
-        if (marked(scope) && max !== undefined) options.limitFreed?.({ scope, key, max });
+        // runs queued under a run limit of the same scope and key may start now (how many:
+        // their limit's `max` decides, which the wake-up reads from them)
+        const max = options.pipeline.flow.steps.get(step)?.limit?.max ?? 1;
+        if (marked(scope)) options.limitFreed?.({ scope, key, max });
       },
     });
     this.#flow = this.#stepFlow(slots);
