@@ -5,16 +5,16 @@
  * from params — one per customer, say — those add up over the years, and pruning runs
  * never touches them. {@linkcode pruneFlowKeys} deletes them once their key is idle:
  *
- * - A limit key (one with a last release: every key a run's end, or a step's end in a scope
- *   with marks, freed a slot of) with no slot held and no run queued loses its mark and its last release,
- *   in one commit checked against the mark as listed with the (empty) queue, before its
- *   slots were read. Every take of a scope with marks and every run joining a queue writes
- *   the mark, so one that came after those reads fails the check; one that came before
- *   shows in them. A claim that kept a view of the key checks the mark too: its view was
- *   read when the key held no more than now, so a mark it read as absent and finds absent
- *   again still tells the truth. A run whose hold was decided on a release read as absent
- *   may then see it absent again and wait until its backstop (10 s) instead of starting at
- *   once: late, never over the limit.
+ * - A limit key (one with a last release: every key a run's end, or a step's end in a
+ *   scope with marks, freed a slot of) with no slot held and no run queued loses its mark
+ *   and its last release, in one commit checked against the mark as listed with the
+ *   (empty) queue, before its slots were read. Every take of a scope with marks and every
+ *   run joining a queue writes the mark, so one that came after those reads fails the
+ *   check; one that came before shows in them. A claim that kept a view of the key checks
+ *   the mark too: its view was read when the key held no more than now, so a mark it read
+ *   as absent and finds absent again still tells the truth. A run whose hold was decided
+ *   on a release read as absent may then see it absent again and wait until its backstop
+ *   (10 s) instead of starting at once: late, never over the limit.
  * - A throttle entry that let its last start through more than {@linkcode FORGET_AFTER_MS}
  *   ago (a throttle's period is at most a day) goes, checked against its versionstamp: an
  *   absent entry lets a start through, as one that old does.
