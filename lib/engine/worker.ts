@@ -566,7 +566,7 @@ export class Worker {
     return dropping;
   }
 
-  #wakeQueued(limit: { scope: string; key: string; max: number }): void {
+  #wakeQueued(limit: { scope: string; key: string; max?: number }): void {
     const store = this.#store;
     // most ends find nobody queued: the key's mark, read with others', says so
     store.limits.mayBeQueued(store.kv, limit).then((maybe) =>

@@ -264,7 +264,7 @@ export async function openGate(
  */
 export async function wakeQueued(
   kv: Kv,
-  limit: { scope: string; key: string; max: number },
+  limit: { scope: string; key: string; max?: number },
   now: number,
   gate?: KvEntry<GateDue>,
 ): Promise<string[]> {
@@ -280,8 +280,9 @@ export async function wakeQueued(
     head.length > 0 ? getAll<RunRecord>(kv, head.map((e) => keys.run(e.value))) : [],
   ]);
   // The queued runs wait under their run limit: its `max` counts, also when the caller
-  // knows another (a step limit whose end freed a slot of a scope they share).
-  const queuedMax = headRuns.find((e) => e.value?.flow?.limit)?.value?.flow?.limit?.max ?? max;
+  // knows none or another (a step's end freed a slot of a scope they share).
+  const queuedMax = headRuns.find((e) => e.value?.flow?.limit)?.value?.flow?.limit?.max ??
+    max ?? 0;
   const free = Math.min(queuedMax - held.length, GATE_BATCH);
   const entries = free > 0 ? head.slice(0, free + GATE_BATCH) : [];
   const runs = headRuns.slice(0, entries.length);

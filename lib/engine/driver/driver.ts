@@ -113,7 +113,7 @@ export interface DriverOptions {
    * Told once a step's end freed a slot of a scope a run limit may share: runs queued
    * under that run limit may start now.
    */
-  limitFreed?: (limit: { scope: string; key: string; max: number }) => void;
+  limitFreed?: (limit: { scope: string; key: string }) => void;
   /** Which alert channels are configured, so a failure queues their delivery. */
   channels: { webhook: boolean; email: boolean };
   /** Called after each change is durable. */
@@ -211,12 +211,10 @@ export class RunDriver {
       checkpoints: this.#checkpoints,
       graph: this.#graph,
       store,
-      freed: (scope, key, index, step) => {
+      freed: (scope, key, index) => {
         slots.notify(scope, key, index);
-        // runs queued under a run limit of the same scope and key may start now (how many:
-        // their limit's `max` decides, which the wake-up reads from them)
-        const max = options.pipeline.flow.steps.get(step)?.limit?.max ?? 1;
-        if (marked(scope)) options.limitFreed?.({ scope, key, max });
+        // runs queued under a run limit of the same scope and key may start now
+        if (marked(scope)) options.limitFreed?.({ scope, key });
       },
     });
     this.#flow = this.#stepFlow(slots);

@@ -36,9 +36,7 @@ export class RunRecords {
   readonly #checkpoints: Checkpoints;
   readonly #graph: StepGraph;
   readonly #store: StoreParts;
-  readonly #freed:
-    | ((scope: string, key: string, index: number, step: string) => void)
-    | undefined;
+  readonly #freed: ((scope: string, key: string, index: number) => void) | undefined;
 
   /**
    * Starts from the run as claimed.
@@ -51,8 +49,8 @@ export class RunRecords {
       checkpoints: Checkpoints;
       graph: StepGraph;
       store: StoreParts;
-      /** Told once a step limit's slot that a task of `step` held is freed. */
-      freed?: (scope: string, key: string, index: number, step: string) => void;
+      /** Told once a step limit's slot this run held is freed. */
+      freed?: (scope: string, key: string, index: number) => void;
     },
   ) {
     this.#run = run;
@@ -69,7 +67,7 @@ export class RunRecords {
 
   /** Records the task of `node` (item `index`, or -1 for the step) as `record`. */
   setTask(node: StepNode, index: number, record: TaskRecord, size = 1024): void {
-    record = this.#freeSlot(node, record);
+    record = this.#freeSlot(record);
     if (index < 0) {
       this.setStep(node, record, size);
       return;
@@ -85,7 +83,7 @@ export class RunRecords {
 
   /** Records a step as `record`; once it ended, the steps that need it may act. */
   setStep(node: StepNode, record: TaskRecord, size = 1024): void {
-    record = this.#freeSlot(node, record);
+    record = this.#freeSlot(record);
     node.record = record;
     // the steps that need it may act now (run, or be skipped)
     if (isEnded(record.status)) this.#graph.openDependents(node);
@@ -103,7 +101,7 @@ export class RunRecords {
    * A task whose attempt ended gives back the step limit's slot it held, in the commit
    * that records the end (see `step_flow.ts`).
    */
-  #freeSlot(node: StepNode, record: TaskRecord): TaskRecord {
+  #freeSlot(record: TaskRecord): TaskRecord {
     const slot = record.slot;
     if (!slot || record.status === "running") return record;
     const [scope, key, index] = slot;
@@ -112,7 +110,7 @@ export class RunRecords {
     // check against the key's last release, and decides again (`store/flow.ts`)
     if (marked(scope)) this.#checkpoints.write(keys.limitRelease(scope, key), Date.now(), 256);
     const freed = this.#freed;
-    if (freed) this.#checkpoints.afterCommit(() => freed(scope, key, index, node.def.name));
+    if (freed) this.#checkpoints.afterCommit(() => freed(scope, key, index));
     return { ...record, slot: null };
   }
 
