@@ -7,8 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { z } from "zod";
-import { openEngine, pipeline, type RunRecord, sleep, step } from "../lib/mod.ts";
+import { type Engine, openEngine, pipeline, type RunRecord, sleep, step } from "../lib/mod.ts";
 import * as keys from "../lib/kv/keys.ts";
+import { TERMINAL } from "../lib/model/records.ts";
 import { SlotNotifier } from "../lib/engine/driver/slot_notifier.ts";
 import { admit, BACKSTOP_MS } from "../lib/store/flow.ts";
 import type { Kv } from "../lib/kv/kv.ts";
@@ -420,9 +421,19 @@ Deno.test("a large limit's slot is picked without a read; a pick that meets anot
   assert.deepEqual(left, [[taken, foreign]]);
 });
 
-Deno.test("a step's end in a scope shared with a run limit starts the run that queued for its slot at once, not after the backstop", async () => {
-  // the scope has three slots for runs, of which a step may hold one: two runs and the
-  // step hold all three, a third run queues, and the step's end lets it start
+/**
+ * A scope with three slots for runs, of which a step may hold one: two runs and the step
+ * hold all three, and a third run queues. `free` lets the step's slot go (its end, or a
+ * cancel of its run) and tells when; the queued run must start long before its backstop.
+ */
+async function queuedBehindSharedStep(
+  free: (
+    engine: Engine,
+    part: { id: string },
+    releaseStep: () => void,
+    freedAt: () => number,
+  ) => Promise<number>,
+): Promise<void> {
   let releaseStep!: () => void;
   const stepHolds = new Promise<void>((r) => releaseStep = r);
   let releaseRuns!: () => void;
@@ -430,8 +441,11 @@ Deno.test("a step's end in a scope shared with a run limit starts the run that q
   let partEnded = 0;
   const part = pipeline("part", {
     steps: [
-      step("one", { limit: { key: () => "k", max: 1, scope: "shared" } }, async () => {
-        await stepHolds;
+      step("one", { limit: { key: () => "k", max: 1, scope: "shared" } }, async (_i, ctx) => {
+        await Promise.race([
+          stepHolds,
+          new Promise((r) => ctx.signal.addEventListener("abort", r)),
+        ]);
         partEnded = Date.now();
         return 1;
       }),
@@ -471,15 +485,32 @@ Deno.test("a step's end in a scope shared with a run limit starts the run that q
   // the runs and the step hold the scope's three slots: the next run queues
   const queued = await engine.store.createRun(whole, { params: { hold: false } });
   await until(queued.id, (r) => r.held?.by === "limit");
-  releaseStep();
+  const freed = await free(engine, first, releaseStep, () => partEnded);
   // the worker starts it (runToEnd would drive it at once, whatever held it)
   const ended = await until(queued.id, (r) => r.status === "succeeded");
-  const waited = ended.startedAt! - partEnded;
+  const waited = ended.startedAt! - freed;
   assert.ok(
     waited < BACKSTOP_MS / 2,
-    `the queued run started ${waited} ms after the step freed the slot (backstop ${BACKSTOP_MS} ms)`,
+    `the queued run started ${waited} ms after the step's slot was freed (backstop ${BACKSTOP_MS} ms)`,
   );
   releaseRuns();
-  for (const run of [first, ...holders]) await until(run.id, (r) => r.status === "succeeded");
+  releaseStep();
+  for (const run of [first, ...holders]) await until(run.id, (r) => TERMINAL.has(r.status));
   await noSlots(engine.store.kv);
+}
+
+Deno.test("a step's end in a scope shared with a run limit starts the run that queued for its slot at once, not after the backstop", async () => {
+  await queuedBehindSharedStep(async (_engine, _part, releaseStep, freedAt) => {
+    releaseStep();
+    while (freedAt() === 0) await new Promise((r) => setTimeout(r, 1));
+    return freedAt();
+  });
+});
+
+Deno.test("a cancel of a run whose step holds a slot of a scope shared with a run limit starts the run queued for it, not after the backstop", async () => {
+  await queuedBehindSharedStep(async (engine, part) => {
+    const at = Date.now();
+    await engine.store.cancel(part.id);
+    return at;
+  });
 });

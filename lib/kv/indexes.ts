@@ -138,8 +138,21 @@ export function addGate(
   at: number,
   limit: { scope: string; key: string; max: number },
 ): void {
-  const value: GateDue = { gate: [limit.scope, limit.key, limit.max] };
-  op.set(keys.due(at, gateId(limit.scope, limit.key)), value);
+  op.set(...gate(at, limit));
+}
+
+/**
+ * A gate that makes the first queued runs of a limit key due at `at`: its due-index key
+ * and value. The queued runs' own limit says how many (`store/flow.ts`); `max` counts
+ * when they have none.
+ */
+export function gate(
+  at: number,
+  limit: { scope: string; key: string; max: number },
+): [KvKey, GateDue] {
+  return [keys.due(at, gateId(limit.scope, limit.key)), {
+    gate: [limit.scope, limit.key, limit.max],
+  }];
 }
 
 function gateId(scope: string, key: string): string {

@@ -13,6 +13,7 @@ import { moveDue, moveStatus } from "../kv/indexes.ts";
 import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";
 import { reclaimRunBlobs } from "./commands.ts";
 import { getItems, getSteps } from "./queries.ts";
+import { slotFreedWrites } from "./slots.ts";
 import type { StoreParts } from "./parts.ts";
 import { ring } from "./events.ts";
 import type { TaskRecord } from "../model/records.ts";
@@ -117,9 +118,11 @@ function endWait(record: TaskRecord, runId: string): KvWrite[] {
   );
 }
 
-/** The write that frees the step limit slot a running task holds. */
-function freeSlot(record: TaskRecord): KvWrite[] {
-  return record.status === "running" && record.slot ? [[keys.slot(...record.slot), null]] : [];
+/** The writes that free the step limit slot a running task holds. */
+function freeSlot(record: TaskRecord, now: number): KvWrite[] {
+  if (record.status !== "running" || !record.slot) return [];
+  const [scope, key] = record.slot;
+  return [[keys.slot(...record.slot), null], ...slotFreedWrites(scope, key, now)];
 }
 
 async function cancelWrites(
@@ -136,7 +139,7 @@ async function cancelWrites(
           writes.push([
             [keys.item(run.id, name, index), cancelTask(item, now, reason)],
             ...endWait(item, run.id),
-            ...freeSlot(item),
+            ...freeSlot(item, now),
           ]);
         }
       }
@@ -147,7 +150,7 @@ async function cancelWrites(
       writes.push([
         [keys.step(run.id, name), cancelTask(record, now, reason)],
         ...endWait(record, run.id),
-        ...freeSlot(record),
+        ...freeSlot(record, now),
       ]);
     }
   }

@@ -134,7 +134,7 @@ async function decideAdmission(
       ]);
       const queue = head.entries;
       let held = slots;
-      if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held);
+      if (freeSlot(held, max) < 0 && waitedLong) held = await healSlots(kv, held, now);
       const index = freeSlot(held, max, busy);
       let inFlight = 0;
       for (let i = 0; i < max; i++) if (busy(i)) inFlight++;

@@ -31,7 +31,7 @@
  */
 import * as keys from "../kv/keys.ts";
 import type { Kv, KvCheck, KvEntry } from "../kv/kv.ts";
-import { readSlots, releaseTake, reserveTake, takenNow } from "./slots.ts";
+import { marked, readSlots, releaseTake, reserveTake, takenNow } from "./slots.ts";
 
 /** A limit key: its scope, key and slots. */
 export interface LimitKey {
@@ -63,14 +63,6 @@ export async function readQueue(
     else if (head.entries.length < n) head.entries.push(e);
   }
   return head;
-}
-
-/**
- * Whether takes of a scope's slots write its keys' marks: every take of a scope without a
- * `/` does (a run limit's, and a step limit's named so).
- */
-export function marked(scope: string): boolean {
-  return !scope.includes("/");
 }
 
 /** A slot picked from a view, reserved in this process until {@linkcode ViewPick.done}. */

@@ -15,9 +15,30 @@
  * @module
  */
 import * as keys from "../kv/keys.ts";
-import { commitAtomic } from "../kv/commit.ts";
+import { commitAtomic, type KvWrite } from "../kv/commit.ts";
+import { gate } from "../kv/indexes.ts";
 import { type RunRecord, type SlotHolder, type TaskRecord, TERMINAL } from "../model/records.ts";
 import type { AtomicOperation, Kv, KvEntry, KvEntryMaybe, KvKey } from "../kv/kv.ts";
+
+/**
+ * Whether takes of a scope's slots write its keys' marks: every take of a scope without a
+ * `/` does (a run limit's, and a step limit's named so).
+ */
+export function marked(scope: string): boolean {
+  return !scope.includes("/");
+}
+
+/**
+ * What goes with a step slot's free other than by its attempt's end — a cancel, the
+ * takeover of a dead holder, a heal — in a scope a run limit may share: the key's last
+ * release (a run's hold decided on the slot as held decides again, `store/flow.ts`) and a
+ * gate due now, so that the next sweep of any worker makes the runs queued for the key
+ * due (no worker is told of such a free at once). Nothing in a scope of steps alone.
+ */
+export function slotFreedWrites(scope: string, key: string, now: number): KvWrite[] {
+  if (!marked(scope)) return [];
+  return [[keys.limitRelease(scope, key), now], gate(now, { scope, key, max: 0 })];
+}
 
 /** The held slots of a limit key, by index. */
 export async function readSlots(
@@ -48,13 +69,15 @@ export function freeSlot(
  * Frees the slots among `held` whose holders are gone: a run holder whose run ended,
  * vanished or no longer names this slot; a step holder whose run ended or vanished, or
  * whose task no longer runs that attempt. Each free is a commit checked against the slot
- * and what made it stale, so a holder that moved on meanwhile keeps its slot.
+ * and what made it stale, so a holder that moved on meanwhile keeps its slot; in a scope
+ * a run limit may share, it also writes {@linkcode slotFreedWrites} (at `now`).
  *
  * @returns the slots still held after it
  */
 export async function healSlots(
   kv: Kv,
   held: readonly KvEntry<SlotHolder>[],
+  now: number,
 ): Promise<KvEntry<SlotHolder>[]> {
   const kept: KvEntry<SlotHolder>[] = [];
   for (const entry of held) {
@@ -76,6 +99,8 @@ export async function healSlots(
       continue;
     }
     const op = kv.atomic().check(entry, ...got).delete(entry.key);
+    const [, , scope, key] = entry.key as [string, string, string, string, number];
+    for (const [k, v] of slotFreedWrites(scope, key, now)) op.set(k, v);
     if (!(await commitAtomic(op)).ok) kept.push(entry);
   }
   return kept;

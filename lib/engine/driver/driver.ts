@@ -53,7 +53,7 @@ import {
 import { expandItems } from "./items.ts";
 import { LeaseRenewal } from "./lease.ts";
 import { StepFlow, taskRecord } from "./step_flow.ts";
-import { marked } from "../../store/limit_view.ts";
+import { marked } from "../../store/slots.ts";
 import { SlotNotifier } from "./slot_notifier.ts";
 import { RunRecords } from "./records.ts";
 import { earliestWait, type WaitResult, Waits } from "./waits.ts";

@@ -26,7 +26,7 @@ import { type Checkpoints, taskBytes } from "./checkpoints.ts";
 import { isEnded, type StepGraph, type StepNode } from "./graph.ts";
 import { mostAttempts, trackItem } from "./fan_out.ts";
 import { ring } from "../../store/events.ts";
-import { marked } from "../../store/limit_view.ts";
+import { marked, slotFreedWrites } from "../../store/slots.ts";
 import type { Delivery } from "../../model/events.ts";
 import type { StoreParts } from "../../store/parts.ts";
 
@@ -219,7 +219,11 @@ export class RunRecords {
     const error = crashError(record.attempt);
     this.writeAttempt(attemptRecord(step, item, record, "crashed", error, [], now));
     // the dead holder's step limit slot is freed in the takeover's commit
-    if (record.slot) this.#checkpoints.write(keys.slot(...record.slot), null, 256);
+    if (record.slot) {
+      const [scope, key] = record.slot;
+      this.#checkpoints.write(keys.slot(...record.slot), null, 256);
+      for (const [k, v] of slotFreedWrites(scope, key, now)) this.#checkpoints.write(k, v, 256);
+    }
     return crashTask({ ...record, slot: null }, now);
   }
 

@@ -25,7 +25,8 @@ import { pendingTask, startAttempt } from "../../model/transitions.ts";
 import { healSlots, pickThrottle, readSlots, readThrottle } from "../../store/slots.ts";
 import type { Kv, KvCheck, KvEntry, KvEntryMaybe } from "../../kv/kv.ts";
 import type { KvWrite } from "../../kv/commit.ts";
-import { type LimitViews, marked } from "../../store/limit_view.ts";
+import type { LimitViews } from "../../store/limit_view.ts";
+import { marked } from "../../store/slots.ts";
 import type { Clock } from "../../model/clock.ts";
 import type { Checkpoints } from "./checkpoints.ts";
 import { knownInputs, type StepNode } from "./graph.ts";
@@ -373,7 +374,7 @@ export class StepFlow {
           let held = await readSlots(host.kv, scope, task.limitKey!);
           slot = anyFreeSlot(held, max, busy);
           if (slot < 0 && host.notifier.mayHeal(scope, task.limitKey!, Date.now())) {
-            held = await healSlots(host.kv, held);
+            held = await healSlots(host.kv, held, host.clock.now());
             slot = anyFreeSlot(held, max, busy);
           }
         }
