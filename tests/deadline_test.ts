@@ -13,6 +13,7 @@ import { deadlineOf, lastTickDue, parseDeadline } from "../lib/define/deadline.t
 import { DeadlineWatch } from "../lib/engine/deadlines.ts";
 import { tickRunId } from "../lib/engine/scheduler.ts";
 import { alertText } from "../lib/alerts/alert.ts";
+import * as keys from "../lib/kv/keys.ts";
 import { app } from "../lib/http/service.ts";
 import { TestClock } from "../lib/testing/mod.ts";
 import { SMTPServer } from "smtp-server";
@@ -229,6 +230,79 @@ Deno.test("the dashboard, /metrics and the API show the deadline and its misses"
     assert.doesNotMatch(metrics, /^kvflow_alerts_total\{pipeline="nightly-report"\} [1-9]/m);
     const api = await (await http.request("/api/pipelines/nightly-report")).json();
     assert.equal(api.schedule.deadline, "07:00");
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("retention removes missed-deadline records and a no-run tick's alert, never one the watch could find again, and /metrics still counts them", async () => {
+  const { engine, clock, flags, watch } = await nightly({ catchupLimit: 30 });
+  const http = app(engine, { metricsCountTtlMs: 0 });
+  const missCount = async () => {
+    const metrics = await (await http.request("/metrics")).text();
+    return Number(
+      /^kvflow_deadline_missed_total\{pipeline="nightly-report"\} (\d+)$/m.exec(metrics)?.[1],
+    );
+  };
+  const alertCount = async () => {
+    const metrics = await (await http.request("/metrics")).text();
+    return Number(
+      /^kvflow_alerts_total\{pipeline="nightly-report"\} (\d+)$/m.exec(metrics)?.[1] ?? 0,
+    );
+  };
+  const stored = async () => {
+    const misses = (await Array.fromAsync(engine.kv.list({ prefix: keys.deadlineMissPrefix() })))
+      .map((e) => iso(e.key[3] as number).slice(0, 10));
+    const alerts = await Array.fromAsync(engine.kv.list({ prefix: keys.allAlertsPrefix() }));
+    const outbox = await Array.fromAsync(engine.kv.list({ prefix: ["kvflow", "alert_outbox"] }));
+    return { misses, alerts: alerts.length, outbox: outbox.length };
+  };
+  try {
+    await engine.scheduler.tick();
+    // the 9th's tick fails: a run with a failure alert and a deadline alert
+    clock.set("2025-06-10T01:00:01Z");
+    flags.failing = true;
+    await engine.scheduler.tick();
+    const failedRun = tickRunId("nightly-report", at("2025-06-10T01:00:00Z"));
+    assert.equal((await engine.runToEnd(failedRun)).status, "failed");
+    clock.set("2025-06-10T06:00:00Z");
+    assert.equal((await watch().check()).length, 1);
+    // then every worker is down for three weeks: the last seven ticks had no run
+    clock.set("2025-06-30T12:00:00Z");
+    assert.equal((await watch().check()).length, 7);
+    assert.equal(await missCount(), 8);
+    assert.equal(await alertCount(), 1);
+    assert.deepEqual((await stored()).misses.length, 8);
+
+    // within the failed runs' retention (90 days) nothing goes
+    assert.equal((await engine.prune()).deadlineMisses, 0);
+    // --older-than 1d keeps what the watch still looks at (a week, and a day)
+    clock.set("2025-07-03T12:00:00Z");
+    const dry = await engine.prune({ olderThanMs: 86_400_000, dryRun: true });
+    assert.equal(dry.deadlineMisses, 3, "the 10th's, the 24th's and the 25th's");
+    assert.deepEqual((await stored()).misses.length, 8, "a dry run deletes nothing");
+    const some = await engine.prune({ olderThanMs: 86_400_000 });
+    assert.equal(some.deadlineMisses, 3);
+    assert.equal(some.runs, 1, "the failed run, with its alerts");
+    assert.deepEqual((await stored()).misses, [
+      "2025-06-26",
+      "2025-06-27",
+      "2025-06-28",
+      "2025-06-29",
+      "2025-06-30",
+    ]);
+    // a new look does not find the pruned ticks again (it finds the days since)
+    const again = (await watch().check()).map((a) => a.logicalDate);
+    assert.deepEqual(again.sort(), ["2025-07-01", "2025-07-02", "2025-07-03"]);
+    assert.equal(await missCount(), 11, "a counter: what retention removed still counts");
+    assert.equal(await alertCount(), 1, "the failed run's alert, pruned with it, still counts");
+
+    // past the retention, every miss and the alerts of ticks without a run go
+    clock.set("2025-12-01T12:00:00Z");
+    assert.equal((await engine.prune()).deadlineMisses, 8);
+    assert.deepEqual(await stored(), { misses: [], alerts: 0, outbox: 0 });
+    assert.equal(await missCount(), 11);
+    assert.equal(await alertCount(), 1);
   } finally {
     await engine.close();
   }

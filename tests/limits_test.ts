@@ -542,6 +542,8 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     allIdempotencyPrefix: keys.allIdempotencyPrefix(),
     prunedCount: keys.prunedCount(name),
     prunedCountPrefix: keys.prunedCountPrefix(),
+    prunedAlertCount: keys.prunedAlertCount(name, "deadline"),
+    prunedAlertCountPrefix: keys.prunedAlertCountPrefix(),
     deadlineMiss: keys.deadlineMiss(name, at),
     deadlineMissPrefix: keys.deadlineMissPrefix(name),
     runPause: keys.runPause(runId),

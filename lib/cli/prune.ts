@@ -60,6 +60,14 @@ export async function prune(invocation: Invocation): Promise<number> {
         } older than two days`,
       );
     }
+    const misses = report.deadlineMisses;
+    if (misses > 0) {
+      invocation.out(
+        `${dryRun ? "would remove" : "removed"} ${misses} missed-deadline record${
+          misses === 1 ? "" : "s"
+        } past their retention`,
+      );
+    }
     return EXIT.ok;
   } finally {
     await engine.close();

@@ -8,6 +8,13 @@
 import { Cron } from "croner";
 import { type Duration, formatMs, toMs } from "./duration.ts";
 
+/**
+ * How far back the deadline watch (`engine/deadlines.ts`) looks for missed ticks at most,
+ * whatever the schedule: a prune keeps a miss record at least this long (and a day), or
+ * the watch would find the tick again and alert twice.
+ */
+export const DEADLINE_LOOKBACK_MS = 7 * 86_400_000;
+
 /** A resolved deadline: a time of day in the schedule's zone, or a delay after the tick. */
 export type Deadline =
   | { readonly kind: "time"; readonly text: string; readonly cron: string }

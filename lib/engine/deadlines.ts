@@ -11,7 +11,7 @@
  */
 import type { Pipeline } from "../define/pipeline.ts";
 import type { Schedule } from "../define/schedule.ts";
-import { deadlineOf, deadlineText, lastTickDue } from "../define/deadline.ts";
+import { DEADLINE_LOOKBACK_MS, deadlineOf, deadlineText, lastTickDue } from "../define/deadline.ts";
 import type { AlertRecord, DeadlineMissInfo } from "../alerts/alert.ts";
 import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
@@ -20,9 +20,6 @@ import type { Kv } from "../kv/kv.ts";
 import type { RunRecord } from "../model/records.ts";
 import type { Store } from "../store/store.ts";
 import { previousTicks, type ScheduleState, tickDate, tickRunId } from "./scheduler.ts";
-
-/** How far back a look reaches at most, whatever the schedule. */
-export const DEADLINE_LOOKBACK_MS = 7 * 86_400_000;
 
 /**
  * A deadline counts as passed this long after it: a run that ends just before its deadline

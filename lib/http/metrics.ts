@@ -210,15 +210,19 @@ export class Metrics {
       out.push(`kvflow_limit_slots_held${labels({ scope })} ${n}`);
     }
 
-    family("kvflow_alerts_total", "counter", "Alerts stored in KV (one per failure of a run).");
+    family(
+      "kvflow_alerts_total",
+      "counter",
+      "Alerts of failed runs (one per failure of a run): stored in KV, and removed by retention.",
+    );
     for (const [pipeline, n] of [...counts.alerts].sort()) {
       out.push(`kvflow_alerts_total${labels({ pipeline })} ${n}`);
     }
     family(
       "kvflow_deadline_missed_total",
       "counter",
-      "Schedule ticks whose run had not succeeded by the schedule's deadline (one alert each). " +
-        "Counted with the alerts.",
+      "Schedule ticks whose run had not succeeded by the schedule's deadline (one alert each), " +
+        "stored and removed by retention. Counted with the alerts.",
     );
     const deadlinePipelines = new Set([
       ...[...this.#engine.pipelines.values()].filter((p) => p.schedule?.deadline).map((p) =>
@@ -380,6 +384,13 @@ export class Metrics {
     for await (const e of this.#engine.kv.list({ prefix: keys.deadlineMissPrefix() })) {
       increment(deadlineMisses, e.key[2] as string);
     }
+    // what retention removed still counts: the counters never go down
+    for await (
+      const e of this.#engine.kv.list<KvU64>({ prefix: keys.prunedAlertCountPrefix() })
+    ) {
+      const [, , pipeline, kind] = e.key as [string, string, string, string];
+      increment(kind === "deadline" ? deadlineMisses : alerts, pipeline, Number(e.value.value));
+    }
     const [waiting, held, slots] = await Promise.all([
       this.#countWaiting(),
       this.#countHeld(),
@@ -455,8 +466,8 @@ function labels(values: Record<string, string>): string {
   return `{${parts.join(",")}}`;
 }
 
-function increment(map: Map<string, number>, key: string): void {
-  map.set(key, (map.get(key) ?? 0) + 1);
+function increment(map: Map<string, number>, key: string, by = 1): void {
+  map.set(key, (map.get(key) ?? 0) + by);
 }
 
 function sorted<V>(map: Map<string, V>): [string, V][] {

@@ -470,6 +470,21 @@ export function prunedCountPrefix(): KvKey {
   return [ROOT, "pruned_count"];
 }
 
+/**
+ * How many alerts of a pipeline were pruned (`failure`: a failed run's; `deadline`: a
+ * missed deadline's, counted with its miss record), by any process: a `Deno.KvU64`
+ * summed in the commit that deletes them, so `/metrics` counts stored plus pruned and its
+ * counters never go down.
+ */
+export function prunedAlertCount(pipeline: string, kind: "failure" | "deadline"): KvKey {
+  return [ROOT, "pruned_alerts", pipeline, kind];
+}
+
+/** Prefix of every {@linkcode prunedAlertCount}. */
+export function prunedAlertCountPrefix(): KvKey {
+  return [ROOT, "pruned_alerts"];
+}
+
 // ---- flow control ----------------------------------------------------------------------
 
 /**

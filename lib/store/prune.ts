@@ -21,6 +21,7 @@ import { COUNTED, dueIndexTime } from "../kv/indexes.ts";
 import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";
 import { type RunRecord, type RunStatus, TERMINAL } from "../model/records.ts";
 import { DEFAULT_RETENTION, type Retention } from "../define/retention.ts";
+import { DEADLINE_LOOKBACK_MS } from "../define/deadline.ts";
 import type { StoreParts } from "./parts.ts";
 import type { FlowPruneReport } from "./flow_prune.ts";
 import type { KvEntry, KvKey } from "../kv/kv.ts";
@@ -56,6 +57,12 @@ export interface PruneReport {
   /** Whether it stopped at `maxRuns` with more to prune. */
   more: boolean;
   /**
+   * Missed-deadline records it removed (with the alert of a tick that had no run): kept
+   * as long as the pipeline's failed runs, and never less than the deadline watch looks
+   * back (a week) and a day.
+   */
+  deadlineMisses: number;
+  /**
    * The state of idle limit and throttle keys it forgot (`store/flow_prune.ts`): a prune
    * of every pipeline does that too.
    */
@@ -87,7 +94,13 @@ export async function pruneRuns(
   store: StoreParts,
   options: PruneOptions = {},
 ): Promise<PruneReport> {
-  const report: PruneReport = { runs: 0, keys: 0, byPipeline: {}, more: false };
+  const report: PruneReport = {
+    runs: 0,
+    keys: 0,
+    byPipeline: {},
+    more: false,
+    deadlineMisses: 0,
+  };
   if (!options.dryRun) await finishMarkers(store);
   const now = store.clock.now();
   const max = options.maxRuns ?? Infinity;
@@ -118,7 +131,61 @@ export async function pruneRuns(
       }
     }
   }
+  await pruneDeadlineMisses(store, options, report);
   return report;
+}
+
+/** A missed deadline's record is kept at least this long, however short the retention. */
+const KEEP_MISSES_MS = DEADLINE_LOOKBACK_MS + 86_400_000;
+
+/**
+ * Removes missed-deadline records (`keys.deadlineMiss`) past the pipeline's retention for
+ * failed runs (or `olderThanMs`), but never one the deadline watch could still look at,
+ * which would alert its tick again. A tick that had no run also leaves the miss's alert
+ * and its outbox entry (a run's own prune takes them otherwise). Each in a commit checked
+ * against the record and the run as read; counted in `keys.prunedAlertCount`.
+ */
+async function pruneDeadlineMisses(
+  store: StoreParts,
+  options: PruneOptions,
+  report: PruneReport,
+): Promise<void> {
+  const now = store.clock.now();
+  const max = options.maxRuns ?? Infinity;
+  const pipelines = new Set<string>();
+  if (options.pipeline !== undefined) pipelines.add(options.pipeline);
+  else {
+    for await (const e of store.kv.list({ prefix: keys.deadlineMissPrefix() })) {
+      pipelines.add(e.key[2] as string);
+    }
+  }
+  let seen = 0;
+  for (const pipeline of pipelines) {
+    const retention = options.retentionOf?.(pipeline) ?? DEFAULT_RETENTION;
+    const cutoff = now - Math.max(options.olderThanMs ?? retention.failed, KEEP_MISSES_MS);
+    const iter = store.kv.list<{ runId: string }>({
+      prefix: keys.deadlineMissPrefix(pipeline),
+      end: keys.deadlineMiss(pipeline, cutoff),
+    });
+    for await (const miss of iter) {
+      if (seen++ >= max) {
+        report.more = true;
+        return;
+      }
+      const runId = miss.value.runId;
+      const run = await store.kv.get(keys.run(runId));
+      if (options.dryRun) {
+        report.deadlineMisses++;
+        continue;
+      }
+      const op = store.kv.atomic().check(miss, run).delete(miss.key);
+      if (run.versionstamp === null) {
+        op.delete(keys.alert(runId, 0)).delete(keys.alertOutbox(runId, 0));
+      }
+      op.sum(keys.prunedAlertCount(pipeline, "deadline"), 1n);
+      if ((await commitAtomic(op)).ok) report.deadlineMisses++;
+    }
+  }
 }
 
 /** The pipelines that have counted runs: every one, or just `only`. */
@@ -222,6 +289,9 @@ async function pruneRun(
     for (const key of indexKeys) op.delete(key);
     if (byStatus.value === COUNTED) op.sum(keys.runCount(run.pipeline, run.status), MINUS_ONE);
     op.sum(keys.prunedCount(run.pipeline), 1n);
+    // a failure's alerts (seq 0 is a missed deadline's, counted with its miss record)
+    const alerts = owned.filter((k) => k[1] === "alert" && k[3] !== 0).length;
+    if (alerts > 0) op.sum(keys.prunedAlertCount(run.pipeline, "failure"), BigInt(alerts));
     if (whole) { for (const key of owned) op.delete(key); }
     else op.set(keys.pruning(run.id), { pipeline: run.pipeline, extra } satisfies PruningMarker);
     if ((await commitAtomic(op)).ok) {
