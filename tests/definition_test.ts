@@ -192,3 +192,68 @@ Deno.test("types flow from a step's output to the steps that need it", () => {
   step("wrong-schema", { output: z.string() }, () => 42);
   assert.equal(wrongOut, 3);
 });
+
+Deno.test("every flow-control option is refused when the module loads, naming the pipeline, the step and the field", () => {
+  const fn = () => 1;
+  const steps = [step("mail", fn)];
+  const cases: [() => unknown, string][] = [
+    [
+      () => pipeline("mail-out", { steps: [step("mail", { limit: { max: 0 } }, fn)] }),
+      "Invalid pipeline 'mail-out': step 'mail': limit.max: must be an integer from 1 to 1000, got 0",
+    ],
+    [
+      () =>
+        pipeline("mail-out", {
+          steps: [step("mail", { limit: { max: 2, key: "x" as never } }, fn)],
+        }),
+      "Invalid pipeline 'mail-out': step 'mail': limit.key: must be a function returning a string",
+    ],
+    [
+      () =>
+        pipeline("mail-out", {
+          steps: [step("mail", { limit: { max: 2, size: 3 } as never }, fn)],
+        }),
+      "Invalid pipeline 'mail-out': step 'mail': limit.size: not a field (use key, max, scope)",
+    ],
+    [
+      () => pipeline("mail-out", { steps: [step("mail", { limit: { max: 2, scope: "" } }, fn)] }),
+      `Invalid pipeline 'mail-out': step 'mail': limit.scope "": use 1 to 100 letters, digits, '-', '_', '.', '/' or ':'`,
+    ],
+    [
+      () =>
+        pipeline("mail-out", { steps: [step("mail", { throttle: { max: 2, per: "2d" } }, fn)] }),
+      "Invalid pipeline 'mail-out': step 'mail': throttle.per: must be from 1 ms to 1 day, got 172800000 ms",
+    ],
+    [
+      () => pipeline("mail-out", { steps: [step("mail", { throttle: 5 as never }, fn)] }),
+      `Invalid pipeline 'mail-out': step 'mail': throttle: must be an object such as { max: 10, per: "1s" }`,
+    ],
+    [
+      () => pipeline("mail-out", { limit: { max: 1001 }, steps }),
+      "Invalid pipeline 'mail-out': limit.max: must be an integer from 1 to 1000, got 1001",
+    ],
+    [
+      () => pipeline("mail-out", { throttle: { max: 1, per: "soon" as never }, steps }),
+      `Invalid pipeline 'mail-out': throttle.per "soon": not a duration (use a string like "1s" or "5m")`,
+    ],
+    [
+      () => pipeline("mail-out", { debounce: { quiet: "0s" }, steps }),
+      "Invalid pipeline 'mail-out': debounce.quiet: must be from 1 ms to 1 day, got 0 ms",
+    ],
+    [
+      () => pipeline("mail-out", { debounce: { quiet: "1m", maxWait: "30s" }, steps }),
+      "Invalid pipeline 'mail-out': debounce.maxWait: it must be at least quiet",
+    ],
+    [
+      () => pipeline("mail-out", { priority: 11, steps }),
+      "Invalid pipeline 'mail-out': priority must be an integer from 0 to 10, got 11",
+    ],
+  ];
+  for (const [define, message] of cases) {
+    assert.throws(define, { name: "TypeError", message });
+  }
+  // a step alone keeps what was wrong for the pipeline that lists it
+  const alone = step("mail", { limit: { max: 0 } }, fn);
+  assert.match(alone.invalid!.message, /^Invalid step 'mail': limit\.max/);
+  assert.equal(alone.limit, undefined);
+});

@@ -169,7 +169,8 @@ export interface Pipeline<P = unknown, R = unknown> {
  * @param name the pipeline's name
  * @param options params schema, steps, defaults, concurrency
  * @returns the checked pipeline
- * @throws {TypeError} on a duplicate step name, a step needing a step not listed, or a cycle
+ * @throws {TypeError} on a duplicate step name, a step needing a step not listed, a cycle,
+ * or a bad option (its own, or a step's limit or throttle), naming itself and the field
  */
 export function pipeline<P = Record<string, never>, R = null>(
   name: string,
@@ -183,6 +184,11 @@ export function pipeline<P = Record<string, never>, R = null>(
   for (const [index, s] of options.steps.entries()) {
     if (!s || s.kind !== "step") {
       throw new TypeError(`Invalid pipeline '${name}': steps[${index}] is not a step`);
+    }
+    if (s.invalid) {
+      throw new TypeError(
+        `Invalid pipeline '${name}': ${s.invalid.message.replace(/^Invalid /, "")}`,
+      );
     }
     const seen = byName.get(s.name);
     if (seen) {

@@ -56,6 +56,11 @@ export interface Step<O> {
   readonly limit?: Limit;
   /** Its throttle per key, across every worker (scope `""` as for `limit`). */
   readonly throttle?: Throttle;
+  /**
+   * Why its `limit` or `throttle` option is refused: {@linkcode pipeline} throws it when
+   * it lists the step, naming the pipeline, the step and the field.
+   */
+  readonly invalid?: TypeError;
   /** The function, as the engine calls it. */
   readonly run: (input: unknown, ctx: StepContext) => Promise<unknown>;
   /** Carries the output type; never set. */
@@ -264,14 +269,24 @@ export function step(
       concurrency,
     };
   }
-  const limit = resolveLimit(`step '${name}': limit`, options.limit as never, "");
-  const throttle = resolveThrottle(`step '${name}': throttle`, options.throttle as never, "");
+  let limit: Limit | null = null;
+  let throttle: Throttle | null = null;
+  let invalid: TypeError | undefined;
+  try {
+    limit = resolveLimit(`step '${name}': limit`, options.limit as never, "");
+    throttle = resolveThrottle(`step '${name}': throttle`, options.throttle as never, "");
+  } catch (error) {
+    // refused by the pipeline that lists the step, which names itself in the error
+    if (!(error instanceof TypeError)) throw error;
+    invalid = error;
+  }
   return Object.freeze({
     kind: "step" as const,
     name,
     needs: Object.freeze({ ...needs }),
     ...(limit ? { limit } : {}),
     ...(throttle ? { throttle } : {}),
+    ...(invalid ? { invalid } : {}),
     output: options.output,
     retry: options.retry,
     timeout: options.timeout,
