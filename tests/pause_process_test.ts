@@ -176,6 +176,19 @@ Deno.test("pause of a pipeline: triggers and schedule ticks wait, and everything
   assert.match(page, /data-action="unpause" data-url="\/api\/pipelines\/pausable\/unpause"\s*>/);
   const runPage = await fetch(`${url}/runs/${byHttp}`).then((r) => r.text());
   assert.match(runPage, /Pipeline pausable is paused since/);
+  // the home page's pipeline card says paused, with no next run
+  const home = await fetch(`${url}/`).then((r) => r.text());
+  const card = home.slice(home.indexOf('href="/pipelines/pausable"'));
+  assert.match(card, /^[^]*?⏸ paused<\/span>[^]*?none while paused \(since[^]*?: maint\)/);
+  // and the CLI's list of runs says why each waits
+  const list = await box.cli(["runs", "--pipeline", "pausable", "--status", "paused"], {
+    ...fixture,
+    env,
+  });
+  assert.equal(list.code, 0, list.stderr);
+  for (const id of held) {
+    assert.match(list.stdout, new RegExp(`^${id} .* paused .*\\(pipeline paused: maint\\)`, "m"));
+  }
   const stream = await fetch(`${url}/api/runs/${byHttp}/events`);
   const reader = stream.body!.pipeThrough(new TextDecoderStream()).getReader();
   let sse = "";

@@ -8,7 +8,7 @@
 import { formatMs } from "../define/duration.ts";
 import { heldText } from "../define/flow_view.ts";
 import type { RunEvent } from "../engine/driver/driver.ts";
-import type { AttemptRecord, RunRecord, TaskRecord } from "../model/records.ts";
+import { type AttemptRecord, type RunRecord, type TaskRecord, TERMINAL } from "../model/records.ts";
 import type { Pipeline } from "../define/pipeline.ts";
 import { env } from "../platform/env.ts";
 import { runWaitText, sendCommand, stepName, waitText } from "./waiting.ts";
@@ -224,7 +224,7 @@ export function runLines(runs: readonly RunRecord[], paint: Paint): string[] {
         colour(r.status.padEnd(10), paint, r.status)
       } ${r.trigger.padEnd(9)} ${r.logicalDate} ${duration}${waiting ? ` ${waiting}` : ""}${
         heldNote(r)
-      }${r.priority ? ` priority ${r.priority}` : ""}`,
+      }${pauseNote(r)}${r.priority ? ` priority ${r.priority}` : ""}`,
     );
   }
   return lines;
@@ -233,6 +233,17 @@ export function runLines(runs: readonly RunRecord[], paint: Paint): string[] {
 /** ` (held: limit — 2 of 2 slots of 'acme' taken)` after a held queued run's status. */
 function heldNote(run: RunRecord, now = Date.now()): string {
   return run.status === "queued" && run.held ? ` (${heldText(run.held, now)})` : "";
+}
+
+/**
+ * ` (pipeline paused: nightly maintenance)` after a paused run's status in a list, or
+ * ` (pausing: …)` while its holder finishes the attempts in flight (`status` says more).
+ */
+function pauseNote(run: RunRecord): string {
+  const pause = run.paused;
+  if (!pause || TERMINAL.has(run.status)) return "";
+  const by = pause.by === "pipeline" ? "pipeline paused" : "paused";
+  return ` (${run.status === "paused" ? by : `pausing, ${by}`}: ${pause.reason})`;
 }
 
 function colour(text: string, paint: Paint, status = text): string {

@@ -42,8 +42,8 @@ export interface RunsPageData extends Frame {
   filter: { pipeline?: string; status?: RunStatus; limit: number };
   /** Newest failed runs, shown above the list when nothing is filtered. */
   failed: RunRecord[];
-  /** Registered pipelines with their latest run. */
-  pipelines: { pipeline: Pipeline<unknown>; last: RunRecord | null }[];
+  /** Registered pipelines with their latest run, and their pause while paused. */
+  pipelines: { pipeline: Pipeline<unknown>; last: RunRecord | null; paused: PauseState | null }[];
   /** Render time. */
   now: number;
 }
@@ -136,10 +136,16 @@ export function RunsPage(d: RunsPageData): JSX.Element {
         ? <p class="muted">No pipelines are registered in pipelines/mod.ts.</p>
         : (
           <div class="cards">
-            {d.pipelines.map(({ pipeline, last }) => (
+            {d.pipelines.map(({ pipeline, last, paused }) => (
               <section class="card">
                 <h3>
                   <a href={pipelineHref(pipeline.name)}>{pipeline.name}</a>
+                  {paused && (
+                    <>
+                      {" "}
+                      <span class="badge s-paused" title={paused.reason}>⏸ paused</span>
+                    </>
+                  )}
                 </h3>
                 {pipeline.description && <p>{pipeline.description}</p>}
                 <dl class="facts">
@@ -147,7 +153,13 @@ export function RunsPage(d: RunsPageData): JSX.Element {
                   <dd>{pipeline.steps.map((s) => s.name).join(" · ")}</dd>
                   <dt>Next run</dt>
                   <dd>
-                    <NextRun pipeline={pipeline} now={d.now} />
+                    {paused
+                      ? (
+                        <span>
+                          none while paused (since <Time at={paused.at} />: {paused.reason})
+                        </span>
+                      )
+                      : <NextRun pipeline={pipeline} now={d.now} />}
                   </dd>
                   <dt>Last run</dt>
                   <dd>

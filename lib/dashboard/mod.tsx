@@ -141,7 +141,7 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
         throw new UsageError(`Invalid limit '${limitText}': use an integer from 1 to 200`);
       }
       const filtered = pipeline !== undefined || status !== undefined;
-      const [page, failed, pipelines] = await Promise.all([
+      const [page, failed, pipelines, paused] = await Promise.all([
         engine.store.listRuns({
           pipeline,
           status: status as RunStatus | undefined,
@@ -155,6 +155,7 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
             last: (await engine.store.listRuns({ pipeline: p.name, limit: 1 })).runs[0] ?? null,
           })),
         ),
+        engine.pausedPipelines(),
       ]);
       return c.html(
         <RunsPage
@@ -163,7 +164,7 @@ export function dashboard(engine: Engine, options: DashboardOptions = {}): Hono 
           cursor={page.cursor}
           filter={{ pipeline, status: status as RunStatus | undefined, limit }}
           failed={failed.runs}
-          pipelines={pipelines}
+          pipelines={pipelines.map((p) => ({ ...p, paused: paused.get(p.pipeline.name) ?? null }))}
           now={engine.store.clock.now()}
         />,
       );
