@@ -114,7 +114,7 @@ Deno.test("the API shows each pipeline's flow control and retention, as document
   assert.deepEqual(detail.retention, m.retention);
 });
 
-Deno.test("/metrics counts held runs by pipeline and cause, and held limit slots by scope", async () => {
+Deno.test("/metrics counts held runs by pipeline and cause, held limit slots by scope, and shows each pipeline's retention", async () => {
   await using s = await service();
   await heldRuns(s.engine.store, s.engine.kv);
   await takeSlot(s.engine.kv, "metered", "acme", 0, "20260101-000000-aaaaaa");
@@ -139,6 +139,25 @@ Deno.test("/metrics counts held runs by pipeline and cause, and held limit slots
   assert.equal(value('kvflow_runs_held{pipeline="plain",by="limit"}'), 0);
   assert.equal(value('kvflow_limit_slots_held{scope="metered"}'), 2);
   assert.equal(value('kvflow_limit_slots_held{scope="mail-api"}'), 1);
+  // each pipeline's retention, by how its runs ended: its own, or the defaults
+  assert.match(text, /^# TYPE kvflow_pipeline_retention_seconds gauge$/m);
+  const day = 86_400;
+  assert.equal(
+    value('kvflow_pipeline_retention_seconds{pipeline="metered",status="succeeded"}'),
+    7 * day,
+  );
+  assert.equal(
+    value('kvflow_pipeline_retention_seconds{pipeline="metered",status="failed"}'),
+    60 * day,
+  );
+  assert.equal(
+    value('kvflow_pipeline_retention_seconds{pipeline="metered",status="cancelled"}'),
+    30 * day,
+  );
+  assert.equal(
+    value('kvflow_pipeline_retention_seconds{pipeline="plain",status="failed"}'),
+    90 * day,
+  );
 });
 
 Deno.test("CLI status and runs say why a queued run is held and its priority", async () => {

@@ -170,6 +170,20 @@ export class Metrics {
     for (const pipeline of [...this.#engine.pipelines.keys()].sort()) {
       out.push(`kvflow_pipeline_paused${labels({ pipeline })} ${paused.has(pipeline) ? 1 : 0}`);
     }
+    family(
+      "kvflow_pipeline_retention_seconds",
+      "gauge",
+      "How long a pipeline's ended runs are kept before they are pruned, by how they ended.",
+    );
+    for (const [name, pipeline] of sorted(this.#engine.pipelines)) {
+      for (const status of ["succeeded", "failed", "cancelled"] as const) {
+        out.push(
+          `kvflow_pipeline_retention_seconds${labels({ pipeline: name, status })} ${
+            pipeline.retention[status] / 1000
+          }`,
+        );
+      }
+    }
     family("kvflow_runs_counted_at_seconds", "gauge", "When kvflow_runs was read.");
     out.push(`kvflow_runs_counted_at_seconds ${runs.at / 1000}`);
 
