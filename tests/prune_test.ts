@@ -10,7 +10,9 @@ import { z } from "zod";
 import { type Engine, invoke, openEngine, pipeline, step, waitFor } from "../lib/mod.ts";
 import { TestClock } from "../lib/testing/mod.ts";
 import { COUNTED } from "../lib/kv/indexes.ts";
-import type { RunRecord } from "../lib/model/records.ts";
+import type { RunRecord, SlotHolder } from "../lib/model/records.ts";
+import type { EventRecord } from "../lib/model/events.ts";
+import { triggerDebounced } from "../lib/store/debounce.ts";
 import { deferred, tempKv, waitFor as until } from "./_support/helpers.ts";
 import { Sandbox } from "./_support/harness.ts";
 import { startService } from "./_support/http.ts";
@@ -68,7 +70,54 @@ const holdStep = step("hold", async () => {
 });
 const hold = pipeline("hold", { steps: [holdStep], retention: { succeeded: "1d" } });
 
-const ALL = [work, flaky, gate, kid, parent, hold];
+// flow control: a run limit and a run throttle per customer (from the params), and a step
+// with a step limit and a step throttle per customer (from its inputs); a run with
+// `hold` parks after its charge, keeping its run slot, until its customer's settlement
+const customerOf = step("customer", (_inputs, ctx) => String(ctx.run.params.customer));
+const charge = step("charge", {
+  needs: { customer: customerOf },
+  limit: { key: ({ customer }) => customer, max: 1 },
+  throttle: { key: ({ customer }) => customer, max: 100, per: "1m" },
+  retry: { attempts: 1 },
+}, ({ customer }, ctx) => {
+  if (ctx.run.params.decline) throw new Error(`card of ${customer} declined`);
+  return `charged ${customer}`;
+});
+const settled = waitFor("settled", {
+  needs: { charge },
+  events: { "m.settled": z.object({ customer: z.string() }) },
+  match: { field: "customer", equals: (_inputs, run) => String(run.params.customer) },
+  when: (_inputs, run) => run.params.hold === true,
+  timeout: "30d",
+});
+const metered = pipeline("metered", {
+  params: z.object({
+    customer: z.string(),
+    hold: z.boolean().optional(),
+    decline: z.boolean().optional(),
+  }),
+  steps: [customerOf, charge, settled],
+  limit: { key: (p) => p.customer, max: 1 },
+  throttle: { key: (p) => p.customer, max: 100, per: "1m" },
+  priority: 2,
+  retention: { succeeded: "1d", failed: "2d", cancelled: "1d" },
+});
+
+// debounced: HTTP requests and events of a topic gather into one run per burst
+const digestStep = step("digest", { retry: { attempts: 1 } }, (_inputs, ctx) => {
+  if (ctx.run.params.fail) throw new Error("digest failed");
+  return String(ctx.run.params.topic);
+});
+const digest = pipeline("digest", {
+  params: z.object({ topic: z.string(), fail: z.boolean().optional() }),
+  steps: [digestStep],
+  on: { "d.changed": (data: { topic: string; fail?: boolean }) => data },
+  debounce: { key: (p) => p.topic, quiet: "1m" },
+  retention: { succeeded: "1d", failed: "2d", cancelled: "1d" },
+});
+const QUIET = 60_000;
+
+const ALL = [work, flaky, gate, kid, parent, hold, metered, digest];
 
 // ---- the audit ----------------------------------------------------------------------
 
@@ -77,18 +126,55 @@ async function everything(kv: Deno.Kv): Promise<Deno.KvEntry<unknown>[]> {
   return await Array.fromAsync(kv.list({ prefix: ["kvflow"] }));
 }
 
-/** Fails on any key of a pruned run, and on indexes that disagree with the runs left. */
+/** A stored value as text, bigints, `Deno.KvU64`s and bytes included. */
+function text(value: unknown): string {
+  return JSON.stringify(value, (_key, v) => {
+    if (typeof v === "bigint") return `${v}n`;
+    if (v instanceof Deno.KvU64) return `${v.value}n`;
+    if (v instanceof Uint8Array) return new TextDecoder().decode(v);
+    if (v instanceof Map || v instanceof Set) return [...v];
+    return v;
+  }) ?? String(value);
+}
+
+/**
+ * What of a stored value must not name a pruned run: all of it, but for an event's list
+ * of the runs it started. That list is the event's own history, not the run's: the event
+ * is kept for the event retention (30 days) and pruned then with its indexes and effects
+ * (`pruneEvents`), its effect entries on a pruned run go with the run, and the API shows
+ * only the started runs that still exist (`GET /api/events/:id`).
+ */
+function ownText(e: Deno.KvEntry<unknown>): string {
+  if (e.key[1] === "event") {
+    const { started: _started, ...rest } = e.value as EventRecord;
+    return text(rest);
+  }
+  return text(e.value);
+}
+
+/** Whether a due-index value is a limit key's gate (it names no run of its own). */
+function isGate(value: unknown): boolean {
+  return typeof value === "object" && value !== null && "gate" in value;
+}
+
+/**
+ * Fails on any key of a pruned run, on any value that mentions one anywhere (deep), and on
+ * indexes and flow-control entries that disagree with the runs left.
+ */
 async function audit(kv: Deno.Kv, pruned: string[]): Promise<void> {
   const entries = await everything(kv);
   for (const e of entries) {
+    const value = ownText(e);
     for (const id of pruned) {
       assert.ok(
         !e.key.some((part) => typeof part === "string" && part.includes(id)),
         `key ${JSON.stringify(e.key)} belongs to pruned run ${id}`,
       );
       assert.ok(
-        !(typeof e.value === "string" && e.value === id),
-        `key ${JSON.stringify(e.key)} names pruned run ${id}`,
+        !value.includes(id),
+        `the value of key ${JSON.stringify(e.key)} mentions pruned run ${id}: ${
+          value.slice(0, 300)
+        }`,
       );
     }
   }
@@ -105,12 +191,24 @@ async function audit(kv: Deno.Kv, pruned: string[]): Promise<void> {
       ? e.key[4]
       : kind === "runs_by_pipeline_status"
       ? e.key[5]
-      : kind === "due"
+      : kind === "due" && !isGate(e.value)
       ? e.key[3]
       : kind === "active"
       ? e.key[3]
       : null;
     if (id !== null) assert.ok(runs.has(id as string), `${JSON.stringify(e.key)} has no run`);
+    // flow control: slot holders, queued runs and bursts name runs that are left
+    if (kind === "slot") {
+      const holder = (e.value as SlotHolder).run;
+      assert.ok(runs.has(holder), `${JSON.stringify(e.key)} is held by run ${holder}, gone`);
+    }
+    if (kind === "limit_queue" && e.key.length === 6) {
+      assert.ok(runs.has(e.value as string), `${JSON.stringify(e.key)} queues no run`);
+    }
+    if (kind === "debounce") {
+      const burst = (e.value as { runId: string }).runId;
+      assert.ok(runs.has(burst), `${JSON.stringify(e.key)} gathers into run ${burst}, gone`);
+    }
     if (kind === "runs_by_pipeline_status" && e.value === COUNTED) {
       const k = `${String(e.key[2])}/${String(e.key[3])}`;
       counted.set(k, (counted.get(k) ?? 0) + 1);
@@ -143,6 +241,14 @@ async function parked(engine: Engine, runId: string): Promise<void> {
   });
 }
 
+/** Drives a run until its claim finds its limit key full and queues it behind the holder. */
+async function heldBack(engine: Engine, runId: string): Promise<void> {
+  await until(`run ${runId} held back by its limit`, async () => {
+    await engine.worker.execute(runId);
+    return (await engine.getRun(runId))?.held?.by === "limit";
+  });
+}
+
 // ---- the tests ----------------------------------------------------------------------
 
 Deno.test("prune() and background retention delete ended runs whole and leave active runs intact", async () => {
@@ -170,6 +276,48 @@ Deno.test("prune() and background retention delete ended runs whole and leave ac
     const kidId = `${withKid.id}:call-kid`;
     assert.equal((await engine.getRun(kidId))?.status, "succeeded");
 
+    // ended runs under flow control: two that ran one after the other under the customer's
+    // run limit, one that failed in its limited, throttled step, one cancelled while it
+    // held the customer's slot (parked) and one cancelled while queued behind it
+    const charged = [
+      await ended(engine, "metered", { customer: "c1" }),
+      await ended(engine, "metered", { customer: "c1" }),
+    ];
+    for (const r of charged) assert.equal(r.status, "succeeded");
+    const declined = await ended(engine, "metered", { customer: "c1", decline: true });
+    assert.equal(declined.status, "failed");
+    const slotHolder = await engine.trigger("metered", { params: { customer: "c1", hold: true } });
+    await parked(engine, slotHolder.id);
+    const behind = await engine.trigger("metered", { params: { customer: "c1" } });
+    await heldBack(engine, behind.id);
+    const cancelledBehind = await engine.store.cancel(behind.id);
+    const cancelledHolder = await engine.store.cancel(slotHolder.id);
+    const meteredCancelled = [cancelledBehind, cancelledHolder];
+    for (const r of meteredCancelled) assert.equal(r.status, "cancelled");
+
+    // debounced runs: two HTTP requests (each with its own Idempotency-Key) gather into
+    // one run, as do two events; the events' burst ends with params that fail it
+    const http = { params: { topic: "t1" }, trigger: "http" as const };
+    const first = await triggerDebounced(engine.store, engine.pipeline("digest"), {
+      ...http,
+      idempotencyKey: "req-1",
+    });
+    const second = await triggerDebounced(engine.store, engine.pipeline("digest"), {
+      ...http,
+      idempotencyKey: "req-2",
+    });
+    assert.ok(!first.joined && second.joined);
+    assert.equal(second.run.id, first.run.id);
+    const sent = await engine.send("d.changed", { topic: "t2" });
+    const joined = await engine.send("d.changed", { topic: "t2", fail: true });
+    assert.equal(sent.started.length, 1);
+    assert.deepEqual(joined.joined.map((r) => r.id), [sent.started[0].id]);
+    clock.advance(QUIET + 1);
+    const digested = await engine.runToEnd(first.run.id);
+    assert.equal(digested.status, "succeeded");
+    const digestFailed = await engine.runToEnd(sent.started[0].id);
+    assert.equal(digestFailed.status, "failed");
+
     // active runs: queued, waiting on an event (parked), running in another engine
     const queued = await engine.trigger("hold");
     const waiting = await engine.trigger("gate", { params: { key: "b" } });
@@ -180,7 +328,32 @@ Deno.test("prune() and background retention delete ended runs whole and leave ac
       "the hold run running",
       async () => (await engine.getRun(running.id))?.status === "running",
     );
-    const active = [queued.id, waiting.id, running.id];
+    // active runs under flow control: one paused while it holds customer c2's run slot
+    // (parked on its settlement), and one queued behind it under the run limit
+    const paused = await engine.trigger("metered", { params: { customer: "c2", hold: true } });
+    await parked(engine, paused.id);
+    assert.equal((await engine.pause(paused.id)).kind, "run");
+    assert.equal((await engine.getRun(paused.id))?.status, "paused");
+    const limited = await engine.trigger("metered", { params: { customer: "c2" } });
+    await heldBack(engine, limited.id);
+    /** The paused run still holds c2's slot, and the limited run still waits for it. */
+    const stillHeld = async () => {
+      const all = await everything(engine.kv);
+      assert.ok(
+        all.some((e) => e.key[1] === "slot" && (e.value as SlotHolder).run === paused.id),
+        "the paused run lost its slot",
+      );
+      assert.ok(
+        all.some((e) => e.key[1] === "limit_queue" && e.value === limited.id),
+        "the limited run left its queue",
+      );
+      assert.equal((await engine.getRun(paused.id))?.status, "paused");
+      const queuedBehind = await engine.getRun(limited.id);
+      assert.equal(queuedBehind?.status, "queued");
+      assert.equal(queuedBehind?.held?.by, "limit");
+    };
+    await stillHeld();
+    const active = [queued.id, waiting.id, running.id, paused.id, limited.id];
     const before = new Map<string, string>();
     for (const e of await everything(engine.kv)) {
       if (active.some((id) => e.key.some((p) => typeof p === "string" && p.includes(id)))) {
@@ -202,13 +375,44 @@ Deno.test("prune() and background retention delete ended runs whole and leave ac
       parent: { succeeded: 1 },
       kid: { succeeded: 1 },
       gate: { succeeded: 1 },
+      metered: { succeeded: 2, cancelled: 2 },
+      digest: { succeeded: 1 },
     });
-    const gone = [...done.map((r) => r.id), cancelled.id, withKid.id, kidId, approved.id];
+    const gone = [
+      ...done.map((r) => r.id),
+      cancelled.id,
+      withKid.id,
+      kidId,
+      approved.id,
+      ...charged.map((r) => r.id),
+      ...meteredCancelled.map((r) => r.id),
+      digested.id,
+    ];
     await audit(engine.kv, gone);
-    for (const r of failed) assert.equal((await engine.getRun(r.id))?.status, "failed");
-    // the idempotency key is free again
+    // the head of the correlation a pruned run waited on (and nobody sent) went with it; the
+    // paused run's stays
+    const heads = (await everything(engine.kv)).filter((e) => e.key[1] === "event_head")
+      .map((e) => e.key.slice(2).join(" "));
+    assert.ok(!heads.includes("m.settled customer c1"), heads.join(", "));
+    assert.ok(heads.includes("m.settled customer c2"), heads.join(", "));
+    for (const r of [...failed, declined, digestFailed]) {
+      assert.equal((await engine.getRun(r.id))?.status, "failed");
+    }
+    await stillHeld();
+    // the idempotency keys are free again, the debounced burst's too
     const again = await engine.trigger("work", { idempotencyKey: "order-17" });
     await engine.store.cancel(again.id);
+    const redigests: string[] = [];
+    for (const idempotencyKey of ["req-1", "req-2"]) {
+      const fresh = await triggerDebounced(engine.store, engine.pipeline("digest"), {
+        ...http,
+        idempotencyKey,
+      });
+      assert.notEqual(fresh.run.id, digested.id);
+      redigests.push(fresh.run.id);
+    }
+    assert.equal(redigests[1], redigests[0]);
+    const redigest = await engine.store.cancel(redigests[0]);
 
     // in the background: a worker's sweep prunes the failed runs once past 2 days
     clock.advance(1.2 * DAY);
@@ -222,20 +426,33 @@ Deno.test("prune() and background retention delete ended runs whole and leave ac
     });
     try {
       background.start();
-      await until("background prune", async () =>
-        (await engine.getRun(failed[0].id)) === null &&
-        (await engine.getRun(failed[1].id)) === null &&
-        (await engine.getRun(again.id)) === null, 10_000);
+      const later = [...failed, declined, digestFailed, again, redigest].map((r) => r.id);
+      await until("background prune", async () => {
+        for (const id of later) if ((await engine.getRun(id)) !== null) return false;
+        return true;
+      }, 10_000);
     } finally {
       await background.close();
     }
-    await audit(engine.kv, [...gone, ...failed.map((r) => r.id), again.id]);
+    const goneLater = [
+      ...failed.map((r) => r.id),
+      declined.id,
+      digestFailed.id,
+      again.id,
+      redigest.id,
+    ];
+    await audit(engine.kv, [...gone, ...goneLater]);
+    await stillHeld();
 
     // the active runs were not touched, and still complete
     for (const e of await everything(engine.kv)) {
       const k = JSON.stringify(e.key);
-      // the running run's lease renewals move its lease, due entry and record
-      if (before.has(k) && !["due", "lease", "run"].includes(e.key[1] as string)) {
+      // the running run's lease renewals move its lease, due entry and record; a sweep's
+      // claim of the limited run decides its hold again, rewriting its record, due entry
+      // and queue entry
+      if (
+        before.has(k) && !["due", "lease", "run", "limit_queue"].includes(e.key[1] as string)
+      ) {
         assert.equal(e.versionstamp, before.get(k), `active run's ${k} was rewritten`);
       }
     }
@@ -248,6 +465,13 @@ Deno.test("prune() and background retention delete ended runs whole and leave ac
     assert.equal((await other.runToEnd(running.id)).status, "succeeded");
     await engine.send("p.approved", { key: "b" });
     assert.equal((await engine.runToEnd(waiting.id)).status, "succeeded");
+    // the paused run goes on where it parked once unpaused; its end frees the slot that
+    // the run queued behind it takes
+    assert.equal((await engine.unpause(paused.id)).kind, "run");
+    await parked(engine, paused.id);
+    await engine.send("m.settled", { customer: "c2" });
+    assert.equal((await engine.runToEnd(paused.id)).status, "succeeded");
+    assert.equal((await engine.runToEnd(limited.id)).status, "succeeded");
     await until(
       "the queued run's end",
       async () =>
@@ -255,7 +479,7 @@ Deno.test("prune() and background retention delete ended runs whole and leave ac
         (await engine.worker.execute(queued.id), false),
       10_000,
     );
-    await audit(engine.kv, [...gone, ...failed.map((r) => r.id)]);
+    await audit(engine.kv, [...gone, ...goneLater]);
   } finally {
     held.gate.resolve();
     await other.close();
@@ -400,6 +624,61 @@ Deno.test("a run too large for one commit is pruned in several, and wholly", asy
     assert.equal(report.runs, 1);
     assert.ok(report.keys > 1200, `${report.keys} keys: more than one commit's budget`);
     await audit(engine.kv, [run.id]);
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("events past their retention go with their indexes, effects and the correlation heads they bumped last; a wait that times out takes its head; matching still works after", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const engine = await openEngine({
+    path: tmp.path,
+    pipelines: [gate],
+    clock,
+    queues: false,
+    eventRetention: "1d",
+  });
+  const heads = async () =>
+    (await everything(engine.kv)).filter((e) => e.key[1] === "event_head")
+      .map((e) => `${String(e.key[4])}=${e.value}`).sort();
+  try {
+    // x: a wait, then the event that ends it; y: an event nobody waits for; z: a wait
+    const x = await engine.trigger("gate", { params: { key: "x" } });
+    await parked(engine, x.id);
+    const woke = (await engine.send("p.approved", { key: "x" })).event;
+    assert.equal((await engine.runToEnd(x.id)).status, "succeeded");
+    const stored = (await engine.send("p.approved", { key: "y" })).event;
+    const z = await engine.trigger("gate", { params: { key: "z" } });
+    await parked(engine, z.id);
+    assert.deepEqual(await heads(), [`x=${woke.id}`, `y=${stored.id}`, "z=wait"]);
+
+    // two days on, a worker's background prune: the events and x's run are past retention
+    clock.advance(2 * DAY);
+    engine.worker.start();
+    await until("the events' prune", async () => (await engine.listEvents({})).events.length === 0);
+    await until("x's prune", async () => (await engine.getRun(x.id)) === null);
+    const left = (await everything(engine.kv)).map((e) => JSON.stringify(e.key));
+    for (const id of [woke.id, stored.id, x.id]) {
+      assert.deepEqual(left.filter((k) => k.includes(id)), [], `nothing of ${id} is left`);
+    }
+    assert.deepEqual(await heads(), ["z=wait"], "z's wait still guards its correlation");
+
+    // matching goes on: z's event ends its wait, and x may be waited for and sent again
+    await engine.send("p.approved", { key: "z" });
+    assert.equal((await engine.runToEnd(z.id)).status, "succeeded");
+    const again = await engine.trigger("gate", { params: { key: "x" } });
+    await parked(engine, again.id);
+    await engine.send("p.approved", { key: "x" });
+    assert.equal((await engine.runToEnd(again.id)).status, "succeeded");
+
+    // a wait that times out takes its head along, as a cancelled one does
+    const t = await engine.trigger("gate", { params: { key: "t" } });
+    await parked(engine, t.id);
+    assert.ok((await heads()).includes("t=wait"));
+    clock.advance(31 * DAY);
+    assert.equal((await engine.runToEnd(t.id)).status, "failed");
+    assert.ok(!(await heads()).some((h) => h.startsWith("t=")), (await heads()).join(", "));
   } finally {
     await engine.close();
   }

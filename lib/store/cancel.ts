@@ -15,7 +15,7 @@ import { reclaimRunBlobs } from "./commands.ts";
 import { getItems, getSteps } from "./queries.ts";
 import { slotFreedWrites } from "./slots.ts";
 import type { StoreParts } from "./parts.ts";
-import { ring } from "./events.ts";
+import { ring, waitEndWrites } from "./events.ts";
 import type { TaskRecord } from "../model/records.ts";
 
 /**
@@ -106,16 +106,18 @@ async function activeChildren(store: StoreParts, runId: string): Promise<string[
   return children;
 }
 
-/** The writes that end a waiting task's wait: its event entries go with it. */
+/** The writes that end a waiting task's wait: its event entries and heads go with it. */
 function endWait(record: TaskRecord, runId: string): KvWrite[] {
   const wait = record.wait;
   if (!wait || wait.kind !== "event") return [];
-  return wait.events!.map((name) =>
-    [
-      keys.waitEntry(name, wait.field!, wait.value!, runId, wait.step, wait.item),
-      null,
-    ] as KvWrite
-  );
+  return waitEndWrites({
+    runId,
+    step: wait.step,
+    item: wait.item,
+    names: wait.events!,
+    field: wait.field!,
+    value: wait.value!,
+  });
 }
 
 /** The writes that free the step limit slot a running task holds. */

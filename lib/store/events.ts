@@ -30,7 +30,7 @@ import { UsageError } from "../model/errors.ts";
 import type { RunRecord } from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
 import { KV_COMMIT_CHECKS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
-import { commitAtomic } from "../kv/commit.ts";
+import { addWrites, commitAtomic, type KvWrite } from "../kv/commit.ts";
 import { getAll } from "../kv/reads.ts";
 import { addRunCreation, newRun } from "./commands.ts";
 import type { StoreParts } from "./parts.ts";
@@ -396,6 +396,21 @@ export async function lookupEvents(
   return { found: null, mismatches };
 }
 
+/**
+ * Adds to `op` the deletes of the `heads` (as read) that nothing bumped since the send of
+ * event `last`, each checked: a head only serializes a send and a wait that race, so one
+ * deleted makes a racer look again, and the next send or wait writes it anew.
+ */
+function addHeadDeletes(
+  op: AtomicOperation,
+  heads: readonly KvEntryMaybe<string>[],
+  last: string,
+): void {
+  for (const head of heads) {
+    if (head.value === last) op.check(head).delete(head.key);
+  }
+}
+
 /** The heads a starting wait checks: one per event name, for its correlation. */
 export function waitHeads(
   names: readonly string[],
@@ -416,14 +431,28 @@ export function addWaitEntries(op: AtomicOperation, wait: WaitEntry): void {
   }
 }
 
-/** Adds to `op` the deletion of a wait's index entries. */
+/**
+ * Adds to `op` the deletion of a wait that ended without an event (its timeout, a
+ * cancel): its index entries, and the heads of its correlation, which a wait writes and
+ * which would otherwise stay for ever, one per correlation value (an event's are deleted
+ * with the event, `pruneEvents`). A head only serializes a send and a wait that race:
+ * deleting one makes a racer look again, and the next send or wait writes it anew.
+ */
 export function deleteWaitEntries(
   op: AtomicOperation,
   wait: Omit<WaitEntry, "names"> & { names: readonly string[] },
 ): void {
-  for (const name of wait.names) {
-    op.delete(keys.waitEntry(name, wait.field, wait.value, wait.runId, wait.step, wait.item));
-  }
+  addWrites(op, waitEndWrites(wait));
+}
+
+/** The writes of {@linkcode deleteWaitEntries}. */
+export function waitEndWrites(
+  wait: Omit<WaitEntry, "names"> & { names: readonly string[] },
+): KvWrite[] {
+  return wait.names.flatMap((name): KvWrite[] => [
+    [keys.waitEntry(name, wait.field, wait.value, wait.runId, wait.step, wait.item), null],
+    [keys.eventHead(name, wait.field, wait.value), null],
+  ]);
 }
 
 /** Records what an event did to a run (a mismatch, say), outside a send's commit. */
@@ -500,9 +529,14 @@ export async function pruneEvents(store: StoreParts, before: number, max = 500):
     const op = store.kv.atomic().delete(entry.key);
     if (event.value) {
       op.check(event).delete(event.key);
-      for (const [f, v] of event.value.index) {
-        op.delete(keys.eventIndex(event.value.name, f, v, event.value.at, id));
-      }
+      const { name, index, at } = event.value;
+      for (const [f, v] of index) op.delete(keys.eventIndex(name, f, v, at, id));
+      // the heads it bumped last go too: one per correlation would pile up for ever
+      addHeadDeletes(
+        op,
+        await getAll(store.kv, index.map(([f, v]) => keys.eventHead(name, f, v))),
+        id,
+      );
     }
     let n = 0;
     for await (const e of store.kv.list({ prefix: keys.eventEffectPrefix(id) }, { limit: 800 })) {

@@ -25,6 +25,7 @@ import { DEADLINE_LOOKBACK_MS } from "../define/deadline.ts";
 import type { StoreParts } from "./parts.ts";
 import type { FlowPruneReport } from "./flow_prune.ts";
 import type { KvEntry, KvKey } from "../kv/kv.ts";
+import { isRunId } from "../model/run_id.ts";
 
 /** Minus one for a `sum` on a `Deno.KvU64`. */
 const MINUS_ONE = (1n << 64n) - 1n;
@@ -73,8 +74,11 @@ export interface PruneReport {
 interface Scans {
   due: Map<string, KvKey[]>;
   effects: Map<string, KvKey[]>;
-  /** Of runs created before run records named their idempotency key; read when needed. */
-  idempotency: Map<string, KvKey> | null;
+  /**
+   * Idempotency entries by the run they name, for runs created before run records named
+   * their key and for debounced runs; read when first needed.
+   */
+  idempotency: Map<string, KvKey[]> | null;
 }
 
 /** What a marker keeps of a run to find what it owned once the record is gone. */
@@ -202,10 +206,13 @@ async function pipelinesWithRuns(store: StoreParts, only?: string): Promise<stri
 async function scan(store: StoreParts): Promise<Scans> {
   const scans: Scans = { due: new Map(), effects: new Map(), idempotency: null };
   for await (const e of store.kv.list({ prefix: keys.duePrefix() })) {
-    push(scans.due, e.key[3] as string, e.key);
+    const id = e.key[3] as string;
+    // the gate an ended run's freed slot left (`releaseGate`): "limit <scope> <key> <run>"
+    const owner = id.startsWith("limit ") ? id.slice(id.lastIndexOf(" ") + 1) : id;
+    push(scans.due, isRunId(owner) ? owner : id, e.key);
   }
-  // events are pruned after their own retention, with their effects; the ones left name
-  // runs only through the key
+  // events are pruned after their own retention, with their effects; an event's record
+  // also lists the runs it started, as history (the API leaves out the ones gone)
   for await (const e of store.kv.list({ prefix: keys.allEventEffectsPrefix() })) {
     push(scans.effects, e.key[3] as string, e.key);
   }
@@ -246,19 +253,25 @@ async function pruneRun(
   for (let tries = 0; tries < 3; tries++) {
     const run = entry.value;
     const extra: KvKey[] = [...scans.due.get(run.id) ?? [], ...scans.effects.get(run.id) ?? []];
-    let idem: KvKey | undefined;
-    if (run.idempotencyKey) idem = keys.idempotency(run.pipeline, run.idempotencyKey);
-    else if (run.idempotencyKey === undefined && run.trigger === "http") {
-      // a record from before runs named their key: find it by a scan of the pipeline's keys
+    const idem: KvKey[] = [];
+    if (run.idempotencyKey) idem.push(keys.idempotency(run.pipeline, run.idempotencyKey));
+    // A record from before runs named their key, and a debounced run that triggers with
+    // keys of their own joined (its record names the first): found by a scan of every key.
+    if ((run.idempotencyKey === undefined && run.trigger === "http") || run.flow?.debounce) {
       if (!scans.idempotency) {
         scans.idempotency = new Map();
         for await (const e of store.kv.list<string>({ prefix: keys.allIdempotencyPrefix() })) {
-          scans.idempotency.set(e.value, e.key);
+          push(scans.idempotency, e.value, e.key);
         }
       }
-      idem = scans.idempotency.get(run.id);
+      for (const key of scans.idempotency.get(run.id) ?? []) {
+        if (!idem.some((k) => k.at(-1) === key.at(-1) && k.at(-2) === key.at(-2))) idem.push(key);
+      }
     }
-    if (idem && (await store.kv.get<string>(idem)).value === run.id) extra.push(idem);
+    const named = await store.kv.getMany<string[]>(idem);
+    named.forEach((e, i) => {
+      if (e.value === run.id) extra.push(idem[i]);
+    });
     // the entry of the debounced burst the run gathered, when no later burst replaced it
     const burst = run.flow?.debounce ? keys.debounce(run.pipeline, run.flow.debounce.key) : null;
     if (burst && (await store.kv.get<{ runId: string }>(burst)).value?.runId === run.id) {

@@ -258,7 +258,8 @@ export class Waits {
         // checked AND bumped: a send that listed the waits before this commit then fails its
         // own check of the head, looks again and finds this wait (a check alone would let
         // both commit, each blind to the other)
-        for (const head of heads) op.check(head).set(head.key, `wait:${host.runId}`);
+        // (its value names no run: a pruned run leaves nothing behind)
+        for (const head of heads) op.check(head).set(head.key, "wait");
         addWaitEntries(op, {
           runId: host.runId,
           step,
