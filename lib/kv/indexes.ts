@@ -143,16 +143,19 @@ export function addGate(
 
 /**
  * A gate that makes the first queued runs of a limit key due at `at`: its due-index key
- * and value. The queued runs' own limit says how many (`store/flow.ts`); `max` counts
- * when they have none.
+ * (`tag` tells gates of one key and time apart) and value. The queued runs' own limit
+ * says how many (`store/flow.ts`); `max` counts when they have none.
  */
 export function gate(
   at: number,
   limit: { scope: string; key: string; max: number },
+  tag?: string,
 ): [KvKey, GateDue] {
-  return [keys.due(at, gateId(limit.scope, limit.key)), {
-    gate: [limit.scope, limit.key, limit.max],
-  }];
+  const id = gateId(limit.scope, limit.key);
+  return [
+    keys.due(at, tag === undefined ? id : `${id} ${tag}`),
+    { gate: [limit.scope, limit.key, limit.max] },
+  ];
 }
 
 function gateId(scope: string, key: string): string {

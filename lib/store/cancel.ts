@@ -123,8 +123,8 @@ function endWait(record: TaskRecord, runId: string): KvWrite[] {
 /** The writes that free the step limit slot a running task holds. */
 function freeSlot(record: TaskRecord, now: number): KvWrite[] {
   if (record.status !== "running" || !record.slot) return [];
-  const [scope, key] = record.slot;
-  return [[keys.slot(...record.slot), null], ...slotFreedWrites(scope, key, now)];
+  const [scope, key, index] = record.slot;
+  return [[keys.slot(...record.slot), null], ...slotFreedWrites(scope, key, index, now)];
 }
 
 async function cancelWrites(

@@ -398,8 +398,9 @@ export async function lookupEvents(
 
 /**
  * Adds to `op` the deletes of the `heads` (as read) that nothing bumped since the send of
- * event `last`, each checked: a head only serializes a send and a wait that race, so one
- * deleted makes a racer look again, and the next send or wait writes it anew.
+ * event `last`, each checked. Only for an event past its retention: a send or a wait that
+ * read a head absent and checks it absent must not find it absent again within its own
+ * commit's time, or the two could miss each other; days later, none is still in flight.
  */
 function addHeadDeletes(
   op: AtomicOperation,
@@ -431,13 +432,7 @@ export function addWaitEntries(op: AtomicOperation, wait: WaitEntry): void {
   }
 }
 
-/**
- * Adds to `op` the deletion of a wait that ended without an event (its timeout, a
- * cancel): its index entries, and the heads of its correlation, which a wait writes and
- * which would otherwise stay for ever, one per correlation value (an event's are deleted
- * with the event, `pruneEvents`). A head only serializes a send and a wait that race:
- * deleting one makes a racer look again, and the next send or wait writes it anew.
- */
+/** Adds to `op` the deletion of a wait's index entries. */
 export function deleteWaitEntries(
   op: AtomicOperation,
   wait: Omit<WaitEntry, "names"> & { names: readonly string[] },
@@ -445,15 +440,22 @@ export function deleteWaitEntries(
   addWrites(op, waitEndWrites(wait));
 }
 
-/** The writes of {@linkcode deleteWaitEntries}. */
+/**
+ * The writes of {@linkcode deleteWaitEntries}. The heads of its correlation stay: deleting
+ * one would let a send and a wait that both read it absent pass their checks and miss each
+ * other (an event's heads go with the event, days after any race, `pruneEvents`).
+ */
 export function waitEndWrites(
   wait: Omit<WaitEntry, "names"> & { names: readonly string[] },
 ): KvWrite[] {
-  return wait.names.flatMap((name): KvWrite[] => [
-    [keys.waitEntry(name, wait.field, wait.value, wait.runId, wait.step, wait.item), null],
-    [keys.eventHead(name, wait.field, wait.value), null],
+  return wait.names.map((name): KvWrite => [
+    keys.waitEntry(name, wait.field, wait.value, wait.runId, wait.step, wait.item),
+    null,
   ]);
 }
+
+/** What a starting wait writes to its heads: no event id can be it (`EVENT_ID`). */
+export const WAIT_HEAD = "(wait)";
 
 /** Records what an event did to a run (a mismatch, say), outside a send's commit. */
 export async function recordEffect(

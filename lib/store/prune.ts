@@ -17,15 +17,14 @@
  * @module
  */
 import * as keys from "../kv/keys.ts";
-import { COUNTED, dueIndexTime } from "../kv/indexes.ts";
+import { COUNTED, dueIndexTime, releaseGate } from "../kv/indexes.ts";
 import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";
 import { type RunRecord, type RunStatus, TERMINAL } from "../model/records.ts";
 import { DEFAULT_RETENTION, type Retention } from "../define/retention.ts";
 import { DEADLINE_LOOKBACK_MS } from "../define/deadline.ts";
 import type { StoreParts } from "./parts.ts";
 import type { FlowPruneReport } from "./flow_prune.ts";
-import type { KvEntry, KvKey } from "../kv/kv.ts";
-import { isRunId } from "../model/run_id.ts";
+import type { AtomicOperation, KvEntry, KvKey } from "../kv/kv.ts";
 
 /** Minus one for a `sum` on a `Deno.KvU64`. */
 const MINUS_ONE = (1n << 64n) - 1n;
@@ -206,10 +205,7 @@ async function pipelinesWithRuns(store: StoreParts, only?: string): Promise<stri
 async function scan(store: StoreParts): Promise<Scans> {
   const scans: Scans = { due: new Map(), effects: new Map(), idempotency: null };
   for await (const e of store.kv.list({ prefix: keys.duePrefix() })) {
-    const id = e.key[3] as string;
-    // the gate an ended run's freed slot left (`releaseGate`): "limit <scope> <key> <run>"
-    const owner = id.startsWith("limit ") ? id.slice(id.lastIndexOf(" ") + 1) : id;
-    push(scans.due, isRunId(owner) ? owner : id, e.key);
+    push(scans.due, e.key[3] as string, e.key);
   }
   // events are pruned after their own retention, with their effects; an event's record
   // also lists the runs it started, as history (the API leaves out the ones gone)
@@ -253,6 +249,8 @@ async function pruneRun(
   for (let tries = 0; tries < 3; tries++) {
     const run = entry.value;
     const extra: KvKey[] = [...scans.due.get(run.id) ?? [], ...scans.effects.get(run.id) ?? []];
+    // the gate its end's freed slot left, when no sweep opened it since (a cancel, say)
+    if (run.flow?.limit) extra.push(releaseGate(run));
     const idem: KvKey[] = [];
     if (run.idempotencyKey) idem.push(keys.idempotency(run.pipeline, run.idempotencyKey));
     // A record from before runs named their key, and a debounced run that triggers with
@@ -302,13 +300,12 @@ async function pruneRun(
     for (const key of indexKeys) op.delete(key);
     if (byStatus.value === COUNTED) op.sum(keys.runCount(run.pipeline, run.status), MINUS_ONE);
     op.sum(keys.prunedCount(run.pipeline), 1n);
-    // a failure's alerts (seq 0 is a missed deadline's, counted with its miss record)
-    const alerts = owned.filter((k) => k[1] === "alert" && k[3] !== 0).length;
-    if (alerts > 0) op.sum(keys.prunedAlertCount(run.pipeline, "failure"), BigInt(alerts));
-    if (whole) { for (const key of owned) op.delete(key); }
-    else op.set(keys.pruning(run.id), { pipeline: run.pipeline, extra } satisfies PruningMarker);
+    if (whole) {
+      for (const key of owned) op.delete(key);
+      countAlerts(op, run.pipeline, owned);
+    } else op.set(keys.pruning(run.id), { pipeline: run.pipeline, extra } satisfies PruningMarker);
     if ((await commitAtomic(op)).ok) {
-      const deleted = whole ? owned.length : await deleteOwned(store, run.id, extra);
+      const deleted = whole ? owned.length : await deleteOwned(store, run.id, run.pipeline, extra);
       count(report, run, indexKeys.length + deleted);
       return true;
     }
@@ -358,14 +355,29 @@ async function ownedKeys(store: StoreParts, runId: string, extra: KvKey[]): Prom
   return found;
 }
 
+/**
+ * Adds to `op` the count of a failure's alerts among `deleted` (seq 0 is a missed
+ * deadline's, counted with its miss record), in the commit that deletes them.
+ */
+function countAlerts(op: AtomicOperation, pipeline: string, deleted: readonly KvKey[]): void {
+  const alerts = deleted.filter((k) => k[1] === "alert" && k[3] !== 0).length;
+  if (alerts > 0) op.sum(keys.prunedAlertCount(pipeline, "failure"), BigInt(alerts));
+}
+
 /** Deletes what a run owned in commits within the budgets; the last drops its marker. */
-async function deleteOwned(store: StoreParts, runId: string, extra: KvKey[]): Promise<number> {
+async function deleteOwned(
+  store: StoreParts,
+  runId: string,
+  pipeline: string,
+  extra: KvKey[],
+): Promise<number> {
   const owned = await ownedKeys(store, runId, extra);
   const writes: KvWrite[][] = owned.map((key) => [[key, null]]);
   writes.push([[keys.pruning(runId), null]]);
   for (const batch of splitWrites(writes)) {
     const op = store.kv.atomic().check({ key: keys.run(runId), versionstamp: null });
     addWrites(op, batch);
+    countAlerts(op, pipeline, batch.map(([key]) => key));
     if (!(await commitAtomic(op)).ok) break; // a new run with this id: leave the rest
   }
   return owned.length;
@@ -374,6 +386,6 @@ async function deleteOwned(store: StoreParts, runId: string, extra: KvKey[]): Pr
 /** Finishes the prunes that died after their first commit. */
 async function finishMarkers(store: StoreParts): Promise<void> {
   for await (const e of store.kv.list<PruningMarker>({ prefix: keys.pruningPrefix() })) {
-    await deleteOwned(store, e.key[2] as string, e.value.extra);
+    await deleteOwned(store, e.key[2] as string, e.value.pipeline, e.value.extra);
   }
 }

@@ -35,9 +35,15 @@ export function marked(scope: string): boolean {
  * gate due now, so that the next sweep of any worker makes the runs queued for the key
  * due (no worker is told of such a free at once). Nothing in a scope of steps alone.
  */
-export function slotFreedWrites(scope: string, key: string, now: number): KvWrite[] {
+export function slotFreedWrites(
+  scope: string,
+  key: string,
+  index: number,
+  now: number,
+): KvWrite[] {
   if (!marked(scope)) return [];
-  return [[keys.limitRelease(scope, key), now], gate(now, { scope, key, max: 0 })];
+  // one gate per slot: a commit that frees two goes in its order, each gate after its free
+  return [[keys.limitRelease(scope, key), now], gate(now, { scope, key, max: 0 }, `${index}`)];
 }
 
 /** The held slots of a limit key, by index. */
@@ -100,7 +106,7 @@ export async function healSlots(
     }
     const op = kv.atomic().check(entry, ...got).delete(entry.key);
     const [, , scope, key] = entry.key as [string, string, string, string, number];
-    for (const [k, v] of slotFreedWrites(scope, key, now)) op.set(k, v);
+    for (const [k, v] of slotFreedWrites(scope, key, index, now)) op.set(k, v);
     if (!(await commitAtomic(op)).ok) kept.push(entry);
   }
   return kept;

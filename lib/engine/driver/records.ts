@@ -220,9 +220,11 @@ export class RunRecords {
     this.writeAttempt(attemptRecord(step, item, record, "crashed", error, [], now));
     // the dead holder's step limit slot is freed in the takeover's commit
     if (record.slot) {
-      const [scope, key] = record.slot;
+      const [scope, key, index] = record.slot;
       this.#checkpoints.write(keys.slot(...record.slot), null, 256);
-      for (const [k, v] of slotFreedWrites(scope, key, now)) this.#checkpoints.write(k, v, 256);
+      for (const [k, v] of slotFreedWrites(scope, key, index, now)) {
+        this.#checkpoints.write(k, v, 256);
+      }
     }
     return crashTask({ ...record, slot: null }, now);
   }

@@ -32,6 +32,7 @@ import {
   lookupEvents,
   readInbox,
   recordEffect,
+  WAIT_HEAD,
   waitHeads,
 } from "../../store/events.ts";
 import type { Store } from "../../store/store.ts";
@@ -259,7 +260,7 @@ export class Waits {
         // own check of the head, looks again and finds this wait (a check alone would let
         // both commit, each blind to the other)
         // (its value names no run: a pruned run leaves nothing behind)
-        for (const head of heads) op.check(head).set(head.key, "wait");
+        for (const head of heads) op.check(head).set(head.key, WAIT_HEAD);
         addWaitEntries(op, {
           runId: host.runId,
           step,
