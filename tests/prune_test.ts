@@ -682,3 +682,29 @@ Deno.test("events past their retention go with their indexes, effects and the co
     await engine.close();
   }
 });
+
+Deno.test("a debounced run that many triggers with keys of their own joined is pruned with every key, which may be used again", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const engine = await openEngine({ path: tmp.path, pipelines: [digest], clock, queues: false });
+  try {
+    const http = { params: { topic: "busy" }, trigger: "http" as const };
+    const ids = new Set<string>();
+    // more keys than one KV read takes (10)
+    for (let i = 0; i < 14; i++) {
+      const t = await triggerDebounced(engine.store, digest, { ...http, idempotencyKey: `k-${i}` });
+      ids.add(t.run.id);
+    }
+    assert.equal(ids.size, 1, "one burst, one run");
+    const [runId] = ids;
+    clock.advance(QUIET);
+    assert.equal((await engine.runToEnd(runId)).status, "succeeded");
+    clock.advance(2 * DAY);
+    assert.equal((await engine.prune()).runs, 1);
+    await audit(engine.kv, [runId]);
+    const again = await triggerDebounced(engine.store, digest, { ...http, idempotencyKey: "k-13" });
+    assert.notEqual(again.run.id, runId, "the key is free again");
+  } finally {
+    await engine.close();
+  }
+});

@@ -106,7 +106,7 @@ async function activeChildren(store: StoreParts, runId: string): Promise<string[
   return children;
 }
 
-/** The writes that end a waiting task's wait: its event entries and heads go with it. */
+/** The writes that end a waiting task's wait: its event entries go with it (not its heads). */
 function endWait(record: TaskRecord, runId: string): KvWrite[] {
   const wait = record.wait;
   if (!wait || wait.kind !== "event") return [];

@@ -19,6 +19,7 @@
 import * as keys from "../kv/keys.ts";
 import { COUNTED, dueIndexTime, releaseGate } from "../kv/indexes.ts";
 import { addWrites, commitAtomic, type KvWrite, splitWrites } from "../kv/commit.ts";
+import { getAll } from "../kv/reads.ts";
 import { type RunRecord, type RunStatus, TERMINAL } from "../model/records.ts";
 import { DEFAULT_RETENTION, type Retention } from "../define/retention.ts";
 import { DEADLINE_LOOKBACK_MS } from "../define/deadline.ts";
@@ -251,10 +252,11 @@ async function pruneRun(
     const extra: KvKey[] = [...scans.due.get(run.id) ?? [], ...scans.effects.get(run.id) ?? []];
     // the gate its end's freed slot left, when no sweep opened it since (a cancel, say)
     if (run.flow?.limit) extra.push(releaseGate(run));
-    const idem: KvKey[] = [];
-    if (run.idempotencyKey) idem.push(keys.idempotency(run.pipeline, run.idempotencyKey));
     // A record from before runs named their key, and a debounced run that triggers with
     // keys of their own joined (its record names the first): found by a scan of every key.
+    let idem: KvKey[] = run.idempotencyKey
+      ? [keys.idempotency(run.pipeline, run.idempotencyKey)]
+      : [];
     if ((run.idempotencyKey === undefined && run.trigger === "http") || run.flow?.debounce) {
       if (!scans.idempotency) {
         scans.idempotency = new Map();
@@ -262,11 +264,10 @@ async function pruneRun(
           push(scans.idempotency, e.value, e.key);
         }
       }
-      for (const key of scans.idempotency.get(run.id) ?? []) {
-        if (!idem.some((k) => k.at(-1) === key.at(-1) && k.at(-2) === key.at(-2))) idem.push(key);
-      }
+      // the scan found the run's own key too, if it is still the run's
+      idem = scans.idempotency.get(run.id) ?? [];
     }
-    const named = await store.kv.getMany<string[]>(idem);
+    const named = await getAll<string>(store.kv, idem);
     named.forEach((e, i) => {
       if (e.value === run.id) extra.push(idem[i]);
     });
