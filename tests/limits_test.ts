@@ -523,6 +523,7 @@ Deno.test("every key kvflow builds from the longest names and ids fits KV's 2 Ki
     eventIndex: keys.eventIndex(eventName, field, correlation, at, eventId),
     eventIndexPrefix: keys.eventIndexPrefix(eventName, field, correlation),
     eventHead: keys.eventHead(eventName, field, correlation),
+    eventHeadPrefix: keys.eventHeadPrefix(),
     waitEntry: keys.waitEntry(eventName, field, correlation, runId, name, MAX_ITEMS),
     waitEntryPrefix: keys.waitEntryPrefix(eventName, field, correlation),
     inbox: keys.inbox(runId, name, MAX_ITEMS),

@@ -541,11 +541,18 @@ Deno.test("deno task prune reports what it removed; --dry-run removes nothing; b
   assert.equal(kept.code, 0, kept.stderr);
   assert.deepEqual(lines(kept.stdout), ["pruned 0 runs past their retention (0 keys)"]);
 
+  // an event nobody waits for: a prune of every pipeline removes events too
+  const sent = await box.cli(["send", "crm.synced", "--data", '{"n":1}']);
+  assert.equal(sent.code, 0, sent.stderr);
   const before = await box.snapshot();
   const dry = await box.cli(["prune", "--older-than", "0ms", "--dry-run"]);
   assert.equal(dry.code, 0, dry.stderr);
   assert.match(dry.stdout, /^would prune 2 runs ended more than 0ms ago \(\d+ keys\)/);
   assert.match(dry.stdout, /example\s+1 succeeded, 1 failed/);
+  assert.match(
+    dry.stdout,
+    /^would prune 1 event stored more than 0ms ago, and would forget 0 correlations only an old wait had used$/m,
+  );
   assert.deepEqual(await box.snapshot(), before);
 
   const json = await box.cli(["prune", "--pipeline", "example", "--older-than", "0ms", "--json"]);
@@ -558,6 +565,16 @@ Deno.test("deno task prune reports what it removed; --dry-run removes nothing; b
     /"(run|step|item|attempt|runs_by_\w+)"/.test(k)
   );
   assert.deepEqual(left, []);
+  // a prune of one pipeline leaves the events, which belong to none
+  assert.equal(report.events, undefined);
+  const all = await box.cli(["prune", "--older-than", "0ms"]);
+  assert.equal(all.code, 0, all.stderr);
+  assert.match(all.stdout, /^pruned 1 event stored more than 0ms ago, and forgot 0 correlations/m);
+  assert.deepEqual(
+    [...(await box.snapshot()).keys()].filter((k) => /"event/.test(k)),
+    [],
+    "nothing of the event is left",
+  );
 
   for (
     const args of [
@@ -636,7 +653,7 @@ Deno.test("a run too large for one commit is pruned in several, and wholly", asy
   }
 });
 
-Deno.test("events past their retention go with their indexes, effects and the correlation heads they bumped last; matching still works after", async () => {
+Deno.test("events past their retention go with their indexes, effects and the correlation heads they bumped last, and so do heads an old wait bumped last; matching still works after", async () => {
   await using tmp = await tempKv();
   const clock = new TestClock(START);
   const engine = await openEngine({
@@ -658,22 +675,35 @@ Deno.test("events past their retention go with their indexes, effects and the co
     const stored = (await engine.send("p.approved", { key: "y" })).event;
     const z = await engine.trigger("gate", { params: { key: "z" } });
     await parked(engine, z.id);
-    assert.deepEqual(await heads(), [`x=${woke.id}`, `y=${stored.id}`, "z=(wait)"]);
+    const zAt = clock.now();
+    assert.deepEqual(await heads(), [`x=${woke.id}`, `y=${stored.id}`, `z=(wait) ${zAt}`]);
 
-    // two days on, a worker's background prune: the events and x's run are past retention
+    // two days on, w starts a wait; then a worker's background prune: the events, x's run
+    // and z's head are past the retention (z still waits: its head is a fence, not a record)
     clock.advance(2 * DAY);
+    const w = await engine.trigger("gate", { params: { key: "w" } });
+    await parked(engine, w.id);
     engine.worker.start();
     await until("the events' prune", async () => (await engine.listEvents({})).events.length === 0);
     await until("x's prune", async () => (await engine.getRun(x.id)) === null);
+    await until("z's head forgotten", async () => (await heads()).length === 1);
     const left = (await everything(engine.kv)).map((e) => JSON.stringify(e.key));
     for (const id of [woke.id, stored.id, x.id]) {
       assert.deepEqual(left.filter((k) => k.includes(id)), [], `nothing of ${id} is left`);
     }
-    assert.deepEqual(await heads(), ["z=(wait)"], "z's wait still guards its correlation");
+    assert.deepEqual(await heads(), [`w=(wait) ${clock.now()}`], "a young wait's head stays");
+    // even a prune of everything older than now keeps a head younger than an hour: a send
+    // that read it absent before the wait wrote it may still be on its way to its commit
+    clock.advance(59 * 60_000);
+    assert.equal((await engine.prune({ olderThanMs: 0 })).waitHeads, 0);
+    assert.equal((await heads()).length, 1);
 
-    // matching goes on: z's event ends its wait, and x may be waited for and sent again
+    // matching goes on: z's event ends its wait though its head went, and x may be waited
+    // for and sent again
     await engine.send("p.approved", { key: "z" });
     assert.equal((await engine.runToEnd(z.id)).status, "succeeded");
+    await engine.send("p.approved", { key: "w" });
+    assert.equal((await engine.runToEnd(w.id)).status, "succeeded");
     const again = await engine.trigger("gate", { params: { key: "x" } });
     await parked(engine, again.id);
     await engine.send("p.approved", { key: "x" });

@@ -60,6 +60,17 @@ export async function prune(invocation: Invocation): Promise<number> {
         } older than two days`,
       );
     }
+    const events = report.events ?? 0, heads = report.waitHeads ?? 0;
+    if (events + heads > 0) {
+      const age = olderThanMs === undefined
+        ? "past their retention"
+        : `stored more than ${formatRetention(olderThanMs)} ago`;
+      invocation.out(
+        `${verb} ${events} event${events === 1 ? "" : "s"} ${age}, and ` +
+          `${dryRun ? "would forget" : "forgot"} ${heads} ` +
+          `correlation${heads === 1 ? "" : "s"} only an old wait had used`,
+      );
+    }
     const misses = report.deadlineMisses;
     if (misses > 0) {
       invocation.out(

@@ -24,7 +24,7 @@ import { backfillTicks, Scheduler, tickDate, tickRunId } from "./scheduler.ts";
 import { DeadlineWatch } from "./deadlines.ts";
 import { type AlertRecord, alertText } from "../alerts/alert.ts";
 import { migrate, SCHEMA_VERSION } from "../kv/migrations.ts";
-import type { Kv } from "../kv/kv.ts";
+import type { Kv, KvKey } from "../kv/kv.ts";
 import {
   type EventPage,
   type EventRegistry,
@@ -32,6 +32,7 @@ import {
   getEvent,
   listEvents,
   pruneEvents,
+  pruneWaitHeads,
   sendEvent,
   type SendResult,
 } from "../store/events.ts";
@@ -188,10 +189,7 @@ export class Engine {
         // deliveries a sender died before making; then, now and then, events and runs past
         // retention, a few runs at a time so that pruning never holds up due work for long
         await finishOutbox(this.store);
-        if (this.#sweeps++ % 60 === 0) {
-          await pruneEvents(this.store, this.store.clock.now() - this.#eventRetentionMs);
-          await this.prune({ maxRuns: BACKGROUND_PRUNE_RUNS });
-        }
+        if (this.#sweeps++ % 60 === 0) await this.prune({ maxRuns: BACKGROUND_PRUNE_RUNS });
       },
       onEvent: (event) => {
         options.onEvent?.(event);
@@ -418,13 +416,14 @@ export class Engine {
     return await getEvent(this.store, id);
   }
 
-  /** Where the last background prune of flow-control keys stopped. */
-  readonly #flowCursor: FlowPruneCursor = {};
+  /** Where the last background prune of flow-control keys and correlation heads stopped. */
+  readonly #flowCursor: FlowPruneCursor & { heads?: KvKey } = {};
 
   /**
    * Prunes ended runs past their pipeline's retention (or `olderThanMs`), with everything
-   * they own, and (without `pipeline`) the state of idle limit and throttle keys. Workers
-   * do it in the background; this is the same by hand.
+   * they own, and (without `pipeline`) events past the event retention (or `olderThanMs`),
+   * the heads of correlations only a wait that old bumped, and the state of idle limit and
+   * throttle keys. Workers do it in the background; this is the same by hand.
    *
    * @param options which runs, dry or not, how many
    * @returns what it removed, or would remove
@@ -439,10 +438,24 @@ export class Engine {
     // last one stopped
     if (options.pipeline === undefined) {
       const some = options.maxRuns !== undefined;
-      report.flow = await pruneFlowKeys(this.store.kv, this.store.clock.now(), {
+      const budget = some ? 10 * options.maxRuns! : undefined;
+      const cursor = some ? this.#flowCursor : undefined;
+      const now = this.store.clock.now();
+      report.flow = await pruneFlowKeys(this.store.kv, now, {
         dryRun: options.dryRun,
-        budget: some ? 10 * options.maxRuns! : undefined,
-        cursor: some ? this.#flowCursor : undefined,
+        budget,
+        cursor,
+      });
+      // events belong to no pipeline either
+      const before = now - (options.olderThanMs ?? this.#eventRetentionMs);
+      report.events = await pruneEvents(this.store, before, {
+        max: budget,
+        dryRun: options.dryRun,
+      });
+      report.waitHeads = await pruneWaitHeads(this.store, before, {
+        dryRun: options.dryRun,
+        budget,
+        cursor,
       });
     }
     return report;

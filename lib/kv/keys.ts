@@ -358,6 +358,11 @@ export function eventHead(name: string, field: string, value: string): KvKey {
   return [ROOT, "event_head", name, field, value];
 }
 
+/** The prefix of every correlation's head ({@linkcode eventHead}). */
+export function eventHeadPrefix(): KvKey {
+  return [ROOT, "event_head"];
+}
+
 /**
  * A wait that an event may end: the run's step (and item) waits for `name` with this
  * correlation. Written in the commit that starts the wait; deleted by the send that ends

@@ -31,7 +31,7 @@ import type { RunRecord } from "../model/records.ts";
 import * as keys from "../kv/keys.ts";
 import { KV_COMMIT_CHECKS, REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
 import { addWrites, commitAtomic, type KvWrite } from "../kv/commit.ts";
-import { getAll } from "../kv/reads.ts";
+import { getAll, listAfter } from "../kv/reads.ts";
 import { addRunCreation, newRun } from "./commands.ts";
 import type { StoreParts } from "./parts.ts";
 import { addTrigger, debounceOf, readBurst } from "./debounce.ts";
@@ -454,8 +454,27 @@ export function waitEndWrites(
   ]);
 }
 
-/** What a starting wait writes to its heads: no event id can be it (`EVENT_ID`). */
-export const WAIT_HEAD = "(wait)";
+/** What starts the value a wait writes to its heads: no event id can start so (`EVENT_ID`). */
+const WAIT_HEAD = "(wait)";
+
+/**
+ * What a wait starting at `now` writes to its correlation's heads: a value that names no
+ * run or event, with the time, so that a head no event bumped since can be forgotten once
+ * old ({@linkcode pruneWaitHeads}).
+ */
+export function waitHead(now: number): string {
+  return `${WAIT_HEAD} ${now}`;
+}
+
+/**
+ * When a wait wrote a head's `value` ({@linkcode waitHead}), ms; 0 for one written before
+ * heads held the time; null when an event wrote it (its value is the event's id).
+ */
+export function waitHeadTime(value: unknown): number | null {
+  if (typeof value !== "string" || !value.startsWith(WAIT_HEAD)) return null;
+  const at = Number(value.slice(WAIT_HEAD.length + 1));
+  return value.length > WAIT_HEAD.length && Number.isSafeInteger(at) ? at : 0;
+}
 
 /** Records what an event did to a run (a mismatch, say), outside a send's commit. */
 export async function recordEffect(
@@ -512,20 +531,30 @@ export async function getEvent(
 }
 
 /**
- * Deletes events stored before `before`, with their index entries and effects, in small
- * commits. A wait that starts later no longer finds them.
+ * Deletes events stored before `before`, with their index entries, effects and the heads
+ * they bumped last, a commit each. A wait that starts later no longer finds them.
  *
- * @returns how many events it deleted
+ * @param options `max` events looked at, at most (all without it); `dryRun` counts what
+ *   would go and deletes nothing
+ * @returns how many events it deleted (or would delete)
  */
-export async function pruneEvents(store: StoreParts, before: number, max = 500): Promise<number> {
+export async function pruneEvents(
+  store: StoreParts,
+  before: number,
+  options: { max?: number; dryRun?: boolean } = {},
+): Promise<number> {
   let pruned = 0;
   const iter = store.kv.list<string>({
     prefix: keys.eventsByTimePrefix(),
     end: keys.eventsByTime(before, ""),
   }, {
-    limit: max,
+    limit: options.max,
   });
   for await (const entry of iter) {
+    if (options.dryRun) {
+      pruned++;
+      continue;
+    }
     const id = entry.key[3] as string;
     const event = await store.kv.get<EventRecord>(keys.event(id));
     const op = store.kv.atomic().delete(entry.key);
@@ -549,6 +578,62 @@ export async function pruneEvents(store: StoreParts, before: number, max = 500):
     if (n >= 800) break; // the rest of a very busy event's effects go in the next prune
   }
   return pruned;
+}
+
+/**
+ * How old a wait's head must be, at least, to be forgotten: a send or a wait that read
+ * the correlation's head absent just before the wait wrote it must have committed (or
+ * failed its check) long before, or a delete would let it pass its check of an absent
+ * head and miss the wait.
+ */
+export const WAIT_HEAD_MIN_AGE_MS = 3_600_000;
+
+/**
+ * Forgets the heads of correlations that a wait bumped last before `before` (and at least
+ * {@linkcode WAIT_HEAD_MIN_AGE_MS} ago), each deleted checked against its versionstamp as
+ * listed: a wait on an order id that timed out, say, with no event ever sent for it,
+ * would keep its head for ever. An event's heads go with the event (`pruneEvents`). A
+ * head is a fence, not a record: with it absent, the next wait or send of the correlation
+ * writes it again, checked absent, so the two still meet.
+ *
+ * @param options dry or not; `budget` heads looked at, at most (all without it), going on
+ *   from `cursor.heads`, which is moved to where it stopped (undefined: the end)
+ * @returns how many heads it deleted (or would delete)
+ */
+export async function pruneWaitHeads(
+  store: StoreParts,
+  before: number,
+  options: { dryRun?: boolean; budget?: number; cursor?: { heads?: KvKey } } = {},
+): Promise<number> {
+  const cutoff = Math.min(before, store.clock.now() - WAIT_HEAD_MIN_AGE_MS);
+  const budget = options.budget ?? Infinity;
+  const cursor = options.cursor ?? {};
+  let forgotten = 0;
+  let old: KvEntry<string>[] = [];
+  const flush = async () => {
+    if (old.length === 0) return;
+    const op = store.kv.atomic();
+    for (const head of old) op.check(head).delete(head.key);
+    // one bumped since it was listed fails them all: the next pass looks again
+    if ((await commitAtomic(op)).ok) forgotten += old.length;
+    old = [];
+  };
+  let looked = 0;
+  cursor.heads = await listAfter<string>(
+    store.kv,
+    keys.eventHeadPrefix(),
+    cursor.heads,
+    async (head) => {
+      const at = waitHeadTime(head.value);
+      if (at !== null && at < cutoff) {
+        if (options.dryRun) forgotten++;
+        else if (old.push(head) >= REMOTE_KV_COMMIT_CHECKS) await flush();
+      }
+      return ++looked < budget;
+    },
+  );
+  await flush();
+  return forgotten;
 }
 
 /** Reads a run's inbox: its deliveries and its bell's versionstamp. */

@@ -25,6 +25,7 @@ import * as keys from "../kv/keys.ts";
 import { commitAtomic } from "../kv/commit.ts";
 import { REMOTE_KV_COMMIT_CHECKS } from "../kv/limits.ts";
 import type { Kv, KvEntry, KvKey } from "../kv/kv.ts";
+import { listAfter } from "../kv/reads.ts";
 
 /** How old a throttle entry must be to be forgotten: twice the longest period, ms. */
 export const FORGET_AFTER_MS = 2 * 86_400_000;
@@ -84,7 +85,7 @@ export async function pruneFlowKeys(
   const budget = options.budget ?? Infinity;
   const cursor = options.cursor ?? {};
   let looked = 0;
-  cursor.limit = await after(kv, keys.allLimitReleasePrefix(), cursor.limit, async (e) => {
+  cursor.limit = await listAfter(kv, keys.allLimitReleasePrefix(), cursor.limit, async (e) => {
     const scope = e.key[2], key = e.key[3];
     if (typeof scope === "string" && typeof key === "string") {
       if (await forgetLimitKey(kv, scope, key, options.dryRun ?? false)) report.limitKeys++;
@@ -105,35 +106,13 @@ export async function pruneFlowKeys(
     old = [];
   };
   looked = 0;
-  cursor.throttle = await after(kv, keys.allThrottlePrefix(), cursor.throttle, async (e) => {
+  cursor.throttle = await listAfter(kv, keys.allThrottlePrefix(), cursor.throttle, async (e) => {
     if (typeof e.value === "number" && e.value < before) old.push(e as KvEntry<number>);
     if (old.length >= THROTTLE_BATCH) await flush();
     return ++looked < budget;
   });
   await flush();
   return report;
-}
-
-/**
- * Calls `each` on the entries under `prefix` after `from` (all, without it) until it
- * says to stop. Returns the key it stopped at, or undefined when it reached the end.
- */
-async function after(
-  kv: Kv,
-  prefix: KvKey,
-  from: KvKey | undefined,
-  each: (e: KvEntry<unknown>) => Promise<boolean>,
-): Promise<KvKey | undefined> {
-  for await (const e of kv.list(from ? { prefix, start: from } : { prefix })) {
-    // the start is where the last one stopped: it was looked at then
-    if (from && sameKey(e.key, from)) continue;
-    if (!(await each(e))) return e.key;
-  }
-  return undefined;
-}
-
-function sameKey(a: KvKey, b: KvKey): boolean {
-  return a.length === b.length && a.every((part, i) => part === b[i]);
 }
 
 /** Deletes a limit key's mark and last release if it is idle; whether it did. */

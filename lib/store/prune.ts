@@ -68,6 +68,13 @@ export interface PruneReport {
    * of every pipeline does that too.
    */
   flow?: FlowPruneReport;
+  /** Events past their retention it removed: a prune of every pipeline does that too. */
+  events?: number;
+  /**
+   * Heads of event correlations that only a wait past the event retention bumped last (a
+   * wait that timed out, with no event ever sent for it), forgotten with the events.
+   */
+  waitHeads?: number;
 }
 
 /** Keys of other runs' entries found by scans that a run's id alone cannot find. */

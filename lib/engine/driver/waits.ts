@@ -32,7 +32,7 @@ import {
   lookupEvents,
   readInbox,
   recordEffect,
-  WAIT_HEAD,
+  waitHead,
   waitHeads,
 } from "../../store/events.ts";
 import type { Store } from "../../store/store.ts";
@@ -259,8 +259,8 @@ export class Waits {
         // checked AND bumped: a send that listed the waits before this commit then fails its
         // own check of the head, looks again and finds this wait (a check alone would let
         // both commit, each blind to the other)
-        // (its value names no run: a pruned run leaves nothing behind)
-        for (const head of heads) op.check(head).set(head.key, WAIT_HEAD);
+        // (its value names no run, and says when, so that it can be forgotten when old)
+        for (const head of heads) op.check(head).set(head.key, waitHead(now));
         addWaitEntries(op, {
           runId: host.runId,
           step,
