@@ -83,7 +83,7 @@ const FULL: Sizes = {
   sleep: { short: 300, long: 30, floorCommits: 300 },
   send: { sends: 500, groups: 5, inFlight: 16, floorCommits: 500 },
   parked: { engineRuns: 10_000, total: 100_000, samples: 20, cpuSeconds: 5 },
-  prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000 },
+  prune: { days: 30, runsPerDay: 100, retentionDays: 3, backlog: 1000, ordersPerDay: 40 },
   limit: { runs: 500, repeats: 5, local: 50, cross: 20 },
   inflight: { runs: [50, 500, 5000], repeats: 3 },
   remote: {
@@ -110,7 +110,7 @@ const QUICK: Sizes = {
   sleep: { short: 60, long: 6, floorCommits: 200 },
   send: { sends: 100, groups: 2, inFlight: 16, floorCommits: 200 },
   parked: { engineRuns: 2000, total: 10_000, samples: 10, cpuSeconds: 2 },
-  prune: { days: 12, runsPerDay: 50, retentionDays: 3, backlog: 300 },
+  prune: { days: 12, runsPerDay: 50, retentionDays: 3, backlog: 300, ordersPerDay: 20 },
   limit: { runs: 100, repeats: 1, local: 10, cross: 5 },
   inflight: { runs: [50, 500], repeats: 1 },
   remote: {

@@ -549,10 +549,7 @@ Deno.test("deno task prune reports what it removed; --dry-run removes nothing; b
   assert.equal(dry.code, 0, dry.stderr);
   assert.match(dry.stdout, /^would prune 2 runs ended more than 0ms ago \(\d+ keys\)/);
   assert.match(dry.stdout, /example\s+1 succeeded, 1 failed/);
-  assert.match(
-    dry.stdout,
-    /^would prune 1 event stored more than 0ms ago, and would forget 0 correlations only an old wait had used$/m,
-  );
+  assert.match(dry.stdout, /^would prune 1 event stored more than 0ms ago$/m);
   assert.deepEqual(await box.snapshot(), before);
 
   const json = await box.cli(["prune", "--pipeline", "example", "--older-than", "0ms", "--json"]);
@@ -567,9 +564,12 @@ Deno.test("deno task prune reports what it removed; --dry-run removes nothing; b
   assert.deepEqual(left, []);
   // a prune of one pipeline leaves the events, which belong to none
   assert.equal(report.events, undefined);
-  const all = await box.cli(["prune", "--older-than", "0ms"]);
+  // the events' retention (30 days unless KVFLOW_EVENT_RETENTION says)
+  const kept30d = await box.cli(["prune"]);
+  assert.doesNotMatch(kept30d.stdout, /event/);
+  const all = await box.cli(["prune"], { env: { KVFLOW_EVENT_RETENTION: "1ms" } });
   assert.equal(all.code, 0, all.stderr);
-  assert.match(all.stdout, /^pruned 1 event stored more than 0ms ago, and forgot 0 correlations/m);
+  assert.match(all.stdout, /^pruned 1 event past their retention$/m);
   assert.deepEqual(
     [...(await box.snapshot()).keys()].filter((k) => /"event/.test(k)),
     [],
@@ -585,6 +585,15 @@ Deno.test("deno task prune reports what it removed; --dry-run removes nothing; b
   ) {
     const bad = await box.cli(args);
     assert.equal(bad.code, 2, args.join(" "));
+    assert.equal(lines(bad.stderr).length, 1, bad.stderr);
+  }
+  {
+    const bad = await box.cli(["prune"], { env: { KVFLOW_EVENT_RETENTION: "a month" } });
+    assert.match(
+      bad.stderr,
+      /^kvflow: Invalid KVFLOW_EVENT_RETENTION="a month": use a duration like 30d/,
+    );
+    assert.equal(bad.code, 2, bad.stderr);
     assert.equal(lines(bad.stderr).length, 1, bad.stderr);
   }
 });
@@ -678,25 +687,46 @@ Deno.test("events past their retention go with their indexes, effects and the co
     const zAt = clock.now();
     assert.deepEqual(await heads(), [`x=${woke.id}`, `y=${stored.id}`, `z=(wait) ${zAt}`]);
 
-    // two days on, w starts a wait; then a worker's background prune: the events, x's run
-    // and z's head are past the retention (z still waits: its head is a fence, not a record)
+    // two days on, w starts a wait and an event is sent; then a pass of a worker's
+    // background prune: the old events and x's run are past the retention, the new event
+    // is not (the worker starts later, so that no pass of its own comes between these)
     clock.advance(2 * DAY);
     const w = await engine.trigger("gate", { params: { key: "w" } });
     await parked(engine, w.id);
-    engine.worker.start();
-    await until("the events' prune", async () => (await engine.listEvents({})).events.length === 0);
-    await until("x's prune", async () => (await engine.getRun(x.id)) === null);
-    await until("z's head forgotten", async () => (await heads()).length === 1);
+    const young = (await engine.send("p.approved", { key: "v" })).event;
+    const pass = await engine.prune({ maxRuns: 50 });
+    assert.equal(pass.runs, 1);
+    assert.equal(pass.events, 2);
+    assert.equal(await engine.getRun(x.id), null);
+    assert.deepEqual((await engine.listEvents({})).events.map((e) => e.id), [young.id]);
     const left = (await everything(engine.kv)).map((e) => JSON.stringify(e.key));
     for (const id of [woke.id, stored.id, x.id]) {
       assert.deepEqual(left.filter((k) => k.includes(id)), [], `nothing of ${id} is left`);
     }
-    assert.deepEqual(await heads(), [`w=(wait) ${clock.now()}`], "a young wait's head stays");
-    // even a prune of everything older than now keeps a head younger than an hour: a send
-    // that read it absent before the wait wrote it may still be on its way to its commit
+    const wAt = clock.now();
+    // z's head is old by the time its wait wrote, but this process saw it only now: a
+    // head goes once the process that deletes it saw it unchanged for an hour (no clock
+    // but its own counts), so a send that read it absent before it was written is long done
+    const expected = [`v=${young.id}`, `w=(wait) ${wAt}`, `z=(wait) ${zAt}`];
+    assert.deepEqual(await heads(), expected);
     clock.advance(59 * 60_000);
-    assert.equal((await engine.prune({ olderThanMs: 0 })).waitHeads, 0);
-    assert.equal((await heads()).length, 1);
+    assert.equal((await engine.prune({ olderThanMs: 0, dryRun: true })).waitHeads, 0);
+    assert.equal((await engine.prune()).waitHeads, 0);
+    // a worker of an older kvflow bumps z's head meanwhile (its heads say no time): the
+    // hour starts over
+    await engine.kv.set(["kvflow", "event_head", "p.approved", "key", "z"], "(wait)");
+    clock.advance(2 * 60_000);
+    assert.equal((await engine.prune({ dryRun: true })).waitHeads, 0);
+    assert.equal((await engine.prune()).waitHeads, 0);
+    assert.equal((await heads()).length, 3);
+    clock.advance(60 * 60_000);
+    assert.equal((await engine.prune({ dryRun: true })).waitHeads, 1);
+    assert.equal((await heads()).length, 3, "a dry run deletes nothing");
+    // z still waits: its head is a fence, not a record; w's wait is younger than the
+    // retention, and the event v's head goes with v
+    assert.equal((await engine.prune()).waitHeads, 1);
+    assert.deepEqual(await heads(), [`v=${young.id}`, `w=(wait) ${wAt}`]);
+    engine.worker.start();
 
     // matching goes on: z's event ends its wait though its head went, and x may be waited
     // for and sent again
@@ -708,6 +738,91 @@ Deno.test("events past their retention go with their indexes, effects and the co
     await parked(engine, again.id);
     await engine.send("p.approved", { key: "x" });
     assert.equal((await engine.runToEnd(again.id)).status, "succeeded");
+  } finally {
+    await engine.close();
+  }
+});
+
+// an event starts a run of it; its runs are kept longer than events
+const book = step("book", (_inputs, ctx) => String(ctx.run.params.order));
+const onOrder = pipeline("on-order", {
+  params: z.object({ order: z.string() }),
+  steps: [book],
+  on: { "p.ordered": (data: { order: string }) => data },
+  retention: { succeeded: "7d" },
+});
+
+Deno.test("an event id sent again after its event was pruned, while the run it started is kept, is refused at once; once the run goes too, the id starts a new run", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const engine = await openEngine({
+    path: tmp.path,
+    pipelines: [onOrder],
+    clock,
+    queues: false,
+    eventRetention: "1d",
+  });
+  try {
+    const first = await engine.send("p.ordered", { order: "a" }, { id: "order-a" });
+    const [run] = first.started;
+    assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+    clock.advance(2 * DAY);
+    const pass = await engine.prune();
+    assert.deepEqual([pass.events, pass.runs], [1, 0]);
+    const t0 = performance.now();
+    await assert.rejects(
+      () => engine.send("p.ordered", { order: "a" }, { id: "order-a" }),
+      {
+        name: "UsageError",
+        message:
+          `Event id 'order-a' was used before: its event is past its retention, but run ${run.id} it started is still kept; send it with a new id`,
+      },
+    );
+    // (it used to retry for half a second and then ask to be sent again, for ever)
+    assert.ok(performance.now() - t0 < 300, "refused without retrying");
+    assert.deepEqual((await engine.listEvents({})).events, [], "nothing stored");
+
+    clock.advance(7 * DAY);
+    assert.equal((await engine.prune()).runs, 1);
+    const again = await engine.send("p.ordered", { order: "a" }, { id: "order-a" });
+    assert.equal(again.duplicate, false);
+    assert.equal(again.started[0].id, run.id);
+    assert.equal((await engine.runToEnd(run.id)).status, "succeeded");
+  } finally {
+    await engine.close();
+  }
+});
+
+Deno.test("an event with more effects than one commit takes is pruned with all of them", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const engine = await openEngine({
+    path: tmp.path,
+    pipelines: [gate],
+    clock,
+    queues: false,
+    eventRetention: "1d",
+  });
+  try {
+    const { event } = await engine.send("p.approved", { key: "busy" });
+    // what 1,700 woken waits would have left: one effect each
+    for (let i = 0; i < 1700; i += 100) {
+      const op = engine.kv.atomic();
+      for (let j = i; j < i + 100; j++) {
+        op.set(["kvflow", "event_effect", event.id, `run-${j}`, "approval", -1], {
+          kind: "woke",
+          runId: `run-${j}`,
+          step: "approval",
+          item: -1,
+          at: clock.now(),
+        });
+      }
+      await op.commit();
+    }
+    clock.advance(2 * DAY);
+    assert.equal((await engine.prune()).events, 1);
+    const left = (await everything(engine.kv)).map((e) => JSON.stringify(e.key));
+    assert.deepEqual(left.filter((k) => k.includes(event.id)), []);
   } finally {
     await engine.close();
   }

@@ -60,16 +60,13 @@ export async function prune(invocation: Invocation): Promise<number> {
         } older than two days`,
       );
     }
-    const events = report.events ?? 0, heads = report.waitHeads ?? 0;
-    if (events + heads > 0) {
+    // (old correlation heads are left to workers: a head goes once one saw it an hour)
+    const events = report.events ?? 0;
+    if (events > 0) {
       const age = olderThanMs === undefined
         ? "past their retention"
         : `stored more than ${formatRetention(olderThanMs)} ago`;
-      invocation.out(
-        `${verb} ${events} event${events === 1 ? "" : "s"} ${age}, and ` +
-          `${dryRun ? "would forget" : "forgot"} ${heads} ` +
-          `correlation${heads === 1 ? "" : "s"} only an old wait had used`,
-      );
+      invocation.out(`${verb} ${events} event${events === 1 ? "" : "s"} ${age}`);
     }
     const misses = report.deadlineMisses;
     if (misses > 0) {

@@ -30,6 +30,7 @@ import {
   type EventRegistry,
   finishOutbox,
   getEvent,
+  type HeadSightings,
   listEvents,
   pruneEvents,
   pruneWaitHeads,
@@ -418,11 +419,14 @@ export class Engine {
 
   /** Where the last background prune of flow-control keys and correlation heads stopped. */
   readonly #flowCursor: FlowPruneCursor & { heads?: KvKey } = {};
+  /** Old wait heads this process saw, and when: deleted once seen unchanged for an hour. */
+  readonly #headSightings: HeadSightings = new Map();
 
   /**
    * Prunes ended runs past their pipeline's retention (or `olderThanMs`), with everything
    * they own, and (without `pipeline`) events past the event retention (or `olderThanMs`),
-   * the heads of correlations only a wait that old bumped, and the state of idle limit and
+   * the heads of correlations only a wait that old bumped (once this process has seen
+   * each unchanged for an hour: see `pruneWaitHeads`), and the state of idle limit and
    * throttle keys. Workers do it in the background; this is the same by hand.
    *
    * @param options which runs, dry or not, how many
@@ -452,7 +456,7 @@ export class Engine {
         max: budget,
         dryRun: options.dryRun,
       });
-      report.waitHeads = await pruneWaitHeads(this.store, before, {
+      report.waitHeads = await pruneWaitHeads(this.store, before, this.#headSightings, {
         dryRun: options.dryRun,
         budget,
         cursor,

@@ -7,6 +7,7 @@
 import { UsageError } from "../model/errors.ts";
 import type { AlertEmail } from "../alerts/deliver.ts";
 import { env } from "../platform/env.ts";
+import { type Duration, toMs } from "../define/duration.ts";
 
 /** Worker settings every entrypoint (CLI, Deploy) reads from the environment. */
 export interface WorkerSettings {
@@ -22,6 +23,8 @@ export interface WorkerSettings {
   groupCommit: boolean;
   /** `KVFLOW_WATCH`: `off` leaves other processes' commits to the sweep; default on. */
   watch: boolean;
+  /** `KVFLOW_EVENT_RETENTION` (a duration such as `90d`), default 30 days. */
+  eventRetention?: Duration;
   /** `KVFLOW_ALERT_WEBHOOK`. */
   alertWebhook?: string;
   /** `KVFLOW_ALERT_EMAIL` through `KVFLOW_SMTP_URL`, from `KVFLOW_ALERT_FROM`. */
@@ -41,6 +44,7 @@ export function workerSettingsFromEnv(): WorkerSettings {
     maxSteps: envInt("KVFLOW_MAX_STEPS", 64),
     groupCommit: envSwitch("KVFLOW_GROUP_COMMIT", true),
     watch: envSwitch("KVFLOW_WATCH", true),
+    eventRetention: envDuration("KVFLOW_EVENT_RETENTION"),
     alertWebhook: env("KVFLOW_ALERT_WEBHOOK") || undefined,
     alertEmail: alertEmail(),
   };
@@ -64,6 +68,19 @@ function envSwitch(name: string, fallback: boolean): boolean {
   if (text === "on") return true;
   if (text === "off") return false;
   throw new UsageError(`Invalid ${name}=${JSON.stringify(text)}: use on or off`);
+}
+
+function envDuration(name: string): Duration | undefined {
+  const text = env(name);
+  if (text === undefined || text === "") return undefined;
+  try {
+    toMs(text as Duration, name);
+  } catch {
+    throw new UsageError(
+      `Invalid ${name}=${JSON.stringify(text)}: use a duration like 30d, 12h or 90m`,
+    );
+  }
+  return text as Duration;
 }
 
 function envInt(name: string, fallback: number): number {

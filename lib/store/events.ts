@@ -212,6 +212,18 @@ export async function sendEvent(
     if (again.value) {
       return { event: again.value, duplicate: true, woke: [], started: [], joined: [] };
     }
+    // an id sent before whose event is past its retention, while a run it started is kept:
+    // that run's id is taken, and a second run for one id is what the id is there to stop
+    const kept = (await getAll<RunRecord>(store.kv, runs.map((r) => keys.run(r.id))))
+      .find((e) => e.value);
+    if (kept) {
+      throw new UsageError(
+        `Event id '${id}' was used before: its event is past its retention, but run ${
+          kept.value!.id
+        } it started is still kept; send it with a new id`,
+        "conflict",
+      );
+    }
     // a wait started, or another send bumped a head: look again
     await new Promise((r) => setTimeout(r, Math.random() * 2 * Math.min(tries, 10)));
   }
@@ -473,7 +485,7 @@ export function waitHead(now: number): string {
 export function waitHeadTime(value: unknown): number | null {
   if (typeof value !== "string" || !value.startsWith(WAIT_HEAD)) return null;
   const at = Number(value.slice(WAIT_HEAD.length + 1));
-  return value.length > WAIT_HEAD.length && Number.isSafeInteger(at) ? at : 0;
+  return value.length > WAIT_HEAD.length && Number.isFinite(at) ? at : 0;
 }
 
 /** Records what an event did to a run (a mismatch, say), outside a send's commit. */
@@ -556,8 +568,21 @@ export async function pruneEvents(
       continue;
     }
     const id = entry.key[3] as string;
+    // a very busy event's effects go first, in commits of their own: the event stays
+    // listed by time until they are all gone, so a prune that stops between finds it again
+    let effects: KvKey[];
+    do {
+      effects = [];
+      const list = store.kv.list({ prefix: keys.eventEffectPrefix(id) }, { limit: 801 });
+      for await (const e of list) effects.push(e.key);
+      if (effects.length <= 800) break;
+      const op = store.kv.atomic();
+      for (const key of effects.slice(0, 800)) op.delete(key);
+      await commitAtomic(op);
+    } while (true);
     const event = await store.kv.get<EventRecord>(keys.event(id));
     const op = store.kv.atomic().delete(entry.key);
+    for (const key of effects) op.delete(key);
     if (event.value) {
       op.check(event).delete(event.key);
       const { name, index, at } = event.value;
@@ -569,43 +594,51 @@ export async function pruneEvents(
         id,
       );
     }
-    let n = 0;
-    for await (const e of store.kv.list({ prefix: keys.eventEffectPrefix(id) }, { limit: 800 })) {
-      op.delete(e.key);
-      n++;
-    }
     if ((await commitAtomic(op)).ok) pruned++;
-    if (n >= 800) break; // the rest of a very busy event's effects go in the next prune
   }
   return pruned;
 }
 
 /**
- * How old a wait's head must be, at least, to be forgotten: a send or a wait that read
- * the correlation's head absent just before the wait wrote it must have committed (or
- * failed its check) long before, or a delete would let it pass its check of an absent
- * head and miss the wait.
+ * How long a process must have seen a wait's head unchanged before it deletes it: a send
+ * or a wait that read the correlation's head absent just before the wait wrote it must
+ * have committed (or failed its check) long before, or the delete would let it pass its
+ * check of an absent head and miss the wait.
  */
 export const WAIT_HEAD_MIN_AGE_MS = 3_600_000;
 
+/** The old wait heads a process saw, by key: when it first saw each, at which versionstamp. */
+export type HeadSightings = Map<string, { versionstamp: string; at: number }>;
+
+/** The most heads a process keeps sightings of; past it, more wait for a later pass. */
+const MAX_SIGHTINGS = 100_000;
+
 /**
- * Forgets the heads of correlations that a wait bumped last before `before` (and at least
- * {@linkcode WAIT_HEAD_MIN_AGE_MS} ago), each deleted checked against its versionstamp as
- * listed: a wait on an order id that timed out, say, with no event ever sent for it,
- * would keep its head for ever. An event's heads go with the event (`pruneEvents`). A
- * head is a fence, not a record: with it absent, the next wait or send of the correlation
- * writes it again, checked absent, so the two still meet.
+ * Forgets the heads of correlations that a wait bumped last before `before`: a wait on an
+ * order id that timed out, say, with no event ever sent for it, would keep its head for
+ * ever. An event's heads go with the event (`pruneEvents`). A head is a fence, not a
+ * record: with it absent, the next wait or send of the correlation writes it again,
+ * checked absent, so the two still meet.
  *
- * @param options dry or not; `budget` heads looked at, at most (all without it), going on
- *   from `cursor.heads`, which is moved to where it stopped (undefined: the end)
+ * When the wait wrote it (its value's time) only picks candidates; what makes a delete
+ * safe is that this process itself saw the head at the same versionstamp at least
+ * {@linkcode WAIT_HEAD_MIN_AGE_MS} ago, by its own clock (`sightings`, kept across passes),
+ * and checks that versionstamp in the delete: no clock of another process, nor the time
+ * an older version of kvflow left out of its heads, can make a head written a moment ago
+ * look old. A process that prunes once (`deno task prune`) only notes them.
+ *
+ * @param options dry or not (a dry run counts the heads a real one would delete now);
+ *   `budget` heads looked at, at most (all without it), going on from `cursor.heads`,
+ *   which is moved to where it stopped (undefined: the end)
  * @returns how many heads it deleted (or would delete)
  */
 export async function pruneWaitHeads(
   store: StoreParts,
   before: number,
+  sightings: HeadSightings,
   options: { dryRun?: boolean; budget?: number; cursor?: { heads?: KvKey } } = {},
 ): Promise<number> {
-  const cutoff = Math.min(before, store.clock.now() - WAIT_HEAD_MIN_AGE_MS);
+  const now = store.clock.now();
   const budget = options.budget ?? Infinity;
   const cursor = options.cursor ?? {};
   let forgotten = 0;
@@ -615,7 +648,10 @@ export async function pruneWaitHeads(
     const op = store.kv.atomic();
     for (const head of old) op.check(head).delete(head.key);
     // one bumped since it was listed fails them all: the next pass looks again
-    if ((await commitAtomic(op)).ok) forgotten += old.length;
+    if ((await commitAtomic(op)).ok) {
+      forgotten += old.length;
+      for (const head of old) sightings.delete(JSON.stringify(head.key));
+    }
     old = [];
   };
   let looked = 0;
@@ -624,8 +660,17 @@ export async function pruneWaitHeads(
     keys.eventHeadPrefix(),
     cursor.heads,
     async (head) => {
+      const id = JSON.stringify(head.key);
       const at = waitHeadTime(head.value);
-      if (at !== null && at < cutoff) {
+      const seen = sightings.get(id);
+      if (at === null || at >= before) {
+        sightings.delete(id);
+      } else if (seen?.versionstamp !== head.versionstamp) {
+        // first seen, or bumped since: the wait starts over
+        if (seen || sightings.size < MAX_SIGHTINGS) {
+          sightings.set(id, { versionstamp: head.versionstamp, at: now });
+        }
+      } else if (now - seen.at >= WAIT_HEAD_MIN_AGE_MS) {
         if (options.dryRun) forgotten++;
         else if (old.push(head) >= REMOTE_KV_COMMIT_CHECKS) await flush();
       }
