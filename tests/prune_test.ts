@@ -13,6 +13,7 @@ import { COUNTED } from "../lib/kv/indexes.ts";
 import type { RunRecord, SlotHolder } from "../lib/model/records.ts";
 import type { EventRecord } from "../lib/model/events.ts";
 import { triggerDebounced } from "../lib/store/debounce.ts";
+import { HeadSightings, pruneWaitHeads } from "../lib/store/events.ts";
 import { deferred, tempKv, waitFor as until } from "./_support/helpers.ts";
 import { Sandbox } from "./_support/harness.ts";
 import { startService } from "./_support/http.ts";
@@ -743,6 +744,32 @@ Deno.test("events past their retention go with their indexes, effects and the co
   }
 });
 
+Deno.test("a process forgets its sightings of heads another process deleted when its walk of the heads comes round", async () => {
+  await using tmp = await tempKv();
+  const clock = new TestClock(START);
+  const engine = await openEngine({
+    path: tmp.path,
+    pipelines: [gate],
+    clock,
+    queues: false,
+    eventRetention: "1d",
+  });
+  try {
+    // a head an older kvflow's wait wrote (no time: old by any measure)
+    await engine.kv.set(["kvflow", "event_head", "p.approved", "key", "q"], "(wait)");
+    const other = new HeadSightings(); // another worker's
+    assert.equal(await pruneWaitHeads(engine.store, clock.now() - DAY, other), 0);
+    assert.equal(other.seen.size, 1);
+    assert.equal((await engine.prune()).waitHeads, 0, "seen for the first time");
+    clock.advance(60 * 60_000);
+    assert.equal((await engine.prune()).waitHeads, 1, "seen unchanged for an hour");
+    assert.equal(await pruneWaitHeads(engine.store, clock.now() - DAY, other), 0);
+    assert.equal(other.seen.size, 0, "the other worker no longer keeps the deleted head");
+  } finally {
+    await engine.close();
+  }
+});
+
 // an event starts a run of it; its runs are kept longer than events
 const book = step("book", (_inputs, ctx) => String(ctx.run.params.order));
 const onOrder = pipeline("on-order", {
@@ -775,7 +802,7 @@ Deno.test("an event id sent again after its event was pruned, while the run it s
       {
         name: "UsageError",
         message:
-          `Event id 'order-a' was used before: its event is past its retention, but run ${run.id} it started is still kept; send it with a new id`,
+          `Event id 'order-a' cannot start run ${run.id}: a run with that id exists (the id was sent before and its event is past its retention, or the run was started with that id); send it with a new id`,
       },
     );
     // (it used to retry for half a second and then ask to be sent again, for ever)

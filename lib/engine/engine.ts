@@ -30,7 +30,7 @@ import {
   type EventRegistry,
   finishOutbox,
   getEvent,
-  type HeadSightings,
+  HeadSightings,
   listEvents,
   pruneEvents,
   pruneWaitHeads,
@@ -420,7 +420,7 @@ export class Engine {
   /** Where the last background prune of flow-control keys and correlation heads stopped. */
   readonly #flowCursor: FlowPruneCursor & { heads?: KvKey } = {};
   /** Old wait heads this process saw, and when: deleted once seen unchanged for an hour. */
-  readonly #headSightings: HeadSightings = new Map();
+  readonly #headSightings = new HeadSightings();
 
   /**
    * Prunes ended runs past their pipeline's retention (or `olderThanMs`), with everything

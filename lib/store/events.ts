@@ -212,15 +212,22 @@ export async function sendEvent(
     if (again.value) {
       return { event: again.value, duplicate: true, woke: [], started: [], joined: [] };
     }
-    // an id sent before whose event is past its retention, while a run it started is kept:
-    // that run's id is taken, and a second run for one id is what the id is there to stop
-    const kept = (await getAll<RunRecord>(store.kv, runs.map((r) => keys.run(r.id))))
+    // a run this send would create exists, though its event does not: an id sent before
+    // whose event is past its retention while the run it started is kept (or a run started
+    // by hand with that id). A second run for one id is what the id is there to stop.
+    const made = started.filter((run) => runs.some((fresh) => fresh.id === run.id));
+    const kept = (await getAll<RunRecord>(store.kv, made.map((r) => keys.run(r.id))))
       .find((e) => e.value);
     if (kept) {
+      // a send of the same id that committed since the read above made that run too
+      const late = await store.kv.get<EventRecord>(keys.event(id));
+      if (late.value) {
+        return { event: late.value, duplicate: true, woke: [], started: [], joined: [] };
+      }
       throw new UsageError(
-        `Event id '${id}' was used before: its event is past its retention, but run ${
+        `Event id '${id}' cannot start run ${
           kept.value!.id
-        } it started is still kept; send it with a new id`,
+        }: a run with that id exists (the id was sent before and its event is past its retention, or the run was started with that id); send it with a new id`,
         "conflict",
       );
     }
@@ -607,10 +614,24 @@ export async function pruneEvents(
  */
 export const WAIT_HEAD_MIN_AGE_MS = 3_600_000;
 
-/** The old wait heads a process saw, by key: when it first saw each, at which versionstamp. */
-export type HeadSightings = Map<string, { versionstamp: string; at: number }>;
+/**
+ * The old wait heads a process saw (by key: when it first saw each, at which versionstamp,
+ * and in which walk of the heads it saw it last), kept across the passes of its prunes.
+ */
+export class HeadSightings {
+  /** The heads seen, by key as JSON. */
+  readonly seen = new Map<string, { versionstamp: string; at: number; walk: number }>();
+  /** The walk of the heads under way: a pass that reaches their end starts the next. */
+  walk = 0;
 
-/** The most heads a process keeps sightings of; past it, more wait for a later pass. */
+  /** A walk reached the end: forgets the heads it did not see (deleted by others, say). */
+  wrapped(): void {
+    for (const [id, s] of this.seen) if (s.walk < this.walk) this.seen.delete(id);
+    this.walk++;
+  }
+}
+
+/** The most heads a process keeps sightings of; past it, more wait for a later walk. */
 const MAX_SIGHTINGS = 100_000;
 
 /**
@@ -638,9 +659,9 @@ export async function pruneWaitHeads(
   sightings: HeadSightings,
   options: { dryRun?: boolean; budget?: number; cursor?: { heads?: KvKey } } = {},
 ): Promise<number> {
-  const now = store.clock.now();
   const budget = options.budget ?? Infinity;
   const cursor = options.cursor ?? {};
+  const { seen: sighted, walk } = sightings;
   let forgotten = 0;
   let old: KvEntry<string>[] = [];
   const flush = async () => {
@@ -650,7 +671,7 @@ export async function pruneWaitHeads(
     // one bumped since it was listed fails them all: the next pass looks again
     if ((await commitAtomic(op)).ok) {
       forgotten += old.length;
-      for (const head of old) sightings.delete(JSON.stringify(head.key));
+      for (const head of old) sighted.delete(JSON.stringify(head.key));
     }
     old = [];
   };
@@ -662,22 +683,26 @@ export async function pruneWaitHeads(
     async (head) => {
       const id = JSON.stringify(head.key);
       const at = waitHeadTime(head.value);
-      const seen = sightings.get(id);
+      const seen = sighted.get(id);
+      const now = store.clock.now();
       if (at === null || at >= before) {
-        sightings.delete(id);
+        sighted.delete(id);
       } else if (seen?.versionstamp !== head.versionstamp) {
-        // first seen, or bumped since: the wait starts over
-        if (seen || sightings.size < MAX_SIGHTINGS) {
-          sightings.set(id, { versionstamp: head.versionstamp, at: now });
+        // first seen, or bumped since: the hour starts over
+        if (seen || sighted.size < MAX_SIGHTINGS) {
+          sighted.set(id, { versionstamp: head.versionstamp, at: now, walk });
         }
       } else if (now - seen.at >= WAIT_HEAD_MIN_AGE_MS) {
         if (options.dryRun) forgotten++;
         else if (old.push(head) >= REMOTE_KV_COMMIT_CHECKS) await flush();
+      } else {
+        seen.walk = walk;
       }
       return ++looked < budget;
     },
   );
   await flush();
+  if (cursor.heads === undefined && !options.dryRun) sightings.wrapped();
   return forgotten;
 }
 
