@@ -12,9 +12,9 @@
  * @module
  */
 import assert from "node:assert/strict";
-import * as keys from "../lib/kv/keys.ts";
 import { BACKSTOP_MS } from "../lib/store/flow.ts";
 import { lines, type Proc, Sandbox } from "./_support/harness.ts";
+import { noSlots } from "./_support/helpers.ts";
 import { digest, send, SEND_EVERY_MS } from "./fixtures/shared_takeover.ts";
 
 const ENTRY = "tests/fixtures/shared_takeover.ts";
@@ -105,12 +105,7 @@ Deno.test("a takeover of a dead worker's run frees its step's slot in a scope sh
   // the queued run took the slot the takeover freed: the throttle kept the re-run off it
   assert.deepEqual(byStart.map((b) => b.name), ["send 1", "compose", "send 2"]);
 
-  const left = await box.withStore(async ({ kv }) => {
-    const out = [];
-    for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) out.push(e.key);
-    return out;
-  });
-  assert.deepEqual(left, [], "no slot is left held");
+  await box.withStore(({ kv }) => noSlots(kv));
   console.log(
     `  queued run started ${waited} ms after the takeover, ${
       crash.endedAt - killedAt

@@ -13,11 +13,11 @@
  * @module
  */
 import assert from "node:assert/strict";
-import * as keys from "../lib/kv/keys.ts";
 import type { Pipeline, RunRecord } from "../lib/mod.ts";
 import { Store } from "../lib/store/store.ts";
 import { TERMINAL } from "../lib/model/records.ts";
 import { poll, type Proc, Sandbox } from "./_support/harness.ts";
+import { noSlots } from "./_support/helpers.ts";
 import steplimit, {
   type LimitRow,
   MAX,
@@ -135,12 +135,7 @@ async function storm(
   assert.equal(succeeded.size, opts.runs * opts.items, "every item's body ended");
 
   // ---- KV: no slot left --------------------------------------------------------------
-  const left = await box.withStore(async ({ kv }) => {
-    const out = [];
-    for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) out.push(e.key);
-    return out;
-  });
-  assert.deepEqual(left, [], "no slot is left held");
+  await box.withStore(({ kv }) => noSlots(kv));
   console.log(
     `  ${opts.runs} runs, ${bodies.size} bodies, ${killedAt.size} SIGKILLs, ${killedBodies} bodies killed`,
   );

@@ -12,9 +12,9 @@ import * as keys from "../lib/kv/keys.ts";
 import { TERMINAL } from "../lib/model/records.ts";
 import { SlotNotifier } from "../lib/engine/driver/slot_notifier.ts";
 import { admit, BACKSTOP_MS } from "../lib/store/flow.ts";
-import type { Kv } from "../lib/kv/kv.ts";
 import { accountingRate } from "../pipelines/nightly/config.ts";
 import nightly from "../pipelines/nightly/mod.ts";
+import { noSlots } from "./_support/helpers.ts";
 
 /** Bodies running per key, and the most seen at once. */
 class Ledger {
@@ -34,12 +34,6 @@ class Ledger {
     this.running.set(key, this.running.get(key)! - 1);
     this.ended++;
   }
-}
-
-async function noSlots(kv: Kv): Promise<void> {
-  const left = [];
-  for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) left.push(e.key);
-  assert.deepEqual(left, [], "no slot is left held");
 }
 
 function limitedFan(name: string, ledger: Ledger, opts: { scope?: string; fail?: number } = {}) {

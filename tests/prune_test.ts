@@ -7,7 +7,15 @@
  */
 import assert from "node:assert/strict";
 import { z } from "zod";
-import { type Engine, invoke, openEngine, pipeline, step, waitFor } from "../lib/mod.ts";
+import {
+  type Engine,
+  invoke,
+  openEngine,
+  type Pipeline,
+  pipeline,
+  step,
+  waitFor,
+} from "../lib/mod.ts";
 import { TestClock } from "../lib/testing/mod.ts";
 import { COUNTED } from "../lib/kv/indexes.ts";
 import type { RunRecord, SlotHolder } from "../lib/model/records.ts";
@@ -248,6 +256,11 @@ async function heldBack(engine: Engine, runId: string): Promise<void> {
     await engine.worker.execute(runId);
     return (await engine.getRun(runId))?.held?.by === "limit";
   });
+}
+
+/** An engine of `p` on `path` at `clock`, with events kept a day and no worker started. */
+async function eventEngine(path: string, clock: TestClock, p: Pipeline<unknown>): Promise<Engine> {
+  return await openEngine({ path, pipelines: [p], clock, queues: false, eventRetention: "1d" });
 }
 
 // ---- the tests ----------------------------------------------------------------------
@@ -666,13 +679,7 @@ Deno.test("a run too large for one commit is pruned in several, and wholly", asy
 Deno.test("events past their retention go with their indexes, effects and the correlation heads they bumped last, and so do heads an old wait bumped last; matching still works after", async () => {
   await using tmp = await tempKv();
   const clock = new TestClock(START);
-  const engine = await openEngine({
-    path: tmp.path,
-    pipelines: [gate],
-    clock,
-    queues: false,
-    eventRetention: "1d",
-  });
+  const engine = await eventEngine(tmp.path, clock, gate);
   const heads = async () =>
     (await everything(engine.kv)).filter((e) => e.key[1] === "event_head")
       .map((e) => `${String(e.key[4])}=${e.value}`).sort();
@@ -747,13 +754,7 @@ Deno.test("events past their retention go with their indexes, effects and the co
 Deno.test("a process forgets its sightings of heads another process deleted when its walk of the heads comes round", async () => {
   await using tmp = await tempKv();
   const clock = new TestClock(START);
-  const engine = await openEngine({
-    path: tmp.path,
-    pipelines: [gate],
-    clock,
-    queues: false,
-    eventRetention: "1d",
-  });
+  const engine = await eventEngine(tmp.path, clock, gate);
   try {
     // a head an older kvflow's wait wrote (no time: old by any measure)
     await engine.kv.set(["kvflow", "event_head", "p.approved", "key", "q"], "(wait)");
@@ -782,13 +783,7 @@ const onOrder = pipeline("on-order", {
 Deno.test("an event id sent again after its event was pruned, while the run it started is kept, is refused at once; once the run goes too, the id starts a new run", async () => {
   await using tmp = await tempKv();
   const clock = new TestClock(START);
-  const engine = await openEngine({
-    path: tmp.path,
-    pipelines: [onOrder],
-    clock,
-    queues: false,
-    eventRetention: "1d",
-  });
+  const engine = await eventEngine(tmp.path, clock, onOrder);
   try {
     const first = await engine.send("p.ordered", { order: "a" }, { id: "order-a" });
     const [run] = first.started;
@@ -823,13 +818,7 @@ Deno.test("an event id sent again after its event was pruned, while the run it s
 Deno.test("an event with more effects than one commit takes is pruned with all of them", async () => {
   await using tmp = await tempKv();
   const clock = new TestClock(START);
-  const engine = await openEngine({
-    path: tmp.path,
-    pipelines: [gate],
-    clock,
-    queues: false,
-    eventRetention: "1d",
-  });
+  const engine = await eventEngine(tmp.path, clock, gate);
   try {
     const { event } = await engine.send("p.approved", { key: "busy" });
     // what 1,700 woken waits would have left: one effect each

@@ -151,3 +151,10 @@ export async function hold(kv: Kv, runId: string, held: HeldState): Promise<RunR
   assert.ok((await op.commit()).ok, "the hold was committed");
   return after;
 }
+
+/** Asserts that no limit slot is held in `kv`, by any run or step. */
+export async function noSlots(kv: Kv): Promise<void> {
+  const left = [];
+  for await (const e of kv.list({ prefix: keys.allSlotsPrefix() })) left.push(e.key);
+  assert.deepEqual(left, [], "no slot is left held");
+}
