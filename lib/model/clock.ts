@@ -16,11 +16,18 @@ export interface Clock {
    * @returns a function that cancels the call
    */
   after(ms: number, fn: () => void): () => void;
+  /**
+   * Milliseconds on a clock that only goes forward, for spans measured within this
+   * process, which a correction of the wall clock must not shorten. Without it, spans are
+   * measured with {@linkcode Clock.now}.
+   */
+  elapsed?(): number;
 }
 
 /** Wall-clock time. */
 export const systemClock: Clock = {
   now: () => Date.now(),
+  elapsed: () => performance.now(),
   after(ms, fn) {
     const timer = setTimeout(fn, Math.max(0, ms));
     return () => clearTimeout(timer);

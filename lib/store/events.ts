@@ -643,7 +643,8 @@ const MAX_SIGHTINGS = 100_000;
  *
  * When the wait wrote it (its value's time) only picks candidates; what makes a delete
  * safe is that this process itself saw the head at the same versionstamp at least
- * {@linkcode WAIT_HEAD_MIN_AGE_MS} ago, by its own clock (`sightings`, kept across passes),
+ * {@linkcode WAIT_HEAD_MIN_AGE_MS} ago, by its own clock (`sightings`, kept across passes;
+ * a monotonic one where the store's clock has it, `Clock.elapsed`),
  * and checks that versionstamp in the delete: no clock of another process, nor the time
  * an older version of kvflow left out of its heads, can make a head written a moment ago
  * look old. A process that prunes once (`deno task prune`) only notes them.
@@ -684,7 +685,8 @@ export async function pruneWaitHeads(
       const id = JSON.stringify(head.key);
       const at = waitHeadTime(head.value);
       const seen = sighted.get(id);
-      const now = store.clock.now();
+      // an hour that a correction of the wall clock cannot shorten, where there is one
+      const now = store.clock.elapsed?.() ?? store.clock.now();
       if (at === null || at >= before) {
         sighted.delete(id);
       } else if (seen?.versionstamp !== head.versionstamp) {
